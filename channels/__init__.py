@@ -1,0 +1,1 @@
+"""Outbound channel adapters (email, push, in-app, web) and their shared signed delivery."""

@@ -1,0 +1,89 @@
+"""The channel seam: build a message for one user, then deliver it.
+
+    DeliveryError
+    ├── RetryableDeliveryError   timeouts, connection errors, 5xx, 429: try again later
+    └── PermanentDeliveryError   any other 4xx: the provider refused this message
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DeliveryRequest(BaseModel):
+    """Everything a channel needs to build one message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    user_id: str
+    fields: dict[str, Any] = Field(description="The template section for this channel")
+    context: dict[str, Any] = Field(description="user, event and journey, for rendering")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="journey, step, tags")
+
+
+class Rendered(BaseModel):
+    """A message ready to deliver: rendered content plus where it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    channel: str
+    user_id: str
+    recipient: dict[str, Any]
+    content: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+class Receipt(BaseModel):
+    """The channel system accepted the message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    channel: str
+    status_code: int
+    accepted_at: datetime
+    provider_message_id: str | None = None
+
+
+class DeliveryError(Exception):
+    """Delivery did not succeed."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class RetryableDeliveryError(DeliveryError):
+    """Worth trying again: the provider is slow, down, or asked us to back off."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status_code=status_code)
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The provider refused the message; retrying will not help."""
+
+
+class Channel(Protocol):
+    """One outbound channel. Adapters are registered explicitly, never discovered."""
+
+    name: ClassVar[str]
+
+    def render(self, request: DeliveryRequest) -> Rendered: ...
+
+    async def deliver(self, rendered: Rendered, *, idempotency_key: str) -> Receipt: ...
+
+
+def recipient(user_id: str, user: Mapping[str, Any]) -> dict[str, Any]:
+    """The addressing traits a channel system needs, and nothing else from the profile."""
+    wanted = ("email", "phone", "device_tokens", "locale", "timezone")
+    return {"user_id": user_id, **{k: user[k] for k in wanted if user.get(k) is not None}}

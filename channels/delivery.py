@@ -1,0 +1,77 @@
+"""Signed HTTP delivery shared by every adapter: one Standard Webhooks POST per message."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from channels.base import PermanentDeliveryError, RetryableDeliveryError
+from channels.signing import sign
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SignedPoster:
+    """POSTs JSON signed with the given secrets; classifies failures for the retry policy."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        secrets: Sequence[str],
+        client: httpx.AsyncClient,
+        timeout: float = 10.0,
+        clock: Clock = utc_now,
+    ) -> None:
+        if not secrets:
+            raise ValueError("a signed endpoint needs at least one secret")
+        self.url, self.secrets, self.client = url, list(secrets), client
+        self.timeout, self.clock = timeout, clock
+
+    async def post(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        msg_id: str,
+        method: str = "POST",
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Deliver once; raise RetryableDeliveryError or PermanentDeliveryError on failure."""
+        body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+        signed = {**(headers or {}), "content-type": "application/json"}
+        signed.update(sign(self.secrets, msg_id=msg_id, body=body, now=self.clock()))
+        try:
+            response = await self.client.request(
+                method, self.url, content=body, headers=signed, timeout=self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise RetryableDeliveryError(f"timed out after {self.timeout}s: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise RetryableDeliveryError(f"could not reach {self.url}: {exc!r}") from exc
+        status = response.status_code
+        if status < 300:
+            return response
+        reason = f"{self.url} answered {status}: {response.text[:300]}"
+        if status == 429 or status >= 500 or status == 408:
+            raise RetryableDeliveryError(
+                reason, status_code=status, retry_after=_retry_after(response)
+            )
+        raise PermanentDeliveryError(reason, status_code=status)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""The service: settings, database, HTTP API, ingestion and routing, CLI, Temporal wiring."""

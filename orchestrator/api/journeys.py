@@ -1,0 +1,188 @@
+"""Read endpoints: deployed journeys with their funnels, a user's journeys, health."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel
+from sqlalchemy import func, select, text
+
+from orchestrator.api.deps import ServicesDep
+from orchestrator.tables import enrollment_steps, enrollments, journey_versions, journeys
+from workflows import search
+
+router = APIRouter(tags=["journeys"])
+
+
+class JourneySummary(BaseModel):
+    key: str
+    name: str
+    current_version: int
+    active: bool
+    trigger: str
+    enrollments: dict[str, int]
+    converted: int
+
+
+class StepCount(BaseModel):
+    step: str
+    kind: str
+    visits: int
+    users: int
+
+
+class VersionInfo(BaseModel):
+    version: int
+    deployed_at: datetime
+    source_file: str
+
+
+class JourneyDetail(JourneySummary):
+    spec: dict[str, Any]
+    versions: list[VersionInfo]
+    steps: list[StepCount]
+
+
+class UserJourney(BaseModel):
+    enrollment_id: int
+    journey_key: str
+    version: int
+    status: str
+    current_step: str | None
+    entered_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    converted_at: datetime | None
+    workflow_id: str
+
+
+async def _summaries(services: Any, key: str | None = None) -> list[dict[str, Any]]:
+    query = (
+        select(
+            journeys.c.key,
+            journeys.c.name,
+            journeys.c.current_version,
+            journeys.c.active,
+            journey_versions.c.spec,
+        )
+        .join(
+            journey_versions,
+            (journey_versions.c.journey_key == journeys.c.key)
+            & (journey_versions.c.version == journeys.c.current_version),
+        )
+        .order_by(journeys.c.key)
+    )
+    if key is not None:
+        query = query.where(journeys.c.key == key)
+    counts = (
+        select(
+            enrollments.c.journey_key,
+            enrollments.c.status,
+            func.count().label("n"),
+            func.count(enrollments.c.converted_at).label("converted"),
+        )
+        .group_by(enrollments.c.journey_key, enrollments.c.status)
+    )
+    async with services.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+        tallies = (await conn.execute(counts)).all()
+    by_key: dict[str, dict[str, int]] = {}
+    converted: dict[str, int] = {}
+    for row in tallies:
+        by_key.setdefault(row.journey_key, {})[row.status] = row.n
+        converted[row.journey_key] = converted.get(row.journey_key, 0) + row.converted
+    return [
+        {
+            "key": r.key,
+            "name": r.name,
+            "current_version": r.current_version,
+            "active": r.active,
+            "trigger": r.spec["trigger"]["event"],
+            "enrollments": by_key.get(r.key, {}),
+            "converted": converted.get(r.key, 0),
+            "spec": r.spec,
+        }
+        for r in rows
+    ]
+
+
+@router.get("/v1/journeys", response_model=list[JourneySummary])
+async def list_journeys(services: ServicesDep) -> list[dict[str, Any]]:
+    """Deployed journeys with enrollment counts by status."""
+    return await _summaries(services)
+
+
+@router.get("/v1/journeys/{key}", response_model=JourneyDetail)
+async def get_journey(key: str, services: ServicesDep) -> dict[str, Any]:
+    """One journey: its current definition, versions and per-step funnel."""
+    found = await _summaries(services, key)
+    if not found:
+        raise HTTPException(404, f"no journey '{key}'")
+    async with services.engine.connect() as conn:
+        versions = (
+            await conn.execute(
+                select(
+                    journey_versions.c.version,
+                    journey_versions.c.deployed_at,
+                    journey_versions.c.source_file,
+                )
+                .where(journey_versions.c.journey_key == key)
+                .order_by(journey_versions.c.version.desc())
+            )
+        ).all()
+        steps = (
+            await conn.execute(
+                select(
+                    enrollment_steps.c.step,
+                    enrollment_steps.c.kind,
+                    func.count().label("visits"),
+                    func.count(enrollment_steps.c.enrollment_id.distinct()).label("users"),
+                )
+                .join(enrollments, enrollments.c.id == enrollment_steps.c.enrollment_id)
+                .where(enrollments.c.journey_key == key)
+                .group_by(enrollment_steps.c.step, enrollment_steps.c.kind)
+                .order_by(text("users DESC"), enrollment_steps.c.step)
+            )
+        ).all()
+    return {
+        **found[0],
+        "versions": [dict(v._mapping) for v in versions],
+        "steps": [dict(s._mapping) for s in steps],
+    }
+
+
+@router.get("/v1/users/{user_id}/journeys", response_model=list[UserJourney])
+async def user_journeys(user_id: str, services: ServicesDep) -> list[dict[str, Any]]:
+    """Every journey a user entered, newest first, with where they are or why they left."""
+    async with services.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(
+                    enrollments.c.id.label("enrollment_id"),
+                    enrollments.c.journey_key,
+                    enrollments.c.version,
+                    enrollments.c.status,
+                    enrollments.c.current_step,
+                    enrollments.c.entered_at,
+                    enrollments.c.ended_at,
+                    enrollments.c.end_reason,
+                    enrollments.c.converted_at,
+                )
+                .where(enrollments.c.user_id == user_id)
+                .order_by(enrollments.c.entered_at.desc(), enrollments.c.id.desc())
+            )
+        ).all()
+    return [
+        {**r._mapping, "workflow_id": search.workflow_id(r.journey_key, user_id)} for r in rows
+    ]
+
+
+@router.get("/healthz", tags=["ops"])
+async def health(services: ServicesDep) -> dict[str, str]:
+    """Postgres and Temporal are reachable."""
+    async with services.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    await services.client.service_client.check_health()
+    return {"status": "ok"}

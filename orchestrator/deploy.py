@@ -1,0 +1,124 @@
+"""Deploying a workspace: every changed journey becomes a new immutable version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.tables import journey_versions, journeys
+from orchestrator.sources import InvalidSource
+from orchestrator.validation import CheckedJourney, check_workspace
+from orchestrator.workspace import Workspace
+
+Change = Literal["new", "updated", "unchanged", "reactivated", "retired"]
+
+
+@dataclass(frozen=True)
+class Deployed:
+    key: str
+    version: int
+    change: Change
+
+
+def content_of(checked: CheckedJourney) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The stored form of a journey (spec and templates) and its content hash."""
+    spec = checked.journey.model_dump(mode="json")
+    templates = {
+        name: template.model_dump(mode="json", exclude_none=True)
+        for name, template in checked.templates.items()
+    }
+    canonical = json.dumps({"spec": spec, "templates": templates}, sort_keys=True)
+    return spec, templates, hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def deploy(engine: AsyncEngine, checked: Sequence[CheckedJourney]) -> list[Deployed]:
+    """Store new versions of changed journeys and retire journeys no longer in the workspace.
+
+    Call only with a fully valid workspace: validation happens before, so that nothing
+    is stored when anything is invalid. One transaction; concurrent deploys queue.
+    """
+    results: list[Deployed] = []
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('journey-deploy'))"))
+        latest = {
+            row.key: row
+            for row in await conn.execute(
+                select(
+                    journeys.c.key,
+                    journeys.c.current_version,
+                    journeys.c.active,
+                    journey_versions.c.content_hash,
+                ).join(
+                    journey_versions,
+                    (journey_versions.c.journey_key == journeys.c.key)
+                    & (journey_versions.c.version == journeys.c.current_version),
+                )
+            )
+        }
+        for item in checked:
+            key = item.journey.journey
+            spec, templates, digest = content_of(item)
+            current = latest.get(key)
+            if current is not None and current.content_hash == digest:
+                if not current.active:
+                    await conn.execute(
+                        update(journeys)
+                        .where(journeys.c.key == key)
+                        .values(active=True, updated_at=func.now())
+                    )
+                results.append(
+                    Deployed(key, current.current_version,
+                             "unchanged" if current.active else "reactivated")
+                )  # fmt: skip
+                continue
+            version = 1 if current is None else current.current_version + 1
+            await conn.execute(
+                insert(journeys)
+                .values(key=key, name=item.journey.name, current_version=version, active=True)
+                .on_conflict_do_update(
+                    index_elements=[journeys.c.key],
+                    set_={
+                        "name": item.journey.name,
+                        "current_version": version,
+                        "active": True,
+                        "updated_at": func.now(),
+                    },
+                )
+            )
+            await conn.execute(
+                insert(journey_versions).values(
+                    journey_key=key,
+                    version=version,
+                    spec=spec,
+                    templates=templates,
+                    content_hash=digest,
+                    source_file=item.file,
+                    source_text=item.source.text,
+                )
+            )
+            results.append(Deployed(key, version, "new" if current is None else "updated"))
+        deployed_keys = {item.journey.journey for item in checked}
+        for key, row in latest.items():
+            if key not in deployed_keys and row.active:
+                await conn.execute(
+                    update(journeys)
+                    .where(journeys.c.key == key)
+                    .values(active=False, updated_at=func.now())
+                )
+                results.append(Deployed(key, row.current_version, "retired"))
+    return results
+
+
+async def deploy_workspace(engine: AsyncEngine, workspace: Workspace) -> list[Deployed]:
+    """Validate every journey of the workspace, then deploy; InvalidSource stores nothing."""
+    checked, problems = check_workspace(workspace)
+    if problems:
+        raise InvalidSource(problems)
+    return await deploy(engine, checked)

@@ -1,0 +1,142 @@
+"""Storing tracked events: deduplicated by message id, with profile traits and identities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.registry import Snapshot
+from orchestrator.profiles import merge_traits
+from orchestrator.tables import events, identities
+from orchestrator.tracking import Incoming
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A newly stored event that journeys may need to hear about."""
+
+    id: int
+    message_id: str
+    name: str
+    user_id: str
+    properties: dict[str, Any]
+    timestamp: datetime
+
+
+async def store_events(
+    conn: AsyncConnection,
+    batch: Sequence[Incoming],
+    *,
+    source: str,
+    received_at: datetime,
+    snapshot: Snapshot,
+) -> list[StoredEvent]:
+    """Insert new events (a retried message id changes nothing) and apply their traits.
+
+    Returns the new events that need routing, in request order; the others are
+    stored as already routed so the sweeper never looks at them.
+    """
+    # The same message id twice in one request counts once, like a retry.
+    unique: dict[str, Incoming] = {}
+    for item in batch:
+        unique.setdefault(item.message_id, item)
+    batch = list(unique.values())
+    if not batch:
+        return []
+    linked = await _linked_users(conn, batch)
+    rows = []
+    for item in batch:
+        user_id = item.user_id or linked.get(item.anonymous_id or "")
+        routable = item.type == "track" and user_id is not None and snapshot.routes(item.event)
+        rows.append(
+            {
+                "message_id": item.message_id,
+                "source": source,
+                "type": item.type,
+                "event": item.event,
+                "user_id": user_id,
+                "anonymous_id": item.anonymous_id,
+                "properties": item.properties,
+                "traits": item.traits,
+                "context": item.context,
+                "timestamp": item.timestamp,
+                "received_at": received_at,
+                "routed_at": None if routable else received_at,
+            }
+        )
+    inserted = await conn.execute(
+        insert(events)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[events.c.message_id])
+        .returning(events.c.id, events.c.message_id)
+    )
+    new_ids = {message_id: event_id for event_id, message_id in inserted.all()}
+    if not new_ids:
+        return []
+    fresh = [
+        (item, row) for item, row in zip(batch, rows, strict=True) if item.message_id in new_ids
+    ]
+    await _merge_traits(conn, [(row["user_id"], item.traits) for item, row in fresh])
+    await _link_identities(conn, [item for item, _ in fresh])
+    return [
+        StoredEvent(
+            id=new_ids[item.message_id],
+            message_id=item.message_id,
+            name=item.event or "",
+            user_id=row["user_id"],
+            properties=item.properties,
+            timestamp=item.timestamp,
+        )
+        for item, row in fresh
+        if row["routed_at"] is None
+    ]
+
+
+async def _linked_users(conn: AsyncConnection, batch: Sequence[Incoming]) -> dict[str, str]:
+    """User ids for anonymous ids we have seen identified or aliased."""
+    anonymous = {i.anonymous_id for i in batch if i.anonymous_id and not i.user_id}
+    if not anonymous:
+        return {}
+    rows = await conn.execute(
+        select(identities.c.anonymous_id, identities.c.user_id).where(
+            identities.c.anonymous_id.in_(anonymous)
+        )
+    )
+    return {anonymous_id: user_id for anonymous_id, user_id in rows.all()}
+
+
+async def _merge_traits(
+    conn: AsyncConnection, updates: Sequence[tuple[str | None, dict[str, Any]]]
+) -> None:
+    """Merge traits into profiles, later messages winning; one upsert per user."""
+    merged: dict[str, dict[str, Any]] = {}
+    for user_id, traits in updates:
+        if user_id is not None and traits:
+            merged.setdefault(user_id, {}).update(traits)
+    for user_id in sorted(merged):  # a fixed order avoids deadlocks between requests
+        await merge_traits(conn, user_id, set=merged[user_id])
+
+
+async def _link_identities(conn: AsyncConnection, batch: Sequence[Incoming]) -> None:
+    links: dict[str, str] = {}
+    for item in batch:
+        if item.type == "alias" and item.previous_id and item.user_id:
+            links[item.previous_id] = item.user_id
+        elif item.anonymous_id and item.user_id:
+            links.setdefault(item.anonymous_id, item.user_id)
+    if links:
+        stmt = insert(identities).values(
+            [{"anonymous_id": a, "user_id": u} for a, u in sorted(links.items())]
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[identities.c.anonymous_id],
+                set_={"user_id": stmt.excluded.user_id},
+            )
+        )

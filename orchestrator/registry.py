@@ -1,0 +1,108 @@
+"""What ingestion needs to know about deployed journeys, cached and refreshed on change."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.tables import journey_versions, journeys
+from workflows.messages import DeployedJourney
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Deployed journeys, indexed by the events that matter to them."""
+
+    # Current versions of active journeys, by trigger event: these start new users.
+    by_trigger: dict[str, list[DeployedJourney]] = field(default_factory=dict)
+    # Journey keys whose running users may care about an event (any version ever
+    # deployed, since a user finishes on the version they entered).
+    interested: dict[str, set[str]] = field(default_factory=dict)
+    versions: dict[tuple[str, int], DeployedJourney] = field(default_factory=dict)
+
+    def routes(self, event: str | None) -> bool:
+        """Whether an event needs routing at all (most do not, and never touch Temporal)."""
+        return event is not None and (event in self.by_trigger or event in self.interested)
+
+
+class JourneyRegistry:
+    """Reloads the snapshot when a deploy changed the journeys table; checks at most every `ttl`."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.engine, self.ttl, self.clock = engine, ttl, clock
+        self._snapshot = Snapshot()
+        self._fingerprint: tuple[object, ...] | None = None
+        self._checked_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def snapshot(self) -> Snapshot:
+        if self.clock() - self._checked_at < self.ttl:
+            return self._snapshot
+        async with self._lock:
+            if self.clock() - self._checked_at >= self.ttl:
+                await self._refresh()
+        return self._snapshot
+
+    async def reload(self) -> Snapshot:
+        """Refresh now (after a deploy in this process)."""
+        async with self._lock:
+            await self._refresh(force=True)
+        return self._snapshot
+
+    async def _refresh(self, *, force: bool = False) -> None:
+        async with self.engine.connect() as conn:
+            fingerprint = tuple(
+                (
+                    await conn.execute(
+                        select(
+                            func.count(), func.max(journeys.c.updated_at),
+                            func.sum(journeys.c.current_version),
+                        )
+                    )
+                ).one()
+            )  # fmt: skip
+            if force or fingerprint != self._fingerprint:
+                rows = await conn.execute(
+                    select(
+                        journey_versions.c.journey_key,
+                        journey_versions.c.version,
+                        journey_versions.c.spec,
+                        journey_versions.c.templates,
+                        journeys.c.current_version,
+                        journeys.c.active,
+                    ).join(journeys, journeys.c.key == journey_versions.c.journey_key)
+                )
+                self._snapshot = _index(rows.all())
+                self._fingerprint = fingerprint
+        self._checked_at = self.clock()
+
+
+def _index(rows: list[object]) -> Snapshot:
+    by_trigger: dict[str, list[DeployedJourney]] = defaultdict(list)
+    interested: dict[str, set[str]] = defaultdict(set)
+    versions: dict[tuple[str, int], DeployedJourney] = {}
+    for row in rows:
+        deployed = DeployedJourney.model_validate(
+            {
+                "key": row.journey_key,  # type: ignore[attr-defined]
+                "version": row.version,  # type: ignore[attr-defined]
+                "spec": row.spec,  # type: ignore[attr-defined]
+                "templates": row.templates,  # type: ignore[attr-defined]
+            }
+        )
+        versions[(deployed.key, deployed.version)] = deployed
+        for name in deployed.spec.interesting_events():
+            interested[name].add(deployed.key)
+        if row.active and row.version == row.current_version:  # type: ignore[attr-defined]
+            by_trigger[deployed.spec.trigger.event].append(deployed)
+    for journeys_list in by_trigger.values():
+        journeys_list.sort(key=lambda j: (-j.spec.priority, j.key))
+    return Snapshot(dict(by_trigger), dict(interested), versions)

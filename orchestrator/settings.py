@@ -1,0 +1,53 @@
+"""Process settings from the environment (`ORCHESTRATOR_*`), one object per process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXAMPLE_WORKSPACE = Path(__file__).resolve().parent.parent / "examples" / "retail"
+
+
+class Settings(BaseSettings):
+    """How `orchestrator api` and `orchestrator worker` find Postgres, Temporal and the workspace."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", frozen=True)
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str | None = Field(
+        default=None, description="postgresql://user:pass@host/db (asyncpg is used)"
+    )
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "journeys"
+    workspace: Path = EXAMPLE_WORKSPACE
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # Ingestion limits, as Segment's: 32 KB per event, 500 KB per request.
+    max_event_bytes: int = 32 * 1024
+    max_request_bytes: int = 500 * 1024
+    # Events no journey was told about after this long are routed again by the sweeper.
+    reroute_after_seconds: float = 30.0
+    db_pool_size: int = 10
+
+    @model_validator(mode="after")
+    def _safe_outside_development(self) -> Settings:
+        if self.environment == "production":
+            if not self.database_url:
+                raise ValueError("ORCHESTRATOR_DATABASE_URL is required in production")
+            if self.workspace == EXAMPLE_WORKSPACE:
+                raise ValueError(
+                    "ORCHESTRATOR_WORKSPACE must point at your workspace in production, "
+                    "not the example (its secrets are public)"
+                )
+        return self
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ValueError(
+                "set ORCHESTRATOR_DATABASE_URL (or use `orchestrator dev`, which starts Postgres)"
+            )
+        return self.database_url

@@ -1,0 +1,1 @@
+"""The embedded stack: real Postgres and Temporal as child processes, and a webhook sink."""

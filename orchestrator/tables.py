@@ -1,0 +1,151 @@
+"""The Postgres schema, as SQLAlchemy Core tables. Migrations create it; code queries it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+_now = text("now()")
+_empty = text("'{}'::jsonb")
+
+journeys = Table(
+    "journeys",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("current_version", Integer, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+journey_versions = Table(
+    "journey_versions",
+    metadata,
+    Column("journey_key", Text, ForeignKey("journeys.key"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("spec", JSONB, nullable=False),
+    Column("templates", JSONB, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("source_file", Text, nullable=False),
+    Column("source_text", Text, nullable=False),
+    Column("deployed_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    PrimaryKeyConstraint("journey_key", "version"),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("traits", JSONB, nullable=False, server_default=_empty),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("anonymous_id", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("message_id", Text, nullable=False, unique=True),
+    Column("source", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("event", Text),
+    Column("user_id", Text),
+    Column("anonymous_id", Text),
+    Column("properties", JSONB, nullable=False, server_default=_empty),
+    Column("traits", JSONB, nullable=False, server_default=_empty),
+    Column("context", JSONB, nullable=False, server_default=_empty),
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    # NULL until every journey that cares has been told; the sweeper retries these.
+    Column("routed_at", DateTime(timezone=True)),
+    Index("events_user_idx", "user_id", "received_at"),
+    Index("events_unrouted_idx", "received_at", postgresql_where=text("routed_at IS NULL")),
+)
+
+enrollments = Table(
+    "enrollments",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("journey_key", Text, ForeignKey("journeys.key"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("user_id", Text, nullable=False),
+    # active | holdout | completed | exited | converted
+    Column("status", Text, nullable=False),
+    Column("trigger_message_id", Text, nullable=False),
+    Column("entered_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("end_reason", Text),
+    Column("current_step", Text),
+    Column("converted_at", DateTime(timezone=True)),
+    UniqueConstraint("journey_key", "trigger_message_id", name="enrollments_trigger_key"),
+    Index("enrollments_user_idx", "journey_key", "user_id", "entered_at"),
+    # At most one user-journey in flight: two racing triggers cannot both enter.
+    Index(
+        "enrollments_one_active",
+        "journey_key",
+        "user_id",
+        unique=True,
+        postgresql_where=text("status = 'active'"),
+    ),
+)
+
+enrollment_steps = Table(
+    "enrollment_steps",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("enrollment_id", BigInteger, ForeignKey("enrollments.id"), nullable=False),
+    Column("step", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("visit", Integer, nullable=False),
+    Column("outcome", Text),
+    Column("at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("enrollment_id", "step", "visit", name="enrollment_steps_visit_key"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("enrollment_id", BigInteger, ForeignKey("enrollments.id")),
+    Column("journey_key", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("step", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("template", Text, nullable=False),
+    # sending | delivered | failed
+    Column("status", Text, nullable=False),
+    Column("content", JSONB, nullable=False, server_default=_empty),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("value", Float),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("delivered_at", DateTime(timezone=True)),
+    Index("messages_user_idx", "user_id", "created_at"),
+)

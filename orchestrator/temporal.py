@@ -1,0 +1,57 @@
+"""Temporal client and worker wiring."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from workflows import search
+from workflows.journey import JourneyWorkflow
+
+def search_attribute_flags() -> list[str]:
+    """`--search-attribute` arguments for `temporal server start-dev`."""
+    return [f"{key.name}={_kind(key)}" for key in search.ALL]
+
+
+def _kind(key: Any) -> str:
+    return "Int" if key.indexed_value_type == IndexedValueType.INDEXED_VALUE_TYPE_INT else "Keyword"
+
+
+async def connect(address: str, namespace: str = "default") -> Client:
+    """A client that speaks pydantic models, as the journey workflow does."""
+    return await Client.connect(
+        address, namespace=namespace, data_converter=pydantic_data_converter
+    )
+
+
+async def register_search_attributes(client: Client, namespace: str) -> None:
+    """Register the journey search attributes (a no-op when they exist)."""
+    request = AddSearchAttributesRequest(
+        namespace=namespace,
+        search_attributes={key.name: key.indexed_value_type for key in search.ALL},
+    )
+    try:
+        await client.operator_service.add_search_attributes(request)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.ALREADY_EXISTS:
+            raise
+
+
+def journey_worker(
+    client: Client, *, task_queue: str, activities: Sequence[Any], **options: Any
+) -> Worker:
+    """A worker that runs journey workflows and their activities."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[JourneyWorkflow],
+        activities=activities,
+        **options,
+    )

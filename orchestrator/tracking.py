@@ -1,0 +1,158 @@
+"""The Segment HTTP Tracking API's messages: parse, validate and normalise them.
+
+Segment's and RudderStack's client libraries send these; every message of a request is
+checked before anything is stored, and a bad one names its field (`batch[3].event`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MessageType = Literal["track", "identify", "page", "screen", "alias", "group"]
+
+
+class BadInput(Exception):
+    """A request we refuse; `field` says where, `status` is 400 or 413."""
+
+    def __init__(self, field: str, message: str, *, status: int = 400) -> None:
+        self.field, self.message, self.status = field, message, status
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class TrackingMessage(BaseModel):
+    """One message. Unknown top-level fields (integrations, _metadata, ...) are kept out."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    type: MessageType
+    message_id: str | None = Field(default=None, alias="messageId", min_length=1, max_length=200)
+    user_id: str | None = Field(default=None, alias="userId", min_length=1, max_length=200)
+    anonymous_id: str | None = Field(
+        default=None, alias="anonymousId", min_length=1, max_length=200
+    )
+    previous_id: str | None = Field(default=None, alias="previousId", min_length=1, max_length=200)
+    group_id: str | None = Field(default=None, alias="groupId", min_length=1, max_length=200)
+    event: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime | None = None
+
+    @field_validator("user_id", "anonymous_id", "previous_id", "group_id", mode="before")
+    @classmethod
+    def _identifier(cls, value: Any) -> Any:
+        # Some libraries send numeric ids; Segment treats them as strings.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A validated message, ready to store."""
+
+    message_id: str
+    type: str
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    previous_id: str | None
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+    timestamp: datetime
+
+
+def parse_message(
+    raw: Any, *, where: str, implied_type: str | None, max_bytes: int, now: datetime
+) -> Incoming:
+    """Validate one message; raise BadInput naming the field."""
+    if not isinstance(raw, dict):
+        raise BadInput(where, "each message must be a JSON object")
+    size = len(json.dumps(raw, separators=(",", ":"), default=str))
+    if size > max_bytes:
+        raise BadInput(where, f"message is {size} bytes; the limit is {max_bytes}", status=413)
+    data = dict(raw)
+    if implied_type is not None:
+        given = data.get("type", implied_type)
+        if given != implied_type:
+            raise BadInput(_at(where, "type"), f"must be '{implied_type}' on this endpoint")
+        data["type"] = implied_type
+    try:
+        msg = TrackingMessage.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(part) for part in err["loc"])
+        raise BadInput(_at(where, field), err["msg"]) from None
+    if msg.type == "track" and not msg.event:
+        raise BadInput(_at(where, "event"), "a track call needs an event name")
+    if msg.type == "alias":
+        if not msg.previous_id:
+            raise BadInput(_at(where, "previousId"), "an alias call needs previousId")
+        if not msg.user_id:
+            raise BadInput(_at(where, "userId"), "an alias call needs userId")
+    elif not msg.user_id and not msg.anonymous_id:
+        raise BadInput(_at(where, "userId"), "give userId or anonymousId")
+    if msg.type == "group" and not msg.group_id:
+        raise BadInput(_at(where, "groupId"), "a group call needs groupId")
+    name = msg.event if msg.type == "track" else msg.name
+    traits = msg.traits or dict(msg.context.get("traits") or {})
+    return Incoming(
+        message_id=msg.message_id or _derived_id(raw),
+        type=msg.type,
+        event=name,
+        user_id=msg.user_id,
+        anonymous_id=msg.anonymous_id,
+        previous_id=msg.previous_id,
+        properties=msg.properties,
+        traits=traits if isinstance(traits, dict) else {},
+        context=msg.context,
+        timestamp=msg.timestamp or now,
+    )
+
+
+def parse_request(
+    body: Any, *, implied_type: str | None, max_event_bytes: int, now: datetime
+) -> list[Incoming]:
+    """A `/v1/batch` body (`{"batch": [...]}`) or a single-message body."""
+    if not isinstance(body, dict):
+        raise BadInput("", "the body must be a JSON object")
+    if implied_type is None:
+        batch = body.get("batch")
+        if not isinstance(batch, list):
+            raise BadInput("batch", "must be a list of messages")
+        return [
+            parse_message(m, where=f"batch[{i}]", implied_type=None,
+                          max_bytes=max_event_bytes, now=now)
+            for i, m in enumerate(batch)
+        ]  # fmt: skip
+    return [
+        parse_message(body, where="", implied_type=implied_type,
+                      max_bytes=max_event_bytes, now=now)
+    ]  # fmt: skip
+
+
+def _at(where: str, field: str) -> str:
+    return f"{where}.{field}" if where else field
+
+
+def _derived_id(raw: dict[str, Any]) -> str:
+    # No messageId: derive one from the content, so that a retried request is still
+    # recognised (sentAt changes between retries and is left out).
+    content = {k: v for k, v in raw.items() if k not in ("sentAt", "writeKey")}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode())
+    return "derived-" + digest.hexdigest()[:40]

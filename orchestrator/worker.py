@@ -1,0 +1,62 @@
+"""The journey worker: JourneyWorkflow plus its activities, wired to Postgres and the channels."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from channels.adapters import build_channels
+from channels.delivery import Clock, utc_now
+from orchestrator.journey_store import PostgresJourneyStore
+from orchestrator.temporal import journey_worker
+from orchestrator.workspace import WorkspaceConfig
+from workflows.activities import JourneyActivities, JourneyStore
+
+
+def build_activities(
+    config: WorkspaceConfig,
+    *,
+    store: JourneyStore,
+    http: httpx.AsyncClient,
+    clock: Clock = utc_now,
+) -> JourneyActivities:
+    """Activities delivering to the channels `orchestrator.yaml` configures."""
+    endpoints = {
+        name.value: {"url": ep.url, "secrets": ep.secrets(), "timeout": ep.timeout}
+        for name, ep in config.channels.items()
+    }
+    return JourneyActivities(
+        store=store,
+        channels=build_channels(endpoints, client=http, clock=clock),
+        http=http,
+        webhook_secret=config.webhooks.signing_secret if config.webhooks else None,
+        clock=clock,
+    )
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client,
+    *,
+    config: WorkspaceConfig,
+    engine: AsyncEngine,
+    task_queue: str,
+    store: JourneyStore | None = None,
+    **options: Any,
+) -> AsyncIterator[Worker]:
+    """Run a worker until the block exits; `store` overrides the Postgres store."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    async with httpx.AsyncClient(limits=limits) as http:
+        activities = build_activities(
+            config, store=store or PostgresJourneyStore(engine), http=http
+        )
+        async with journey_worker(
+            client, task_queue=task_queue, activities=activities.all(), **options
+        ) as worker:
+            yield worker

@@ -1,0 +1,189 @@
+"""A workspace: what a marketing team keeps in git.
+
+    orchestrator.yaml    write keys, channel endpoints and secrets, default timezone
+    journeys/*.yaml      one journey per file
+    templates/*.yaml     one message per file, a section per channel
+
+String values in `orchestrator.yaml` may name environment variables as `${NAME}`, so
+secrets need not live in git.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from channels.signing import secret_key
+from channels.templates import Template
+from orchestrator.sources import InvalidSource, Problem, Source, load
+from workflows.spec import IDENTIFIER, ChannelName
+
+CONFIG_FILE = "orchestrator.yaml"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_secret(value: str) -> str:
+    secret_key(value)
+    return value
+
+
+SigningSecret = Annotated[str, AfterValidator(_check_secret)]
+
+
+class ChannelEndpoint(_Config):
+    """Where a channel system receives messages, and the secrets that sign them."""
+
+    url: str = Field(pattern=r"^https?://")
+    signing_secret: SigningSecret = Field(description="whsec_<base64>; the newest secret signs")
+    previous_signing_secret: SigningSecret | None = Field(
+        default=None, description="Also sign with this one while receivers rotate"
+    )
+    timeout: float = Field(default=10.0, gt=0, le=120)
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.signing_secret, self.previous_signing_secret) if s]
+
+
+class WriteKey(_Config):
+    """One source of events (a website, an app, a backend) and its write key."""
+
+    name: str = Field(pattern=IDENTIFIER)
+    write_key: str = Field(min_length=8)
+
+
+class SampleProfile(_Config):
+    """The profile templates are test-rendered against before deploying."""
+
+    user_id: str = "sample-user"
+    traits: dict[str, Any] = Field(default_factory=dict)
+    event: dict[str, Any] = Field(default_factory=dict, description="Sample event properties")
+
+
+class WebhookSigning(_Config):
+    signing_secret: SigningSecret
+
+
+class WorkspaceConfig(_Config):
+    """`orchestrator.yaml`."""
+
+    workspace: str = Field(pattern=IDENTIFIER)
+    default_timezone: str = "UTC"
+    sources: list[WriteKey] = Field(min_length=1)
+    channels: dict[ChannelName, ChannelEndpoint] = Field(default_factory=dict)
+    webhooks: WebhookSigning | None = Field(
+        default=None, description="Signs requests from journey `webhook` steps"
+    )
+    sample_profile: SampleProfile = Field(default_factory=SampleProfile)
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}") from None
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_keys(cls, sources: list[WriteKey]) -> list[WriteKey]:
+        keys = [s.write_key for s in sources]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two sources share a write key")
+        return sources
+
+    def source_for(self, write_key: str) -> WriteKey | None:
+        return next((s for s in self.sources if s.write_key == write_key), None)
+
+
+@dataclass
+class Workspace:
+    """A loaded workspace. Journeys are loaded as sources; validation parses them."""
+
+    root: Path
+    config: WorkspaceConfig
+    journey_files: list[Path] = field(default_factory=list)
+    templates: dict[str, Template] = field(default_factory=dict)
+    template_sources: dict[str, Source] = field(default_factory=dict)
+
+    def display(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+
+def find_root(start: Path) -> Path | None:
+    """The nearest directory at or above `start` holding an orchestrator.yaml."""
+    here = start.resolve()
+    for candidate in (here, *here.parents) if here.is_dir() else here.parents:
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    return None
+
+
+def load_config(root: Path) -> WorkspaceConfig:
+    """Load and validate `orchestrator.yaml`, resolving `${ENV}` references."""
+    source = load(root / CONFIG_FILE, display=CONFIG_FILE)
+    problems: list[Problem] = []
+    data = _resolve_env(source, source.data, [], problems)
+    if problems:
+        raise InvalidSource(problems)
+    try:
+        return WorkspaceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidSource(source.problems_from(exc)) from None
+
+
+def load_workspace(root: Path) -> Workspace:
+    """Load the config and every template; raise InvalidSource listing all problems."""
+    problems: list[Problem] = []
+    config = None
+    try:
+        config = load_config(root)
+    except InvalidSource as exc:
+        problems.extend(exc.problems)
+    templates: dict[str, Template] = {}
+    template_sources: dict[str, Source] = {}
+    for path in sorted((root / "templates").glob("*.yaml")):
+        display = f"templates/{path.name}"
+        try:
+            source = load(path, display=display)
+            templates[path.stem] = Template.model_validate(source.data)
+            template_sources[path.stem] = source
+        except InvalidSource as exc:
+            problems.extend(exc.problems)
+        except ValidationError as exc:
+            problems.extend(source.problems_from(exc))
+    if problems or config is None:
+        raise InvalidSource(problems)
+    journeys = sorted((root / "journeys").glob("*.yaml"))
+    return Workspace(root, config, journeys, templates, template_sources)
+
+
+def _resolve_env(source: Source, value: Any, loc: list[str | int], problems: list[Problem]) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve_env(source, v, [*loc, k], problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(source, v, [*loc, i], problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            problems.append(source.problem(loc, f"environment variable {name} is not set"))
+            return ""
+        return os.environ[name]
+
+    return _ENV_REF.sub(substitute, value)

@@ -1,0 +1,108 @@
+"""Real servers for the whole session: PostgreSQL, Temporal (time-skipping and dev)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from orchestrator.database import create_engine, migrate
+from orchestrator.stack.postgres import EmbeddedPostgres
+from orchestrator.tables import metadata
+from orchestrator.temporal import register_search_attributes
+from tests.support.receiver import Receiver, running_receiver
+from tests.support.workspace import SECRETS
+from workflows import search
+
+BIN = Path(sys.executable).parent
+
+
+def _binary(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run the tests with `make test`")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, migrated database: on DATABASE_URL's server if set, else embedded."""
+    name = f"orchestrator_test_{uuid.uuid4().hex[:8]}"
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        admin = given.replace("postgresql+asyncpg://", "postgresql://")
+
+        async def create() -> None:
+            conn = await asyncpg.connect(admin)
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.close()
+
+        asyncio.run(create())
+        url = admin.rsplit("/", 1)[0] + f"/{name}"
+        asyncio.run(migrate(url))
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", durable=False)
+    server.start()
+    try:
+        url = server.create_database(name)
+        asyncio.run(migrate(url))
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def session_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(postgres_url, pool_size=20)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def engine(session_engine: AsyncEngine) -> AsyncEngine:
+    """The test database, emptied before each test."""
+    tables = ", ".join(t.name for t in metadata.sorted_tables)
+    async with session_engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    return session_engine
+
+
+@pytest.fixture(scope="session")
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal's time-skipping test server, for journeys that wait days."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=_binary("temporal-test-server"),
+    )
+    await register_search_attributes(env.client, "default")
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server (the one `orchestrator dev` runs), in memory."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=_binary("temporal"),
+        search_attributes=search.ALL,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with running_receiver(SECRETS) as r:
+        yield r

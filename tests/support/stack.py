@@ -1,0 +1,112 @@
+"""The product wired together for a test: API on loopback, worker, routing, real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client, WorkflowHandle
+
+from orchestrator.api import create_app
+from orchestrator.deploy import deploy_workspace
+from orchestrator.routing import Clock, utc_now
+from orchestrator.services import Services, build_services
+from orchestrator.settings import Settings
+from orchestrator.stack.servers import serving
+from orchestrator.worker import running_worker
+from orchestrator.workspace import load_workspace
+from tests.support.workspace import WRITE_KEY
+from workflows.activities import JourneyStore
+from workflows.messages import JourneyState
+from workflows.search import workflow_id
+
+
+@dataclass
+class Stack:
+    api_url: str
+    http: httpx.AsyncClient
+    services: Services
+    client: Client
+    workspace: Path
+
+    async def send(self, path: str, body: Any, *, key: str = WRITE_KEY) -> httpx.Response:
+        return await self.http.post(f"{self.api_url}{path}", json=body, auth=(key, ""))
+
+    async def track(self, user_id: str, event: str, properties: dict[str, Any] | None = None,
+                    *, message_id: str | None = None) -> httpx.Response:
+        body = {"userId": user_id, "event": event, "properties": properties or {},
+                "messageId": message_id or str(uuid.uuid4())}
+        response = await self.send("/v1/track", body)
+        assert response.status_code == 200, response.text
+        return response
+
+    async def identify(self, user_id: str, traits: dict[str, Any]) -> None:
+        response = await self.send(
+            "/v1/identify", {"userId": user_id, "traits": traits, "messageId": str(uuid.uuid4())}
+        )
+        assert response.status_code == 200, response.text
+
+    def handle(self, journey: str, user_id: str) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(workflow_id(journey, user_id))
+
+    async def state(self, journey: str, user_id: str) -> JourneyState:
+        state: JourneyState = await self.handle(journey, user_id).query(
+            "state", result_type=JourneyState
+        )
+        return state
+
+    async def redeploy(self) -> None:
+        await deploy_workspace(self.services.engine, load_workspace(self.workspace))
+        await self.services.registry.reload()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0,
+                     skip: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Poll until `check()` holds; `skip` (e.g. time-skipping) runs between polls."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        if skip is not None:
+            await skip()
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running_stack(
+    *,
+    client: Client,
+    engine: AsyncEngine,
+    database_url: str,
+    workspace: Path,
+    clock: Clock = utc_now,
+    store: JourneyStore | None = None,
+    history_limit: int | None = None,
+) -> AsyncIterator[Stack]:
+    """Deploy the workspace, serve the API and run a worker on a fresh task queue."""
+    ws = load_workspace(workspace)
+    await deploy_workspace(engine, ws)
+    settings = Settings(
+        database_url=database_url, task_queue=f"test-{uuid.uuid4()}", workspace=workspace
+    )
+    services = build_services(settings, config=ws.config, engine=engine, client=client,
+                              clock=clock)
+    if history_limit is not None:
+        services.router.history_limit = history_limit
+    app = create_app(services, sweep=False)
+    async with (
+        serving(app) as url,
+        running_worker(client, config=ws.config, engine=engine,
+                       task_queue=settings.task_queue, store=store),
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        yield Stack(url, http, services, client, workspace)
+

@@ -1,0 +1,61 @@
+"""Temporary workspaces for tests: orchestrator.yaml, journeys and templates on disk."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+SECRETS = {
+    "email": "whsec_SN6HEFrrhJp7Ygw3WCXl9y60mXqXOufBv2Nogw2ifLU=",
+    "push": "whsec_qC3XmmWWYcV0mdqAJ9XkZlkhgMicC03ncHzSZZ663Gc=",
+    "in_app": "whsec_fUZdvdlp+p4FPe2qWdR5J/lbQwYBU0y5PPocWqQnG6Y=",
+    "web": "whsec_aLnp1vXS2yfrd7BHMqBvvT6uG+1WnEw6Zj/mRbSHe6A=",
+    "hooks": "whsec_4RbVi3p0QIgU/Lx61JPDw8uqOMKhqwgdzBBT8BFcVwM=",
+}
+WRITE_KEY = "wk_test_0123456789"
+
+TEMPLATES = {
+    "hello": """
+        email:
+          subject: "Hello {{ user.first_name | default('there') }}"
+          text: "Step {{ journey.step }} of {{ journey.key }}; event {{ event.name }}"
+        push:
+          title: "Hi {{ user.first_name | default('there') }}"
+          body: "Cart {{ event.properties.cart_value }}"
+        in_app:
+          title: In app
+          body: "Hello {{ user.id }}"
+    """,
+}
+
+
+def write_workspace(
+    root: Path,
+    *,
+    receiver_url: str,
+    journeys: dict[str, str],
+    templates: dict[str, str] | None = None,
+    channels: tuple[str, ...] = ("email", "push", "in_app"),
+    default_timezone: str = "UTC",
+) -> Path:
+    """Write a workspace whose channels deliver to `receiver_url/<channel>`."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "journeys").mkdir(exist_ok=True)
+    (root / "templates").mkdir(exist_ok=True)
+    channel_lines = "".join(
+        f"  {name}:\n    url: {receiver_url}/{name}\n    signing_secret: {SECRETS[name]}\n    timeout: 2\n"
+        for name in channels
+    )
+    (root / "orchestrator.yaml").write_text(
+        f"workspace: test\n"
+        f"default_timezone: {default_timezone}\n"
+        f"sources:\n  - name: tests\n    write_key: {WRITE_KEY}\n"
+        f"channels:\n{channel_lines}"
+        f"webhooks:\n  signing_secret: {SECRETS['hooks']}\n"
+        f"sample_profile:\n  traits: {{first_name: Ada}}\n"
+    )
+    for name, text in journeys.items():
+        (root / "journeys" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
+    for name, text in (templates if templates is not None else TEMPLATES).items():
+        (root / "templates" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
+    return root

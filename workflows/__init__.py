@@ -1,0 +1,1 @@
+"""The journey interpreter: the Temporal workflow, its activities and the journey format."""

@@ -1,0 +1,283 @@
+"""The journey's side effects, as Temporal activities with pinned names.
+
+Storage and arbitration come in through the constructor (`JourneyStore`, `Arbiter`),
+so this module owns the order of operations and the exactly-once rules, not the SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, Protocol
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from channels.base import (
+    Channel,
+    DeliveryRequest,
+    PermanentDeliveryError,
+    Receipt,
+    RetryableDeliveryError,
+)
+from channels.delivery import Clock, SignedPoster, utc_now
+from channels.templates import RenderError, render
+from workflows.expressions import event_context, user_context
+from workflows.messages import (
+    DeployedJourney,
+    Profile,
+    ProgressInput,
+    SendInput,
+    SendResult,
+    UpdateProfileInput,
+    WebhookInput,
+    WebhookResult,
+)
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """What the store knows about a message id."""
+
+    status: Literal["sending", "delivered", "failed"]
+    channel: str
+    status_code: int | None
+    error: str | None
+
+
+class JourneyStore(Protocol):
+    """The persistence the journey's activities need."""
+
+    async def load_profile(self, user_id: str) -> dict[str, Any]: ...
+
+    async def update_traits(
+        self, user_id: str, *, set: Mapping[str, Any], unset: Sequence[str]
+    ) -> None: ...
+
+    async def record_progress(self, progress: ProgressInput) -> None: ...
+
+    async def load_version(self, journey_key: str, version: int) -> DeployedJourney: ...
+
+    async def find_message(self, message_id: str) -> MessageRecord | None: ...
+
+    async def claim_message(
+        self, request: SendInput, *, channel: str, content: Mapping[str, Any]
+    ) -> None: ...
+
+    async def mark_delivered(self, message_id: str, receipt: Receipt) -> None: ...
+
+    async def mark_failed(
+        self, message_id: str, *, error: str, status_code: int | None, final: bool
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Arbitration's answer for one message."""
+
+    action: Literal["send", "suppress"]
+    channel: str | None
+    reason: str
+
+
+class Arbiter(Protocol):
+    """Decides, before delivery, whether and on which channel a message goes out."""
+
+    async def decide(
+        self, request: SendInput, profile: Profile, available: Sequence[str]
+    ) -> Decision: ...
+
+
+class FirstConfiguredChannel:
+    """Sends every message now, on the first channel of its list that this worker can deliver.
+
+    This is the decision before central arbitration (caps, quiet hours, consent,
+    conflicts) is plugged in through the same `Arbiter` seam.
+    """
+
+    async def decide(
+        self, request: SendInput, profile: Profile, available: Sequence[str]
+    ) -> Decision:
+        for channel in request.channels:
+            if channel in available:
+                return Decision("send", channel, f"first configured channel: {channel}")
+        return Decision("suppress", None, "none of " + ", ".join(request.channels) + " configured")
+
+
+class JourneyActivities:
+    """The activities a journey worker registers: `worker = Worker(activities=acts.all())`."""
+
+    def __init__(
+        self,
+        *,
+        store: JourneyStore,
+        channels: Mapping[str, Channel],
+        http: httpx.AsyncClient,
+        arbiter: Arbiter | None = None,
+        webhook_secret: str | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.channels = channels
+        self.http = http
+        self.arbiter = arbiter or FirstConfiguredChannel()
+        self.webhook_secret = webhook_secret
+        self.clock = clock
+
+    def all(self) -> list[Any]:
+        return [
+            self.load_profile,
+            self.record_progress,
+            self.load_journey_version,
+            self.send_message,
+            self.update_profile,
+            self.call_webhook,
+        ]
+
+    @activity.defn(name="load_profile")
+    async def load_profile(self, user_id: str) -> Profile:
+        return Profile(user_id=user_id, traits=await self.store.load_profile(user_id))
+
+    @activity.defn(name="record_progress")
+    async def record_progress(self, progress: ProgressInput) -> None:
+        await self.store.record_progress(progress)
+
+    @activity.defn(name="load_journey_version")
+    async def load_journey_version(self, journey_key: str, version: int) -> DeployedJourney:
+        return await self.store.load_version(journey_key, version)
+
+    @activity.defn(name="send_message")
+    async def send_message(self, request: SendInput) -> SendResult:
+        """Arbitrate, render and deliver one message, at most once per message id."""
+        prior = await self.store.find_message(request.message_id)
+        if prior is not None and prior.status == "delivered":
+            return SendResult(
+                message_id=request.message_id,
+                outcome="delivered",
+                channel=prior.channel,
+                status_code=prior.status_code,
+            )
+        if prior is not None and prior.status == "failed":
+            raise ApplicationError(
+                f"message failed earlier: {prior.error}",
+                type="PermanentDeliveryError",
+                non_retryable=True,
+            )
+        profile = await self.load_profile(request.user_id)
+        if prior is not None:
+            # A retry after an attempt that may have reached the provider: same channel,
+            # same id, so the receiver can drop the duplicate.
+            channel_name = prior.channel
+        else:
+            decision = await self.arbiter.decide(request, profile, list(self.channels))
+            if decision.action == "suppress" or decision.channel is None:
+                return SendResult(
+                    message_id=request.message_id, outcome="suppressed", reason=decision.reason
+                )
+            channel_name = decision.channel
+        channel = self.channels[channel_name]
+        try:
+            rendered = channel.render(
+                DeliveryRequest(
+                    message_id=request.message_id,
+                    user_id=request.user_id,
+                    fields=request.template[channel_name],
+                    context=_send_context(request, profile),
+                    metadata={
+                        "journey": request.journey_key,
+                        "version": request.version,
+                        "step": request.step,
+                        "template": request.template_name,
+                        "category": request.category,
+                        "tags": request.tags,
+                    },
+                )
+            )
+        except RenderError as exc:
+            raise ApplicationError(str(exc), type="RenderError", non_retryable=True) from exc
+        await self.store.claim_message(request, channel=channel_name, content=rendered.content)
+        try:
+            receipt = await channel.deliver(rendered, idempotency_key=request.message_id)
+        except PermanentDeliveryError as exc:
+            await self.store.mark_failed(
+                request.message_id, error=str(exc), status_code=exc.status_code, final=True
+            )
+            raise ApplicationError(
+                str(exc), type="PermanentDeliveryError", non_retryable=True
+            ) from exc
+        except RetryableDeliveryError as exc:
+            await self.store.mark_failed(
+                request.message_id, error=str(exc), status_code=exc.status_code, final=False
+            )
+            raise ApplicationError(
+                str(exc), type="RetryableDeliveryError", next_retry_delay=_delay(exc)
+            ) from exc
+        await self.store.mark_delivered(request.message_id, receipt)
+        return SendResult(
+            message_id=request.message_id,
+            outcome="delivered",
+            channel=channel_name,
+            status_code=receipt.status_code,
+        )
+
+    @activity.defn(name="update_profile")
+    async def update_profile(self, update: UpdateProfileInput) -> None:
+        try:
+            values = render(update.set, update.context)
+        except RenderError as exc:
+            raise ApplicationError(str(exc), type="RenderError", non_retryable=True) from exc
+        await self.store.update_traits(update.user_id, set=values, unset=update.unset)
+
+    @activity.defn(name="call_webhook")
+    async def call_webhook(self, call: WebhookInput) -> WebhookResult:
+        """Call an external system, signed; 4xx is final, timeouts and 5xx are retried."""
+        if not self.webhook_secret:
+            raise ApplicationError(
+                "webhook steps need `webhooks.signing_secret` in orchestrator.yaml",
+                type="PermanentDeliveryError",
+                non_retryable=True,
+            )
+        try:
+            url = render({"url": call.url}, call.context)["url"]
+            body = render(call.body, call.context)
+        except RenderError as exc:
+            raise ApplicationError(str(exc), type="RenderError", non_retryable=True) from exc
+        poster = SignedPoster(
+            url=url, secrets=[self.webhook_secret], client=self.http, clock=self.clock
+        )
+        try:
+            response = await poster.post(
+                body, msg_id=call.request_id, method=call.method, headers=call.headers
+            )
+        except PermanentDeliveryError as exc:
+            raise ApplicationError(
+                str(exc), type="PermanentDeliveryError", non_retryable=True
+            ) from exc
+        except RetryableDeliveryError as exc:
+            raise ApplicationError(
+                str(exc), type="RetryableDeliveryError", next_retry_delay=_delay(exc)
+            ) from exc
+        return WebhookResult(status_code=response.status_code)
+
+
+def _send_context(request: SendInput, profile: Profile) -> dict[str, Any]:
+    event = request.event
+    return {
+        "user": user_context(profile.user_id, profile.traits),
+        "event": event_context(event.name, event.properties, event.timestamp.isoformat())
+        if event
+        else {},
+        "journey": {
+            "key": request.journey_key,
+            "version": request.version,
+            "name": request.journey_name,
+            "step": request.step,
+        },
+    }
+
+
+def _delay(exc: RetryableDeliveryError) -> timedelta | None:
+    return timedelta(seconds=exc.retry_after) if exc.retry_after is not None else None
+

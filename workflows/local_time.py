@@ -1,0 +1,34 @@
+"""The next occurrence of a local time of day in a timezone, correct across DST changes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+def zone(name: str | None, default: str) -> ZoneInfo:
+    """The named zone, else the default; an unknown name falls back too."""
+    for candidate in (name, default, "UTC"):
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def next_local_time(now: datetime, clock: str, tz: ZoneInfo) -> datetime:
+    """The first instant strictly after `now` when the wall clock in `tz` reads `clock`.
+
+    A wall time that does not exist (skipped by a spring-forward change) resolves to
+    the same offset as before the change, i.e. slightly later in real time; a wall
+    time that happens twice resolves to the first.
+    """
+    hour, minute = (int(part) for part in clock.split(":"))
+    local_now = now.astimezone(tz)
+    for days in range(0, 3):
+        day = local_now.date() + timedelta(days=days)
+        candidate = datetime.combine(day, time(hour, minute), tzinfo=tz).astimezone(UTC)
+        if candidate > now:
+            return candidate
+    raise AssertionError("unreachable: a time of day recurs within two days")

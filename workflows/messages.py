@@ -1,0 +1,163 @@
+"""What travels through Temporal: workflow inputs, signals, state, activity inputs and results.
+
+Payloads stay small (ids and the few properties conditions need), because every
+wake-up of a long wait replays the history that holds them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workflows.spec import Journey
+
+Status = Literal["running", "waiting", "completed", "exited", "converted", "failed"]
+ENDED: frozenset[str] = frozenset({"completed", "exited", "converted", "failed"})
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class EventSignal(Message):
+    """An event a journey hears about: the trigger, or one it waits for, exits on or converts on."""
+
+    message_id: str
+    name: str
+    properties: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime
+
+
+class DeployedJourney(Message):
+    """One immutable deployed version: the journey and the templates its sends use."""
+
+    key: str
+    version: int
+    spec: Journey
+    templates: dict[str, dict[str, dict[str, Any]]] = Field(
+        description="template name -> channel -> raw fields"
+    )
+
+
+class EnterSignal(Message):
+    """Sent with signal-with-start: which enrollment this start is for."""
+
+    enrollment_id: int
+    version: int
+    trigger: EventSignal
+
+
+class StepVisit(BaseModel):
+    step: str
+    kind: str
+    visit: int
+    at: datetime
+    outcome: str | None = None
+
+
+class JourneyState(BaseModel):
+    """Everything the workflow knows; returned by the `state` query, carried by continue-as-new."""
+
+    status: Status = "running"
+    step: str
+    step_started: bool = False
+    wake_at: datetime | None = None
+    waiting_for: str | None = None
+    visits: dict[str, int] = Field(default_factory=dict)
+    recent_steps: list[StepVisit] = Field(default_factory=list)
+    unrecorded: list[StepVisit] = Field(default_factory=list)
+    assignments: dict[str, str] = Field(default_factory=dict)
+    last_event: EventSignal | None = None
+    pending: list[EventSignal] = Field(default_factory=list)
+    seen_event_ids: list[str] = Field(default_factory=list)
+    messages_sent: int = 0
+    converted_at: datetime | None = None
+    end_reason: str | None = None
+    runs: int = 1
+
+
+class JourneyInput(Message):
+    journey: DeployedJourney
+    user_id: str
+    enrollment_id: int
+    entered_at: datetime
+    trigger: EventSignal
+    default_timezone: str = "UTC"
+    carried: JourneyState | None = None
+    # Continue-as-new once history passes this many events (Temporal also suggests it).
+    history_limit: int = 2000
+
+
+class JourneyResult(Message):
+    status: Status
+    end_reason: str | None
+    steps: int
+    messages_sent: int
+
+
+# ---- activities ------------------------------------------------------------
+
+
+class Profile(Message):
+    user_id: str
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProgressInput(Message):
+    """Step visits to store, and the enrollment's new status when it ended."""
+
+    enrollment_id: int
+    visits: list[StepVisit]
+    current_step: str | None
+    status: Status | None = None
+    end_reason: str | None = None
+    ended_at: datetime | None = None
+    converted_at: datetime | None = None
+
+
+class SendInput(Message):
+    message_id: str
+    enrollment_id: int
+    journey_key: str
+    version: int
+    journey_name: str
+    category: str
+    priority: int
+    user_id: str
+    step: str
+    channels: list[str]
+    template_name: str
+    template: dict[str, dict[str, Any]]
+    tags: list[str] = Field(default_factory=list)
+    value: float | None = None
+    event: EventSignal | None = None
+
+
+class SendResult(Message):
+    message_id: str
+    outcome: Literal["delivered", "suppressed"]
+    channel: str | None = None
+    reason: str | None = None
+    status_code: int | None = None
+
+
+class UpdateProfileInput(Message):
+    user_id: str
+    set: dict[str, Any]
+    unset: list[str]
+    context: dict[str, Any]
+
+
+class WebhookInput(Message):
+    request_id: str
+    url: str
+    method: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    context: dict[str, Any]
+
+
+class WebhookResult(Message):
+    status_code: int

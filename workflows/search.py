@@ -1,0 +1,22 @@
+"""Search attributes that make every user's journey findable in the Temporal UI.
+
+They must be registered on the server before any workflow sets them. Values are
+identifiers only: search attributes are stored unencrypted.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+JOURNEY_KEY = SearchAttributeKey.for_keyword("JourneyKey")
+JOURNEY_VERSION = SearchAttributeKey.for_int("JourneyVersion")
+USER_ID = SearchAttributeKey.for_keyword("UserId")
+JOURNEY_STEP = SearchAttributeKey.for_keyword("JourneyStep")
+JOURNEY_STATUS = SearchAttributeKey.for_keyword("JourneyStatus")
+
+ALL = (JOURNEY_KEY, JOURNEY_VERSION, USER_ID, JOURNEY_STEP, JOURNEY_STATUS)
+
+
+def workflow_id(journey_key: str, user_id: str) -> str:
+    """One workflow per (journey, user)."""
+    return f"journey:{journey_key}:{user_id}"

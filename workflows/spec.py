@@ -1,0 +1,392 @@
+"""The journey format: what a marketer writes in `journeys/*.yaml`, as pydantic models.
+
+A journey is a trigger, an optional audience and a graph of steps keyed by id. Each
+step is a mapping with exactly one kind key (`wait`, `wait_for`, `branch`,
+`experiment`, `send`, `update_profile`, `webhook`, `exit`) and, unless it ends the
+journey or names its successors itself, a `next`. Unknown keys are errors, so a typo
+is reported at its line.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from workflows.durations import format_duration, parse_duration
+from workflows.expressions import syntax_error
+
+IDENTIFIER = r"^[a-z][a-z0-9_]{0,63}$"
+_IDENTIFIER = re.compile(IDENTIFIER)
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    return parse_duration(value)
+
+
+def _condition(value: str) -> str:
+    if error := syntax_error(value):
+        raise ValueError(error)
+    return value
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^(\d+\s*[wdhms]\s*)+$", "examples": ["30m", "2h", "3d"]}
+    ),
+]
+"""A duration such as `30m`, `2h`, `3d`, `1w` or `1d12h`."""
+
+Condition = Annotated[
+    str,
+    AfterValidator(_condition),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "A Jinja2 expression over user, event and journey",
+            "examples": ["user.country == 'GB'", "event.properties.total > 50"],
+        }
+    ),
+]
+"""A Jinja2 expression over `user`, `event` and `journey`."""
+
+StepId = Annotated[str, Field(pattern=IDENTIFIER)]
+
+
+class Strict(BaseModel):
+    """Every journey model refuses unknown keys and is immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChannelName(StrEnum):
+    email = "email"
+    push = "push"
+    in_app = "in_app"
+    web = "web"
+
+
+class Category(StrEnum):
+    promotional = "promotional"
+    transactional = "transactional"
+    service = "service"
+
+
+class Trigger(Strict):
+    """The event that enters a user into the journey, and an optional condition on it."""
+
+    event: str = Field(min_length=1, max_length=200)
+    when: Condition | None = None
+
+
+class ReEntryAfter(Strict):
+    after: Duration
+
+
+ReEntry = Literal["never", "always"] | ReEntryAfter
+
+
+class EventMatch(Strict):
+    """An event by name, optionally with a condition over it and the user."""
+
+    event: str = Field(min_length=1, max_length=200)
+    where: Condition | None = None
+
+
+def _event_match(value: Any) -> Any:
+    return {"event": value} if isinstance(value, str) else value
+
+
+ExitOn = Annotated[EventMatch, BeforeValidator(_event_match)]
+
+
+class Goal(EventMatch):
+    """The conversion this journey works towards, counted within a window from entry."""
+
+    within: Duration = timedelta(days=7)
+    exit: bool = True
+
+
+# ---- steps -----------------------------------------------------------------
+
+
+class WaitUntil(Strict):
+    until: str = Field(description="Local time of day, HH:MM")
+    timezone: str = Field(
+        default="user",
+        description="'user' (the profile's timezone, else the workspace default) or an IANA name",
+    )
+
+    @field_validator("until")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if not _CLOCK.match(value):
+            raise ValueError(f"{value!r} is not a time of day: use HH:MM, like 09:00")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value == "user":
+            return value
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}") from None
+        return value
+
+
+class WaitStep(Strict):
+    """Pause for a duration, or until the next local time of day."""
+
+    wait: Duration | WaitUntil
+    next: StepId
+
+
+class WaitFor(Strict):
+    event: str = Field(min_length=1, max_length=200)
+    where: Condition | None = None
+    timeout: Duration
+    on_event: StepId
+    on_timeout: StepId
+
+
+class WaitForStep(Strict):
+    """Wait for an event (optionally matching `where`) up to a timeout, then go one of two ways."""
+
+    wait_for: WaitFor
+
+
+class BranchArm(Strict):
+    when: Condition | None = None
+    next: StepId
+
+
+class BranchStep(Strict):
+    """The first arm whose `when` holds; the last arm has no `when` and is the default."""
+
+    branch: list[BranchArm] = Field(min_length=1)
+
+    @field_validator("branch")
+    @classmethod
+    def _default_last(cls, arms: list[BranchArm]) -> list[BranchArm]:
+        if arms[-1].when is not None:
+            raise ValueError("the last arm of a branch is the default: give it no `when`")
+        for arm in arms[:-1]:
+            if arm.when is None:
+                raise ValueError("only the last arm of a branch may have no `when`")
+        return arms
+
+
+class Variant(Strict):
+    name: str = Field(pattern=IDENTIFIER)
+    weight: int = Field(gt=0, le=10_000)
+    next: StepId
+
+
+class Experiment(Strict):
+    key: str = Field(pattern=IDENTIFIER)
+    variants: list[Variant] = Field(min_length=2)
+    mode: Literal["fixed"] = Field(
+        default="fixed",
+        description="fixed: weighted split, sticky per user by consistent hashing",
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, variants: list[Variant]) -> list[Variant]:
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique")
+        return variants
+
+
+class ExperimentStep(Strict):
+    """Split users between variants by weight; a user always gets the same variant."""
+
+    experiment: Experiment
+
+
+class Send(Strict):
+    channel: ChannelName | None = None
+    channels: list[ChannelName] | None = Field(
+        default=None, min_length=1, description="Ordered fallback"
+    )
+    template: str = Field(min_length=1)
+    content: dict[str, Any] | None = None
+    tags: list[str] = Field(default_factory=list)
+    value: float | None = Field(default=None, ge=0, description="Expected value, for arbitration")
+
+    @model_validator(mode="after")
+    def _one_channel_form(self) -> Send:
+        if (self.channel is None) == (self.channels is None):
+            raise ValueError("give either `channel` or `channels` (an ordered fallback list)")
+        if self.channels is not None and len(set(self.channels)) != len(self.channels):
+            raise ValueError("`channels` lists a channel twice")
+        return self
+
+    @property
+    def channel_order(self) -> list[ChannelName]:
+        return [self.channel] if self.channel is not None else list(self.channels or [])
+
+
+class SendStep(Strict):
+    """Send a message rendered from a template on a channel (or the first allowed of several)."""
+
+    send: Send
+    next: StepId
+
+
+class UpdateProfile(Strict):
+    set: dict[str, Any] = Field(default_factory=dict)
+    unset: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateProfile:
+        if not self.set and not self.unset:
+            raise ValueError("update_profile needs `set` or `unset`")
+        return self
+
+
+class UpdateProfileStep(Strict):
+    """Set or remove profile traits; string values are rendered as templates."""
+
+    update_profile: UpdateProfile
+    next: StepId
+
+
+class Webhook(Strict):
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    body: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookStep(Strict):
+    """Call an external system with a signed JSON request; string values are templates."""
+
+    webhook: Webhook
+    next: StepId
+
+
+class ExitStep(Strict):
+    """End the journey here."""
+
+    exit: dict[str, Any] | None = None
+
+    @field_validator("exit")
+    @classmethod
+    def _empty(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value:
+            raise ValueError("exit takes no options: write `exit: {}`")
+        return value
+
+
+STEP_KINDS = (
+    "wait",
+    "wait_for",
+    "branch",
+    "experiment",
+    "send",
+    "update_profile",
+    "webhook",
+    "exit",
+)
+
+
+def step_kind(value: Any) -> str | None:
+    """The kind of a raw or parsed step: its single kind key, or None."""
+    if isinstance(value, BaseModel):
+        value = value.__class__.model_fields
+    if not isinstance(value, dict):
+        return None
+    kinds = [k for k in STEP_KINDS if k in value]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+Step = Annotated[
+    Annotated[WaitStep, Tag("wait")]
+    | Annotated[WaitForStep, Tag("wait_for")]
+    | Annotated[BranchStep, Tag("branch")]
+    | Annotated[ExperimentStep, Tag("experiment")]
+    | Annotated[SendStep, Tag("send")]
+    | Annotated[UpdateProfileStep, Tag("update_profile")]
+    | Annotated[WebhookStep, Tag("webhook")]
+    | Annotated[ExitStep, Tag("exit")],
+    Discriminator(
+        step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a step needs exactly one of: " + ", ".join(STEP_KINDS),
+    ),
+]
+
+
+def successors(step: Step) -> list[str]:
+    """The step ids a step can go to next, in order."""
+    match step:
+        case WaitForStep(wait_for=w):
+            return [w.on_event, w.on_timeout]
+        case BranchStep(branch=arms):
+            return [arm.next for arm in arms]
+        case ExperimentStep(experiment=e):
+            return [v.next for v in e.variants]
+        case ExitStep():
+            return []
+        case _:
+            return [step.next]
+
+
+def is_wait(step: Step) -> bool:
+    """Whether reaching this step makes the user wait (so a cycle through it is allowed)."""
+    return isinstance(step, WaitStep | WaitForStep)
+
+
+class Journey(Strict):
+    """One journey file."""
+
+    journey: str = Field(pattern=IDENTIFIER, description="Stable key; never rename")
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    priority: int = Field(default=50, ge=0, le=100)
+    category: Category = Category.promotional
+    trigger: Trigger
+    audience: Condition | None = None
+    re_entry: ReEntry = "never"
+    holdout: float = Field(default=0, ge=0, lt=100, description="Percent kept out as control")
+    exit_on: list[ExitOn] = Field(default_factory=list)
+    goal: Goal | None = None
+    start: StepId
+    steps: dict[Annotated[str, Field(pattern=IDENTIFIER)], Step] = Field(min_length=1)
+
+    def interesting_events(self) -> set[str]:
+        """Events a running user of this journey must hear about (not the trigger)."""
+        names = {m.event for m in self.exit_on}
+        if self.goal is not None:
+            names.add(self.goal.event)
+        for step in self.steps.values():
+            if isinstance(step, WaitForStep):
+                names.add(step.wait_for.event)
+        return names
