@@ -11,9 +11,15 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from workflows import search
 from workflows.journey import JourneyWorkflow
+
+# Jinja2 compiles conditions lazily (importing inside functions) and keeps a cache
+# behind a lock; it is deterministic, so it is shared with the sandbox, not reloaded.
+SANDBOX = SandboxRestrictions.default.with_passthrough_modules("jinja2", "markupsafe")
+
 
 def search_attribute_flags() -> list[str]:
     """`--search-attribute` arguments for `temporal server start-dev`."""
@@ -53,5 +59,6 @@ def journey_worker(
         task_queue=task_queue,
         workflows=[JourneyWorkflow],
         activities=activities,
+        workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
         **options,
     )

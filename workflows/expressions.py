@@ -32,6 +32,7 @@ ENVIRONMENT = SandboxedEnvironment(undefined=Missing, autoescape=False)
 CONDITION_NAMES = ("user", "event", "journey")
 
 
+@lru_cache(maxsize=4096)
 def syntax_error(source: str) -> str | None:
     """Return a readable parse error for an expression, or None when it parses."""
     if not isinstance(source, str) or not source.strip():

@@ -1,0 +1,149 @@
+"""`orchestrator`: run the stack (dev, api, worker, migrate) and manage journeys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.journeys_cli import app as journeys_app
+from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
+
+app = typer.Typer(
+    help="Cross-channel journey orchestration on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(journeys_app, name="journeys")
+
+
+def main() -> None:
+    app()
+
+
+def run_until_stopped(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `work(stop)` where `stop` is set on Ctrl-C or SIGTERM."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await work(stop)
+
+    asyncio.run(runner())
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@app.command()
+def dev(
+    workspace: Annotated[
+        Path, typer.Option(help="Workspace to run: orchestrator.yaml, journeys/, templates/")
+    ] = EXAMPLE_WORKSPACE,
+    state_dir: Annotated[
+        Path, typer.Option(help="Where Postgres and Temporal keep their data")
+    ] = Path(".state"),
+    api_port: Annotated[int, typer.Option(help="HTTP API port")] = 8000,
+    temporal_port: Annotated[int, typer.Option(help="Temporal frontend (gRPC) port")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port")] = 8233,
+    sink_port: Annotated[int, typer.Option(help="Local webhook sink port")] = 8750,
+    postgres_port: Annotated[int, typer.Option(help="Postgres port (0: any free)")] = 0,
+) -> None:
+    """Run everything locally: Postgres, Temporal + UI, API, worker and a webhook sink."""
+    from orchestrator.stack.dev import DevOptions, run_dev
+
+    _logging("warning")
+    options = DevOptions(
+        workspace=workspace,
+        state_dir=state_dir,
+        api_port=api_port,
+        temporal_port=temporal_port,
+        ui_port=ui_port,
+        sink_port=sink_port,
+        postgres_port=postgres_port,
+    )
+    run_until_stopped(lambda stop: run_dev(options, stop))
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API (settings from ORCHESTRATOR_* environment variables)."""
+    from orchestrator.api import create_app
+    from orchestrator.services import open_services
+    from orchestrator.stack.servers import serving
+
+    settings = Settings()
+    _logging("info")
+
+    async def work(stop: asyncio.Event) -> None:
+        async with (
+            open_services(settings) as services,
+            serving(create_app(services), host=settings.api_host, port=settings.api_port,
+                    log_level="info") as url,
+        ):  # fmt: skip
+            typer.echo(f"API on {url} (docs at {url}/docs)")
+            await stop.wait()
+
+    run_until_stopped(work)
+
+
+@app.command()
+def worker() -> None:
+    """Run a journey worker (settings from ORCHESTRATOR_* environment variables)."""
+    from orchestrator.database import create_engine
+    from orchestrator.temporal import connect
+    from orchestrator.worker import running_worker
+    from orchestrator.workspace import load_config
+
+    settings = Settings()
+    _logging("info")
+
+    async def work(stop: asyncio.Event) -> None:
+        engine = create_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
+        try:
+            client = await connect(settings.temporal_address, settings.temporal_namespace)
+            async with running_worker(
+                client,
+                config=load_config(settings.workspace),
+                engine=engine,
+                task_queue=settings.task_queue,
+            ):
+                typer.echo(f"worker polling task queue '{settings.task_queue}'")
+                await stop.wait()
+        finally:
+            await engine.dispose()
+
+    run_until_stopped(work)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    from orchestrator.database import migrate_sync
+
+    migrate_sync(Settings().require_database_url())
+    typer.echo("database is up to date")
+
+
+@app.command("register-search-attributes")
+def register_search_attributes() -> None:
+    """Register the journey search attributes on a Temporal cluster (idempotent)."""
+    from orchestrator.temporal import connect
+    from orchestrator.temporal import register_search_attributes as register
+
+    settings = Settings()
+
+    async def work() -> None:
+        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        await register(client, settings.temporal_namespace)
+
+    asyncio.run(work())
+    typer.echo("search attributes registered")

@@ -1,0 +1,182 @@
+"""`orchestrator journeys ...`: validate, deploy, list, schema, graph."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from orchestrator.sources import InvalidSource, Problem
+from orchestrator.workspace import Workspace, find_root, load_workspace
+
+app = typer.Typer(help="Validate, deploy and inspect journeys.", no_args_is_help=True)
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option(help="Workspace directory (default: found above the given paths, or cwd)"),
+]
+
+
+def _print_problems(root: Path, problems: list[Problem]) -> None:
+    for problem in problems:
+        shown = os.path.relpath(root / problem.file)
+        typer.echo(str(Problem(shown, problem.line, problem.col, problem.path, problem.message)))
+
+
+def _open_workspace(root: Path) -> Workspace:
+    try:
+        return load_workspace(root)
+    except InvalidSource as exc:
+        _print_problems(root, exc.problems)
+        raise typer.Exit(1) from None
+
+
+def _root_for(paths: list[Path], workspace: Path | None) -> Path:
+    if workspace is not None:
+        return workspace
+    found = find_root(paths[0] if paths else Path.cwd())
+    if found is None:
+        typer.echo("no orchestrator.yaml found above the given path; pass --workspace", err=True)
+        raise typer.Exit(2)
+    return found
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Journey files or directories")],
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Print every problem as `path:line:col: message`; exit 1 if there are any."""
+    from orchestrator.validation import check_files
+
+    root = _root_for(paths, workspace)
+    ws = _open_workspace(root)
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.yaml")) or sorted((path / "journeys").glob("*.yaml")))
+        else:
+            files.append(path)
+    problems = check_files(files, ws)
+    _print_problems(root, problems)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{len(files)} journey file(s) valid", err=True)
+
+
+@app.command()
+def deploy(workspace: WorkspaceOption = None) -> None:
+    """Validate the whole workspace and store each changed journey as a new version."""
+    from orchestrator.database import create_engine
+    from orchestrator.deploy import deploy_workspace
+    from orchestrator.settings import Settings
+
+    root = _root_for([], workspace or Settings().workspace)
+    ws = _open_workspace(root)
+    url = Settings().require_database_url()
+
+    async def work() -> None:
+        engine = create_engine(url, pool_size=1)
+        try:
+            results = await deploy_workspace(engine, ws)
+        finally:
+            await engine.dispose()
+        for item in results:
+            typer.echo(f"{item.key:<28} v{item.version:<4} {item.change}")
+
+    try:
+        asyncio.run(work())
+    except InvalidSource as exc:
+        _print_problems(root, exc.problems)
+        typer.echo("nothing was deployed", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("list")
+def list_journeys() -> None:
+    """Deployed journeys, their versions and how many users are in each state."""
+    from sqlalchemy import func, select
+
+    from orchestrator.database import create_engine
+    from orchestrator.settings import Settings
+    from orchestrator.tables import enrollments, journeys
+
+    url = Settings().require_database_url()
+
+    async def work() -> None:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(select(journeys).order_by(journeys.c.key))).all()
+                counts = (
+                    await conn.execute(
+                        select(enrollments.c.journey_key, enrollments.c.status, func.count())
+                        .group_by(enrollments.c.journey_key, enrollments.c.status)
+                    )
+                ).all()
+        finally:
+            await engine.dispose()
+        tally: dict[str, dict[str, int]] = {}
+        for key, status, n in counts:
+            tally.setdefault(key, {})[status] = n
+        typer.echo(f"{'JOURNEY':<28} {'VERSION':<8} {'STATE':<8} USERS")
+        for row in rows:
+            users = ", ".join(f"{s} {n}" for s, n in sorted(tally.get(row.key, {}).items()))
+            state = "active" if row.active else "retired"
+            typer.echo(f"{row.key:<28} v{row.current_version:<7} {state:<8} {users or '-'}")
+
+    asyncio.run(work())
+
+
+@app.command()
+def schema(
+    kind: Annotated[
+        Literal["journey", "template", "workspace"], typer.Option(help="Which file's schema")
+    ] = "journey",
+    output: Annotated[Path | None, typer.Option(help="Write to this file")] = None,
+) -> None:
+    """JSON Schema for journey, template or orchestrator.yaml files (for editors)."""
+    from channels.templates import Template
+    from orchestrator.workspace import WorkspaceConfig
+    from workflows.spec import Journey
+
+    model = {"journey": Journey, "template": Template, "workspace": WorkspaceConfig}[kind]
+    document = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                **model.model_json_schema()}  # fmt: skip
+    text = json.dumps(document, indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
+@app.command()
+def graph(
+    path: Annotated[Path, typer.Argument(help="A journey file")],
+    svg: Annotated[Path | None, typer.Option(help="Also write an SVG picture here")] = None,
+) -> None:
+    """Print the journey as Mermaid text; with --svg, write a picture to open."""
+    from pydantic import ValidationError
+
+    from orchestrator.graph import mermaid
+    from orchestrator.graph import svg as render_svg
+    from orchestrator.sources import load
+    from workflows.spec import Journey
+
+    try:
+        source = load(path, display=os.path.relpath(path))
+        journey = Journey.model_validate(source.data)
+    except InvalidSource as exc:
+        _print_problems(Path.cwd(), exc.problems)
+        raise typer.Exit(1) from None
+    except ValidationError as exc:
+        _print_problems(Path.cwd(), source.problems_from(exc))
+        raise typer.Exit(1) from None
+    typer.echo(mermaid(journey), nl=False)
+    if svg is not None:
+        svg.write_text(render_svg(journey))
+        typer.echo(f"wrote {svg}", err=True)

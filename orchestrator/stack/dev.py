@@ -1,0 +1,115 @@
+"""`orchestrator dev`: the whole product on one machine, as one process tree.
+
+Embedded PostgreSQL and the Temporal dev server run as children (and die with us);
+the API, the worker and the webhook sink run in this process's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.api import create_app
+from orchestrator.database import create_engine, migrate
+from orchestrator.deploy import deploy_workspace
+from orchestrator.services import build_services
+from orchestrator.settings import Settings
+from orchestrator.sources import InvalidSource
+from orchestrator.stack.postgres import EmbeddedPostgres
+from orchestrator.stack.servers import serving
+from orchestrator.stack.sink import create_sink
+from orchestrator.stack.temporal import TemporalDevServer
+from orchestrator.temporal import connect
+from orchestrator.worker import running_worker
+from orchestrator.workspace import load_workspace
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    workspace: Path
+    state_dir: Path
+    api_port: int
+    temporal_port: int
+    ui_port: int
+    sink_port: int
+    postgres_port: int = 0
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
+    """Start everything, deploy the workspace, serve until `stop`, then stop everything."""
+    try:
+        workspace = load_workspace(options.workspace)
+    except InvalidSource as exc:
+        say(f"the workspace {options.workspace} is invalid:\n{exc}")
+        sys.exit(1)
+    state = options.state_dir.resolve()
+    postgres = EmbeddedPostgres(state / "postgres", port=options.postgres_port)
+    temporal = TemporalDevServer(
+        state_dir=state / "temporal", port=options.temporal_port, ui_port=options.ui_port
+    )
+    say(f"starting PostgreSQL and Temporal (state in {state}) ...")
+    try:
+        temporal.start()
+        database_url = await asyncio.to_thread(postgres.start)
+        await migrate(database_url)
+        await temporal.wait_ready()
+        engine = create_engine(database_url)
+        try:
+            try:
+                deployed = await deploy_workspace(engine, workspace)
+            except InvalidSource as exc:
+                say(f"not deploying: the journeys are invalid:\n{exc}")
+                return
+            settings = Settings(
+                database_url=database_url,
+                temporal_address=temporal.address,
+                workspace=options.workspace,
+                api_port=options.api_port,
+            )
+            client = await connect(temporal.address)
+            services = build_services(settings, config=workspace.config, engine=engine,
+                                      client=client)  # fmt: skip
+            async with (
+                serving(create_sink(workspace.config), port=options.sink_port) as sink_url,
+                serving(create_app(services), port=options.api_port) as api_url,
+                running_worker(client, config=workspace.config, engine=engine,
+                               task_queue=settings.task_queue),
+            ):  # fmt: skip
+                _banner(api_url, temporal, sink_url, database_url, workspace.config.sources[0].write_key)
+                for item in deployed:
+                    say(f"  journey {item.key:<24} v{item.version:<3} {item.change}")
+                say("\nready; Ctrl-C stops everything\n")
+                await stop.wait()
+                say("\nstopping ...")
+        finally:
+            await engine.dispose()
+    finally:
+        await asyncio.to_thread(temporal.stop)
+        await asyncio.to_thread(postgres.stop)
+        say("stopped")
+
+
+def _banner(
+    api_url: str, temporal: TemporalDevServer, sink_url: str, database_url: str, write_key: str
+) -> None:
+    namespace_ui = f"{temporal.ui_url}/namespaces/default/workflows"
+    say(
+        "\n"
+        f"  API            {api_url}\n"
+        f"  OpenAPI docs   {api_url}/docs\n"
+        f"  Temporal UI    {namespace_ui}\n"
+        f"  Temporal gRPC  {temporal.address}\n"
+        f"  Webhook sink   {sink_url}  (messages are printed below)\n"
+        f"  Postgres       {database_url.replace('+asyncpg', '')}\n"
+        "\n"
+        "  try:  curl -u " + write_key + ": " + api_url + "/v1/track -H 'content-type: "
+        "application/json' \\\n"
+        "          -d '{\"userId\": \"ada\", \"event\": \"Signed Up\"}'\n"
+    )
+
