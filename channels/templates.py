@@ -130,12 +130,23 @@ def _render(value: Any, context: Mapping[str, Any], path: tuple[str, ...]) -> An
             line = getattr(exc, "lineno", None)
             raise RenderError(".".join(path), exc.message or type(exc).__name__, line) from None
         except Exception as exc:
-            raise RenderError(".".join(path), f"{type(exc).__name__}: {exc}") from None
+            message = f"{type(exc).__name__}: {exc}"
+            raise RenderError(".".join(path), message, _template_line(exc)) from None
     if isinstance(value, Mapping):
         return {k: _render(v, context, (*path, str(k))) for k, v in value.items()}
     if isinstance(value, list):
         return [_render(v, context, (*path, str(i))) for i, v in enumerate(value)]
     return value
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line a render error happened on (Jinja2 marks it in the traceback)."""
+    line, tb = None, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def _strings(value: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str]]:

@@ -47,14 +47,19 @@ class Source:
     data: Any
     node: Any
 
-    def position(self, loc: Loc) -> tuple[int, int]:
-        """The line and column of the deepest node on `loc` that exists in the file."""
+    def position(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
+        """The line and column of the deepest node on `loc` that exists in the file.
+
+        A scalar is located at its value, unless `key` asks for the key that holds it
+        (an unknown key is an error about the key, not its value).
+        """
         node, line, col = self.node, 0, 0
-        for part in loc:
+        for i, part in enumerate(loc):
             if isinstance(node, CommentedMap) and part in node:
                 line, col = node.lc.key(part)
                 value = node[part]
-                if not isinstance(value, CommentedMap | CommentedSeq):
+                last = i == len(loc) - 1
+                if not isinstance(value, CommentedMap | CommentedSeq) and not (key and last):
                     line, col = node.lc.value(part)
                 node = value
             elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
@@ -64,9 +69,11 @@ class Source:
                 break
         return line + 1, col + 1
 
-    def problem(self, loc: Loc, message: str, *, line_in_value: int | None = None) -> Problem:
+    def problem(
+        self, loc: Loc, message: str, *, line_in_value: int | None = None, key: bool = False
+    ) -> Problem:
         """A problem at `loc`; `line_in_value` points inside a multi-line string value."""
-        line, col = self.position(loc)
+        line, col = self.position(loc, key=key)
         if line_in_value is not None:
             lines = self.text.splitlines()
             # A block scalar (`|` or `>`) starts on the line after its indicator.
@@ -82,7 +89,7 @@ class Source:
         found = []
         for err in error.errors():
             loc = [*prefix, *_without_union_tags(err["loc"])]
-            found.append(self.problem(loc, _message(err)))
+            found.append(self.problem(loc, _message(err), key=err["type"] == "extra_forbidden"))
         return found
 
 
@@ -91,12 +98,9 @@ def dotted(loc: Loc) -> str:
 
 
 def _without_union_tags(loc: Sequence[str | int]) -> list[str | int]:
-    # The step union is tagged by kind, and pydantic puts the tag after the step id
-    # (`steps.a.send.send.template`); the marketer never wrote it, so drop it.
-    parts = list(loc)
-    if len(parts) >= 3 and parts[0] == "steps":
-        del parts[2]
-    return parts
+    # Tagged unions put their tag (written `<kind>`) into error locations, as in
+    # `steps.a.<send>.send.template`; the marketer never wrote it, so drop it.
+    return [p for p in loc if not (isinstance(p, str) and p.startswith("<"))]
 
 
 def _message(err: Any) -> str:

@@ -235,7 +235,7 @@ def _send_problems(source: Source, journey: Journey, workspace: Workspace) -> It
             )
             continue
         for loc, channel in channel_locs:
-            if getattr(template, channel) is None:
+            if channel in configured and getattr(template, channel) is None:
                 yield source.problem(
                     loc, f"template '{send.template}' has no {channel} section"
                 )

@@ -159,10 +159,20 @@ class WaitUntil(Strict):
         return value
 
 
+def _wait_form(value: Any) -> str:
+    return "<until>" if isinstance(value, dict | WaitUntil) else "<duration>"
+
+
+WaitSpec = Annotated[
+    Annotated[Duration, Tag("<duration>")] | Annotated[WaitUntil, Tag("<until>")],
+    Discriminator(_wait_form),
+]
+
+
 class WaitStep(Strict):
     """Pause for a duration, or until the next local time of day."""
 
-    wait: Duration | WaitUntil
+    wait: WaitSpec
     next: StepId
 
 
@@ -327,17 +337,23 @@ def step_kind(value: Any) -> str | None:
     return kinds[0] if len(kinds) == 1 else None
 
 
+def _step_tag(value: Any) -> str | None:
+    # Union tags appear in error locations; "<...>" marks them so they can be dropped.
+    kind = step_kind(value)
+    return f"<{kind}>" if kind else None
+
+
 Step = Annotated[
-    Annotated[WaitStep, Tag("wait")]
-    | Annotated[WaitForStep, Tag("wait_for")]
-    | Annotated[BranchStep, Tag("branch")]
-    | Annotated[ExperimentStep, Tag("experiment")]
-    | Annotated[SendStep, Tag("send")]
-    | Annotated[UpdateProfileStep, Tag("update_profile")]
-    | Annotated[WebhookStep, Tag("webhook")]
-    | Annotated[ExitStep, Tag("exit")],
+    Annotated[WaitStep, Tag("<wait>")]
+    | Annotated[WaitForStep, Tag("<wait_for>")]
+    | Annotated[BranchStep, Tag("<branch>")]
+    | Annotated[ExperimentStep, Tag("<experiment>")]
+    | Annotated[SendStep, Tag("<send>")]
+    | Annotated[UpdateProfileStep, Tag("<update_profile>")]
+    | Annotated[WebhookStep, Tag("<webhook>")]
+    | Annotated[ExitStep, Tag("<exit>")],
     Discriminator(
-        step_kind,
+        _step_tag,
         custom_error_type="step_kind",
         custom_error_message="a step needs exactly one of: " + ", ".join(STEP_KINDS),
     ),
