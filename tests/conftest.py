@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -21,7 +24,8 @@ from orchestrator.stack.postgres import EmbeddedPostgres
 from orchestrator.tables import metadata
 from orchestrator.temporal import register_search_attributes
 from tests.support.receiver import Receiver, running_receiver
-from tests.support.workspace import SECRETS
+from tests.support.stack import Stack, running_stack
+from tests.support.workspace import SECRETS, write_workspace
 from workflows import search
 
 BIN = Path(sys.executable).parent
@@ -106,3 +110,36 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
 async def receiver() -> AsyncIterator[Receiver]:
     async with running_receiver(SECRETS) as r:
         yield r
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def make_stack(
+    time_skipping: WorkflowEnvironment,
+    engine: AsyncEngine,
+    postgres_url: str,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> AsyncIterator[StackFactory]:
+    """Build a running stack on the time-skipping server for a set of journeys."""
+    async with contextlib.AsyncExitStack() as exits:
+
+        async def make(journeys: dict[str, str], *, templates: dict[str, str] | None = None,
+                       env: WorkflowEnvironment | None = None, **options: Any) -> Stack:
+            root = write_workspace(tmp_path / f"ws{uuid.uuid4().hex[:6]}",
+                                   receiver_url=receiver.url, journeys=journeys,
+                                   templates=templates)
+            env = env or time_skipping
+
+            async def skip() -> None:
+                if env.supports_time_skipping:
+                    await env.sleep(timedelta(hours=1))
+
+            return await exits.enter_async_context(
+                running_stack(client=env.client, engine=engine, database_url=postgres_url,
+                              workspace=root, skip=skip, **options)
+            )
+
+        yield make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError
 
 from orchestrator.api import create_app
 from orchestrator.deploy import deploy_workspace
@@ -24,7 +27,7 @@ from orchestrator.worker import running_worker
 from orchestrator.workspace import load_workspace
 from tests.support.workspace import WRITE_KEY
 from workflows.activities import JourneyStore
-from workflows.messages import JourneyState
+from workflows.messages import JourneyResult, JourneyState
 from workflows.search import workflow_id
 
 
@@ -35,6 +38,7 @@ class Stack:
     services: Services
     client: Client
     workspace: Path
+    skip: Callable[[], Awaitable[None]] | None = None
 
     async def send(self, path: str, body: Any, *, key: str = WRITE_KEY) -> httpx.Response:
         return await self.http.post(f"{self.api_url}{path}", json=body, auth=(key, ""))
@@ -53,8 +57,24 @@ class Stack:
         )
         assert response.status_code == 200, response.text
 
-    def handle(self, journey: str, user_id: str) -> WorkflowHandle[Any, Any]:
-        return self.client.get_workflow_handle(workflow_id(journey, user_id))
+    async def result(self, journey: str, user_id: str, timeout: float = 60) -> JourneyResult:
+        """The journey's result once it ends; on the time-skipping server, time moves on."""
+        handle = self.handle(journey, user_id)
+
+        async def closed() -> bool:
+            try:
+                description = await handle.describe()
+            except RPCError:
+                return False
+            return description.status != WorkflowExecutionStatus.RUNNING
+
+        await eventually(closed, skip=self.skip, timeout=timeout)
+        return await handle.result()
+
+    def handle(self, journey: str, user_id: str) -> WorkflowHandle[Any, JourneyResult]:
+        return self.client.get_workflow_handle(
+            workflow_id(journey, user_id), result_type=JourneyResult
+        )
 
     async def state(self, journey: str, user_id: str) -> JourneyState:
         state: JourneyState = await self.handle(journey, user_id).query(
@@ -90,6 +110,7 @@ async def running_stack(
     clock: Clock = utc_now,
     store: JourneyStore | None = None,
     history_limit: int | None = None,
+    skip: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Stack]:
     """Deploy the workspace, serve the API and run a worker on a fresh task queue."""
     ws = load_workspace(workspace)
@@ -102,11 +123,27 @@ async def running_stack(
     if history_limit is not None:
         services.router.history_limit = history_limit
     app = create_app(services, sweep=False)
-    async with (
-        serving(app) as url,
-        running_worker(client, config=ws.config, engine=engine,
-                       task_queue=settings.task_queue, store=store),
-        httpx.AsyncClient(timeout=30) as http,
-    ):
-        yield Stack(url, http, services, client, workspace)
+    try:
+        async with (
+            serving(app) as url,
+            running_worker(client, config=ws.config, engine=engine,
+                           task_queue=settings.task_queue, store=store),
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            yield Stack(url, http, services, client, workspace, skip)
+    finally:
+        await _terminate_unfinished(client, engine)
+
+
+async def _terminate_unfinished(client: Client, engine: AsyncEngine) -> None:
+    # A journey left waiting would wake on a task queue nobody polls any more, and the
+    # time-skipping server cannot skip time past a task that nobody takes.
+    async with engine.connect() as conn:
+        active = await conn.execute(
+            text("SELECT journey_key, user_id FROM enrollments WHERE status = 'active'")
+        )
+        ids = {workflow_id(key, user) for key, user in active}
+    for wid in ids:
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(wid).terminate("test finished")
 
