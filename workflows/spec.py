@@ -118,7 +118,9 @@ def _event_match(value: Any) -> Any:
     return {"event": value} if isinstance(value, str) else value
 
 
-ExitOn = Annotated[EventMatch, BeforeValidator(_event_match)]
+ExitOn = Annotated[
+    EventMatch, BeforeValidator(_event_match, json_schema_input_type=str | EventMatch)
+]
 
 
 class Goal(EventMatch):

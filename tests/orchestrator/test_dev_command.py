@@ -1,0 +1,126 @@
+"""`orchestrator dev` as a newcomer runs it: up, a message through, Ctrl-C, nothing left over."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+
+from orchestrator.stack.processes import free_port
+
+BIN = Path(sys.executable).parent
+WRITE_KEY = "wk_dev_website_7f3a9c"
+
+
+def processes_using(path: Path) -> list[int]:
+    """Pids whose command line mentions `path` (postgres and temporal name their data dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmdline and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+class Dev:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.ports = {name: free_port() for name in ("api", "temporal", "ui")}
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, sink_port: int) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            str(BIN / "orchestrator"), "dev",
+            "--state-dir", str(self.state),
+            "--api-port", str(self.ports["api"]),
+            "--temporal-port", str(self.ports["temporal"]),
+            "--ui-port", str(self.ports["ui"]),
+            "--sink-port", str(sink_port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a terminal gives it
+        )  # fmt: skip
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for raw in self.process.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+
+    async def wait_for_line(self, text: str, timeout: float = 90) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            for line in self.lines:
+                if text in line:
+                    return line
+            if self.process is not None and self.process.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no line with {text!r}; output:\n" + "\n".join(self.lines))
+
+    async def stop(self, sig: signal.Signals) -> int:
+        assert self.process is not None
+        if sig == signal.SIGINT:
+            os.killpg(self.process.pid, sig)  # Ctrl-C reaches the whole group
+        else:
+            self.process.send_signal(sig)
+        code = await asyncio.wait_for(self.process.wait(), 60)
+        await self._reader
+        return code
+
+
+async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    sink_port = 8750  # the example workspace delivers to the sink on this port
+    dev = Dev(state)
+    await dev.start(sink_port)
+    try:
+        await dev.wait_for_line("ready; Ctrl-C stops everything")
+        api = f"http://127.0.0.1:{dev.ports['api']}"
+        assert any(f"Temporal UI    http://127.0.0.1:{dev.ports['ui']}" in line
+                   for line in dev.lines)
+        assert any("journey welcome_series" in line and "new" in line for line in dev.lines)
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(f"{api}/v1/track", auth=(WRITE_KEY, ""),
+                                       json={"userId": "ada", "event": "Signed Up"})
+            assert response.status_code == 200
+            line = await dev.wait_for_line("[sink] email")
+            assert "→ ada" in line and "signed ✓" in line
+            ui = await http.get(f"http://127.0.0.1:{dev.ports['ui']}/")
+            assert ui.status_code == 200
+            docs = await http.get(f"{api}/docs")
+            assert docs.status_code == 200
+        assert processes_using(state)  # postgres and temporal are running
+    finally:
+        code = await dev.stop(signal.SIGINT)
+    assert code == 0, "\n".join(dev.lines)
+    assert dev.lines[-1] == "stopped"
+    await asyncio.sleep(0.5)
+    assert processes_using(state) == []
+
+    # State survives a restart; and if `orchestrator dev` is killed outright, its
+    # children go with it.
+    again = Dev(state)
+    await again.start(sink_port)
+    await again.wait_for_line("ready; Ctrl-C stops everything")
+    assert any("journey welcome_series" in line and "unchanged" in line for line in again.lines)
+    async with httpx.AsyncClient(timeout=30) as http:
+        mine = await http.get(f"http://127.0.0.1:{again.ports['api']}/v1/users/ada/journeys")
+    assert [j["journey_key"] for j in mine.json()] == ["welcome_series"]
+    await again.stop(signal.SIGKILL)
+    for _ in range(100):
+        if not processes_using(state):
+            break
+        await asyncio.sleep(0.1)
+    assert processes_using(state) == []

@@ -1,0 +1,109 @@
+"""The example workspace on the real Temporal dev server, fed by Segment's own client library."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from segment.analytics import Client as SegmentClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.db import enrollments
+from tests.support.receiver import Receiver
+from tests.support.stack import eventually, running_stack
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "retail"
+WRITE_KEY = "wk_dev_website_7f3a9c"
+
+QUICK = """
+journey: quick_follow_up
+name: Quick follow-up
+trigger: {event: Demo Requested}
+start: pause
+steps:
+  pause:
+    wait: 2s
+    next: follow_up
+  follow_up:
+    send: {channel: in_app, template: win_back_thanks}
+    next: done
+  done:
+    exit: {}
+"""
+
+
+@pytest.fixture
+def example(tmp_path: Path, receiver: Receiver) -> Path:
+    """The example workspace, delivering to the test receiver instead of the dev sink."""
+    root = tmp_path / "retail"
+    shutil.copytree(EXAMPLE, root)
+    for path in (root / "orchestrator.yaml", root / "journeys" / "win_back.yaml"):
+        path.write_text(path.read_text().replace("http://127.0.0.1:8750", receiver.url))
+    (root / "journeys" / "quick_follow_up.yaml").write_text(QUICK)
+    return root
+
+
+async def listed(client: Client, query: str) -> list[str]:
+    return [w.id async for w in client.list_workflows(query)]
+
+
+async def test_example_journeys_end_to_end(
+    dev_server: WorkflowEnvironment, engine: AsyncEngine, postgres_url: str,
+    receiver: Receiver, example: Path,
+) -> None:
+    client = dev_server.client
+    async with running_stack(client=client, engine=engine, database_url=postgres_url,
+                             workspace=example) as stack:
+        segment = SegmentClient(WRITE_KEY, host=stack.api_url, sync_mode=True, max_retries=0,
+                                gzip=True)
+        errors: list[Exception] = []
+        segment.on_error = lambda error, _items: errors.append(error)
+
+        def send_with_segment() -> None:
+            segment.identify("ada", {"first_name": "Ada", "email": "ada@example.com",
+                                     "orders_count": 0, "timezone": "Europe/Paris"})
+            segment.track("ada", "Signed Up", {"plan": "free"})
+            segment.track("ada", "Demo Requested")
+
+        await asyncio.to_thread(send_with_segment)
+        assert errors == []
+
+        # the welcome email arrives at once, signed
+        await receiver.wait_for(lambda rs: any(r.path == "/email" for r in rs))
+        [welcome] = receiver.at("/email")
+        assert welcome.verified
+        assert welcome.json["data"]["content"]["subject"] == "Welcome to Northwind, Ada"
+
+        # ops find the user's journeys in Temporal by journey, user, step and status
+        waiting = ("JourneyKey = 'welcome_series' AND UserId = 'ada' "
+                   "AND JourneyStep = 'settle_in' AND JourneyStatus = 'waiting'")
+        await eventually(lambda: _found(client, waiting, ["journey:welcome_series:ada"]))
+        handle = stack.handle("welcome_series", "ada")
+        description = await handle.describe()
+        assert await description.static_summary() == "Welcome series v1 · user ada"
+        assert "entered on `Signed Up`" in (await description.static_details() or "")
+        metadata = await handle.query("__temporal_workflow_metadata")
+        # the UI's "current details" say where the user is and why
+        assert "At `settle_in`: waiting until" in metadata.current_details
+        assert "Path: welcome → settle_in" in metadata.current_details
+
+        # a real two-second timer on the dev server, then an in-app message
+        await receiver.wait_for(lambda rs: any(r.path == "/in_app" for r in rs), timeout=30)
+        assert (await stack.result("quick_follow_up", "ada")).status == "completed"
+
+        # buying ends the welcome series as converted
+        await asyncio.to_thread(segment.track, "ada", "Order Completed", {"total": 80})
+        result = await stack.result("welcome_series", "ada")
+        assert (result.status, result.end_reason) == ("converted", "goal Order Completed")
+        converted = "JourneyKey = 'welcome_series' AND JourneyStatus = 'converted'"
+        await eventually(lambda: _found(client, converted, ["journey:welcome_series:ada"]))
+        statuses = {e["journey_key"]: e["status"] for e in await enrollments(engine, "welcome_series")}
+        assert statuses == {"welcome_series": "converted"}
+
+
+async def _found(client: Client, query: str, expected: list[str]) -> bool:
+    return await listed(client, query) == expected
