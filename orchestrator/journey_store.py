@@ -23,7 +23,8 @@ class PostgresJourneyStore:
         self.engine = engine
 
     async def load_profile(self, user_id: str) -> dict[str, Any]:
-        return await load_traits(self.engine, user_id)
+        async with self.engine.connect() as conn:
+            return await load_traits(conn, user_id)
 
     async def update_traits(
         self, user_id: str, *, set: Mapping[str, Any], unset: Sequence[str]

@@ -7,15 +7,14 @@ from typing import Any
 
 from sqlalchemy import func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.tables import profiles
 
 
-async def load_traits(engine: AsyncEngine, user_id: str) -> dict[str, Any]:
+async def load_traits(conn: AsyncConnection, user_id: str) -> dict[str, Any]:
     """A user's traits; an unknown user has none."""
-    async with engine.connect() as conn:
-        traits = await conn.scalar(select(profiles.c.traits).where(profiles.c.user_id == user_id))
+    traits = await conn.scalar(select(profiles.c.traits).where(profiles.c.user_id == user_id))
     return dict(traits or {})
 
 

@@ -13,10 +13,23 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Row,
+    Text,
+    and_,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
@@ -47,22 +60,43 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def entry_refusal(journey: Journey, last: Row[Any] | None, now: datetime) -> str | None:
-    """Why a user may not enter now (None: they may), given their latest enrollment."""
-    if last is None:
-        return None
-    if last.status == "active":
-        return "already in the journey"
+def blocking_enrollments(journey: Journey, now: datetime) -> ColumnElement[bool]:
+    """Which earlier enrollments of the same user keep them from entering now."""
     policy = journey.re_entry
     if policy == "never":
-        return "re_entry is never and the user entered before"
-    if isinstance(policy, ReEntryAfter) and now < last.entered_at + policy.after:
-        return f"re_entry cooldown runs until {(last.entered_at + policy.after).isoformat()}"
-    return None
+        return true()  # any earlier entry
+    if isinstance(policy, ReEntryAfter):
+        return or_(enrollments.c.status == "active", enrollments.c.entered_at > now - policy.after)
+    return enrollments.c.status == "active"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A user entered a journey: the workflow to start once the enrollment is committed."""
+
+    deployed: DeployedJourney
+    event: StoredEvent
+    enrollment_id: int
+    entered_at: datetime
+
+
+@dataclass
+class Plan:
+    """What routing a set of events needs after the enrollments are committed."""
+
+    events: list[StoredEvent] = field(default_factory=list)
+    entries: dict[int, list[Entry]] = field(default_factory=dict)  # by event id
+    entered: dict[int, set[str]] = field(default_factory=dict)  # journey keys, by event id
 
 
 class Router:
-    """Routes events for one API process; uses its own connections per step."""
+    """Decides entries inside the caller's transaction, then talks to Temporal.
+
+    `plan()` runs in the transaction that stored the events (or read them back, for
+    the sweeper): entries are decided and enrollments inserted there, so a request
+    costs one transaction. `execute()` runs after commit: it starts workflows, records
+    goal conversions and signals running users, then marks the events routed.
+    """
 
     def __init__(
         self,
@@ -78,17 +112,43 @@ class Router:
         self.engine, self.client, self.registry = engine, client, registry
         self.task_queue, self.default_timezone = task_queue, default_timezone
         self.clock, self.history_limit = clock, history_limit
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def route(self, stored: Sequence[StoredEvent]) -> list[int]:
-        """Route events (each user's in order, users concurrently); return the ids routed."""
-        if not stored:
-            return []
-        snapshot = await self.registry.snapshot()
-        by_user: dict[str, list[StoredEvent]] = defaultdict(list)
+    async def plan(
+        self, conn: AsyncConnection, stored: Sequence[StoredEvent], snapshot: Snapshot,
+        *, fresh: bool,
+    ) -> Plan:
+        """Enroll users whose events trigger journeys. `fresh`: the events are new."""
+        plan = Plan(events=list(stored))
+        now = self.clock()
         for event in stored:
+            traits: dict[str, Any] | None = None
+            for deployed in snapshot.by_trigger.get(event.name, []):
+                spec = deployed.spec
+                if spec.trigger.when or spec.audience:
+                    if traits is None:
+                        traits = await load_traits(conn, event.user_id)
+                    context = _context(event, traits, deployed)
+                    if not holds(spec.trigger.when, context) or not holds(spec.audience, context):
+                        continue
+                entry = await self._enroll(conn, deployed, event, now, fresh=fresh)
+                if entry is not None:
+                    plan.entered.setdefault(event.id, set()).add(deployed.key)
+                    if entry.enrollment_id:
+                        plan.entries.setdefault(event.id, []).append(entry)
+        return plan
+
+    async def execute(self, plan: Plan, snapshot: Snapshot) -> list[int]:
+        """Start, convert and signal (each user's events in order, users concurrently).
+
+        Returns the ids of the events fully routed, which are marked so; a failure
+        leaves its user's events for the sweeper.
+        """
+        by_user: dict[str, list[StoredEvent]] = defaultdict(list)
+        for event in plan.events:
             by_user[event.user_id].append(event)
         outcomes = await asyncio.gather(
-            *(self._route_user(snapshot, items) for items in by_user.values()),
+            *(self._execute_user(plan, snapshot, items) for items in by_user.values()),
             return_exceptions=True,
         )
         routed: list[int] = []
@@ -97,17 +157,17 @@ class Router:
                 log.error("routing events of user %s failed; the sweeper will retry",
                           items[0].user_id, exc_info=outcome)  # fmt: skip
             else:
-                routed.extend(outcome)
-        return routed
-
-    async def route_and_mark(self, stored: Sequence[StoredEvent]) -> None:
-        routed = await self.route(stored)
+                routed.extend(e.id for e in items)
         if routed:
-            async with self.engine.begin() as conn:
-                await mark_routed(conn, routed, self.clock())
+            async with self._autocommit.connect() as conn:
+                await conn.execute(
+                    update(events).where(events.c.id.in_(routed)).values(routed_at=self.clock())
+                )
+        return routed
 
     async def sweep(self, older_than: timedelta, limit: int = 200) -> int:
         """Route events a crashed or failed request left unrouted; return how many."""
+        snapshot = await self.registry.snapshot()
         async with self.engine.begin() as conn:
             rows = await conn.execute(
                 select(
@@ -124,97 +184,86 @@ class Router:
                 )
                 .order_by(events.c.id)
                 .limit(limit)
-                .with_for_update(skip_locked=True)
             )
             stored = [
                 StoredEvent(r.id, r.message_id, r.event or "", r.user_id, r.properties, r.timestamp)
                 for r in rows
             ]
-            routed = await self.route(stored)
-            await mark_routed(conn, routed, self.clock())
-        return len(routed)
+            plan = await self.plan(conn, stored, snapshot, fresh=False)
+        return len(await self.execute(plan, snapshot))
 
-    async def _route_user(self, snapshot: Snapshot, items: list[StoredEvent]) -> list[int]:
-        done = []
-        for event in items:
-            await self._route_one(snapshot, event)
-            done.append(event.id)
-        return done
-
-    async def _route_one(self, snapshot: Snapshot, event: StoredEvent) -> None:
-        triggered = snapshot.by_trigger.get(event.name, [])
-        interested = snapshot.interested.get(event.name, set())
-        traits: dict[str, Any] | None = None
-        entered: set[str] = set()
-        for deployed in triggered:
-            spec = deployed.spec
-            if spec.trigger.when or spec.audience:
-                traits = traits if traits is not None else await self._traits(event.user_id)
-                context = _context(event, traits, deployed)
-                if not holds(spec.trigger.when, context) or not holds(spec.audience, context):
-                    continue
-            if await self._enter(deployed, event):
-                entered.add(deployed.key)
-        if interested - entered:
-            await self._notify(snapshot, event, interested - entered)
-
-    async def _enter(self, deployed: DeployedJourney, event: StoredEvent) -> bool:
-        """Record the enrollment (or find it, on a retry) and start the workflow."""
-        now = self.clock()
-        async with self.engine.begin() as conn:
-            enrollment = await _enrollment_for_trigger(conn, deployed.key, event.message_id)
-            if enrollment is None:
-                await conn.execute(
-                    text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                    {"k": f"{deployed.key}\x1f{event.user_id}"},
-                )
-                last = (
-                    await conn.execute(
-                        select(enrollments.c.status, enrollments.c.entered_at)
-                        .where(
-                            enrollments.c.journey_key == deployed.key,
-                            enrollments.c.user_id == event.user_id,
-                        )
-                        .order_by(enrollments.c.entered_at.desc(), enrollments.c.id.desc())
-                        .limit(1)
-                    )
-                ).one_or_none()
-                if entry_refusal(deployed.spec, last, now) is not None:
-                    return False
-                held_out = in_holdout(deployed.key, event.user_id, deployed.spec.holdout)
-                enrollment = (
-                    await conn.execute(
-                        insert(enrollments)
-                        .values(
-                            journey_key=deployed.key,
-                            version=deployed.version,
-                            user_id=event.user_id,
-                            status="holdout" if held_out else "active",
-                            trigger_message_id=event.message_id,
-                            entered_at=now,
-                            ended_at=now if held_out else None,
-                            end_reason="holdout" if held_out else None,
-                        )
-                        .returning(
-                            enrollments.c.id,
-                            enrollments.c.status,
-                            enrollments.c.version,
-                            enrollments.c.entered_at,
-                        )
-                    )
-                ).one()
-        if enrollment.status != "active":
-            return False
-        if enrollment.version != deployed.version:
-            deployed = (await self.registry.snapshot()).versions[
-                (deployed.key, enrollment.version)
-            ]
-        await self._start(deployed, event, enrollment.id, enrollment.entered_at)
-        return True
-
-    async def _start(
-        self, deployed: DeployedJourney, event: StoredEvent, enrollment_id: int, entered_at: datetime
+    async def _execute_user(
+        self, plan: Plan, snapshot: Snapshot, items: list[StoredEvent]
     ) -> None:
+        for event in items:
+            for entry in plan.entries.get(event.id, []):
+                await self._start(entry)
+            interested = snapshot.interested.get(event.name, set())
+            if keys := interested - plan.entered.get(event.id, set()):
+                await self._notify(snapshot, event, keys)
+
+    async def _enroll(
+        self, conn: AsyncConnection, deployed: DeployedJourney, event: StoredEvent,
+        now: datetime, *, fresh: bool,
+    ) -> Entry | None:
+        """Insert the enrollment if the user may enter; on a re-route, find it again.
+
+        An `Entry` with enrollment id 0 means "entered the control group": no workflow.
+        """
+        if not fresh:
+            found = await _enrollment_for_trigger(conn, deployed.key, event.message_id)
+            if found is not None:
+                if found.status != "active":
+                    return None
+                if found.version != deployed.version:
+                    deployed = (await self.registry.snapshot()).versions[
+                        (deployed.key, found.version)
+                    ]
+                return Entry(deployed, event, found.id, found.entered_at)
+        spec = deployed.spec
+        held_out = in_holdout(deployed.key, event.user_id, spec.holdout)
+        if spec.holdout:
+            # Control-group rows are not covered by the one-active-enrollment index, so
+            # two racing triggers are serialised by a lock instead.
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                {"k": f"{deployed.key}\x1f{event.user_id}"},
+            )
+        earlier = (
+            select(enrollments.c.id)
+            .where(
+                enrollments.c.journey_key == deployed.key,
+                enrollments.c.user_id == event.user_id,
+                blocking_enrollments(spec, now),
+            )
+            .exists()
+        )
+        values = select(
+            literal(deployed.key), literal(deployed.version), literal(event.user_id),
+            literal("holdout" if held_out else "active"), literal(event.message_id),
+            literal(now), literal(now if held_out else None, DateTime(timezone=True)),
+            literal("holdout" if held_out else None, Text),
+        ).where(~earlier)
+        # A racing trigger for the same user loses on the one-active-enrollment index.
+        row = (
+            await conn.execute(
+                insert(enrollments)
+                .from_select(
+                    ["journey_key", "version", "user_id", "status", "trigger_message_id",
+                     "entered_at", "ended_at", "end_reason"],
+                    values,
+                )
+                .on_conflict_do_nothing()
+                .returning(enrollments.c.id, enrollments.c.entered_at)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        return Entry(deployed, event, 0 if held_out else row.id, row.entered_at)
+
+    async def _start(self, entry: Entry) -> None:
+        deployed, event = entry.deployed, entry.event
+        enrollment_id, entered_at = entry.enrollment_id, entry.entered_at
         trigger = _signal(event)
         spec = deployed.spec
         summary = f"{spec.name} v{deployed.version} · user {event.user_id}"
@@ -305,7 +354,7 @@ class Router:
                 ):
                     continue
                 if goal.where:
-                    traits = traits if traits is not None else await self._traits(event.user_id)
+                    traits = traits if traits is not None else await load_traits(conn, event.user_id)
                     if not holds(goal.where, _context(event, traits, deployed)):
                         continue
                 await conn.execute(
@@ -326,13 +375,6 @@ class Router:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
 
-    async def _traits(self, user_id: str) -> dict[str, Any]:
-        return await load_traits(self.engine, user_id)
-
-
-async def mark_routed(conn: AsyncConnection, ids: Sequence[int], now: datetime) -> None:
-    if ids:
-        await conn.execute(update(events).where(events.c.id.in_(ids)).values(routed_at=now))
 
 
 async def _enrollment_for_trigger(

@@ -82,9 +82,13 @@ async def engine(session_engine: AsyncEngine) -> AsyncEngine:
     return session_engine
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    """Temporal's time-skipping test server, for journeys that wait days."""
+    """Temporal's time-skipping test server, for journeys that wait days.
+
+    One per test (it starts in about 0.1 s): time is global to the server, and work a
+    test leaves behind (an activity in flight as its worker stops) can hold time still.
+    """
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=_binary("temporal-test-server"),

@@ -284,27 +284,31 @@ class JourneyWorkflow:
         self._set_status("waiting")
         self._describe()
         await self._flush()
-        try:
-            while True:
-                handled = await self._handle_pending(wait_for)
-                if handled is not None:
-                    return handled
-                if self._history_is_long():
-                    return RESUME
-                remaining = deadline - workflow.now()
-                if remaining <= timedelta(0):
-                    return "timeout"
-                try:
-                    await workflow.wait_condition(
-                        lambda: bool(self._state.pending), timeout=remaining
-                    )
-                except TimeoutError:
-                    return "timeout"
-                finally:
-                    self._profile = None  # time has passed: read the profile afresh
-        finally:
-            if self._state.status == "waiting":
-                self._set_status("running")
+        outcome = await self._wait_loop(deadline, wait_for)
+        # Not in a `finally`: when a cached workflow is evicted, the coroutine is closed
+        # and no workflow call may run any more.
+        if self._state.status == "waiting":
+            self._set_status("running")
+        return outcome
+
+    async def _wait_loop(
+        self, deadline: datetime, wait_for: WaitFor | None
+    ) -> str | _Ended | _Resume:
+        while True:
+            handled = await self._handle_pending(wait_for)
+            if handled is not None:
+                return handled
+            if self._history_is_long():
+                return RESUME
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                return "timeout"
+            try:
+                await workflow.wait_condition(lambda: bool(self._state.pending), timeout=remaining)
+            except TimeoutError:
+                self._profile = None  # time has passed: read the profile afresh
+                return "timeout"
+            self._profile = None
 
     async def _handle_pending(self, wait_for: WaitFor | None) -> str | _Ended | None:
         """Consume queued events in order: a goal or exit ends; an awaited event matches."""

@@ -105,8 +105,9 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
         stored = await store_events(
             conn, batch, source=source.name, received_at=now, snapshot=snapshot
         )
+        plan = await services.router.plan(conn, stored, snapshot, fresh=True)
     # Stored is accepted: a routing failure is retried by the sweeper, not the client.
-    await services.router.route_and_mark(stored)
+    await services.router.execute(plan, snapshot)
     return JSONResponse({"success": True})
 
 

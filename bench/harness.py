@@ -1,0 +1,140 @@
+"""The product as production runs it, on one machine, for benchmarks.
+
+Embedded Postgres and the Temporal dev server (as `make run` starts them), then
+`orchestrator api` and `orchestrator worker` as their own processes, configured by
+environment like in production. The load generator is the calling process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+
+from orchestrator.database import create_engine, migrate
+from orchestrator.deploy import deploy_workspace
+from orchestrator.stack.postgres import EmbeddedPostgres
+from orchestrator.stack.processes import free_port
+from orchestrator.stack.temporal import TemporalDevServer
+from orchestrator.temporal import connect
+from orchestrator.workspace import load_workspace
+
+BIN = Path(sys.executable).parent
+WRITE_KEY = "wk_bench_0123456789"
+SECRET = "whsec_SN6HEFrrhJp7Ygw3WCXl9y60mXqXOufBv2Nogw2ifLU="
+
+
+@dataclass
+class BenchStack:
+    api_url: str
+    database_url: str
+    engine: AsyncEngine
+    client: Client
+    task_queue: str
+    worker: subprocess.Popen[bytes]
+    api: subprocess.Popen[bytes]
+
+
+def write_workspace(root: Path, *, receiver_url: str, journeys: dict[str, str]) -> Path:
+    (root / "journeys").mkdir(parents=True)
+    (root / "templates").mkdir()
+    (root / "orchestrator.yaml").write_text(
+        f"workspace: bench\nsources:\n  - name: bench\n    write_key: {WRITE_KEY}\n"
+        f"channels:\n  email:\n    url: {receiver_url}/email\n    signing_secret: {SECRET}\n"
+    )
+    (root / "templates" / "note.yaml").write_text(
+        'email:\n  subject: "Hello {{ user.first_name | default(\'there\') }}"\n'
+        '  text: "Your cart: {{ event.properties.cart_value }}"\n'
+    )
+    for name, text in journeys.items():
+        (root / "journeys" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
+    return root
+
+
+@asynccontextmanager
+async def bench_stack(
+    journeys: dict[str, str], *, receiver_url: str = "http://127.0.0.1:9", worker: bool = True
+) -> AsyncIterator[BenchStack]:
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
+        state = Path(tmp)
+        workspace = write_workspace(state / "workspace", receiver_url=receiver_url,
+                                    journeys=journeys)
+        postgres = EmbeddedPostgres(state / "postgres")
+        temporal = TemporalDevServer(state_dir=state / "temporal", port=free_port(),
+                                     ui_port=free_port())
+        temporal.start()
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            database_url = await asyncio.to_thread(postgres.start)
+            await migrate(database_url)
+            await temporal.wait_ready()
+            engine = create_engine(database_url, pool_size=20)
+            await deploy_workspace(engine, load_workspace(workspace))
+            api_port = free_port()
+            env = {
+                **os.environ,
+                "ORCHESTRATOR_DATABASE_URL": database_url,
+                "ORCHESTRATOR_TEMPORAL_ADDRESS": temporal.address,
+                "ORCHESTRATOR_WORKSPACE": str(workspace),
+                "ORCHESTRATOR_API_PORT": str(api_port),
+                "ORCHESTRATOR_TASK_QUEUE": "bench",
+                "ORCHESTRATOR_DB_POOL_SIZE": "20",
+            }
+            logs = open(state / "processes.log", "ab")  # noqa: SIM115
+            api = subprocess.Popen([str(BIN / "orchestrator"), "api"], env=env,
+                                   stdout=logs, stderr=logs)
+            processes.append(api)
+            work = subprocess.Popen([str(BIN / "orchestrator"), "worker"], env=env,
+                                    stdout=logs, stderr=logs)
+            processes.append(work)
+            if not worker:
+                work.terminate()
+            api_url = f"http://127.0.0.1:{api_port}"
+            await _wait_http(f"{api_url}/healthz")
+            client = await connect(temporal.address)
+            yield BenchStack(api_url, database_url, engine, client, "bench", work, api)
+            await engine.dispose()
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(30)
+            await asyncio.to_thread(temporal.stop)
+            await asyncio.to_thread(postgres.stop)
+
+
+async def _wait_http(url: str, timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if loop.time() > deadline:
+                raise RuntimeError(f"{url} did not come up")
+            await asyncio.sleep(0.2)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def summary(values: Sequence[float]) -> str:
+    return (f"n={len(values)} p50={percentile(values, 50):.1f} ms "
+            f"p99={percentile(values, 99):.1f} ms mean={statistics.fmean(values):.1f} ms")

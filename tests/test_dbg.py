@@ -1,0 +1,6 @@
+from datetime import timedelta
+import time
+async def test_probe(time_skipping):
+    t=time.time()
+    await time_skipping.sleep(timedelta(hours=1))
+    print("slept", time.time()-t)
