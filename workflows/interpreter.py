@@ -1,0 +1,526 @@
+"""The journey interpreter: moves one user through a deployed journey's step graph.
+
+This is workflow code (deterministic; time, timers and side effects only through
+`temporalio.workflow`), kept out of `workflows.journey` so that the sandbox, which
+re-imports the workflow's module for every workflow run, does not compile it again
+each time: this module is passed through, and it holds no mutable module state.
+
+Signal handlers only queue events; the main loop decides what they mean (exit,
+goal, the event a `wait_for` step awaits), so all logic runs in one place and in
+one order. Side effects are activities with pinned names and idempotency keys
+derived from the business identity (journey, user, enrollment, step, visit).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair
+from temporalio.exceptions import ActivityError
+
+from workflows import search
+from workflows.assignment import pick_variant
+from workflows.expressions import event_context, holds, user_context
+from workflows.local_time import next_local_time, zone
+from workflows.messages import (
+    ENDED,
+    DeployedJourney,
+    EnterSignal,
+    EventSignal,
+    JourneyInput,
+    JourneyResult,
+    JourneyState,
+    Profile,
+    ProgressInput,
+    SendInput,
+    SendResult,
+    Status,
+    StepVisit,
+    UpdateProfileInput,
+    WebhookInput,
+    WebhookResult,
+)
+from workflows.spec import (
+    BranchStep,
+    EventMatch,
+    ExitStep,
+    ExperimentStep,
+    Journey,
+    SendStep,
+    Step,
+    UpdateProfileStep,
+    WaitFor,
+    WaitForStep,
+    WaitStep,
+    WaitUntil,
+    WebhookStep,
+    step_kind,
+)
+
+MESSAGE_NAMESPACE = uuid.UUID("5b1c7e7e-3f53-4c4f-9d0e-6a4c2f1b8a10")
+MAX_RECENT_STEPS = 50
+MAX_SEEN_EVENTS = 500
+
+LOCAL = {"start_to_close_timeout": timedelta(seconds=10)}
+SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=30,
+    non_retryable_error_types=["PermanentDeliveryError", "RenderError"],
+)
+SIDE_EFFECT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=20,
+    non_retryable_error_types=["PermanentDeliveryError", "RenderError"],
+)
+
+
+@dataclass(frozen=True)
+class _Go:
+    """A step finished: go to `next` (None ends the journey)."""
+
+    next: str | None
+    outcome: str
+
+
+class _Ended:
+    """An exit or goal event ended the journey while a step was running."""
+
+
+class _Resume:
+    """History is long: continue-as-new, then resume this same step."""
+
+
+ENDED_BY_EVENT = _Ended()
+RESUME = _Resume()
+
+
+class JourneyInterpreter:
+    """One user's journey: the state, and the loop that moves it through the steps."""
+
+    def __init__(self, input: JourneyInput) -> None:
+        self._input = input
+        self._journey: DeployedJourney = input.journey
+        self._spec: Journey = input.journey.spec
+        self._state = input.carried or JourneyState(step=self._spec.start)
+        if input.carried is None:
+            self._remember(input.trigger.message_id)
+            self._state.last_event = input.trigger
+        self._profile: Profile | None = None
+        self._reentries: list[EnterSignal] = []
+
+    # ---- messages -------------------------------------------------------
+
+    def on_event(self, event: EventSignal) -> None:
+        """Queue an event; the main loop decides what it means."""
+        if self._remember(event.message_id):
+            self._state.pending.append(event)
+
+    def on_enter(self, enter: EnterSignal) -> None:
+        """Signal-with-start for an enrollment. A new one arriving as we finish re-enters."""
+        if enter.enrollment_id != self._input.enrollment_id:
+            self._reentries.append(enter)
+
+    @property
+    def state(self) -> JourneyState:
+        return self._state
+
+    # ---- the interpreter --------------------------------------------------
+
+    async def run(self) -> JourneyResult:
+        if self._input.carried is None:
+            self._describe()
+        while self._state.status not in ENDED:
+            if self._history_is_long():
+                await self._continue_as_new()
+            if await self._handle_pending(None) is ENDED_BY_EVENT:
+                break
+            step_id = self._state.step
+            step = self._spec.steps[step_id]
+            if not self._state.step_started:
+                self._begin(step_id, step)
+            result = await self._run_step(step_id, step)
+            if isinstance(result, _Resume):
+                await self._continue_as_new()
+            if isinstance(result, _Go):
+                self._finish_step(step_id, result.outcome)
+                if result.next is None:
+                    self._end("completed", "reached the end" if not isinstance(step, ExitStep)
+                              else f"exit step '{step_id}'")
+                else:
+                    self._state.step = result.next
+                    self._state.step_started = False
+        await self._flush()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._reentries:
+            await self._reenter(self._reentries[-1])
+        return JourneyResult(
+            status=self._state.status,
+            end_reason=self._state.end_reason,
+            steps=sum(self._state.visits.values()),
+            messages_sent=self._state.messages_sent,
+        )
+
+    async def _run_step(self, step_id: str, step: Step) -> _Go | _Ended | _Resume:
+        match step:
+            case WaitStep(wait=wait, next=following):
+                if self._state.wake_at is None:
+                    self._state.wake_at = await self._wake_time(wait)
+                waited = await self._wait(self._state.wake_at, None)
+                if not isinstance(waited, str):
+                    return waited
+                return _Go(following, f"waited until {self._state.wake_at.isoformat()}")
+            case WaitForStep(wait_for=wait_for):
+                if self._state.wake_at is None:
+                    self._state.wake_at = workflow.now() + wait_for.timeout
+                    self._state.waiting_for = wait_for.event
+                waited = await self._wait(self._state.wake_at, wait_for)
+                if not isinstance(waited, str):
+                    return waited
+                if waited == "matched":
+                    return _Go(wait_for.on_event, f"got {wait_for.event}")
+                return _Go(wait_for.on_timeout, f"no {wait_for.event} before timeout")
+            case BranchStep(branch=arms):
+                context = await self._context()
+                for index, arm in enumerate(arms):
+                    if holds(arm.when, context):
+                        label = f"arm {index + 1}" if arm.when else "default"
+                        return _Go(arm.next, f"{label}: {arm.when or 'no condition held'}")
+                raise AssertionError("validation guarantees a default arm")
+            case ExperimentStep(experiment=experiment):
+                name = self._state.assignments.get(experiment.key)
+                if name is None:
+                    weights = [v.weight for v in experiment.variants]
+                    index = pick_variant(experiment.key, self._input.user_id, weights)
+                    name = experiment.variants[index].name
+                    self._state.assignments[experiment.key] = name
+                variant = next(v for v in experiment.variants if v.name == name)
+                return _Go(variant.next, f"variant {name}")
+            case SendStep():
+                return await self._send(step_id, step)
+            case UpdateProfileStep(update_profile=update, next=following):
+                await self._side_effect(
+                    "update_profile",
+                    UpdateProfileInput(
+                        user_id=self._input.user_id,
+                        set=update.set,
+                        unset=update.unset,
+                        context=await self._context(),
+                    ),
+                    None,
+                )
+                self._profile = None
+                changed = sorted([*update.set, *update.unset])
+                return _Go(following, "updated " + ", ".join(changed))
+            case WebhookStep(webhook=hook, next=following):
+                try:
+                    result = await self._side_effect(
+                        "call_webhook",
+                        WebhookInput(
+                            request_id=self._idempotency_key(step_id),
+                            url=hook.url,
+                            method=hook.method,
+                            body=hook.body,
+                            headers=hook.headers,
+                            context=await self._context(),
+                        ),
+                        WebhookResult,
+                    )
+                except ActivityError as exc:
+                    return _Go(following, f"failed: {_cause(exc)}")
+                return _Go(following, f"answered {result.status_code}")
+            case ExitStep():
+                return _Go(None, "exit")
+        raise AssertionError(f"unknown step kind {step_kind(step)}")
+
+    async def _send(self, step_id: str, step: SendStep) -> _Go:
+        send = step.send
+        request = SendInput(
+            message_id=self._idempotency_key(step_id),
+            enrollment_id=self._input.enrollment_id,
+            journey_key=self._journey.key,
+            version=self._journey.version,
+            journey_name=self._spec.name,
+            category=self._spec.category.value,
+            priority=self._spec.priority,
+            user_id=self._input.user_id,
+            step=step_id,
+            channels=[c.value for c in send.channel_order],
+            template_name=send.template,
+            template=self._journey.templates[send.template],
+            tags=send.tags,
+            value=send.value,
+            event=self._state.last_event,
+        )
+        # Arbitration happens inside the activity, before delivery: it may pick another
+        # channel from the fallback list or suppress the message.
+        try:
+            result: SendResult = await workflow.execute_activity(
+                "send_message",
+                request,
+                result_type=SendResult,
+                start_to_close_timeout=timedelta(seconds=60),
+                schedule_to_close_timeout=timedelta(days=1),
+                retry_policy=SEND_RETRY,
+                summary=f"send {send.template} to {self._input.user_id}",
+            )
+        except ActivityError as exc:
+            return _Go(step.next, f"failed: {_cause(exc)}")
+        if result.outcome == "delivered":
+            self._state.messages_sent += 1
+            return _Go(step.next, f"delivered on {result.channel}")
+        return _Go(step.next, f"suppressed: {result.reason}")
+
+    # ---- waiting and events ----------------------------------------------------
+
+    async def _wait(self, deadline: datetime, wait_for: WaitFor | None) -> str | _Ended | _Resume:
+        """Wait for the deadline or a matching event: 'matched', 'timeout', ended, or resume."""
+        self._set_status("waiting")
+        self._describe()
+        await self._flush()
+        outcome = await self._wait_loop(deadline, wait_for)
+        # Not in a `finally`: when a cached workflow is evicted, the coroutine is closed
+        # and no workflow call may run any more.
+        if self._state.status == "waiting":
+            self._set_status("running")
+        return outcome
+
+    async def _wait_loop(
+        self, deadline: datetime, wait_for: WaitFor | None
+    ) -> str | _Ended | _Resume:
+        while True:
+            handled = await self._handle_pending(wait_for)
+            if handled is not None:
+                return handled
+            if self._history_is_long():
+                return RESUME
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                return "timeout"
+            try:
+                await workflow.wait_condition(lambda: bool(self._state.pending), timeout=remaining)
+            except TimeoutError:
+                self._profile = None  # time has passed: read the profile afresh
+                return "timeout"
+            self._profile = None
+
+    async def _handle_pending(self, wait_for: WaitFor | None) -> str | _Ended | None:
+        """Consume queued events in order: a goal or exit ends; an awaited event matches."""
+        while self._state.pending:
+            event = self._state.pending.pop(0)
+            goal = self._spec.goal
+            if goal is not None and await self._matches(goal, event):
+                if workflow.now() - self._input.entered_at <= goal.within:
+                    self._state.converted_at = self._state.converted_at or workflow.now()
+                    if goal.exit:
+                        self._end("converted", f"goal {goal.event}")
+                        return ENDED_BY_EVENT
+            for match in self._spec.exit_on:
+                if await self._matches(match, event):
+                    self._end("exited", f"exit on {event.name}")
+                    return ENDED_BY_EVENT
+            if wait_for is not None and await self._matches(wait_for, event):
+                self._state.last_event = event
+                return "matched"
+        return None
+
+    async def _matches(self, match: EventMatch | WaitFor, event: EventSignal) -> bool:
+        if event.name != match.event:
+            return False
+        if match.where is None:
+            return True
+        return holds(match.where, await self._context(event))
+
+    # ---- helpers ------------------------------------------------------------
+
+    async def _wake_time(self, wait: timedelta | WaitUntil) -> datetime:
+        now = workflow.now()
+        if isinstance(wait, timedelta):
+            return now + wait
+        if wait.timezone == "user":
+            traits = (await self._user()).traits
+            tz = zone(traits.get("timezone"), self._input.default_timezone)
+        else:
+            tz = zone(wait.timezone, self._input.default_timezone)
+        return next_local_time(now, wait.until, tz)
+
+    async def _user(self) -> Profile:
+        if self._profile is None:
+            self._profile = await workflow.execute_local_activity(
+                "load_profile", self._input.user_id, result_type=Profile, **LOCAL
+            )
+        return self._profile
+
+    async def _context(self, event: EventSignal | None = None) -> dict[str, Any]:
+        profile = await self._user()
+        event = event or self._state.last_event
+        return {
+            "user": user_context(profile.user_id, profile.traits),
+            "event": event_context(event.name, event.properties, event.timestamp.isoformat())
+            if event
+            else {},
+            "journey": {
+                "key": self._journey.key,
+                "version": self._journey.version,
+                "name": self._spec.name,
+                "step": self._state.step,
+                "entered_at": self._input.entered_at.isoformat(),
+            },
+        }
+
+    async def _side_effect(self, name: str, arg: Any, result_type: type | None) -> Any:
+        return await workflow.execute_activity(
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=timedelta(hours=1),
+            retry_policy=SIDE_EFFECT_RETRY,
+        )
+
+    def _idempotency_key(self, step_id: str) -> str:
+        visit = self._state.visits.get(step_id, 0)
+        name = f"{self._journey.key}:{self._input.user_id}:{self._input.enrollment_id}"
+        return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{name}:{step_id}:{visit}"))
+
+    def _remember(self, message_id: str) -> bool:
+        """Record an event id; False if it was seen already (a re-delivered signal)."""
+        seen = self._state.seen_event_ids
+        if message_id in seen:
+            return False
+        seen.append(message_id)
+        del seen[:-MAX_SEEN_EVENTS]
+        return True
+
+    def _begin(self, step_id: str, step: Step) -> None:
+        visit = self._state.visits.get(step_id, 0) + 1
+        self._state.visits[step_id] = visit
+        self._state.step_started = True
+        self._state.wake_at = None
+        self._state.waiting_for = None
+        record = StepVisit(step=step_id, kind=step_kind(step) or "?", visit=visit,
+                           at=workflow.now())
+        self._state.recent_steps.append(record)
+        del self._state.recent_steps[:-MAX_RECENT_STEPS]
+        self._state.unrecorded.append(record)
+        workflow.upsert_search_attributes([search.JOURNEY_STEP.value_set(step_id)])
+        self._describe()
+
+    def _finish_step(self, step_id: str, outcome: str) -> None:
+        current = self._state.recent_steps[-1]
+        done = current.model_copy(update={"outcome": outcome})
+        self._state.recent_steps[-1] = done
+        self._state.unrecorded = [
+            v for v in self._state.unrecorded if (v.step, v.visit) != (step_id, current.visit)
+        ]
+        self._state.unrecorded.append(done)
+        self._state.wake_at = None
+        self._state.waiting_for = None
+
+    def _end(self, status: Status, reason: str) -> None:
+        self._state.end_reason = reason
+        self._set_status(status)
+        self._describe()
+
+    def _set_status(self, status: Status) -> None:
+        if status != self._state.status:
+            self._state.status = status
+            workflow.upsert_search_attributes([search.JOURNEY_STATUS.value_set(status)])
+
+    async def _flush(self) -> None:
+        """Store step visits and the enrollment's status in Postgres (for re-entry and reports)."""
+        ended = self._state.status in ENDED
+        if not self._state.unrecorded and not ended:
+            return
+        await workflow.execute_local_activity(
+            "record_progress",
+            ProgressInput(
+                enrollment_id=self._input.enrollment_id,
+                visits=self._state.unrecorded,
+                current_step=self._state.step,
+                status=self._state.status if ended else None,
+                end_reason=self._state.end_reason if ended else None,
+                ended_at=workflow.now() if ended else None,
+                converted_at=self._state.converted_at,
+            ),
+            **LOCAL,
+        )
+        self._state.unrecorded = []
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._input.history_limit
+        )
+
+    async def _continue_as_new(self) -> None:
+        await self._flush()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._state.runs += 1
+        workflow.continue_as_new(self._input.model_copy(update={"carried": self._state}))
+
+    async def _reenter(self, enter: EnterSignal) -> None:
+        """A new enrollment signalled while this one finished: run it in a fresh run."""
+        journey = self._journey
+        if enter.version != journey.version:
+            journey = await workflow.execute_local_activity(
+                "load_journey_version",
+                args=[journey.key, enter.version],
+                result_type=DeployedJourney,
+                **LOCAL,
+            )
+        workflow.continue_as_new(
+            JourneyInput(
+                journey=journey,
+                user_id=self._input.user_id,
+                enrollment_id=enter.enrollment_id,
+                entered_at=enter.trigger.timestamp,
+                trigger=enter.trigger,
+                default_timezone=self._input.default_timezone,
+                history_limit=self._input.history_limit,
+            ),
+            search_attributes=workflow.info().typed_search_attributes.updated(
+                SearchAttributePair(search.JOURNEY_VERSION, journey.version),
+                SearchAttributePair(search.JOURNEY_STATUS, "running"),
+                SearchAttributePair(search.JOURNEY_STEP, journey.spec.start),
+            ),
+        )
+
+    def _describe(self) -> None:
+        """Keep the Temporal UI's details current: where the user is and why."""
+        s = self._state
+        lines = [
+            f"**{self._spec.name}** (`{self._journey.key}` v{self._journey.version}), "
+            f"user `{self._input.user_id}`",
+            f"Entered {self._input.entered_at:%Y-%m-%d %H:%M} UTC on "
+            f"`{self._input.trigger.name}`; messages sent: {s.messages_sent}",
+        ]
+        if s.status in ENDED:
+            lines.append(f"**{s.status}**: {s.end_reason}")
+        elif s.status == "waiting" and s.wake_at is not None:
+            what = f"for `{s.waiting_for}` " if s.waiting_for else ""
+            lines.append(f"At `{s.step}`: waiting {what}until {s.wake_at:%Y-%m-%d %H:%M} UTC")
+        else:
+            lines.append(f"At `{s.step}`")
+        path = " → ".join(v.step for v in s.recent_steps[-8:])
+        if path:
+            lines.append(f"Path: {path}")
+        if s.assignments:
+            lines.append("Experiments: " + ", ".join(f"{k}={v}" for k, v in s.assignments.items()))
+        workflow.set_current_details("\n\n".join(lines))
+
+
+def _cause(exc: ActivityError) -> str:
+    cause = exc.cause
+    while cause is not None and getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    return str(cause or exc)[:300]
+
+
