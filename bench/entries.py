@@ -48,7 +48,8 @@ async def through_api(stack: BenchStack, users: list[str], concurrency: int) -> 
             while not queue.empty():
                 user = queue.get_nowait()
                 response = await http.post(
-                    f"{stack.api_url}/v1/track", auth=(WRITE_KEY, ""),
+                    f"{stack.api_url}/v1/track",
+                    auth=(WRITE_KEY, ""),
                     json={"userId": user, "event": "Signed Up", "messageId": str(uuid.uuid4())},
                 )
                 response.raise_for_status()
@@ -67,13 +68,20 @@ async def bare(stack: BenchStack, users: list[str], concurrency: int) -> float:
     async def client() -> None:
         while not queue.empty():
             user = queue.get_nowait()
-            trigger = EventSignal(message_id=str(uuid.uuid4()), name="Signed Up",
-                                  timestamp=datetime.now(UTC))
+            trigger = EventSignal(
+                message_id=str(uuid.uuid4()), name="Signed Up", timestamp=datetime.now(UTC)
+            )
             await stack.client.start_workflow(
                 "JourneyWorkflow",
-                JourneyInput(journey=deployed, user_id=user, enrollment_id=0,
-                             entered_at=trigger.timestamp, trigger=trigger),
-                id=workflow_id("entry", user), task_queue=stack.task_queue,
+                JourneyInput(
+                    journey=deployed,
+                    user_id=user,
+                    enrollment_id=0,
+                    entered_at=trigger.timestamp,
+                    trigger=trigger,
+                ),
+                id=workflow_id("entry", user),
+                task_queue=stack.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 start_signal="enter",
@@ -105,8 +113,10 @@ async def main(users: int, concurrency: int, rounds: int) -> None:
             api_rates.append(users / await through_api(stack, api_users, concurrency))
             bare_rates.append(users / await bare(stack, bare_users, concurrency))
             sample = await running(stack, api_users)
-            print(f"round {r + 1}: api {api_rates[-1]:.1f}/s, bare {bare_rates[-1]:.1f}/s "
-                  f"({sample} sampled api workflows running)")
+            print(
+                f"round {r + 1}: api {api_rates[-1]:.1f}/s, bare {bare_rates[-1]:.1f}/s "
+                f"({sample} sampled api workflows running)"
+            )
         api_rate, bare_rate = sum(api_rates) / rounds, sum(bare_rates) / rounds
         print(f"journey entries through the HTTP API: {api_rate:.1f} per second")
         print(f"bare signal-with-start:               {bare_rate:.1f} per second")

@@ -55,7 +55,7 @@ def write_workspace(root: Path, *, receiver_url: str, journeys: dict[str, str]) 
         f"channels:\n  email:\n    url: {receiver_url}/email\n    signing_secret: {SECRET}\n"
     )
     (root / "templates" / "note.yaml").write_text(
-        'email:\n  subject: "Hello {{ user.first_name | default(\'there\') }}"\n'
+        "email:\n  subject: \"Hello {{ user.first_name | default('there') }}\"\n"
         '  text: "Your cart: {{ event.properties.cart_value }}"\n'
     )
     for name, text in journeys.items():
@@ -69,11 +69,13 @@ async def bench_stack(
 ) -> AsyncIterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
         state = Path(tmp)
-        workspace = write_workspace(state / "workspace", receiver_url=receiver_url,
-                                    journeys=journeys)
+        workspace = write_workspace(
+            state / "workspace", receiver_url=receiver_url, journeys=journeys
+        )
         postgres = EmbeddedPostgres(state / "postgres")
-        temporal = TemporalDevServer(state_dir=state / "temporal", port=free_port(),
-                                     ui_port=free_port())
+        temporal = TemporalDevServer(
+            state_dir=state / "temporal", port=free_port(), ui_port=free_port()
+        )
         temporal.start()
         processes: list[subprocess.Popen[bytes]] = []
         try:
@@ -93,11 +95,13 @@ async def bench_stack(
                 "ORCHESTRATOR_DB_POOL_SIZE": "20",
             }
             logs = open(state / "processes.log", "ab")  # noqa: SIM115
-            api = subprocess.Popen([str(BIN / "orchestrator"), "api"], env=env,
-                                   stdout=logs, stderr=logs)
+            api = subprocess.Popen(
+                [str(BIN / "orchestrator"), "api"], env=env, stdout=logs, stderr=logs
+            )
             processes.append(api)
-            work = subprocess.Popen([str(BIN / "orchestrator"), "worker"], env=env,
-                                    stdout=logs, stderr=logs)
+            work = subprocess.Popen(
+                [str(BIN / "orchestrator"), "worker"], env=env, stdout=logs, stderr=logs
+            )
             processes.append(work)
             if not worker:
                 work.terminate()
@@ -136,5 +140,7 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def summary(values: Sequence[float]) -> str:
-    return (f"n={len(values)} p50={percentile(values, 50):.1f} ms "
-            f"p99={percentile(values, 99):.1f} ms mean={statistics.fmean(values):.1f} ms")
+    return (
+        f"n={len(values)} p50={percentile(values, 50):.1f} ms "
+        f"p99={percentile(values, 99):.1f} ms mean={statistics.fmean(values):.1f} ms"
+    )

@@ -1,8 +1,8 @@
 """The channel seam: build a message for one user, then deliver it.
 
-    DeliveryError
-    ├── RetryableDeliveryError   timeouts, connection errors, 5xx, 429: try again later
-    └── PermanentDeliveryError   any other 4xx: the provider refused this message
+DeliveryError
+├── RetryableDeliveryError   timeouts, connection errors, 5xx, 429: try again later
+└── PermanentDeliveryError   any other 4xx: the provider refused this message
 """
 
 from __future__ import annotations

@@ -42,9 +42,7 @@ def signature(secret: str, *, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def sign(
-    secrets: Sequence[str], *, msg_id: str, body: bytes, now: datetime
-) -> dict[str, str]:
+def sign(secrets: Sequence[str], *, msg_id: str, body: bytes, now: datetime) -> dict[str, str]:
     """The three Standard Webhooks headers, with one signature per secret."""
     timestamp = int(now.timestamp())
     signatures = " ".join(

@@ -12,8 +12,8 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orchestrator.tables import journey_versions, journeys
 from orchestrator.sources import InvalidSource
+from orchestrator.tables import journey_versions, journeys
 from orchestrator.validation import CheckedJourney, check_workspace
 from orchestrator.workspace import Workspace
 

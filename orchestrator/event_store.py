@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.registry import Snapshot
 from orchestrator.profiles import merge_traits
+from orchestrator.registry import Snapshot
 from orchestrator.tables import events, identities
 from orchestrator.tracking import Incoming
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from html import escape
 
@@ -58,7 +59,10 @@ def edges(journey: Journey) -> list[Edge]:
     for step_id, step in journey.steps.items():
         match step:
             case WaitForStep(wait_for=w):
-                found += [Edge(step_id, w.on_event, w.event), Edge(step_id, w.on_timeout, "timeout")]
+                found += [
+                    Edge(step_id, w.on_event, w.event),
+                    Edge(step_id, w.on_timeout, "timeout"),
+                ]
             case BranchStep(branch=arms):
                 found += [Edge(step_id, a.next, a.when or "otherwise") for a in arms]
             case ExperimentStep(experiment=e):
@@ -139,12 +143,15 @@ def svg(journey: Journey) -> str:
         routes.append((edge, [*chain, edge.target]))
     parents: dict[str, list[str]] = {}
     for _, chain in routes:
-        for a, b in zip(chain, chain[1:], strict=False):
+        for a, b in itertools.pairwise(chain):
             parents.setdefault(b, []).append(a)
     for level in sorted(rows)[1:]:  # order each layer by its parents' positions
         above = {n: i for i, n in enumerate(rows[level - 1])}
-        rows[level].sort(key=lambda n: sum(above.get(p, 0) for p in parents.get(n, [0]))
-                         / max(1, len(parents.get(n, []))))
+        rows[level].sort(
+            key=lambda n: (
+                sum(above.get(p, 0) for p in parents.get(n, [0])) / max(1, len(parents.get(n, [])))
+            )
+        )
 
     def width_of(node: str) -> float:
         return 24 if ">" in node else _W
@@ -175,11 +182,15 @@ def svg(journey: Journey) -> str:
             lx, ly = ((x1 + points[1][0]) / 2, y1 + _H / 2 + _GAP_Y / 2)
         else:  # a loop back up: around the right-hand side
             side = max(x1, x2) + _W / 2 + 60
-            path = (f"M {x1 + _W / 2:.0f} {y1:.0f} C {side:.0f} {y1:.0f}, "
-                    f"{side:.0f} {y2:.0f}, {x2 + _W / 2:.0f} {y2:.0f}")
+            path = (
+                f"M {x1 + _W / 2:.0f} {y1:.0f} C {side:.0f} {y1:.0f}, "
+                f"{side:.0f} {y2:.0f}, {x2 + _W / 2:.0f} {y2:.0f}"
+            )
             lx, ly = side - 10, (y1 + y2) / 2
-        parts.append(f'<path d="{path}" fill="none" stroke="#555" stroke-width="1.4" '
-                     f'marker-end="url(#arrow)"/>')
+        parts.append(
+            f'<path d="{path}" fill="none" stroke="#555" stroke-width="1.4" '
+            f'marker-end="url(#arrow)"/>'
+        )
         if edge.label:
             text = _clip(edge.label, 34)
             box = 6.2 * len(text) + 8
@@ -195,7 +206,12 @@ def svg(journey: Journey) -> str:
             fill, title, detail, radius = "#ffe0e0", "trigger", trigger_label(journey), 23
         else:
             step = journey.steps[node]
-            fill, title, detail, radius = _COLOURS.get(type(step), "#ffffff"), node, describe(step), 6
+            fill, title, detail, radius = (
+                _COLOURS.get(type(step), "#ffffff"),
+                node,
+                describe(step),
+                6,
+            )
         parts.append(
             f'<rect x="{x - _W / 2:.0f}" y="{y - _H / 2:.0f}" width="{_W}" height="{_H}" '
             f'rx="{radius}" fill="{fill}" stroke="#444"/>'

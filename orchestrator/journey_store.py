@@ -51,8 +51,11 @@ class PostgresJourneyStore:
                 await conn.execute(
                     stmt.on_conflict_do_update(
                         constraint="enrollment_steps_visit_key",
-                        set_={"outcome": func.coalesce(stmt.excluded.outcome,
-                                                       enrollment_steps.c.outcome)},
+                        set_={
+                            "outcome": func.coalesce(
+                                stmt.excluded.outcome, enrollment_steps.c.outcome
+                            )
+                        },
                     )
                 )
             values: dict[str, Any] = {"current_step": progress.current_step}

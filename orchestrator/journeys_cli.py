@@ -114,8 +114,9 @@ def list_journeys() -> None:
                 rows = (await conn.execute(select(journeys).order_by(journeys.c.key))).all()
                 counts = (
                     await conn.execute(
-                        select(enrollments.c.journey_key, enrollments.c.status, func.count())
-                        .group_by(enrollments.c.journey_key, enrollments.c.status)
+                        select(
+                            enrollments.c.journey_key, enrollments.c.status, func.count()
+                        ).group_by(enrollments.c.journey_key, enrollments.c.status)
                     )
                 ).all()
         finally:

@@ -1,10 +1,9 @@
 """Routing stored events to journeys: enter users (signal-with-start) and tell running ones.
 
-Entry is decided here, against enrollments in Postgres (trigger condition,
-audience, re-entry policy, holdout), never left to Temporal's id reuse rules. Events
-that running users wait for, exit on or convert on are signalled to their
-workflows. Every step is idempotent, so routing an event twice (a retried request,
-the sweeper) changes nothing.
+A trigger whose condition and audience hold enrolls the user (see `enrollment`).
+Events that running users wait for, exit on or convert on are signalled to their
+workflows, and goal conversions are recorded. Every step is idempotent, so routing
+an event twice (a retried request, the sweeper) changes nothing.
 """
 
 from __future__ import annotations
@@ -18,38 +17,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
-    DateTime,
-    Row,
-    Text,
     and_,
-    literal,
     or_,
     select,
-    text,
-    true,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
 from temporalio.service import RPCError, RPCStatusCode
 
+from orchestrator.enrollment import Entry, as_signal, enroll, start_journey
 from orchestrator.event_store import StoredEvent
 from orchestrator.profiles import load_traits
 from orchestrator.registry import JourneyRegistry, Snapshot
 from orchestrator.tables import enrollments, events
 from workflows import search
-from workflows.assignment import in_holdout
 from workflows.expressions import event_context, holds, user_context
-from workflows.messages import DeployedJourney, EnterSignal, EventSignal, JourneyInput
-from workflows.spec import Journey, ReEntryAfter
+from workflows.messages import DeployedJourney, EventSignal
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +42,6 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def blocking_enrollments(journey: Journey, now: datetime) -> ColumnElement[bool]:
-    """Which earlier enrollments of the same user keep them from entering now."""
-    policy = journey.re_entry
-    if policy == "never":
-        return true()  # any earlier entry
-    if isinstance(policy, ReEntryAfter):
-        return or_(enrollments.c.status == "active", enrollments.c.entered_at > now - policy.after)
-    return enrollments.c.status == "active"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A user entered a journey: the workflow to start once the enrollment is committed."""
-
-    deployed: DeployedJourney
-    event: StoredEvent
-    enrollment_id: int
-    entered_at: datetime
 
 
 @dataclass
@@ -115,8 +79,12 @@ class Router:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def plan(
-        self, conn: AsyncConnection, stored: Sequence[StoredEvent], snapshot: Snapshot,
-        *, fresh: bool,
+        self,
+        conn: AsyncConnection,
+        stored: Sequence[StoredEvent],
+        snapshot: Snapshot,
+        *,
+        fresh: bool,
     ) -> Plan:
         """Enroll users whose events trigger journeys. `fresh`: the events are new."""
         plan = Plan(events=list(stored))
@@ -131,7 +99,7 @@ class Router:
                     context = _context(event, traits, deployed)
                     if not holds(spec.trigger.when, context) or not holds(spec.audience, context):
                         continue
-                entry = await self._enroll(conn, deployed, event, now, fresh=fresh)
+                entry = await enroll(conn, deployed, event, now, fresh=fresh, snapshot=snapshot)
                 if entry is not None:
                     plan.entered.setdefault(event.id, set()).add(deployed.key)
                     if entry.enrollment_id:
@@ -192,117 +160,19 @@ class Router:
             plan = await self.plan(conn, stored, snapshot, fresh=False)
         return len(await self.execute(plan, snapshot))
 
-    async def _execute_user(
-        self, plan: Plan, snapshot: Snapshot, items: list[StoredEvent]
-    ) -> None:
+    async def _execute_user(self, plan: Plan, snapshot: Snapshot, items: list[StoredEvent]) -> None:
         for event in items:
             for entry in plan.entries.get(event.id, []):
-                await self._start(entry)
+                await start_journey(
+                    self.client,
+                    entry,
+                    task_queue=self.task_queue,
+                    default_timezone=self.default_timezone,
+                    history_limit=self.history_limit,
+                )
             interested = snapshot.interested.get(event.name, set())
             if keys := interested - plan.entered.get(event.id, set()):
                 await self._notify(snapshot, event, keys)
-
-    async def _enroll(
-        self, conn: AsyncConnection, deployed: DeployedJourney, event: StoredEvent,
-        now: datetime, *, fresh: bool,
-    ) -> Entry | None:
-        """Insert the enrollment if the user may enter; on a re-route, find it again.
-
-        An `Entry` with enrollment id 0 means "entered the control group": no workflow.
-        """
-        if not fresh:
-            found = await _enrollment_for_trigger(conn, deployed.key, event.message_id)
-            if found is not None:
-                if found.status != "active":
-                    return None
-                if found.version != deployed.version:
-                    deployed = (await self.registry.snapshot()).versions[
-                        (deployed.key, found.version)
-                    ]
-                return Entry(deployed, event, found.id, found.entered_at)
-        spec = deployed.spec
-        held_out = in_holdout(deployed.key, event.user_id, spec.holdout)
-        if spec.holdout:
-            # Control-group rows are not covered by the one-active-enrollment index, so
-            # two racing triggers are serialised by a lock instead.
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                {"k": f"{deployed.key}\x1f{event.user_id}"},
-            )
-        earlier = (
-            select(enrollments.c.id)
-            .where(
-                enrollments.c.journey_key == deployed.key,
-                enrollments.c.user_id == event.user_id,
-                blocking_enrollments(spec, now),
-            )
-            .exists()
-        )
-        values = select(
-            literal(deployed.key), literal(deployed.version), literal(event.user_id),
-            literal("holdout" if held_out else "active"), literal(event.message_id),
-            literal(now), literal(now if held_out else None, DateTime(timezone=True)),
-            literal("holdout" if held_out else None, Text),
-        ).where(~earlier)
-        # A racing trigger for the same user loses on the one-active-enrollment index.
-        row = (
-            await conn.execute(
-                insert(enrollments)
-                .from_select(
-                    ["journey_key", "version", "user_id", "status", "trigger_message_id",
-                     "entered_at", "ended_at", "end_reason"],
-                    values,
-                )
-                .on_conflict_do_nothing()
-                .returning(enrollments.c.id, enrollments.c.entered_at)
-            )
-        ).one_or_none()
-        if row is None:
-            return None
-        return Entry(deployed, event, 0 if held_out else row.id, row.entered_at)
-
-    async def _start(self, entry: Entry) -> None:
-        deployed, event = entry.deployed, entry.event
-        enrollment_id, entered_at = entry.enrollment_id, entry.entered_at
-        trigger = _signal(event)
-        spec = deployed.spec
-        summary = f"{spec.name} v{deployed.version} · user {event.user_id}"
-        await self.client.start_workflow(
-            "JourneyWorkflow",
-            JourneyInput(
-                journey=deployed,
-                user_id=event.user_id,
-                enrollment_id=enrollment_id,
-                entered_at=entered_at,
-                trigger=trigger,
-                default_timezone=self.default_timezone,
-                history_limit=self.history_limit,
-            ),
-            id=search.workflow_id(deployed.key, event.user_id),
-            task_queue=self.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="enter",
-            start_signal_args=[
-                EnterSignal(enrollment_id=enrollment_id, version=deployed.version, trigger=trigger)
-            ],
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(search.JOURNEY_KEY, deployed.key),
-                    SearchAttributePair(search.JOURNEY_VERSION, deployed.version),
-                    SearchAttributePair(search.USER_ID, event.user_id),
-                    SearchAttributePair(search.JOURNEY_STEP, spec.start),
-                    SearchAttributePair(search.JOURNEY_STATUS, "running"),
-                ]
-            ),
-            static_summary=summary.encode()[:200].decode(errors="ignore"),
-            static_details=(
-                f"**{spec.name}** (`{deployed.key}` version {deployed.version})\n\n"
-                f"{spec.description.strip()}\n\n"
-                f"User `{event.user_id}` entered on `{event.name}` "
-                f"(message `{event.message_id}`), enrollment {enrollment_id}."
-            ),
-        )
 
     async def _notify(self, snapshot: Snapshot, event: StoredEvent, keys: set[str]) -> None:
         """Record goal conversions and signal running workflows that care about the event."""
@@ -354,7 +224,9 @@ class Router:
                 ):
                     continue
                 if goal.where:
-                    traits = traits if traits is not None else await load_traits(conn, event.user_id)
+                    traits = (
+                        traits if traits is not None else await load_traits(conn, event.user_id)
+                    )
                     if not holds(goal.where, _context(event, traits, deployed)):
                         continue
                 await conn.execute(
@@ -362,7 +234,7 @@ class Router:
                     .where(enrollments.c.id == row.id, enrollments.c.converted_at.is_(None))
                     .values(converted_at=now)
                 )
-        signal = _signal(event)
+        signal = as_signal(event)
         for row in rows:
             if row.status == "active":
                 await self._signal(search.workflow_id(row.journey_key, event.user_id), signal)
@@ -376,35 +248,9 @@ class Router:
                 raise
 
 
-
-async def _enrollment_for_trigger(
-    conn: AsyncConnection, journey_key: str, message_id: str
-) -> Row[Any] | None:
-    return (
-        await conn.execute(
-            select(
-                enrollments.c.id,
-                enrollments.c.status,
-                enrollments.c.version,
-                enrollments.c.entered_at,
-            ).where(
-                enrollments.c.journey_key == journey_key,
-                enrollments.c.trigger_message_id == message_id,
-            )
-        )
-    ).one_or_none()
-
-
-def _signal(event: StoredEvent) -> EventSignal:
-    return EventSignal(
-        message_id=event.message_id,
-        name=event.name,
-        properties=event.properties,
-        timestamp=event.timestamp,
-    )
-
-
-def _context(event: StoredEvent, traits: dict[str, Any], deployed: DeployedJourney) -> dict[str, Any]:
+def _context(
+    event: StoredEvent, traits: dict[str, Any], deployed: DeployedJourney
+) -> dict[str, Any]:
     return {
         "user": user_context(event.user_id, traits),
         "event": event_context(event.name, event.properties, event.timestamp.isoformat()),

@@ -12,7 +12,7 @@ EXAMPLE_WORKSPACE = Path(__file__).resolve().parent.parent / "examples" / "retai
 
 
 class Settings(BaseSettings):
-    """How `orchestrator api` and `orchestrator worker` find Postgres, Temporal and the workspace."""
+    """How `orchestrator api` and `orchestrator worker` find Postgres, Temporal, the workspace."""
 
     model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", frozen=True)
 

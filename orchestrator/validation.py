@@ -70,7 +70,8 @@ def check_workspace(workspace: Workspace) -> tuple[list[CheckedJourney], list[Pr
         if journey.journey in seen:
             problems.add(
                 source.problem(
-                    ["journey"], f"journey key '{journey.journey}' is also used by {seen[journey.journey]}"
+                    ["journey"],
+                    f"journey key '{journey.journey}' is also used by {seen[journey.journey]}",
                 )
             )
             continue
@@ -224,8 +225,9 @@ def _send_problems(source: Source, journey: Journey, workspace: Workspace) -> It
         for loc, channel in channel_locs:
             if channel not in configured:
                 yield source.problem(
-                    loc, f"unknown channel '{channel}': orchestrator.yaml configures "
-                    + (", ".join(sorted(configured)) or "no channels")
+                    loc,
+                    f"unknown channel '{channel}': orchestrator.yaml configures "
+                    + (", ".join(sorted(configured)) or "no channels"),
                 )
         template = workspace.templates.get(send.template)
         if template is None:
@@ -236,9 +238,7 @@ def _send_problems(source: Source, journey: Journey, workspace: Workspace) -> It
             continue
         for loc, channel in channel_locs:
             if channel in configured and getattr(template, channel) is None:
-                yield source.problem(
-                    loc, f"template '{send.template}' has no {channel} section"
-                )
+                yield source.problem(loc, f"template '{send.template}' has no {channel} section")
         yield from _template_problems(send.template, template, journey, workspace)
 
 

@@ -7,8 +7,8 @@ import contextlib
 import os
 import sys
 import uuid
-from datetime import timedelta
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +130,19 @@ async def make_stack(
     """Build a running stack on the time-skipping server for a set of journeys."""
     async with contextlib.AsyncExitStack() as exits:
 
-        async def make(journeys: dict[str, str], *, templates: dict[str, str] | None = None,
-                       env: WorkflowEnvironment | None = None, **options: Any) -> Stack:
-            root = write_workspace(tmp_path / f"ws{uuid.uuid4().hex[:6]}",
-                                   receiver_url=receiver.url, journeys=journeys,
-                                   templates=templates)
+        async def make(
+            journeys: dict[str, str],
+            *,
+            templates: dict[str, str] | None = None,
+            env: WorkflowEnvironment | None = None,
+            **options: Any,
+        ) -> Stack:
+            root = write_workspace(
+                tmp_path / f"ws{uuid.uuid4().hex[:6]}",
+                receiver_url=receiver.url,
+                journeys=journeys,
+                templates=templates,
+            )
             env = env or time_skipping
 
             async def skip() -> None:
@@ -142,8 +150,14 @@ async def make_stack(
                     await env.sleep(timedelta(hours=1))
 
             return await exits.enter_async_context(
-                running_stack(client=env.client, engine=engine, database_url=postgres_url,
-                              workspace=root, skip=skip, **options)
+                running_stack(
+                    client=env.client,
+                    engine=engine,
+                    database_url=postgres_url,
+                    workspace=root,
+                    skip=skip,
+                    **options,
+                )
             )
 
         yield make

@@ -63,7 +63,8 @@ def test_each_process_gets_the_settings_it_needs(
         monkeypatch.setenv(key, value)
     settings = Settings()  # refuses unsafe production settings
     assert settings.environment == "production"
-    assert settings.database_url and "@postgres:5432/" in settings.database_url
+    assert settings.database_url
+    assert "@postgres:5432/" in settings.database_url
     assert settings.temporal_address.split(":")[0] in compose["services"]
     assert str(settings.workspace) == "/workspace"
     assert any(v.endswith(":/workspace:ro") for v in map(_expand, service["volumes"]))

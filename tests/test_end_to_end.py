@@ -52,20 +52,32 @@ async def listed(client: Client, query: str) -> list[str]:
 
 
 async def test_example_journeys_end_to_end(
-    dev_server: WorkflowEnvironment, engine: AsyncEngine, postgres_url: str,
-    receiver: Receiver, example: Path,
+    dev_server: WorkflowEnvironment,
+    engine: AsyncEngine,
+    postgres_url: str,
+    receiver: Receiver,
+    example: Path,
 ) -> None:
     client = dev_server.client
-    async with running_stack(client=client, engine=engine, database_url=postgres_url,
-                             workspace=example) as stack:
-        segment = SegmentClient(WRITE_KEY, host=stack.api_url, sync_mode=True, max_retries=0,
-                                gzip=True)
+    async with running_stack(
+        client=client, engine=engine, database_url=postgres_url, workspace=example
+    ) as stack:
+        segment = SegmentClient(
+            WRITE_KEY, host=stack.api_url, sync_mode=True, max_retries=0, gzip=True
+        )
         errors: list[Exception] = []
         segment.on_error = lambda error, _items: errors.append(error)
 
         def send_with_segment() -> None:
-            segment.identify("ada", {"first_name": "Ada", "email": "ada@example.com",
-                                     "orders_count": 0, "timezone": "Europe/Paris"})
+            segment.identify(
+                "ada",
+                {
+                    "first_name": "Ada",
+                    "email": "ada@example.com",
+                    "orders_count": 0,
+                    "timezone": "Europe/Paris",
+                },
+            )
             segment.track("ada", "Signed Up", {"plan": "free"})
             segment.track("ada", "Demo Requested")
 
@@ -79,8 +91,10 @@ async def test_example_journeys_end_to_end(
         assert welcome.json["data"]["content"]["subject"] == "Welcome to Northwind, Ada"
 
         # ops find the user's journeys in Temporal by journey, user, step and status
-        waiting = ("JourneyKey = 'welcome_series' AND UserId = 'ada' "
-                   "AND JourneyStep = 'settle_in' AND JourneyStatus = 'waiting'")
+        waiting = (
+            "JourneyKey = 'welcome_series' AND UserId = 'ada' "
+            "AND JourneyStep = 'settle_in' AND JourneyStatus = 'waiting'"
+        )
         await eventually(lambda: _found(client, waiting, ["journey:welcome_series:ada"]))
         handle = stack.handle("welcome_series", "ada")
         description = await handle.describe()
@@ -101,7 +115,9 @@ async def test_example_journeys_end_to_end(
         assert (result.status, result.end_reason) == ("converted", "goal Order Completed")
         converted = "JourneyKey = 'welcome_series' AND JourneyStatus = 'converted'"
         await eventually(lambda: _found(client, converted, ["journey:welcome_series:ada"]))
-        statuses = {e["journey_key"]: e["status"] for e in await enrollments(engine, "welcome_series")}
+        statuses = {
+            e["journey_key"]: e["status"] for e in await enrollments(engine, "welcome_series")
+        }
         assert statuses == {"welcome_series": "converted"}
 
 

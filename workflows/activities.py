@@ -280,4 +280,3 @@ def _send_context(request: SendInput, profile: Profile) -> dict[str, Any]:
 
 def _delay(exc: RetryableDeliveryError) -> timedelta | None:
     return timedelta(seconds=exc.retry_after) if exc.retry_after is not None else None
-

@@ -151,8 +151,12 @@ class JourneyInterpreter:
             if isinstance(result, _Go):
                 self._finish_step(step_id, result.outcome)
                 if result.next is None:
-                    self._end("completed", "reached the end" if not isinstance(step, ExitStep)
-                              else f"exit step '{step_id}'")
+                    self._end(
+                        "completed",
+                        "reached the end"
+                        if not isinstance(step, ExitStep)
+                        else f"exit step '{step_id}'",
+                    )
                 else:
                     self._state.step = result.next
                     self._state.step_started = False
@@ -315,12 +319,12 @@ class JourneyInterpreter:
         while self._state.pending:
             event = self._state.pending.pop(0)
             goal = self._spec.goal
-            if goal is not None and await self._matches(goal, event):
-                if workflow.now() - self._input.entered_at <= goal.within:
-                    self._state.converted_at = self._state.converted_at or workflow.now()
-                    if goal.exit:
-                        self._end("converted", f"goal {goal.event}")
-                        return ENDED_BY_EVENT
+            in_window = goal is not None and workflow.now() - self._input.entered_at <= goal.within
+            if goal is not None and in_window and await self._matches(goal, event):
+                self._state.converted_at = self._state.converted_at or workflow.now()
+                if goal.exit:
+                    self._end("converted", f"goal {goal.event}")
+                    return ENDED_BY_EVENT
             for match in self._spec.exit_on:
                 if await self._matches(match, event):
                     self._end("exited", f"exit on {event.name}")
@@ -404,8 +408,9 @@ class JourneyInterpreter:
         self._state.step_started = True
         self._state.wake_at = None
         self._state.waiting_for = None
-        record = StepVisit(step=step_id, kind=step_kind(step) or "?", visit=visit,
-                           at=workflow.now())
+        record = StepVisit(
+            step=step_id, kind=step_kind(step) or "?", visit=visit, at=workflow.now()
+        )
         self._state.recent_steps.append(record)
         del self._state.recent_steps[:-MAX_RECENT_STEPS]
         self._state.unrecorded.append(record)
@@ -522,5 +527,3 @@ def _cause(exc: ActivityError) -> str:
     while cause is not None and getattr(cause, "cause", None) is not None:
         cause = cause.cause
     return str(cause or exc)[:300]
-
-

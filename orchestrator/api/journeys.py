@@ -76,15 +76,12 @@ async def _summaries(services: Any, key: str | None = None) -> list[dict[str, An
     )
     if key is not None:
         query = query.where(journeys.c.key == key)
-    counts = (
-        select(
-            enrollments.c.journey_key,
-            enrollments.c.status,
-            func.count().label("n"),
-            func.count(enrollments.c.converted_at).label("converted"),
-        )
-        .group_by(enrollments.c.journey_key, enrollments.c.status)
-    )
+    counts = select(
+        enrollments.c.journey_key,
+        enrollments.c.status,
+        func.count().label("n"),
+        func.count(enrollments.c.converted_at).label("converted"),
+    ).group_by(enrollments.c.journey_key, enrollments.c.status)
     async with services.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
         tallies = (await conn.execute(counts)).all()
@@ -174,9 +171,7 @@ async def user_journeys(user_id: str, services: ServicesDep) -> list[dict[str, A
                 .order_by(enrollments.c.entered_at.desc(), enrollments.c.id.desc())
             )
         ).all()
-    return [
-        {**r._mapping, "workflow_id": search.workflow_id(r.journey_key, user_id)} for r in rows
-    ]
+    return [{**r._mapping, "workflow_id": search.workflow_id(r.journey_key, user_id)} for r in rows]
 
 
 @router.get("/healthz", tags=["ops"])

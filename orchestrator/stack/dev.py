@@ -81,7 +81,9 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                 running_worker(client, config=workspace.config, engine=engine,
                                task_queue=settings.task_queue),
             ):  # fmt: skip
-                _banner(api_url, temporal, sink_url, database_url, workspace.config.sources[0].write_key)
+                _banner(
+                    api_url, temporal, sink_url, database_url, workspace.config.sources[0].write_key
+                )
                 for item in deployed:
                     say(f"  journey {item.key:<24} v{item.version:<3} {item.change}")
                 say("\nready; Ctrl-C stops everything\n")
@@ -110,6 +112,5 @@ def _banner(
         "\n"
         "  try:  curl -u " + write_key + ": " + api_url + "/v1/track -H 'content-type: "
         "application/json' \\\n"
-        "          -d '{\"userId\": \"ada\", \"event\": \"Signed Up\"}'\n"
+        '          -d \'{"userId": "ada", "event": "Signed Up"}\'\n'
     )
-

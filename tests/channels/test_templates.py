@@ -10,7 +10,10 @@ CONTEXT = {"user": {"first_name": "Ada", "id": "u1"}, "event": {"properties": {"
 
 
 def test_renders_every_field() -> None:
-    fields = {"subject": "Hi {{ user.first_name }}", "data": {"total": "{{ event.properties.total }}"}}
+    fields = {
+        "subject": "Hi {{ user.first_name }}",
+        "data": {"total": "{{ event.properties.total }}"},
+    }
     assert render(fields, CONTEXT) == {"subject": "Hi Ada", "data": {"total": "12.5"}}
 
 
@@ -33,7 +36,7 @@ def test_errors_name_the_field_and_line() -> None:
 
 
 def test_sandbox_blocks_internals() -> None:
-    with pytest.raises(RenderError, match="SecurityError|unsafe"):
+    with pytest.raises(RenderError, match=r"SecurityError|unsafe"):
         render({"text": "{{ user.first_name.__class__.__mro__[1].__subclasses__() }}"}, CONTEXT)
 
 

@@ -38,8 +38,11 @@ def test_validate_prints_every_problem_with_its_position(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = workspace / "journeys" / "cart_abandonment.yaml"
-    path.write_text(path.read_text().replace("template: cart_reminder", "template: cart_remindr")
-                    .replace("timeout: 1d", "timeout: tomorrow"))
+    path.write_text(
+        path.read_text()
+        .replace("template: cart_reminder", "template: cart_remindr")
+        .replace("timeout: 1d", "timeout: tomorrow")
+    )
     monkeypatch.chdir(workspace)
     result = runner.invoke(app, ["journeys", "validate", "journeys/cart_abandonment.yaml"])
     assert result.exit_code == 1
@@ -51,8 +54,10 @@ def test_validate_prints_every_problem_with_its_position(
     path.write_text(path.read_text().replace("timeout: tomorrow", "timeout: 1d"))
     result = runner.invoke(app, ["journeys", "validate", "journeys/cart_abandonment.yaml"])
     assert result.exit_code == 1
-    assert result.stdout.startswith("journeys/cart_abandonment.yaml:34:17: "
-                                    "steps.reminder.send.template: unknown template 'cart_remindr'")
+    assert result.stdout.startswith(
+        "journeys/cart_abandonment.yaml:34:17: "
+        "steps.reminder.send.template: unknown template 'cart_remindr'"
+    )
 
 
 def test_validate_outside_a_workspace(tmp_path: Path) -> None:
@@ -76,14 +81,22 @@ def test_the_schema_checks_journey_files_in_editors(workspace: Path) -> None:
         jsonschema.validate(bad, schema)
     for kind in ("template", "workspace"):
         other = runner.invoke(app, ["journeys", "schema", "--kind", kind])
-        assert other.exit_code == 0 and json.loads(other.stdout)["type"] == "object"
+        assert other.exit_code == 0
+        assert json.loads(other.stdout)["type"] == "object"
 
 
 def test_graph_prints_mermaid_and_writes_svg(workspace: Path, tmp_path: Path) -> None:
     svg = tmp_path / "cart.svg"
-    result = runner.invoke(app, ["journeys", "graph",
-                                 str(workspace / "journeys" / "cart_abandonment.yaml"),
-                                 "--svg", str(svg)])
+    result = runner.invoke(
+        app,
+        [
+            "journeys",
+            "graph",
+            str(workspace / "journeys" / "cart_abandonment.yaml"),
+            "--svg",
+            str(svg),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("flowchart TD\n")
     assert 'wait_for_purchase -->|"timeout"| reminder' in result.stdout
@@ -93,7 +106,8 @@ def test_graph_prints_mermaid_and_writes_svg(workspace: Path, tmp_path: Path) ->
     broken = workspace / "journeys" / "broken.yaml"
     broken.write_text("journey: broken\nsteps: {}\n")
     result = runner.invoke(app, ["journeys", "graph", str(broken)])
-    assert result.exit_code == 1 and "missing required key 'name'" in result.stdout
+    assert result.exit_code == 1
+    assert "missing required key 'name'" in result.stdout
 
 
 async def test_deploy_versions_only_what_changed(
@@ -108,27 +122,42 @@ async def test_deploy_versions_only_what_changed(
         return [tuple(line.split()) for line in result.stdout.splitlines()]
 
     assert sorted(await asyncio.to_thread(deploy)) == [
-        ("cart_abandonment", "v1", "new"), ("welcome_series", "v1", "new"),
-        ("win_back", "v1", "new")]
+        ("cart_abandonment", "v1", "new"),
+        ("welcome_series", "v1", "new"),
+        ("win_back", "v1", "new"),
+    ]
     assert sorted(await asyncio.to_thread(deploy)) == [
-        ("cart_abandonment", "v1", "unchanged"), ("welcome_series", "v1", "unchanged"),
-        ("win_back", "v1", "unchanged")]
+        ("cart_abandonment", "v1", "unchanged"),
+        ("welcome_series", "v1", "unchanged"),
+        ("win_back", "v1", "unchanged"),
+    ]
     # a template edit is a new version of every journey that sends it
     template = workspace / "templates" / "win_back_note.yaml"
     template.write_text(template.read_text().replace("We miss you", "We really miss you"))
     (workspace / "journeys" / "cart_abandonment.yaml").unlink()
     assert sorted(await asyncio.to_thread(deploy)) == [
-        ("cart_abandonment", "v1", "retired"), ("welcome_series", "v1", "unchanged"),
-        ("win_back", "v2", "updated")]
-    stored = await rows(engine, "SELECT journey_key, version, source_file FROM journey_versions "
-                                "ORDER BY journey_key, version")
+        ("cart_abandonment", "v1", "retired"),
+        ("welcome_series", "v1", "unchanged"),
+        ("win_back", "v2", "updated"),
+    ]
+    stored = await rows(
+        engine,
+        "SELECT journey_key, version, source_file FROM journey_versions "
+        "ORDER BY journey_key, version",
+    )
     assert [(r["journey_key"], r["version"]) for r in stored] == [
-        ("cart_abandonment", 1), ("welcome_series", 1), ("win_back", 1), ("win_back", 2)]
+        ("cart_abandonment", 1),
+        ("welcome_series", 1),
+        ("win_back", 1),
+        ("win_back", 2),
+    ]
     assert stored[-1]["source_file"] == "journeys/win_back.yaml"
 
     # an invalid workspace deploys nothing at all
     (workspace / "journeys" / "welcome_series.yaml").write_text(
-        (workspace / "journeys" / "welcome_series.yaml").read_text().replace("wait: 1d", "wait: 1 day")
+        (workspace / "journeys" / "welcome_series.yaml")
+        .read_text()
+        .replace("wait: 1d", "wait: 1 day")
     )
     template.write_text(template.read_text().replace("really", "truly"))
     result = await asyncio.to_thread(runner.invoke, app, ["journeys", "deploy"])
@@ -140,8 +169,10 @@ async def test_deploy_versions_only_what_changed(
     listed = await asyncio.to_thread(runner.invoke, app, ["journeys", "list"])
     assert listed.exit_code == 0
     assert [line.split()[:3] for line in listed.stdout.splitlines()[1:]] == [
-        ["cart_abandonment", "v1", "retired"], ["welcome_series", "v1", "active"],
-        ["win_back", "v2", "active"]]
+        ["cart_abandonment", "v1", "retired"],
+        ["welcome_series", "v1", "active"],
+        ["win_back", "v2", "active"],
+    ]
 
 
 def test_commands_explain_missing_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,7 +53,8 @@ class Dev:
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         async for raw in self.process.stdout:
             self.lines.append(raw.decode(errors="replace").rstrip())
 
@@ -88,15 +89,20 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         await dev.wait_for_line("ready; Ctrl-C stops everything")
         api = f"http://127.0.0.1:{dev.ports['api']}"
-        assert any(f"Temporal UI    http://127.0.0.1:{dev.ports['ui']}" in line
-                   for line in dev.lines)
+        assert any(
+            f"Temporal UI    http://127.0.0.1:{dev.ports['ui']}" in line for line in dev.lines
+        )
         assert any("journey welcome_series" in line and "new" in line for line in dev.lines)
         async with httpx.AsyncClient(timeout=30) as http:
-            response = await http.post(f"{api}/v1/track", auth=(WRITE_KEY, ""),
-                                       json={"userId": "ada", "event": "Signed Up"})
+            response = await http.post(
+                f"{api}/v1/track",
+                auth=(WRITE_KEY, ""),
+                json={"userId": "ada", "event": "Signed Up"},
+            )
             assert response.status_code == 200
             line = await dev.wait_for_line("[sink] email")
-            assert "→ ada" in line and "signed ✓" in line
+            assert "→ ada" in line
+            assert "signed ✓" in line
             ui = await http.get(f"http://127.0.0.1:{dev.ports['ui']}/")
             assert ui.status_code == 200
             docs = await http.get(f"{api}/docs")

@@ -20,8 +20,13 @@ from tests.workflows.test_steps import WELCOME
 
 
 def track(user: str, event: str = "Signed Up", **extra: object) -> dict[str, object]:
-    return {"type": "track", "userId": user, "event": event,
-            "messageId": str(uuid.uuid4()), **extra}
+    return {
+        "type": "track",
+        "userId": user,
+        "event": event,
+        "messageId": str(uuid.uuid4()),
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -30,22 +35,37 @@ async def stack(make_stack: StackFactory) -> Stack:
 
 
 async def test_a_batch_is_stored_with_its_traits_and_routed(
-    stack: Stack, engine: AsyncEngine, receiver: Receiver,
+    stack: Stack,
+    engine: AsyncEngine,
+    receiver: Receiver,
 ) -> None:
     batch = [
-        {"type": "identify", "userId": "u1", "traits": {"first_name": "Ada", "plan": "pro"},
-         "messageId": "m-1"},
-        {"type": "track", "userId": "u1", "event": "Viewed Product", "properties": {"sku": "X1"},
-         "context": {"traits": {"plan": "team"}}, "messageId": "m-2",
-         "timestamp": "2026-11-20T10:00:00Z"},
+        {
+            "type": "identify",
+            "userId": "u1",
+            "traits": {"first_name": "Ada", "plan": "pro"},
+            "messageId": "m-1",
+        },
+        {
+            "type": "track",
+            "userId": "u1",
+            "event": "Viewed Product",
+            "properties": {"sku": "X1"},
+            "context": {"traits": {"plan": "team"}},
+            "messageId": "m-2",
+            "timestamp": "2026-11-20T10:00:00Z",
+        },
         {"type": "page", "anonymousId": "anon-9", "name": "Home", "messageId": "m-3"},
         track("u1", messageId="m-4"),
     ]
     response = await stack.send("/v1/batch", {"batch": batch, "sentAt": "2026-11-20T10:00:01Z"})
     assert response.status_code == 200
     assert response.json() == {"success": True}
-    stored = await rows(engine, "SELECT message_id, type, event, user_id, source, timestamp, "
-                                "routed_at IS NOT NULL AS routed FROM events ORDER BY id")
+    stored = await rows(
+        engine,
+        "SELECT message_id, type, event, user_id, source, timestamp, "
+        "routed_at IS NOT NULL AS routed FROM events ORDER BY id",
+    )
     assert [(r["message_id"], r["type"], r["event"], r["user_id"]) for r in stored] == [
         ("m-1", "identify", None, "u1"),
         ("m-2", "track", "Viewed Product", "u1"),
@@ -63,10 +83,16 @@ async def test_a_batch_is_stored_with_its_traits_and_routed(
 
 
 async def test_a_retried_request_changes_nothing(
-    stack: Stack, engine: AsyncEngine, receiver: Receiver,
+    stack: Stack,
+    engine: AsyncEngine,
+    receiver: Receiver,
 ) -> None:
-    body = {"batch": [track("u1"), {"type": "identify", "userId": "u1",
-                                    "traits": {"n": 1}, "messageId": "same-identify"}]}
+    body = {
+        "batch": [
+            track("u1"),
+            {"type": "identify", "userId": "u1", "traits": {"n": 1}, "messageId": "same-identify"},
+        ]
+    }
     for _ in range(3):
         assert (await stack.send("/v1/batch", body)).status_code == 200
     await receiver.wait_for(lambda rs: len(rs) == 1)
@@ -84,21 +110,30 @@ async def test_a_retried_request_changes_nothing(
 
 
 BAD_BATCHES = [
-    pytest.param({"batch": [track("u1"), {"type": "track", "userId": "u1"}]},
-                 "batch[1].event", id="track-without-event"),
-    pytest.param({"batch": [{"type": "track", "event": "E"}]}, "batch[0].userId",
-                 id="no-user"),
-    pytest.param({"batch": [{"type": "dance", "userId": "u"}]}, "batch[0].type",
-                 id="unknown-type"),
-    pytest.param({"batch": [track("u1", timestamp="yesterday")]}, "batch[0].timestamp",
-                 id="bad-timestamp"),
-    pytest.param({"batch": [track("u1", properties=[1, 2])]}, "batch[0].properties",
-                 id="properties-not-object"),
-    pytest.param({"batch": [{"type": "alias", "userId": "u1"}]}, "batch[0].previousId",
-                 id="alias-without-previous"),
+    pytest.param(
+        {"batch": [track("u1"), {"type": "track", "userId": "u1"}]},
+        "batch[1].event",
+        id="track-without-event",
+    ),
+    pytest.param({"batch": [{"type": "track", "event": "E"}]}, "batch[0].userId", id="no-user"),
+    pytest.param({"batch": [{"type": "dance", "userId": "u"}]}, "batch[0].type", id="unknown-type"),
+    pytest.param(
+        {"batch": [track("u1", timestamp="yesterday")]}, "batch[0].timestamp", id="bad-timestamp"
+    ),
+    pytest.param(
+        {"batch": [track("u1", properties=[1, 2])]},
+        "batch[0].properties",
+        id="properties-not-object",
+    ),
+    pytest.param(
+        {"batch": [{"type": "alias", "userId": "u1"}]},
+        "batch[0].previousId",
+        id="alias-without-previous",
+    ),
     pytest.param({"batch": [track("u1", userId="")]}, "batch[0].userId", id="empty-user"),
-    pytest.param({"batch": [track("u1", messageId="x" * 300)]}, "batch[0].messageId",
-                 id="long-message-id"),
+    pytest.param(
+        {"batch": [track("u1", messageId="x" * 300)]}, "batch[0].messageId", id="long-message-id"
+    ),
     pytest.param({"batch": {"type": "track"}}, "batch", id="batch-not-a-list"),
     pytest.param({"batch": ["not an object"]}, "batch[0]", id="message-not-object"),
     pytest.param({"events": []}, "batch", id="no-batch"),
@@ -107,7 +142,10 @@ BAD_BATCHES = [
 
 @pytest.mark.parametrize(("body", "field"), BAD_BATCHES)
 async def test_bad_messages_get_400_naming_the_field_and_store_nothing(
-    stack: Stack, engine: AsyncEngine, body: dict[str, object], field: str,
+    stack: Stack,
+    engine: AsyncEngine,
+    body: dict[str, object],
+    field: str,
 ) -> None:
     response = await stack.send("/v1/batch", body)
     assert response.status_code == 400, response.text
@@ -127,12 +165,15 @@ async def test_a_single_call_endpoint_checks_its_type(stack: Stack, engine: Asyn
 
 async def test_malformed_bodies_get_400(stack: Stack, engine: AsyncEngine) -> None:
     for content in (b"{not json", b"[1, 2]", b"\xff\xfe"):
-        response = await stack.http.post(f"{stack.api_url}/v1/batch", content=content,
-                                          auth=(WRITE_KEY, ""))
+        response = await stack.http.post(
+            f"{stack.api_url}/v1/batch", content=content, auth=(WRITE_KEY, "")
+        )
         assert response.status_code == 400, content
     response = await stack.http.post(
-        f"{stack.api_url}/v1/batch", content=b"not gzip at all",
-        headers={"content-encoding": "gzip"}, auth=(WRITE_KEY, ""),
+        f"{stack.api_url}/v1/batch",
+        content=b"not gzip at all",
+        headers={"content-encoding": "gzip"},
+        auth=(WRITE_KEY, ""),
     )
     assert (response.status_code, response.json()["error"]) == (400, "body is not valid gzip")
     assert await count(engine, "events") == 0
@@ -165,18 +206,21 @@ async def test_size_limits_get_413_and_store_nothing(stack: Stack, engine: Async
     bomb = gzip.compress(json.dumps({"batch": [], "pad": "z" * 2_000_000}).encode())
     assert len(bomb) < 500 * 1024
     response = await stack.http.post(
-        f"{stack.api_url}/v1/batch", content=bomb,
+        f"{stack.api_url}/v1/batch",
+        content=bomb,
         headers={"content-encoding": "gzip", "content-type": "application/json"},
         auth=(WRITE_KEY, ""),
     )
     assert response.status_code == 413
+
     # a chunked upload with no length is cut off too
     async def chunks():
         for _ in range(100):
             yield b" " * 10_000
 
-    response = await stack.http.post(f"{stack.api_url}/v1/batch", content=chunks(),
-                                     auth=(WRITE_KEY, ""))
+    response = await stack.http.post(
+        f"{stack.api_url}/v1/batch", content=chunks(), auth=(WRITE_KEY, "")
+    )
     assert response.status_code == 413
     assert await count(engine, "events") == 0
 
@@ -184,7 +228,8 @@ async def test_size_limits_get_413_and_store_nothing(stack: Stack, engine: Async
 async def test_gzip_bodies_are_accepted(stack: Stack, engine: AsyncEngine) -> None:
     body = gzip.compress(json.dumps({"batch": [track("u1")]}).encode())
     response = await stack.http.post(
-        f"{stack.api_url}/v1/batch", content=body,
+        f"{stack.api_url}/v1/batch",
+        content=body,
         headers={"content-encoding": "gzip", "content-type": "application/json"},
         auth=(WRITE_KEY, ""),
     )
@@ -193,11 +238,14 @@ async def test_gzip_bodies_are_accepted(stack: Stack, engine: AsyncEngine) -> No
 
 
 async def test_anonymous_events_follow_identify_and_alias(
-    stack: Stack, engine: AsyncEngine, receiver: Receiver,
+    stack: Stack,
+    engine: AsyncEngine,
+    receiver: Receiver,
 ) -> None:
     # an identify that carries both ids links them
-    await stack.send("/v1/identify", {"userId": "u1", "anonymousId": "anon-1",
-                                      "traits": {"first_name": "Ada"}})
+    await stack.send(
+        "/v1/identify", {"userId": "u1", "anonymousId": "anon-1", "traits": {"first_name": "Ada"}}
+    )
     await stack.send("/v1/track", {"anonymousId": "anon-1", "event": "Signed Up"})
     # alias links an old id to the user
     await stack.send("/v1/alias", {"previousId": "old-device", "userId": "u2"})
@@ -210,15 +258,19 @@ async def test_anonymous_events_follow_identify_and_alias(
 
 
 async def test_unrouted_events_are_routed_by_the_sweeper(
-    stack: Stack, engine: AsyncEngine, receiver: Receiver,
+    stack: Stack,
+    engine: AsyncEngine,
+    receiver: Receiver,
 ) -> None:
     # As if an API process died between storing an event and telling Temporal.
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "INSERT INTO events (message_id, source, type, event, user_id, timestamp, "
-            "received_at) VALUES ('lost-1', 'tests', 'track', 'Signed Up', 'u9', now(), "
-            "now() - interval '1 minute')"
-        ))
+        await conn.execute(
+            text(
+                "INSERT INTO events (message_id, source, type, event, user_id, timestamp, "
+                "received_at) VALUES ('lost-1', 'tests', 'track', 'Signed Up', 'u9', now(), "
+                "now() - interval '1 minute')"
+            )
+        )
     assert await stack.services.router.sweep(older_than=timedelta(seconds=30)) == 1
     await receiver.wait_for(lambda rs: len(rs) == 1)
     assert receiver.requests[0].json["data"]["recipient"]["user_id"] == "u9"
@@ -232,8 +284,16 @@ async def test_unrouted_events_are_routed_by_the_sweeper(
 
 async def test_the_openapi_document_describes_ingestion(stack: Stack) -> None:
     document = (await stack.http.get(f"{stack.api_url}/openapi.json")).json()
-    for path in ("/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen",
-                 "/v1/alias", "/v1/journeys", "/v1/users/{user_id}/journeys"):
+    for path in (
+        "/v1/batch",
+        "/v1/track",
+        "/v1/identify",
+        "/v1/page",
+        "/v1/screen",
+        "/v1/alias",
+        "/v1/journeys",
+        "/v1/users/{user_id}/journeys",
+    ):
         assert path in document["paths"], path
     batch = document["paths"]["/v1/batch"]["post"]
     assert "batch" in batch["requestBody"]["content"]["application/json"]["schema"]["properties"]
@@ -257,4 +317,3 @@ async def test_read_endpoints(stack: Stack, receiver: Receiver) -> None:
     ]
     assert (await stack.http.get(f"{stack.api_url}/v1/journeys/nope")).status_code == 404
     assert (await stack.http.get(f"{stack.api_url}/healthz")).json() == {"status": "ok"}
-

@@ -90,8 +90,10 @@ CASES = [
     ),
     pytest.param(
         VALID.replace("next: done", "next: finish"),
-        [(13, 11, "steps.pause.next: next step 'finish' is not defined in steps"),
-         (14, 3, "steps.done: step 'done' is unreachable from 'hello'")],
+        [
+            (13, 11, "steps.pause.next: next step 'finish' is not defined in steps"),
+            (14, 3, "steps.done: step 'done' is unreachable from 'hello'"),
+        ],
         id="dangling-next",
     ),
     pytest.param(
@@ -106,7 +108,8 @@ CASES = [
     ),
     pytest.param(
         VALID.replace("    next: pause\n", "    next: check\n")
-        + "  check:\n    branch:\n      - when: user.vip\n        next: hello\n      - next: pause\n",
+        + "  check:\n    branch:\n      - when: user.vip\n        next: hello\n"
+        + "      - next: pause\n",
         [(8, 3, "steps.hello: steps loop with no wait: hello -> check -> hello")],
         id="cycle-without-wait",
     ),
@@ -127,7 +130,14 @@ CASES = [
     ),
     pytest.param(
         VALID.replace("channel: email", "channel: web"),
-        [(9, 21, "steps.hello.send.channel: unknown channel 'web': orchestrator.yaml configures email, push")],
+        [
+            (
+                9,
+                21,
+                "steps.hello.send.channel: unknown channel 'web': "
+                "orchestrator.yaml configures email, push",
+            )
+        ],
         id="unconfigured-channel",
     ),
     pytest.param(
@@ -137,11 +147,20 @@ CASES = [
     ),
     pytest.param(
         VALID.replace("template: hello", "template: helo"),
-        [(9, 38, "steps.hello.send.template: unknown template 'helo' (known: broken, crashes, hello)")],
+        [
+            (
+                9,
+                38,
+                "steps.hello.send.template: "
+                "unknown template 'helo' (known: broken, crashes, hello)",
+            )
+        ],
         id="unknown-template",
     ),
     pytest.param(
-        VALID.replace("channel: email, template: hello", "channels: [email, push], template: hello"),
+        VALID.replace(
+            "channel: email, template: hello", "channels: [email, push], template: hello"
+        ),
         [(9, 30, "steps.hello.send.channels.1: template 'hello' has no push section")],
         id="template-missing-channel-section",
     ),
@@ -156,7 +175,9 @@ CASES = [
         id="template-fails-to-render",
     ),
     pytest.param(
-        VALID.replace("    wait: 2h\n", "    wait: 2h\n    send: {channel: email, template: hello}\n"),
+        VALID.replace(
+            "    wait: 2h\n", "    wait: 2h\n    send: {channel: email, template: hello}\n"
+        ),
         [(11, 3, "steps.pause: a step needs exactly one of: wait, wait_for, branch")],
         id="two-kinds-in-a-step",
     ),
@@ -166,12 +187,18 @@ CASES = [
         id="no-kind-in-a-step",
     ),
     pytest.param(
-        VALID.replace("    wait: 2h\n    next: done\n", "    wait_for: {event: Bought, timeout: 1d, on_event: done}\n"),
+        VALID.replace(
+            "    wait: 2h\n    next: done\n",
+            "    wait_for: {event: Bought, timeout: 1d, on_event: done}\n",
+        ),
         [(12, 5, "steps.pause.wait_for.on_timeout: missing required key 'on_timeout'")],
         id="wait-for-missing-branch",
     ),
     pytest.param(
-        VALID.replace("  done:\n    exit: {}\n", "  done:\n    branch:\n      - when: user.a\n        next: hello\n"),
+        VALID.replace(
+            "  done:\n    exit: {}\n",
+            "  done:\n    branch:\n      - when: user.a\n        next: hello\n",
+        ),
         [(15, 5, "steps.done.branch: the last arm of a branch is the default")],
         id="branch-without-default",
     ),
@@ -193,7 +220,8 @@ CASES = [
     pytest.param(
         VALID.replace("update_profile", "x").replace(
             "    next: done\n",
-            "    next: tag\n  tag:\n    update_profile: {set: {greeting: '{{ user.name '}}\n    next: done\n",
+            "    next: tag\n  tag:\n    update_profile: {set: {greeting: '{{ user.name '}}\n"
+            "    next: done\n",
         ),
         [(15, 38, "steps.tag.update_profile.set.greeting: template does not parse")],
         id="inline-template-syntax",
@@ -249,8 +277,9 @@ def test_workspace_config_problems_have_positions(tmp_path: Path) -> None:
 def test_environment_references_in_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_workspace(tmp_path, receiver_url="http://127.0.0.1:9", journeys={})
     config = root / "orchestrator.yaml"
-    config.write_text(config.read_text().replace("write_key: wk_test_0123456789",
-                                                 "write_key: ${TEST_WRITE_KEY}"))
+    config.write_text(
+        config.read_text().replace("write_key: wk_test_0123456789", "write_key: ${TEST_WRITE_KEY}")
+    )
     with pytest.raises(InvalidSource, match="environment variable TEST_WRITE_KEY is not set"):
         load_workspace(root)
     monkeypatch.setenv("TEST_WRITE_KEY", "wk_from_environment")
@@ -262,14 +291,19 @@ def test_the_example_workspace_is_valid() -> None:
     checked, problems = check_workspace(load_workspace(root))
     assert problems == []
     assert sorted(c.journey.journey for c in checked) == [
-        "cart_abandonment", "welcome_series", "win_back"
+        "cart_abandonment",
+        "welcome_series",
+        "win_back",
     ]
 
 
 def test_a_non_mapping_journey_file(workspace: Path) -> None:
     path = workspace / "journeys" / "case.yaml"
     path.write_text("- just\n- a list\n")
-    journey, problems = check_journey(load(path, display="journeys/case.yaml"),
-                                      load_workspace(workspace))
+    journey, problems = check_journey(
+        load(path, display="journeys/case.yaml"), load_workspace(workspace)
+    )
     assert journey is None
-    assert [str(p) for p in problems] == ["journeys/case.yaml:1:1: a journey file must be a mapping"]
+    assert [str(p) for p in problems] == [
+        "journeys/case.yaml:1:1: a journey file must be a mapping"
+    ]

@@ -91,15 +91,18 @@ class Receiver:
         if not verified and secret is not None:
             return JSONResponse({"error": "bad signature"}, status_code=401)
         if script.status >= 300:
-            return JSONResponse({"error": "scripted"}, status_code=script.status,
-                                headers=script.headers)
+            return JSONResponse(
+                {"error": "scripted"}, status_code=script.status, headers=script.headers
+            )
         return JSONResponse({"id": f"provider-{len(self.requests)}"}, status_code=script.status)
 
 
 @asynccontextmanager
 async def running_receiver(secrets: dict[str, str]) -> AsyncIterator[Receiver]:
     receiver = Receiver(secrets)
-    app = Starlette(routes=[Route("/{path:path}", receiver._handle, methods=["POST", "PUT", "PATCH"])])
+    app = Starlette(
+        routes=[Route("/{path:path}", receiver._handle, methods=["POST", "PUT", "PATCH"])]
+    )
     async with serving(app) as url:
         receiver.url = url
         yield receiver

@@ -43,10 +43,20 @@ class Stack:
     async def send(self, path: str, body: Any, *, key: str = WRITE_KEY) -> httpx.Response:
         return await self.http.post(f"{self.api_url}{path}", json=body, auth=(key, ""))
 
-    async def track(self, user_id: str, event: str, properties: dict[str, Any] | None = None,
-                    *, message_id: str | None = None) -> httpx.Response:
-        body = {"userId": user_id, "event": event, "properties": properties or {},
-                "messageId": message_id or str(uuid.uuid4())}
+    async def track(
+        self,
+        user_id: str,
+        event: str,
+        properties: dict[str, Any] | None = None,
+        *,
+        message_id: str | None = None,
+    ) -> httpx.Response:
+        body = {
+            "userId": user_id,
+            "event": event,
+            "properties": properties or {},
+            "messageId": message_id or str(uuid.uuid4()),
+        }
         response = await self.send("/v1/track", body)
         assert response.status_code == 200, response.text
         return response
@@ -87,8 +97,12 @@ class Stack:
         await self.services.registry.reload()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0,
-                     skip: Callable[[], Awaitable[None]] | None = None) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 30.0,
+    skip: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Poll until `check()` holds; `skip` (e.g. time-skipping) runs between polls."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -118,16 +132,16 @@ async def running_stack(
     settings = Settings(
         database_url=database_url, task_queue=f"test-{uuid.uuid4()}", workspace=workspace
     )
-    services = build_services(settings, config=ws.config, engine=engine, client=client,
-                              clock=clock)
+    services = build_services(settings, config=ws.config, engine=engine, client=client, clock=clock)
     if history_limit is not None:
         services.router.history_limit = history_limit
     app = create_app(services, sweep=False)
     try:
         async with (
             serving(app) as url,
-            running_worker(client, config=ws.config, engine=engine,
-                           task_queue=settings.task_queue, store=store),
+            running_worker(
+                client, config=ws.config, engine=engine, task_queue=settings.task_queue, store=store
+            ),
             httpx.AsyncClient(timeout=30) as http,
         ):
             yield Stack(url, http, services, client, workspace, skip)
@@ -146,4 +160,3 @@ async def _terminate_unfinished(client: Client, engine: AsyncEngine) -> None:
     for wid in ids:
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(wid).terminate("test finished")
-

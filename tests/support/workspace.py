@@ -43,7 +43,8 @@ def write_workspace(
     (root / "journeys").mkdir(exist_ok=True)
     (root / "templates").mkdir(exist_ok=True)
     channel_lines = "".join(
-        f"  {name}:\n    url: {receiver_url}/{name}\n    signing_secret: {SECRETS[name]}\n    timeout: 2\n"
+        f"  {name}:\n    url: {receiver_url}/{name}\n"
+        f"    signing_secret: {SECRETS[name]}\n    timeout: 2\n"
         for name in channels
     )
     (root / "orchestrator.yaml").write_text(

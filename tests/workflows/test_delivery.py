@@ -45,7 +45,9 @@ class LosesTheFirstAnswer(PostgresJourneyStore):
 
 
 async def test_a_retried_send_activity_does_not_deliver_twice(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     store = LosesTheFirstAnswer(engine)
     stack = await make_stack({"once": ONE_SEND}, store=store)
@@ -59,7 +61,9 @@ async def test_a_retried_send_activity_does_not_deliver_twice(
 
 
 async def test_provider_errors_are_retried_with_the_same_message_id(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     receiver.script("/email", Script(503), Script(429, headers={"retry-after": "1"}))
     stack = await make_stack({"once": ONE_SEND})
@@ -72,7 +76,9 @@ async def test_provider_errors_are_retried_with_the_same_message_id(
 
 
 async def test_a_refused_message_is_failed_once_and_the_journey_goes_on(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     receiver.script("/email", Script(400))
     stack = await make_stack({"once": ONE_SEND})
@@ -88,7 +94,8 @@ async def test_a_refused_message_is_failed_once_and_the_journey_goes_on(
 
 
 async def test_a_fallback_list_goes_out_on_its_first_channel(
-    make_stack: StackFactory, receiver: Receiver,
+    make_stack: StackFactory,
+    receiver: Receiver,
 ) -> None:
     journey = ONE_SEND.replace("channel: email", "channels: [push, email]")
     stack = await make_stack({"once": journey})

@@ -46,7 +46,9 @@ def nurture(policy: str = "never") -> str:
 
 
 async def test_exit_on_ends_the_journey_mid_wait(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     stack = await make_stack({"nurture": nurture()})
     await stack.track("u1", "Signed Up")
@@ -65,7 +67,9 @@ async def test_exit_on_ends_the_journey_mid_wait(
 
 
 async def test_goal_converts_and_ends_the_journey(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     stack = await make_stack({"nurture": nurture()})
     await stack.track("u1", "Signed Up")
@@ -76,11 +80,13 @@ async def test_goal_converts_and_ends_the_journey(
     result = await stack.result("nurture", "u1")
     assert (result.status, result.end_reason) == ("converted", "goal Order Completed")
     [enrollment] = await enrollments(engine, "nurture")
-    assert enrollment["status"] == "converted" and enrollment["converted_at"] is not None
+    assert enrollment["status"] == "converted"
+    assert enrollment["converted_at"] is not None
 
 
 async def test_conversions_count_after_the_journey_and_only_within_the_window(
-    make_stack: StackFactory, engine: AsyncEngine,
+    make_stack: StackFactory,
+    engine: AsyncEngine,
 ) -> None:
     clock = ManualClock()
     journey = nurture().replace("    wait: 3d\n", "    wait: 1h\n")
@@ -93,7 +99,8 @@ async def test_conversions_count_after_the_journey_and_only_within_the_window(
     clock.advance(timedelta(days=8))
     await stack.track("late", "Order Completed", {"total": 10})
     got = {e["user_id"]: e["converted_at"] for e in await enrollments(engine, "nurture")}
-    assert got["ontime"] is not None and got["late"] is None
+    assert got["ontime"] is not None
+    assert got["late"] is None
 
 
 async def test_re_entry_never(make_stack: StackFactory, engine: AsyncEngine) -> None:
@@ -106,7 +113,9 @@ async def test_re_entry_never(make_stack: StackFactory, engine: AsyncEngine) -> 
 
 
 async def test_re_entry_always_starts_a_new_run_with_new_messages(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     stack = await make_stack({"nurture": nurture("always").replace("wait: 3d", "wait: 1h")})
     await stack.track("u1", "Signed Up")
@@ -122,7 +131,8 @@ async def test_re_entry_always_starts_a_new_run_with_new_messages(
 
 
 async def test_re_entry_after_a_cooldown(
-    make_stack: StackFactory, engine: AsyncEngine,
+    make_stack: StackFactory,
+    engine: AsyncEngine,
 ) -> None:
     clock = ManualClock()
     journey = nurture("{after: 2d}").replace("wait: 3d", "wait: 1h")
@@ -141,12 +151,15 @@ async def _enrolled(engine: AsyncEngine, n: int) -> bool:
     return len(await enrollments(engine, "nurture")) >= n
 
 
-HOLDOUT = WELCOME.replace("start: hello", "holdout: 50\ngoal: {event: Order Completed}\n"
-                                          "start: hello").replace("wait: 2d", "wait: 1h")
+HOLDOUT = WELCOME.replace(
+    "start: hello", "holdout: 50\ngoal: {event: Order Completed}\nstart: hello"
+).replace("wait: 2d", "wait: 1h")
 
 
 async def test_holdout_users_are_recorded_but_get_nothing(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     stack = await make_stack({"welcome": HOLDOUT})
     users = [f"user-{i}" for i in range(16)]
@@ -170,22 +183,28 @@ async def test_holdout_users_are_recorded_but_get_nothing(
 
 
 async def test_users_finish_on_the_version_they_entered(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
     time_skipping: WorkflowEnvironment,
 ) -> None:
     stack = await make_stack({"welcome": WELCOME})
     await stack.track("early", "Signed Up")
     await eventually(lambda: _step_is(stack, "welcome", "early", "pause", "waiting"))
     # the marketer changes the journey: the follow-up now goes by in-app message
-    edited = WELCOME.replace("send: {channel: push, template: hello}",
-                             "send: {channel: in_app, template: hello}")
+    edited = WELCOME.replace(
+        "send: {channel: push, template: hello}", "send: {channel: in_app, template: hello}"
+    )
     (stack.workspace / "journeys" / "welcome.yaml").write_text(edited.lstrip())
     await stack.redeploy()
     await stack.track("late", "Signed Up")
     await eventually(lambda: _step_is(stack, "welcome", "late", "pause", "waiting"))
     await eventually(lambda: _follow_ups(receiver, 2), skip=skipper(time_skipping))
-    follow_ups = {r.json["data"]["recipient"]["user_id"]: (r.path, r.json["data"]["metadata"]["version"])
-                  for r in receiver.requests if r.path != "/email"}
+    follow_ups = {
+        r.json["data"]["recipient"]["user_id"]: (r.path, r.json["data"]["metadata"]["version"])
+        for r in receiver.requests
+        if r.path != "/email"
+    }
     assert follow_ups == {"early": ("/push", 1), "late": ("/in_app", 2)}
     versions = {e["user_id"]: e["version"] for e in await enrollments(engine, "welcome")}
     assert versions == {"early": 1, "late": 2}
@@ -209,7 +228,8 @@ steps:
 
 
 async def test_long_histories_continue_as_new_without_losing_state(
-    make_stack: StackFactory, engine: AsyncEngine,
+    make_stack: StackFactory,
+    engine: AsyncEngine,
 ) -> None:
     stack = await make_stack({"pings": PINGS}, history_limit=40)
     await stack.track("u1", "Started")
@@ -221,7 +241,8 @@ async def test_long_histories_continue_as_new_without_losing_state(
     state = await stack.state("pings", "u1")
     assert state.runs > 1
     assert state.visits["listen"] == 26
-    assert state.last_event is not None and state.last_event.properties == {"n": 24}
+    assert state.last_event is not None
+    assert state.last_event.properties == {"n": 24}
     assert state.status == "waiting"
 
 

@@ -16,8 +16,15 @@ from workflows.local_time import next_local_time, zone
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30), ("15m", 900), ("2h", 7200), ("3d", 259200), ("1w", 604800),
-     ("1d12h", 129600), ("1h 30m", 5400)],
+    [
+        ("30s", 30),
+        ("15m", 900),
+        ("2h", 7200),
+        ("3d", 259200),
+        ("1w", 604800),
+        ("1d12h", 129600),
+        ("1h 30m", 5400),
+    ],
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
@@ -38,22 +45,46 @@ NEW_YORK = ZoneInfo("America/New_York")
     ("now", "clock", "tz", "expected"),
     [
         # later today, and tomorrow once today's time has passed
-        (datetime(2026, 6, 1, 7, 0, tzinfo=UTC), "09:00", LONDON,
-         datetime(2026, 6, 1, 8, 0, tzinfo=UTC)),
-        (datetime(2026, 6, 1, 8, 0, tzinfo=UTC), "09:00", LONDON,
-         datetime(2026, 6, 2, 8, 0, tzinfo=UTC)),
+        (
+            datetime(2026, 6, 1, 7, 0, tzinfo=UTC),
+            "09:00",
+            LONDON,
+            datetime(2026, 6, 1, 8, 0, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 6, 1, 8, 0, tzinfo=UTC),
+            "09:00",
+            LONDON,
+            datetime(2026, 6, 2, 8, 0, tzinfo=UTC),
+        ),
         # across midnight in the user's zone, not ours
-        (datetime(2026, 1, 15, 3, 0, tzinfo=UTC), "21:30", NEW_YORK,
-         datetime(2026, 1, 16, 2, 30, tzinfo=UTC)),
+        (
+            datetime(2026, 1, 15, 3, 0, tzinfo=UTC),
+            "21:30",
+            NEW_YORK,
+            datetime(2026, 1, 16, 2, 30, tzinfo=UTC),
+        ),
         # the night clocks go forward in London (29 March 2026, 01:00 -> 02:00)
-        (datetime(2026, 3, 28, 12, 0, tzinfo=UTC), "09:00", LONDON,
-         datetime(2026, 3, 29, 8, 0, tzinfo=UTC)),
+        (
+            datetime(2026, 3, 28, 12, 0, tzinfo=UTC),
+            "09:00",
+            LONDON,
+            datetime(2026, 3, 29, 8, 0, tzinfo=UTC),
+        ),
         # a wall time skipped by the change still resolves, just after the gap
-        (datetime(2026, 3, 28, 12, 0, tzinfo=UTC), "01:30", LONDON,
-         datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+        (
+            datetime(2026, 3, 28, 12, 0, tzinfo=UTC),
+            "01:30",
+            LONDON,
+            datetime(2026, 3, 29, 1, 30, tzinfo=UTC),
+        ),
         # the night clocks go back (25 October 2026): 01:30 happens twice, first one wins
-        (datetime(2026, 10, 24, 12, 0, tzinfo=UTC), "01:30", LONDON,
-         datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        (
+            datetime(2026, 10, 24, 12, 0, tzinfo=UTC),
+            "01:30",
+            LONDON,
+            datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+        ),
     ],
 )
 def test_next_local_time(now: datetime, clock: str, tz: ZoneInfo, expected: datetime) -> None:

@@ -70,7 +70,8 @@ def replayer() -> Replayer:
 
 
 async def test_a_fresh_history_of_every_step_kind_replays(
-    make_stack: StackFactory, receiver: Receiver,
+    make_stack: StackFactory,
+    receiver: Receiver,
 ) -> None:
     stack = await make_stack({"tour": EVERY_STEP})
     await stack.identify("u1", {"timezone": "Asia/Tokyo", "vip": True})

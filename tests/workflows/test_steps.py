@@ -13,7 +13,6 @@ from tests.support.db import enrollments, rows
 from tests.support.receiver import Receiver, Script
 from tests.support.stack import eventually
 from workflows.assignment import pick_variant
-from workflows.messages import JourneyResult
 
 WELCOME = """
 journey: welcome
@@ -43,14 +42,17 @@ def skipper(env: WorkflowEnvironment, hours: float = 6):
 
 
 async def test_send_wait_send_exit(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
     time_skipping: WorkflowEnvironment,
 ) -> None:
     stack = await make_stack({"welcome": WELCOME})
     await stack.identify("u1", {"first_name": "Ada", "email": "ada@example.com"})
     await stack.track("u1", "Signed Up")
     [email] = await receiver.wait_for(lambda rs: len(rs) >= 1)
-    assert email.path == "/email" and email.verified
+    assert email.path == "/email"
+    assert email.verified
     assert email.json["data"]["content"]["subject"] == "Hello Ada"
     assert email.json["data"]["recipient"] == {"user_id": "u1", "email": "ada@example.com"}
     assert email.json["data"]["metadata"]["tags"] == ["onboarding"]
@@ -59,7 +61,8 @@ async def test_send_wait_send_exit(
     assert len(receiver.requests) == 1
     await eventually(lambda: _at_least(receiver, 2), skip=skipper(time_skipping))
     push = receiver.requests[1]
-    assert push.path == "/push" and push.verified
+    assert push.path == "/push"
+    assert push.verified
     assert push.msg_id != email.msg_id
     result = await stack.result("welcome", "u1")
     assert (result.status, result.messages_sent, result.steps) == ("completed", 2, 4)
@@ -69,8 +72,10 @@ async def test_send_wait_send_exit(
     assert [v["step"] for v in visits] == ["hello", "pause", "nudge", "done"]
     assert visits[0]["outcome"] == "delivered on email"
     messages = await rows(engine, "SELECT channel, status FROM messages ORDER BY created_at")
-    assert messages == [{"channel": "email", "status": "delivered"},
-                        {"channel": "push", "status": "delivered"}]
+    assert messages == [
+        {"channel": "email", "status": "delivered"},
+        {"channel": "push", "status": "delivered"},
+    ]
 
 
 async def _at_least(receiver: Receiver, n: int) -> bool:
@@ -95,7 +100,9 @@ steps:
 
 
 async def test_wait_until_a_local_time_in_the_users_timezone(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
     time_skipping: WorkflowEnvironment,
 ) -> None:
     stack = await make_stack({"morning": LOCAL_MORNING})
@@ -136,7 +143,8 @@ steps:
 
 
 async def test_wait_for_takes_the_event_path_when_a_matching_event_arrives(
-    make_stack: StackFactory, receiver: Receiver,
+    make_stack: StackFactory,
+    receiver: Receiver,
 ) -> None:
     stack = await make_stack({"cart": WAIT_FOR})
     await stack.track("u1", "Cart Abandoned", {"cart_value": 50})
@@ -152,7 +160,9 @@ async def test_wait_for_takes_the_event_path_when_a_matching_event_arrives(
 
 
 async def test_wait_for_takes_the_timeout_path_when_nothing_arrives(
-    make_stack: StackFactory, receiver: Receiver, time_skipping: WorkflowEnvironment,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    time_skipping: WorkflowEnvironment,
 ) -> None:
     stack = await make_stack({"cart": WAIT_FOR})
     await stack.track("u1", "Cart Abandoned", {"cart_value": 50})
@@ -161,7 +171,7 @@ async def test_wait_for_takes_the_timeout_path_when_nothing_arrives(
     assert message.path == "/push"
     assert message.json["data"]["content"]["body"] == "Cart 50"
     state = await stack.state("cart", "u1")
-    assert [v.outcome for v in state.recent_steps][0] == "no Order Completed before timeout"
+    assert next(v.outcome for v in state.recent_steps) == "no Order Completed before timeout"
 
 
 async def _step_is(stack, journey: str, user: str, step: str, status: str) -> bool:
@@ -202,11 +212,16 @@ steps:
 
 
 async def test_branch_arms_and_profile_updates(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     stack = await make_stack({"tiers": BRANCH_AND_PROFILE})
-    for user, traits in (("vip", {"tier": "gold"}), ("gold", {"tier": "gold"}),
-                         ("plain", {"pending_welcome": True})):
+    for user, traits in (
+        ("vip", {"tier": "gold"}),
+        ("gold", {"tier": "gold"}),
+        ("plain", {"pending_welcome": True}),
+    ):
         await stack.identify(user, traits)
     await stack.track("vip", "Signed Up", {"plan": "annual"})
     await stack.track("gold", "Signed Up", {"plan": "monthly"})
@@ -221,8 +236,9 @@ async def test_branch_arms_and_profile_updates(
     }
     assert profiles["vip"] == {"tier": "gold", "welcomed_by": "tiers-gold", "step_count": 3}
     assert profiles["plain"] == {"welcomed_by": "tiers-none", "step_count": 3}
-    outcomes = await rows(engine, "SELECT outcome FROM enrollment_steps WHERE step = 'tier' "
-                                  "ORDER BY enrollment_id")
+    outcomes = await rows(
+        engine, "SELECT outcome FROM enrollment_steps WHERE step = 'tier' ORDER BY enrollment_id"
+    )
     assert [o["outcome"].split(":")[0] for o in outcomes] == ["arm 1", "arm 2", "default"]
 
 
@@ -248,7 +264,9 @@ steps:
 
 
 async def test_experiment_assignment_is_sticky_per_user(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
     stack = await make_stack({"offer": EXPERIMENT})
     users = [f"user-{i}" for i in range(12)]
@@ -287,14 +305,18 @@ steps:
 
 
 async def test_webhook_step_posts_signed_json_and_survives_refusal(
-    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine,
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
 ) -> None:
-    stack = await make_stack({"crm": WEBHOOK.replace('"{{ journey.key }}"',
-                                                     f"{receiver.url}/hooks/crm")})
+    stack = await make_stack(
+        {"crm": WEBHOOK.replace('"{{ journey.key }}"', f"{receiver.url}/hooks/crm")}
+    )
     await stack.track("u1", "Signed Up", {"plan": "pro"})
     result = await stack.result("crm", "u1")
     [call] = receiver.requests
-    assert call.path == "/hooks/crm" and call.verified
+    assert call.path == "/hooks/crm"
+    assert call.verified
     assert call.json == {"user": "u1", "plan": "pro", "static": 7}
     assert result.status == "completed"
     # a 4xx is final: the journey records it and moves on
@@ -302,8 +324,12 @@ async def test_webhook_step_posts_signed_json_and_survives_refusal(
     await stack.track("u2", "Signed Up", {"plan": "free"})
     result = await stack.result("crm", "u2")
     assert result.status == "completed"
-    [outcome] = await rows(engine, "SELECT s.outcome FROM enrollment_steps s JOIN enrollments e "
-                                   "ON e.id = s.enrollment_id WHERE e.user_id = 'u2' "
-                                   "AND s.step = 'notify'")
-    assert outcome["outcome"].startswith("failed:") and "422" in outcome["outcome"]
+    [outcome] = await rows(
+        engine,
+        "SELECT s.outcome FROM enrollment_steps s JOIN enrollments e "
+        "ON e.id = s.enrollment_id WHERE e.user_id = 'u2' "
+        "AND s.step = 'notify'",
+    )
+    assert outcome["outcome"].startswith("failed:")
+    assert "422" in outcome["outcome"]
     assert len(receiver.at("/hooks/crm")) == 2

@@ -1,0 +1,201 @@
+"""Enrolling users in journeys: who may enter now, and starting their workflow.
+
+Entry is decided against enrollments in Postgres (re-entry policy, holdout), never
+left to Temporal's workflow id reuse rules; the one-active-enrollment index makes a
+racing second trigger lose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, DateTime, Row, Text, literal, or_, select, text, true
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+
+from orchestrator.event_store import StoredEvent
+from orchestrator.registry import Snapshot
+from orchestrator.tables import enrollments
+from workflows import search
+from workflows.assignment import in_holdout
+from workflows.messages import DeployedJourney, EnterSignal, EventSignal, JourneyInput
+from workflows.spec import Journey, ReEntryAfter
+
+
+def blocking_enrollments(journey: Journey, now: datetime) -> ColumnElement[bool]:
+    """Which earlier enrollments of the same user keep them from entering now."""
+    policy = journey.re_entry
+    if policy == "never":
+        return true()  # any earlier entry
+    if isinstance(policy, ReEntryAfter):
+        return or_(enrollments.c.status == "active", enrollments.c.entered_at > now - policy.after)
+    return enrollments.c.status == "active"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A user entered a journey: the workflow to start once the enrollment is committed."""
+
+    deployed: DeployedJourney
+    event: StoredEvent
+    enrollment_id: int
+    entered_at: datetime
+
+
+async def enroll(
+    conn: AsyncConnection,
+    deployed: DeployedJourney,
+    event: StoredEvent,
+    now: datetime,
+    *,
+    fresh: bool,
+    snapshot: Snapshot,
+) -> Entry | None:
+    """Insert the enrollment if the user may enter; on a re-route, find it again.
+
+    An `Entry` with enrollment id 0 means "entered the control group": no workflow.
+    """
+    if not fresh:
+        found = await _enrollment_for_trigger(conn, deployed.key, event.message_id)
+        if found is not None:
+            if found.status != "active":
+                return None
+            if found.version != deployed.version:
+                deployed = snapshot.versions[(deployed.key, found.version)]
+            return Entry(deployed, event, found.id, found.entered_at)
+    spec = deployed.spec
+    held_out = in_holdout(deployed.key, event.user_id, spec.holdout)
+    if spec.holdout:
+        # Control-group rows are not covered by the one-active-enrollment index, so
+        # two racing triggers are serialised by a lock instead.
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"{deployed.key}\x1f{event.user_id}"},
+        )
+    earlier = (
+        select(enrollments.c.id)
+        .where(
+            enrollments.c.journey_key == deployed.key,
+            enrollments.c.user_id == event.user_id,
+            blocking_enrollments(spec, now),
+        )
+        .exists()
+    )
+    values = select(
+        literal(deployed.key),
+        literal(deployed.version),
+        literal(event.user_id),
+        literal("holdout" if held_out else "active"),
+        literal(event.message_id),
+        literal(now),
+        literal(now if held_out else None, DateTime(timezone=True)),
+        literal("holdout" if held_out else None, Text),
+    ).where(~earlier)
+    # A racing trigger for the same user loses on the one-active-enrollment index.
+    row = (
+        await conn.execute(
+            insert(enrollments)
+            .from_select(
+                [
+                    "journey_key",
+                    "version",
+                    "user_id",
+                    "status",
+                    "trigger_message_id",
+                    "entered_at",
+                    "ended_at",
+                    "end_reason",
+                ],
+                values,
+            )
+            .on_conflict_do_nothing()
+            .returning(enrollments.c.id, enrollments.c.entered_at)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return Entry(deployed, event, 0 if held_out else row.id, row.entered_at)
+
+
+async def start_journey(
+    client: Client, entry: Entry, *, task_queue: str, default_timezone: str, history_limit: int
+) -> None:
+    """Signal-with-start the user's workflow for this enrollment (idempotent: an existing
+    run just receives the `enter` signal and ignores its own enrollment)."""
+    deployed, event = entry.deployed, entry.event
+    enrollment_id, entered_at = entry.enrollment_id, entry.entered_at
+    trigger = as_signal(event)
+    spec = deployed.spec
+    summary = f"{spec.name} v{deployed.version} · user {event.user_id}"
+    await client.start_workflow(
+        "JourneyWorkflow",
+        JourneyInput(
+            journey=deployed,
+            user_id=event.user_id,
+            enrollment_id=enrollment_id,
+            entered_at=entered_at,
+            trigger=trigger,
+            default_timezone=default_timezone,
+            history_limit=history_limit,
+        ),
+        id=search.workflow_id(deployed.key, event.user_id),
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal="enter",
+        start_signal_args=[
+            EnterSignal(enrollment_id=enrollment_id, version=deployed.version, trigger=trigger)
+        ],
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(search.JOURNEY_KEY, deployed.key),
+                SearchAttributePair(search.JOURNEY_VERSION, deployed.version),
+                SearchAttributePair(search.USER_ID, event.user_id),
+                SearchAttributePair(search.JOURNEY_STEP, spec.start),
+                SearchAttributePair(search.JOURNEY_STATUS, "running"),
+            ]
+        ),
+        static_summary=summary.encode()[:200].decode(errors="ignore"),
+        static_details=(
+            f"**{spec.name}** (`{deployed.key}` version {deployed.version})\n\n"
+            f"{spec.description.strip()}\n\n"
+            f"User `{event.user_id}` entered on `{event.name}` "
+            f"(message `{event.message_id}`), enrollment {enrollment_id}."
+        ),
+    )
+
+
+def as_signal(event: StoredEvent) -> EventSignal:
+    return EventSignal(
+        message_id=event.message_id,
+        name=event.name,
+        properties=event.properties,
+        timestamp=event.timestamp,
+    )
+
+
+async def _enrollment_for_trigger(
+    conn: AsyncConnection, journey_key: str, message_id: str
+) -> Row[Any] | None:
+    return (
+        await conn.execute(
+            select(
+                enrollments.c.id,
+                enrollments.c.status,
+                enrollments.c.version,
+                enrollments.c.entered_at,
+            ).where(
+                enrollments.c.journey_key == journey_key,
+                enrollments.c.trigger_message_id == message_id,
+            )
+        )
+    ).one_or_none()
