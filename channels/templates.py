@@ -118,7 +118,8 @@ def check_syntax(fields: Mapping[str, Any]) -> list[RenderError]:
 
 def render(fields: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
     """Render every string in a section (nested mappings too); raise RenderError on failure."""
-    return _render(fields, context, ())  # type: ignore[return-value]
+    rendered: dict[str, Any] = _render(fields, context, ())
+    return rendered
 
 
 def _render(value: Any, context: Mapping[str, Any], path: tuple[str, ...]) -> Any:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Row, Text, literal, or_, select, text, true
+from sqlalchemy import ColumnElement, DateTime, Text, literal, or_, select, text, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio.client import Client
@@ -183,9 +183,7 @@ def as_signal(event: StoredEvent) -> EventSignal:
     )
 
 
-async def _enrollment_for_trigger(
-    conn: AsyncConnection, journey_key: str, message_id: str
-) -> Row[Any] | None:
+async def _enrollment_for_trigger(conn: AsyncConnection, journey_key: str, message_id: str) -> Any:
     return (
         await conn.execute(
             select(

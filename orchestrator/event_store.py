@@ -50,26 +50,28 @@ async def store_events(
     if not batch:
         return []
     linked = await _linked_users(conn, batch)
-    rows = []
-    for item in batch:
-        user_id = item.user_id or linked.get(item.anonymous_id or "")
-        routable = item.type == "track" and user_id is not None and snapshot.routes(item.event)
-        rows.append(
-            {
-                "message_id": item.message_id,
-                "source": source,
-                "type": item.type,
-                "event": item.event,
-                "user_id": user_id,
-                "anonymous_id": item.anonymous_id,
-                "properties": item.properties,
-                "traits": item.traits,
-                "context": item.context,
-                "timestamp": item.timestamp,
-                "received_at": received_at,
-                "routed_at": None if routable else received_at,
-            }
-        )
+    users = [item.user_id or linked.get(item.anonymous_id or "") for item in batch]
+    routable = [
+        item.type == "track" and user is not None and snapshot.routes(item.event)
+        for item, user in zip(batch, users, strict=True)
+    ]
+    rows = [
+        {
+            "message_id": item.message_id,
+            "source": source,
+            "type": item.type,
+            "event": item.event,
+            "user_id": user,
+            "anonymous_id": item.anonymous_id,
+            "properties": item.properties,
+            "traits": item.traits,
+            "context": item.context,
+            "timestamp": item.timestamp,
+            "received_at": received_at,
+            "routed_at": None if route else received_at,
+        }
+        for item, user, route in zip(batch, users, routable, strict=True)
+    ]
     inserted = await conn.execute(
         insert(events)
         .values(rows)
@@ -77,24 +79,24 @@ async def store_events(
         .returning(events.c.id, events.c.message_id)
     )
     new_ids = {message_id: event_id for event_id, message_id in inserted.all()}
-    if not new_ids:
-        return []
     fresh = [
-        (item, row) for item, row in zip(batch, rows, strict=True) if item.message_id in new_ids
+        (item, user, route)
+        for item, user, route in zip(batch, users, routable, strict=True)
+        if item.message_id in new_ids
     ]
-    await _merge_traits(conn, [(row["user_id"], item.traits) for item, row in fresh])
-    await _link_identities(conn, [item for item, _ in fresh])
+    await _merge_traits(conn, [(user, item.traits) for item, user, _ in fresh])
+    await _link_identities(conn, [item for item, _, _ in fresh])
     return [
         StoredEvent(
             id=new_ids[item.message_id],
             message_id=item.message_id,
             name=item.event or "",
-            user_id=row["user_id"],
+            user_id=user,
             properties=item.properties,
             timestamp=item.timestamp,
         )
-        for item, row in fresh
-        if row["routed_at"] is None
+        for item, user, route in fresh
+        if route and user is not None
     ]
 
 

@@ -17,6 +17,7 @@ from workflows.spec import (
     UpdateProfileStep,
     WaitForStep,
     WaitStep,
+    WaitUntil,
     WebhookStep,
 )
 
@@ -34,7 +35,7 @@ def describe(step: Step) -> str:
     """A short label for a step, as a marketer would say it."""
     match step:
         case WaitStep(wait=wait):
-            if hasattr(wait, "until"):
+            if isinstance(wait, WaitUntil):
                 return f"wait until {wait.until} ({wait.timezone} time)"
             return f"wait {format_duration(wait)}"
         case WaitForStep(wait_for=w):
@@ -147,11 +148,12 @@ def svg(journey: Journey) -> str:
             parents.setdefault(b, []).append(a)
     for level in sorted(rows)[1:]:  # order each layer by its parents' positions
         above = {n: i for i, n in enumerate(rows[level - 1])}
-        rows[level].sort(
-            key=lambda n: (
-                sum(above.get(p, 0) for p in parents.get(n, [0])) / max(1, len(parents.get(n, [])))
-            )
-        )
+
+        def mean_parent(node: str, above: dict[str, int] = above) -> float:
+            found = [above[p] for p in parents.get(node, []) if p in above]
+            return sum(found) / len(found) if found else 0.0
+
+        rows[level].sort(key=mean_parent)
 
     def width_of(node: str) -> float:
         return 24 if ">" in node else _W

@@ -141,11 +141,18 @@ def schema(
     output: Annotated[Path | None, typer.Option(help="Write to this file")] = None,
 ) -> None:
     """JSON Schema for journey, template or orchestrator.yaml files (for editors)."""
+    from pydantic import BaseModel
+
     from channels.templates import Template
     from orchestrator.workspace import WorkspaceConfig
     from workflows.spec import Journey
 
-    model = {"journey": Journey, "template": Template, "workspace": WorkspaceConfig}[kind]
+    models: dict[str, type[BaseModel]] = {
+        "journey": Journey,
+        "template": Template,
+        "workspace": WorkspaceConfig,
+    }
+    model = models[kind]
     document = {"$schema": "https://json-schema.org/draft/2020-12/schema",
                 **model.model_json_schema()}  # fmt: skip
     text = json.dumps(document, indent=2) + "\n"

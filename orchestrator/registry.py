@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.tables import journey_versions, journeys
@@ -85,23 +86,23 @@ class JourneyRegistry:
         self._checked_at = self.clock()
 
 
-def _index(rows: list[object]) -> Snapshot:
+def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any]]) -> Snapshot:
     by_trigger: dict[str, list[DeployedJourney]] = defaultdict(list)
     interested: dict[str, set[str]] = defaultdict(set)
     versions: dict[tuple[str, int], DeployedJourney] = {}
     for row in rows:
         deployed = DeployedJourney.model_validate(
             {
-                "key": row.journey_key,  # type: ignore[attr-defined]
-                "version": row.version,  # type: ignore[attr-defined]
-                "spec": row.spec,  # type: ignore[attr-defined]
-                "templates": row.templates,  # type: ignore[attr-defined]
+                "key": row.journey_key,
+                "version": row.version,
+                "spec": row.spec,
+                "templates": row.templates,
             }
         )
         versions[(deployed.key, deployed.version)] = deployed
         for name in deployed.spec.interesting_events():
             interested[name].add(deployed.key)
-        if row.active and row.version == row.current_version:  # type: ignore[attr-defined]
+        if row.active and row.version == row.current_version:
             by_trigger[deployed.spec.trigger.event].append(deployed)
     for journeys_list in by_trigger.values():
         journeys_list.sort(key=lambda j: (-j.spec.priority, j.key))

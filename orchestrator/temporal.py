@@ -41,7 +41,9 @@ async def register_search_attributes(client: Client, namespace: str) -> None:
     """Register the journey search attributes (a no-op when they exist)."""
     request = AddSearchAttributesRequest(
         namespace=namespace,
-        search_attributes={key.name: key.indexed_value_type for key in search.ALL},
+        search_attributes={
+            key.name: IndexedValueType.ValueType(key.indexed_value_type.value) for key in search.ALL
+        },
     )
     try:
         await client.operator_service.add_search_attributes(request)

@@ -65,7 +65,7 @@ MESSAGE_NAMESPACE = uuid.UUID("5b1c7e7e-3f53-4c4f-9d0e-6a4c2f1b8a10")
 MAX_RECENT_STEPS = 50
 MAX_SEEN_EVENTS = 500
 
-LOCAL = {"start_to_close_timeout": timedelta(seconds=10)}
+LOCAL_TIMEOUT = timedelta(seconds=10)
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -357,7 +357,10 @@ class JourneyInterpreter:
     async def _user(self) -> Profile:
         if self._profile is None:
             self._profile = await workflow.execute_local_activity(
-                "load_profile", self._input.user_id, result_type=Profile, **LOCAL
+                "load_profile",
+                self._input.user_id,
+                result_type=Profile,
+                start_to_close_timeout=LOCAL_TIMEOUT,
             )
         return self._profile
 
@@ -454,7 +457,7 @@ class JourneyInterpreter:
                 ended_at=workflow.now() if ended else None,
                 converted_at=self._state.converted_at,
             ),
-            **LOCAL,
+            start_to_close_timeout=LOCAL_TIMEOUT,
         )
         self._state.unrecorded = []
 
@@ -479,7 +482,7 @@ class JourneyInterpreter:
                 "load_journey_version",
                 args=[journey.key, enter.version],
                 result_type=DeployedJourney,
-                **LOCAL,
+                start_to_close_timeout=LOCAL_TIMEOUT,
             )
         workflow.continue_as_new(
             JourneyInput(
@@ -523,7 +526,8 @@ class JourneyInterpreter:
 
 
 def _cause(exc: ActivityError) -> str:
-    cause = exc.cause
-    while cause is not None and getattr(cause, "cause", None) is not None:
-        cause = cause.cause
-    return str(cause or exc)[:300]
+    """The innermost failure's message: what the activity itself raised."""
+    cause: BaseException = exc
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause  # type: ignore[attr-defined]
+    return str(cause)[:300]
