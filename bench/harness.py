@@ -114,7 +114,11 @@ async def bench_stack(
             for process in processes:
                 process.terminate()
             for process in processes:
-                process.wait(30)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    print(f"{process.args[1:]} did not stop in 30 s; killed", file=sys.stderr)
+                    process.kill()
             await asyncio.to_thread(temporal.stop)
             await asyncio.to_thread(postgres.stop)
 
