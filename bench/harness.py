@@ -65,7 +65,11 @@ def write_workspace(root: Path, *, receiver_url: str, journeys: dict[str, str]) 
 
 @asynccontextmanager
 async def bench_stack(
-    journeys: dict[str, str], *, receiver_url: str = "http://127.0.0.1:9", worker: bool = True
+    journeys: dict[str, str],
+    *,
+    receiver_url: str = "http://127.0.0.1:9",
+    worker: bool = True,
+    api_processes: int = 1,
 ) -> AsyncIterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
         state = Path(tmp)
@@ -93,6 +97,7 @@ async def bench_stack(
                 "ORCHESTRATOR_API_PORT": str(api_port),
                 "ORCHESTRATOR_TASK_QUEUE": "bench",
                 "ORCHESTRATOR_DB_POOL_SIZE": "20",
+                "ORCHESTRATOR_API_PROCESSES": str(api_processes),
             }
             logs = open(state / "processes.log", "ab")  # noqa: SIM115
             api = subprocess.Popen(

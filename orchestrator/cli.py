@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
@@ -77,21 +80,50 @@ def dev(
 
 @app.command()
 def api() -> None:
-    """Serve the HTTP API (settings from ORCHESTRATOR_* environment variables)."""
+    """Serve the HTTP API (settings from ORCHESTRATOR_* environment variables).
+
+    With ORCHESTRATOR_API_PROCESSES above 1, that many processes share the port.
+    """
+    from orchestrator.stack.servers import listening_socket
+
+    settings = Settings()
+    _logging("info")
+    sock = listening_socket(settings.api_host, settings.api_port)
+    if settings.api_processes == 1:
+        _serve_api(settings, sock)
+        return
+    children = []
+    for _ in range(settings.api_processes):
+        pid = os.fork()
+        if pid == 0:  # the child serves until SIGTERM (from us) or SIGINT (from a terminal)
+            _serve_api(settings, sock)
+            os._exit(0)
+        children.append(pid)
+    typer.echo(f"API on http://{settings.api_host}:{settings.api_port} "
+               f"in {len(children)} processes")  # fmt: skip
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) for child in children]
+    raise typer.Exit(max(codes, key=abs))
+
+
+def _serve_api(settings: Settings, sock: socket.socket) -> None:
     from orchestrator.api import create_app
     from orchestrator.services import open_services
     from orchestrator.stack.servers import serving
 
-    settings = Settings()
-    _logging("info")
-
     async def work(stop: asyncio.Event) -> None:
         async with (
             open_services(settings) as services,
-            serving(create_app(services), host=settings.api_host, port=settings.api_port,
-                    log_level="info") as url,
-        ):  # fmt: skip
-            typer.echo(f"API on {url} (docs at {url}/docs)")
+            serving(create_app(services), sock=sock, log_level="info") as url,
+        ):
+            typer.echo(f"API on {url} (docs at {url}/docs), pid {os.getpid()}")
             await stop.wait()
 
     run_until_stopped(work)

@@ -7,14 +7,33 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import DateTime, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.profiles import merge_traits
 from orchestrator.registry import Snapshot
-from orchestrator.tables import events, identities
+from orchestrator.tables import identities
 from orchestrator.tracking import Incoming
+
+# One statement for the whole batch, whatever its size: the rows travel as one JSON
+# document that Postgres unpacks, so the statement is prepared once and no per-row
+# parameter conversion happens in Python (a multi-row VALUES is compiled per batch).
+_INSERT = text(
+    """
+    INSERT INTO events (message_id, source, type, event, user_id, anonymous_id,
+                        properties, traits, context, timestamp, received_at, routed_at)
+    SELECT r.message_id, :source, r.type, r.event, r.user_id, r.anonymous_id,
+           r.properties, r.traits, r.context, r.timestamp, :received_at,
+           CASE WHEN r.routable THEN NULL ELSE CAST(:received_at AS timestamptz) END
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        message_id text, type text, event text, user_id text, anonymous_id text,
+        properties jsonb, traits jsonb, context jsonb, timestamp timestamptz, routable boolean)
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING id, message_id
+    """
+).bindparams(bindparam("received_at", type_=DateTime(timezone=True)))
 
 
 @dataclass(frozen=True)
@@ -58,7 +77,6 @@ async def store_events(
     rows = [
         {
             "message_id": item.message_id,
-            "source": source,
             "type": item.type,
             "event": item.event,
             "user_id": user,
@@ -67,16 +85,13 @@ async def store_events(
             "traits": item.traits,
             "context": item.context,
             "timestamp": item.timestamp,
-            "received_at": received_at,
-            "routed_at": None if route else received_at,
+            "routable": route,
         }
         for item, user, route in zip(batch, users, routable, strict=True)
     ]
     inserted = await conn.execute(
-        insert(events)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=[events.c.message_id])
-        .returning(events.c.id, events.c.message_id)
+        _INSERT,
+        {"source": source, "received_at": received_at, "rows": orjson.dumps(rows).decode()},
     )
     new_ids = {message_id: event_id for event_id, message_id in inserted.all()}
     fresh = [

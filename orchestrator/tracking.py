@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MessageType = Literal["track", "identify", "page", "screen", "alias", "group"]
@@ -61,7 +62,7 @@ class TrackingMessage(BaseModel):
         return value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Incoming:
     """A validated message, ready to store."""
 
@@ -83,15 +84,15 @@ def parse_message(
     """Validate one message; raise BadInput naming the field."""
     if not isinstance(raw, dict):
         raise BadInput(where, "each message must be a JSON object")
-    size = len(json.dumps(raw, separators=(",", ":"), default=str))
+    size = len(orjson.dumps(raw, default=str))
     if size > max_bytes:
         raise BadInput(where, f"message is {size} bytes; the limit is {max_bytes}", status=413)
-    data = dict(raw)
+    data = raw
     if implied_type is not None:
         given = data.get("type", implied_type)
         if given != implied_type:
             raise BadInput(_at(where, "type"), f"must be '{implied_type}' on this endpoint")
-        data["type"] = implied_type
+        data = {**raw, "type": implied_type}
     try:
         msg = TrackingMessage.model_validate(data)
     except ValidationError as exc:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import zlib
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -82,8 +82,8 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
             raise Refused(401, "unknown write key")
         raw = await _read_body(request, settings.max_request_bytes)
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise Refused(400, f"body is not valid JSON: {exc}") from None
         if key is None:
             key = body.get("writeKey") if isinstance(body, dict) else None
