@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -161,3 +162,33 @@ async def make_stack(
             )
 
         yield make
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "retail"
+QUICK_JOURNEY = """
+journey: quick_follow_up
+name: Quick follow-up
+trigger: {event: Demo Requested}
+start: pause
+steps:
+  pause:
+    wait: 2s
+    next: follow_up
+  follow_up:
+    send: {channel: in_app, template: win_back_thanks}
+    next: done
+  done:
+    exit: {}
+"""
+
+
+@pytest.fixture
+def example(tmp_path: Path, receiver: Receiver) -> Path:
+    """The example workspace, delivering to the test receiver instead of the dev sink,
+    plus a journey with a two-second wait."""
+    root = tmp_path / "retail"
+    shutil.copytree(EXAMPLE, root)
+    for path in (root / "orchestrator.yaml", root / "journeys" / "win_back.yaml"):
+        path.write_text(path.read_text().replace("http://127.0.0.1:8750", receiver.url))
+    (root / "journeys" / "quick_follow_up.yaml").write_text(QUICK_JOURNEY)
+    return root

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
-import pytest
 from segment.analytics import Client as SegmentClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
@@ -16,35 +14,7 @@ from tests.support.db import enrollments
 from tests.support.receiver import Receiver
 from tests.support.stack import eventually, running_stack
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "retail"
 WRITE_KEY = "wk_dev_website_7f3a9c"
-
-QUICK = """
-journey: quick_follow_up
-name: Quick follow-up
-trigger: {event: Demo Requested}
-start: pause
-steps:
-  pause:
-    wait: 2s
-    next: follow_up
-  follow_up:
-    send: {channel: in_app, template: win_back_thanks}
-    next: done
-  done:
-    exit: {}
-"""
-
-
-@pytest.fixture
-def example(tmp_path: Path, receiver: Receiver) -> Path:
-    """The example workspace, delivering to the test receiver instead of the dev sink."""
-    root = tmp_path / "retail"
-    shutil.copytree(EXAMPLE, root)
-    for path in (root / "orchestrator.yaml", root / "journeys" / "win_back.yaml"):
-        path.write_text(path.read_text().replace("http://127.0.0.1:8750", receiver.url))
-    (root / "journeys" / "quick_follow_up.yaml").write_text(QUICK)
-    return root
 
 
 async def listed(client: Client, query: str) -> list[str]:

@@ -146,10 +146,10 @@ async def running_stack(
         ):
             yield Stack(url, http, services, client, workspace, skip)
     finally:
-        await _terminate_unfinished(client, engine)
+        await terminate_unfinished(client, engine)
 
 
-async def _terminate_unfinished(client: Client, engine: AsyncEngine) -> None:
+async def terminate_unfinished(client: Client, engine: AsyncEngine) -> None:
     # A journey left waiting would wake on a task queue nobody polls any more, and the
     # time-skipping server cannot skip time past a task that nobody takes.
     async with engine.connect() as conn:

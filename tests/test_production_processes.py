@@ -1,0 +1,92 @@
+"""The production shape: `orchestrator migrate`, `journeys deploy`, `api` (two processes) and
+`worker` as separate processes, configured only by ORCHESTRATOR_* variables."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+from temporalio.testing import WorkflowEnvironment
+
+from orchestrator.stack.processes import free_port
+from tests.support.receiver import Receiver
+from tests.support.stack import terminate_unfinished
+from tests.test_end_to_end import WRITE_KEY
+
+BIN = Path(sys.executable).parent
+
+
+async def run(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(BIN / "orchestrator"), *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await process.communicate()
+    return process.returncode or 0, output.decode()
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+async def test_api_and_worker_processes_deliver_a_journey(
+    dev_server: WorkflowEnvironment,
+    postgres_url: str,
+    receiver: Receiver,
+    example: Path,
+    engine: object,
+) -> None:
+    api_port = free_port()
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_ENVIRONMENT": "production",
+        "ORCHESTRATOR_DATABASE_URL": postgres_url,
+        "ORCHESTRATOR_TEMPORAL_ADDRESS": dev_server.client.service_client.config.target_host,
+        "ORCHESTRATOR_WORKSPACE": str(example),
+        "ORCHESTRATOR_API_PORT": str(api_port),
+        "ORCHESTRATOR_API_PROCESSES": "2",
+        "ORCHESTRATOR_TASK_QUEUE": "production-test",
+    }
+    assert await run("migrate", env=env) == (0, "database is up to date\n")
+    code, output = await run("journeys", "deploy", env=env)
+    assert code == 0, output
+    assert "welcome_series" in output
+    api = await asyncio.create_subprocess_exec(str(BIN / "orchestrator"), "api", env=env)
+    worker = await asyncio.create_subprocess_exec(str(BIN / "orchestrator"), "worker", env=env)
+    try:
+        url = f"http://127.0.0.1:{api_port}"
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(200):
+                try:
+                    if (await http.get(f"{url}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            assert len(children_of(api.pid)) == 2
+            for user in ("prod-ada", "prod-grace", "prod-linus"):
+                response = await http.post(
+                    f"{url}/v1/track",
+                    auth=(WRITE_KEY, ""),
+                    json={"userId": user, "event": "Signed Up"},
+                )
+                assert response.status_code == 200
+        await receiver.wait_for(lambda rs: len(rs) == 3, timeout=30)
+        assert {r.json["data"]["recipient"]["user_id"] for r in receiver.requests} == {
+            "prod-ada",
+            "prod-grace",
+            "prod-linus",
+        }
+        assert all(r.verified for r in receiver.requests)
+    finally:
+        api_children = children_of(api.pid)
+        for process in (api, worker):
+            process.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(p.wait(), 30) for p in (api, worker)]
+        await terminate_unfinished(dev_server.client, engine)
+    assert codes == [0, 0]
+    assert all(not Path(f"/proc/{pid}").exists() for pid in api_children)
