@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
@@ -96,8 +97,18 @@ def api() -> None:
     for _ in range(settings.api_processes):
         pid = os.fork()
         if pid == 0:  # the child serves until SIGTERM (from us) or SIGINT (from a terminal)
-            _serve_api(settings, sock)
-            os._exit(0)
+            # Until its event loop takes over the signal, a stop request ends it outright.
+            signal.signal(signal.SIGTERM, _exit_now)
+            code = 1
+            try:
+                _serve_api(settings, sock)
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)  # never return into the parent's code
         children.append(pid)
     typer.echo(f"API on http://{settings.api_host}:{settings.api_port} "
                f"in {len(children)} processes")  # fmt: skip
@@ -111,6 +122,10 @@ def api() -> None:
     signal.signal(signal.SIGTERM, forward)
     codes = [os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) for child in children]
     raise typer.Exit(max(codes, key=abs))
+
+
+def _exit_now(_sig: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _serve_api(settings: Settings, sock: socket.socket) -> None:
