@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
@@ -14,6 +15,7 @@ from tests.support.receiver import Receiver
 from tests.support.stack import eventually
 from tests.workflows.test_steps import WELCOME, _step_is, skipper
 from workflows.assignment import in_holdout
+from workflows.messages import EnterSignal, EventSignal
 
 LONG_WAIT = """
 journey: nurture
@@ -249,3 +251,45 @@ async def test_long_histories_continue_as_new_without_losing_state(
 async def _stored_visits(engine: AsyncEngine, n: int) -> bool:
     [row] = await rows(engine, "SELECT count(*) AS n FROM enrollment_steps")
     return int(row["n"]) >= n
+
+
+async def test_an_entry_signalled_while_a_run_ends_continues_in_the_same_workflow(
+    make_stack: StackFactory,
+    receiver: Receiver,
+    engine: AsyncEngine,
+) -> None:
+    """The race the `enter` signal exists for: a re-entry is decided (the previous
+    enrollment already ended in Postgres) while the previous run is still closing, so
+    signal-with-start reaches that run; it must carry on as the new enrollment."""
+    stack = await make_stack({"nurture": nurture("always")})
+    await stack.track("u1", "Signed Up")
+    await eventually(lambda: _step_is(stack, "nurture", "u1", "pause", "waiting"))
+    [first] = await enrollments(engine, "nurture")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE enrollments SET status = 'completed' WHERE id = :id"), {"id": first["id"]}
+        )
+        second = (
+            await conn.execute(
+                text(
+                    "INSERT INTO enrollments (journey_key, version, user_id, status, "
+                    "trigger_message_id, entered_at) "
+                    "VALUES ('nurture', 1, 'u1', 'active', 'again', now()) RETURNING id"
+                )
+            )
+        ).scalar_one()
+    trigger = EventSignal(message_id="again", name="Signed Up", timestamp=datetime.now(UTC))
+    handle = stack.handle("nurture", "u1")
+    first_run = (await handle.describe()).run_id
+    await handle.signal("enter", EnterSignal(enrollment_id=second, version=1, trigger=trigger))
+    await stack.track("u1", "Unsubscribed")  # the first run ends...
+    await receiver.wait_for(lambda rs: len(rs) == 2)  # ...and the second one says hello
+    description = await handle.describe()
+    assert description.run_id != first_run
+    statuses = {e["id"]: e["status"] for e in await enrollments(engine, "nurture")}
+    assert statuses == {first["id"]: "exited", second: "active"}
+    await eventually(lambda: _step_is(stack, "nurture", "u1", "pause", "waiting"))
+    visits = await rows(
+        engine, "SELECT step FROM enrollment_steps WHERE enrollment_id = :id ORDER BY id", id=second
+    )
+    assert [v["step"] for v in visits] == ["hello", "pause"]
