@@ -32,7 +32,7 @@ from orchestrator.profiles import load_traits
 from orchestrator.registry import JourneyRegistry, Snapshot
 from orchestrator.tables import enrollments, events
 from workflows import search
-from workflows.expressions import event_context, holds, user_context
+from workflows.expressions import context, holds
 from workflows.messages import DeployedJourney, EventSignal
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,5 @@ class Router:
 def _context(
     event: StoredEvent, traits: dict[str, Any], deployed: DeployedJourney
 ) -> dict[str, Any]:
-    return {
-        "user": user_context(event.user_id, traits),
-        "event": event_context(event.name, event.properties, event.timestamp.isoformat()),
-        "journey": {"key": deployed.key, "version": deployed.version, "name": deployed.spec.name},
-    }
+    journey = {"key": deployed.key, "version": deployed.version, "name": deployed.spec.name}
+    return context(event.user_id, traits, event, journey)

@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 
 from channels.base import (
     Channel,
+    DeliveryError,
     DeliveryRequest,
     PermanentDeliveryError,
     Receipt,
@@ -24,7 +25,7 @@ from channels.base import (
 )
 from channels.delivery import Clock, SignedPoster, utc_now
 from channels.templates import RenderError, render
-from workflows.expressions import event_context, user_context
+from workflows.expressions import context
 from workflows.messages import (
     DeployedJourney,
     Profile,
@@ -196,24 +197,16 @@ class JourneyActivities:
                 )
             )
         except RenderError as exc:
-            raise ApplicationError(str(exc), type="RenderError", non_retryable=True) from exc
+            raise _failure(exc) from exc
         await self.store.claim_message(request, channel=channel_name, content=rendered.content)
         try:
             receipt = await channel.deliver(rendered, idempotency_key=request.message_id)
-        except PermanentDeliveryError as exc:
+        except DeliveryError as exc:
+            final = isinstance(exc, PermanentDeliveryError)
             await self.store.mark_failed(
-                request.message_id, error=str(exc), status_code=exc.status_code, final=True
+                request.message_id, error=str(exc), status_code=exc.status_code, final=final
             )
-            raise ApplicationError(
-                str(exc), type="PermanentDeliveryError", non_retryable=True
-            ) from exc
-        except RetryableDeliveryError as exc:
-            await self.store.mark_failed(
-                request.message_id, error=str(exc), status_code=exc.status_code, final=False
-            )
-            raise ApplicationError(
-                str(exc), type="RetryableDeliveryError", next_retry_delay=_delay(exc)
-            ) from exc
+            raise _failure(exc) from exc
         await self.store.mark_delivered(request.message_id, receipt)
         return SendResult(
             message_id=request.message_id,
@@ -227,7 +220,7 @@ class JourneyActivities:
         try:
             values = render(update.set, update.context)
         except RenderError as exc:
-            raise ApplicationError(str(exc), type="RenderError", non_retryable=True) from exc
+            raise _failure(exc) from exc
         await self.store.update_traits(update.user_id, set=values, unset=update.unset)
 
     @activity.defn(name="call_webhook")
@@ -243,7 +236,7 @@ class JourneyActivities:
             url = render({"url": call.url}, call.context)["url"]
             body = render(call.body, call.context)
         except RenderError as exc:
-            raise ApplicationError(str(exc), type="RenderError", non_retryable=True) from exc
+            raise _failure(exc) from exc
         poster = SignedPoster(
             url=url, secrets=[self.webhook_secret], client=self.http, clock=self.clock
         )
@@ -251,32 +244,25 @@ class JourneyActivities:
             response = await poster.post(
                 body, msg_id=call.request_id, method=call.method, headers=call.headers
             )
-        except PermanentDeliveryError as exc:
-            raise ApplicationError(
-                str(exc), type="PermanentDeliveryError", non_retryable=True
-            ) from exc
-        except RetryableDeliveryError as exc:
-            raise ApplicationError(
-                str(exc), type="RetryableDeliveryError", next_retry_delay=_delay(exc)
-            ) from exc
+        except DeliveryError as exc:
+            raise _failure(exc) from exc
         return WebhookResult(status_code=response.status_code)
 
 
 def _send_context(request: SendInput, profile: Profile) -> dict[str, Any]:
-    event = request.event
-    return {
-        "user": user_context(profile.user_id, profile.traits),
-        "event": event_context(event.name, event.properties, event.timestamp.isoformat())
-        if event
-        else {},
-        "journey": {
-            "key": request.journey_key,
-            "version": request.version,
-            "name": request.journey_name,
-            "step": request.step,
-        },
+    journey = {
+        "key": request.journey_key,
+        "version": request.version,
+        "name": request.journey_name,
+        "step": request.step,
     }
+    return context(profile.user_id, profile.traits, request.event, journey)
 
 
-def _delay(exc: RetryableDeliveryError) -> timedelta | None:
-    return timedelta(seconds=exc.retry_after) if exc.retry_after is not None else None
+def _failure(exc: DeliveryError | RenderError) -> ApplicationError:
+    """What Temporal should do about a failed side effect: retry (when the provider
+    said when, then) or give up. The type names are the retry policies' vocabulary."""
+    if isinstance(exc, RetryableDeliveryError):
+        delay = timedelta(seconds=exc.retry_after) if exc.retry_after is not None else None
+        return ApplicationError(str(exc), type="RetryableDeliveryError", next_retry_delay=delay)
+    return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)

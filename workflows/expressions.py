@@ -6,8 +6,9 @@ A missing attribute is falsy and compares false; it never crashes a journey mid-
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from jinja2 import ChainableUndefined, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
@@ -75,3 +76,28 @@ def event_context(
 ) -> dict[str, Any]:
     """The `event` seen by conditions and templates."""
     return {"name": name, "properties": dict(properties), "timestamp": timestamp}
+
+
+class EventLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def properties(self) -> dict[str, Any]: ...
+    @property
+    def timestamp(self) -> datetime: ...
+
+
+def context(
+    user_id: str,
+    traits: Mapping[str, Any],
+    event: EventLike | None,
+    journey: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Everything a condition or template sees: `user`, `event` and `journey`."""
+    return {
+        "user": user_context(user_id, traits),
+        "event": event_context(event.name, event.properties, event.timestamp.isoformat())
+        if event
+        else {},
+        "journey": dict(journey),
+    }

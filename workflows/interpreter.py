@@ -24,7 +24,7 @@ from temporalio.exceptions import ActivityError
 
 from workflows import search
 from workflows.assignment import pick_variant
-from workflows.expressions import event_context, holds, user_context
+from workflows.expressions import context, holds
 from workflows.local_time import next_local_time, zone
 from workflows.messages import (
     ENDED,
@@ -366,20 +366,14 @@ class JourneyInterpreter:
 
     async def _context(self, event: EventSignal | None = None) -> dict[str, Any]:
         profile = await self._user()
-        event = event or self._state.last_event
-        return {
-            "user": user_context(profile.user_id, profile.traits),
-            "event": event_context(event.name, event.properties, event.timestamp.isoformat())
-            if event
-            else {},
-            "journey": {
-                "key": self._journey.key,
-                "version": self._journey.version,
-                "name": self._spec.name,
-                "step": self._state.step,
-                "entered_at": self._input.entered_at.isoformat(),
-            },
+        journey = {
+            "key": self._journey.key,
+            "version": self._journey.version,
+            "name": self._spec.name,
+            "step": self._state.step,
+            "entered_at": self._input.entered_at.isoformat(),
         }
+        return context(profile.user_id, profile.traits, event or self._state.last_event, journey)
 
     async def _side_effect(self, name: str, arg: Any, result_type: type | None) -> Any:
         return await workflow.execute_activity(

@@ -6,13 +6,12 @@ import importlib.util
 import os
 import pwd
 import shutil
-import signal
 import stat
 import subprocess
 import time
 from pathlib import Path
 
-from orchestrator.stack.processes import bind_to_parent, free_port
+from orchestrator.stack.processes import bind_to_parent, free_port, stop_child
 
 # Postgres refuses to run as root; when we are root it runs as this system user.
 SERVICE_USER = "orchestrator-pg"
@@ -86,14 +85,7 @@ class EmbeddedPostgres:
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown: roll back open transactions, then exit; kill if it hangs."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process, timeout)
 
     def create_database(self, name: str) -> str:
         """Create a database (dropping any old one of that name); return its URL."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.stack.processes import bind_to_parent
+from orchestrator.stack.processes import bind_to_parent, stop_child
 from orchestrator.temporal import search_attribute_flags
 
 
@@ -86,11 +85,4 @@ class TemporalDevServer:
 
     def stop(self, timeout: float = 20.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process, timeout)
