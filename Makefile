@@ -20,9 +20,11 @@ run: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+PY_DIRS := orchestrator workflows channels tests bench
+
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy orchestrator workflows channels
 
 clean:
