@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, text
 
 from orchestrator.api.deps import ServicesDep
+from orchestrator.services import Services
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, journeys
 from workflows import search
 
@@ -58,7 +59,7 @@ class UserJourney(BaseModel):
     workflow_id: str
 
 
-async def _summaries(services: Any, key: str | None = None) -> list[dict[str, Any]]:
+async def _summaries(services: Services, key: str | None = None) -> list[dict[str, Any]]:
     query = (
         select(
             journeys.c.key,
