@@ -96,7 +96,7 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     )
     await register_search_attributes(env.client, "default")
     yield env
-    await env.shutdown()
+    await asyncio.wait_for(env.shutdown(), 30)
 
 
 @pytest.fixture(scope="session")
