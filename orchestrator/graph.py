@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass
 from html import escape
 
-from workflows.durations import format_duration
+from rules.durations import format_duration
 from workflows.spec import (
     BranchStep,
     ExitStep,

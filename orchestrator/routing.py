@@ -31,8 +31,8 @@ from orchestrator.event_store import StoredEvent
 from orchestrator.profiles import load_traits
 from orchestrator.registry import JourneyRegistry, Snapshot
 from orchestrator.tables import enrollments, events
+from rules.expressions import context, holds
 from workflows import search
-from workflows.expressions import context, holds
 from workflows.messages import DeployedJourney, EventSignal
 
 log = logging.getLogger(__name__)

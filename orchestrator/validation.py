@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from channels.templates import RenderError, Template, check_syntax, render
 from orchestrator.sources import InvalidSource, Loc, Problem, Source, load
 from orchestrator.workspace import Workspace
-from workflows.expressions import event_context, user_context
+from rules.expressions import event_context, user_context
 from workflows.spec import (
     BranchStep,
     ExperimentStep,

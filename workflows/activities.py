@@ -25,7 +25,7 @@ from channels.base import (
 )
 from channels.delivery import Clock, SignedPoster, utc_now
 from channels.templates import RenderError, render
-from workflows.expressions import context
+from rules.expressions import context
 from workflows.messages import (
     DeployedJourney,
     Profile,

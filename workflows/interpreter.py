@@ -22,10 +22,10 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair
 from temporalio.exceptions import ActivityError
 
+from rules.expressions import context, holds
+from rules.local_time import next_local_time, zone
 from workflows import search
 from workflows.assignment import pick_variant
-from workflows.expressions import context, holds
-from workflows.local_time import next_local_time, zone
 from workflows.messages import (
     ENDED,
     DeployedJourney,

@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from workflows.durations import format_duration, parse_duration
-from workflows.expressions import syntax_error
+from rules.durations import format_duration, parse_duration
+from rules.expressions import syntax_error
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,63}$"
 _IDENTIFIER = re.compile(IDENTIFIER)

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from rules.durations import DurationError, format_duration, parse_duration
+from rules.expressions import event_context, holds, syntax_error, user_context
+from rules.local_time import next_local_time, zone
 from workflows.assignment import in_holdout, pick_variant
-from workflows.durations import DurationError, format_duration, parse_duration
-from workflows.expressions import event_context, holds, syntax_error, user_context
-from workflows.local_time import next_local_time, zone
 
 
 @pytest.mark.parametrize(
