@@ -1,16 +1,26 @@
-"""Conditions in journeys: sandboxed Jinja2 expressions over `user`, `event` and `journey`.
+"""The condition language of journeys and the contact policy: sandboxed Jinja2 expressions.
 
-A missing attribute is falsy and compares false; it never crashes a journey mid-way.
+Journeys see `user`, `event` and `journey`; policy rules see `user` and `message`. A
+missing attribute is falsy and compares false; it never crashes a journey mid-way.
+
+Conditions run on every routed event, workflow branch and arbitration decision, so
+they are compiled once into Python closures over the parsed expression (a few
+hundred nanoseconds a node) instead of being rendered as a template each time (about
+8 us). Attribute and item access, tests and filters still go through the sandboxed
+environment, so the semantics are Jinja2's; a construct the compiler does not know
+falls back to Jinja2's own evaluation.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from jinja2 import ChainableUndefined, TemplateSyntaxError
+from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
+from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
 
@@ -30,8 +40,6 @@ class Missing(ChainableUndefined):
 
 ENVIRONMENT = SandboxedEnvironment(undefined=Missing, autoescape=False)
 
-CONDITION_NAMES = ("user", "event", "journey")
-
 
 @lru_cache(maxsize=4096)
 def syntax_error(source: str) -> str | None:
@@ -46,13 +54,109 @@ def syntax_error(source: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _compiled(source: str) -> Callable[..., Any]:
-    return ENVIRONMENT.compile_expression(source)
+def _compiled(source: str) -> Callable[[Mapping[str, Any]], Any]:
+    node = Parser(ENVIRONMENT, source, state="variable").parse_expression()
+    try:
+        return _compile(node)
+    except _Unsupported:
+        expression = ENVIRONMENT.compile_expression(source)
+        return lambda context: expression(**context)
 
 
 def evaluate(source: str, context: Mapping[str, Any]) -> Any:
     """Evaluate an expression; raises on errors such as arithmetic on a missing value."""
-    return _compiled(source)(**context)
+    return _compiled(source)(context)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+Evaluator = Callable[[Mapping[str, Any]], Any]
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "lteq": operator.le,
+    "gt": operator.gt,
+    "gteq": operator.ge,
+    "in": lambda a, b: a in b,
+    "notin": lambda a, b: a not in b,
+}
+_BINARY: dict[type[nodes.Expr], Callable[[Any, Any], Any]] = {
+    nodes.Add: operator.add,
+    nodes.Sub: operator.sub,
+    nodes.Mul: operator.mul,
+    nodes.Div: operator.truediv,
+    nodes.FloorDiv: operator.floordiv,
+    nodes.Mod: operator.mod,
+    nodes.Pow: operator.pow,
+}
+
+
+def _compile(node: nodes.Node) -> Evaluator:
+    """A closure evaluating `node` over a context mapping, with Jinja2's semantics."""
+    env = ENVIRONMENT
+    match node:
+        case nodes.Const(value=value):
+            return lambda _context: value
+        case nodes.Name(name=name):
+            missing = env.undefined(name=name)
+            return lambda context: context.get(name, missing)
+        case nodes.Getattr(node=inner, attr=attr):
+            of = _compile(inner)
+            return lambda context: env.getattr(of(context), attr)
+        case nodes.Getitem(node=inner, arg=arg):
+            of, key = _compile(inner), _compile(arg)
+            return lambda context: env.getitem(of(context), key(context))
+        case nodes.And(left=left, right=right):
+            a, b = _compile(left), _compile(right)
+            return lambda context: a(context) and b(context)
+        case nodes.Or(left=left, right=right):
+            a, b = _compile(left), _compile(right)
+            return lambda context: a(context) or b(context)
+        case nodes.Not(node=inner):
+            of = _compile(inner)
+            return lambda context: not of(context)
+        case nodes.Neg(node=inner):
+            of = _compile(inner)
+            return lambda context: -of(context)
+        case nodes.Compare(expr=first, ops=ops):
+            head = _compile(first)
+            chain = [(_COMPARE[op.op], _compile(op.expr)) for op in ops]
+
+            def compare(context: Mapping[str, Any]) -> Any:
+                left = head(context)
+                for test, right_of in chain:
+                    right = right_of(context)
+                    if not test(left, right):
+                        return False
+                    left = right
+                return True
+
+            return compare
+        case nodes.List(items=items) | nodes.Tuple(items=items):
+            parts = [_compile(item) for item in items]
+            kind = list if isinstance(node, nodes.List) else tuple
+            return lambda context: kind(part(context) for part in parts)
+        case nodes.CondExpr(test=test, expr1=then, expr2=otherwise) if otherwise is not None:
+            t, a, b = _compile(test), _compile(then), _compile(otherwise)
+            return lambda context: a(context) if t(context) else b(context)
+        case nodes.Test(node=inner, name=name, args=args, kwargs=[], dyn_args=None,
+                        dyn_kwargs=None) if name in env.tests:  # fmt: skip
+            of, extra = _compile(inner), [_compile(arg) for arg in args]
+            test_fn = cast(Callable[..., Any], env.tests[name])
+            return lambda context: test_fn(of(context), *(e(context) for e in extra))
+        case nodes.Filter(node=inner, name=name, args=args, kwargs=[], dyn_args=None,
+                          dyn_kwargs=None) if inner and name in env.filters:  # fmt: skip
+            of, extra = _compile(inner), [_compile(arg) for arg in args]
+            return lambda context: env.call_filter(name, of(context), [e(context) for e in extra])
+    if isinstance(node, nodes.BinExpr) and type(node) in _BINARY:
+        apply = _BINARY[type(node)]
+        a, b = _compile(node.left), _compile(node.right)
+        return lambda context: apply(a(context), b(context))
+    raise _Unsupported(type(node).__name__)
 
 
 def holds(source: str | None, context: Mapping[str, Any]) -> bool:

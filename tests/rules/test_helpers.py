@@ -147,3 +147,40 @@ def test_sandbox_refuses_unsafe_access() -> None:
     assert holds("user.__class__.__mro__", CONTEXT) is False
     assert syntax_error("user.tier ==") is not None
     assert syntax_error("user.tier == 'gold'") is None
+
+
+EQUIVALENCE = [
+    "user.tier == 'gold'",
+    "user.tier != 'gold' or user.age >= 40",
+    "1 < user.age < 50",
+    "user.age in [30, 40]",
+    "'vip' not in user.tags",
+    "event.properties['items'] | length",
+    "event.properties.total * 2 - 1",
+    "event.properties.total / 4",
+    "event.properties.total // 4 + event.properties.total % 4",
+    "-user.age",
+    "user.tier | upper",
+    "user.missing | default('none')",
+    "user.missing is defined",
+    "user.tier is string",
+    "user.age if user.tier == 'gold' else 0",
+    "(user.age, user.tier)",
+    "user.missing.deeper.still",
+    "not (user.age > 30)",
+    "user['tier']",
+    "user.tier ~ '!'",  # not compiled: falls back to Jinja2
+]
+
+
+@pytest.mark.parametrize("source", EQUIVALENCE)
+def test_compiled_conditions_agree_with_jinja(source: str) -> None:
+    from rules.expressions import ENVIRONMENT, evaluate
+
+    expected = ENVIRONMENT.compile_expression(source, undefined_to_none=False)(**CONTEXT)
+    got = evaluate(source, CONTEXT)
+    if type(expected).__name__ == "Missing":
+        assert type(got).__name__ == "Missing"
+    else:
+        assert got == expected
+    assert holds(source, CONTEXT) == bool(expected)
