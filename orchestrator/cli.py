@@ -150,7 +150,7 @@ def worker() -> None:
     from orchestrator.database import create_engine
     from orchestrator.temporal import connect
     from orchestrator.worker import running_worker
-    from orchestrator.workspace import load_config
+    from orchestrator.workspace import load_workspace
 
     settings = Settings()
     _logging("info")
@@ -161,7 +161,7 @@ def worker() -> None:
             client = await connect(settings.temporal_address, settings.temporal_namespace)
             async with running_worker(
                 client,
-                config=load_config(settings.workspace),
+                workspace=load_workspace(settings.workspace),
                 engine=engine,
                 task_queue=settings.task_queue,
             ):

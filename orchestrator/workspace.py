@@ -1,6 +1,7 @@
 """A workspace: what a marketing team keeps in git.
 
     orchestrator.yaml    write keys, channel endpoints and secrets, default timezone
+    policy.yaml          the contact policy: caps, quiet hours, consent, rules (optional)
     journeys/*.yaml      one journey per file
     templates/*.yaml     one message per file, a section per channel
 
@@ -22,9 +23,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from channels.signing import secret_key
 from channels.templates import Template
 from orchestrator.sources import InvalidSource, Problem, Source, load
+from rules.policy import Policy
 from workflows.spec import IDENTIFIER, ChannelName
 
 CONFIG_FILE = "orchestrator.yaml"
+POLICY_FILE = "policy.yaml"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -112,6 +115,7 @@ class Workspace:
 
     root: Path
     config: WorkspaceConfig
+    policy: Policy = field(default_factory=Policy)
     journey_files: list[Path] = field(default_factory=list)
     templates: dict[str, Template] = field(default_factory=dict)
     template_sources: dict[str, Source] = field(default_factory=dict)
@@ -145,12 +149,31 @@ def load_config(root: Path) -> WorkspaceConfig:
         raise InvalidSource(source.problems_from(exc)) from None
 
 
+def load_policy(root: Path) -> Policy:
+    """The workspace's contact policy (`policy.yaml`); without one, nothing is restricted."""
+    path = root / POLICY_FILE
+    if not path.exists():
+        return Policy()
+    source = load(path, display=POLICY_FILE)
+    if source.data is None:
+        return Policy()
+    try:
+        return Policy.model_validate(source.data)
+    except ValidationError as exc:
+        raise InvalidSource(source.problems_from(exc)) from None
+
+
 def load_workspace(root: Path) -> Workspace:
-    """Load the config and every template; raise InvalidSource listing all problems."""
+    """Load the config, the policy and every template; raise InvalidSource listing all problems."""
     problems: list[Problem] = []
     config = None
+    policy = Policy()
     try:
         config = load_config(root)
+    except InvalidSource as exc:
+        problems.extend(exc.problems)
+    try:
+        policy = load_policy(root)
     except InvalidSource as exc:
         problems.extend(exc.problems)
     templates: dict[str, Template] = {}
@@ -168,7 +191,7 @@ def load_workspace(root: Path) -> Workspace:
     if problems or config is None:
         raise InvalidSource(problems)
     journeys = sorted((root / "journeys").glob("*.yaml"))
-    return Workspace(root, config, journeys, templates, template_sources)
+    return Workspace(root, config, policy, journeys, templates, template_sources)
 
 
 def _resolve_env(source: Source, value: Any, loc: list[str | int], problems: list[Problem]) -> Any:

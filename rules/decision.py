@@ -328,7 +328,7 @@ def _channel_failures(
         if problem := _consent_problem(request, channel, state, policy):
             failures.append((Check(name, False, problem), None))
         dedupe_key = request.dedupe_key
-        if dedupe_key is not None:
+        if dedupe_key is not None and policy.dedupe.window:
             since = now - policy.dedupe.window
             for contact in state.contacts:
                 if (

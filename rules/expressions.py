@@ -41,15 +41,24 @@ class Missing(ChainableUndefined):
 ENVIRONMENT = SandboxedEnvironment(undefined=Missing, autoescape=False)
 
 
+JOURNEY_NAMES = ("user", "event", "journey")
+POLICY_NAMES = ("user", "message")
+
+
 @lru_cache(maxsize=4096)
-def syntax_error(source: str) -> str | None:
-    """Return a readable parse error for an expression, or None when it parses."""
+def syntax_error(source: str, names: tuple[str, ...] = JOURNEY_NAMES) -> str | None:
+    """A readable problem with an expression (it does not parse, or uses a name it cannot
+    see, such as a misspelt `usr.tier`), or None when it is fine."""
     if not isinstance(source, str) or not source.strip():
         return "an expression must be a non-empty string"
     try:
+        node = Parser(ENVIRONMENT, source, state="variable").parse_expression()
         ENVIRONMENT.compile_expression(source)
     except TemplateSyntaxError as exc:
         return f"expression does not parse: {exc.message}"
+    unknown = sorted({n.name for n in node.find_all(nodes.Name)} - set(names))
+    if unknown:
+        return f"unknown name {', '.join(unknown)}: conditions can use {', '.join(names)}"
     return None
 
 

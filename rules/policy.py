@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from rules.durations import format_duration, parse_duration
-from rules.expressions import syntax_error
+from rules.expressions import POLICY_NAMES, syntax_error
 
 Channel = Literal["email", "push", "in_app", "web"]
 Category = Literal["promotional", "transactional", "service"]
@@ -70,11 +70,8 @@ def _hard_reasons() -> list[SuppressionReason]:
 
 
 def _default_windows() -> dict[str, timedelta]:
-    return {
-        "promotional": timedelta(minutes=5),
-        "service": timedelta(minutes=1),
-        "transactional": timedelta(0),
-    }
+    # No policy, no holding: a workspace opts in to conflict windows.
+    return dict.fromkeys(CATEGORIES, timedelta(0))
 
 
 def _default_reachability() -> dict[str, str | None]:
@@ -95,7 +92,7 @@ def _zero_or_duration(value: Any) -> timedelta:
 
 
 def _condition(value: str) -> str:
-    if error := syntax_error(value):
+    if error := syntax_error(value, POLICY_NAMES):
         raise ValueError(error)
     return value
 
@@ -204,7 +201,10 @@ class Conflicts(Strict):
 
 
 class Dedupe(Strict):
-    window: Duration = timedelta(hours=24)
+    """The same content key (the template, unless the send names one) is not sent again on
+    another channel within `window`; 0 (the default) turns this off."""
+
+    window: Window = timedelta(0)
 
 
 class Reroute(Strict):

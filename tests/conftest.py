@@ -24,9 +24,10 @@ from orchestrator.database import create_engine, migrate
 from orchestrator.stack.postgres import EmbeddedPostgres
 from orchestrator.tables import metadata
 from orchestrator.temporal import register_search_attributes
+from rules.store import metadata as rules_metadata
 from tests.support.receiver import Receiver, running_receiver
 from tests.support.stack import Stack, running_stack
-from tests.support.workspace import SECRETS, write_workspace
+from tests.support.workspace import REACH_EVERYONE, SECRETS, write_workspace
 from workflows import search
 
 BIN = Path(sys.executable).parent
@@ -77,7 +78,7 @@ async def session_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def engine(session_engine: AsyncEngine) -> AsyncEngine:
     """The test database, emptied before each test."""
-    tables = ", ".join(t.name for t in metadata.sorted_tables)
+    tables = ", ".join(t.name for m in (metadata, rules_metadata) for t in m.sorted_tables)
     async with session_engine.begin() as conn:
         await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     return session_engine
@@ -136,6 +137,7 @@ async def make_stack(
             *,
             templates: dict[str, str] | None = None,
             env: WorkflowEnvironment | None = None,
+            policy: str = REACH_EVERYONE,
             **options: Any,
         ) -> Stack:
             root = write_workspace(
@@ -143,6 +145,7 @@ async def make_stack(
                 receiver_url=receiver.url,
                 journeys=journeys,
                 templates=templates,
+                policy=policy,
             )
             env = env or time_skipping
 
@@ -168,6 +171,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "retail"
 QUICK_JOURNEY = """
 journey: quick_follow_up
 name: Quick follow-up
+category: service
 trigger: {event: Demo Requested}
 start: pause
 steps:

@@ -70,6 +70,12 @@ async def test_api_and_worker_processes_deliver_a_journey(
             assert len(children_of(api.pid)) == 2
             for user in ("prod-ada", "prod-grace", "prod-linus"):
                 response = await http.post(
+                    f"{url}/v1/identify",
+                    auth=(WRITE_KEY, ""),
+                    json={"userId": user, "traits": {"email": f"{user}@example.com"}},
+                )
+                assert response.status_code == 200
+                response = await http.post(
                     f"{url}/v1/track",
                     auth=(WRITE_KEY, ""),
                     json={"userId": user, "event": "Signed Up"},

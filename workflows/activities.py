@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -25,8 +25,11 @@ from channels.base import (
 )
 from channels.delivery import Clock, SignedPoster, utc_now
 from channels.templates import RenderError, render
+from rules.decision import Decision, SendRequest
 from rules.expressions import context
 from workflows.messages import (
+    ArbitrateInput,
+    ArbitrationResult,
     DeployedJourney,
     Profile,
     ProgressInput,
@@ -74,37 +77,10 @@ class JourneyStore(Protocol):
     ) -> None: ...
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Arbitration's answer for one message."""
-
-    action: Literal["send", "suppress"]
-    channel: str | None
-    reason: str
-
-
 class Arbiter(Protocol):
-    """Decides, before delivery, whether and on which channel a message goes out."""
+    """Central arbitration: one decision for every message before it is delivered."""
 
-    async def decide(
-        self, request: SendInput, profile: Profile, available: Sequence[str]
-    ) -> Decision: ...
-
-
-class FirstConfiguredChannel:
-    """Sends every message now, on the first channel of its list that this worker can deliver.
-
-    This is the decision before central arbitration (caps, quiet hours, consent,
-    conflicts) is plugged in through the same `Arbiter` seam.
-    """
-
-    async def decide(
-        self, request: SendInput, profile: Profile, available: Sequence[str]
-    ) -> Decision:
-        for channel in request.channels:
-            if channel in available:
-                return Decision("send", channel, f"first configured channel: {channel}")
-        return Decision("suppress", None, "none of " + ", ".join(request.channels) + " configured")
+    async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision: ...
 
 
 class JourneyActivities:
@@ -116,14 +92,14 @@ class JourneyActivities:
         store: JourneyStore,
         channels: Mapping[str, Channel],
         http: httpx.AsyncClient,
-        arbiter: Arbiter | None = None,
+        arbiter: Arbiter,
         webhook_secret: str | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
         self.channels = channels
         self.http = http
-        self.arbiter = arbiter or FirstConfiguredChannel()
+        self.arbiter = arbiter
         self.webhook_secret = webhook_secret
         self.clock = clock
 
@@ -132,6 +108,7 @@ class JourneyActivities:
             self.load_profile,
             self.record_progress,
             self.load_journey_version,
+            self.arbitrate_message,
             self.send_message,
             self.update_profile,
             self.call_webhook,
@@ -148,6 +125,37 @@ class JourneyActivities:
     @activity.defn(name="load_journey_version")
     async def load_journey_version(self, journey_key: str, version: int) -> DeployedJourney:
         return await self.store.load_version(journey_key, version)
+
+    @activity.defn(name="arbitrate_message")
+    async def arbitrate_message(self, arbitrate: ArbitrateInput) -> ArbitrationResult:
+        """Ask central arbitration whether, when and on which channel the message goes."""
+        message = arbitrate.message
+        channels = [c for c in message.channels if c in self.channels]
+        if not channels:
+            return ArbitrationResult(
+                action="suppress", reason="none of " + ", ".join(message.channels) + " configured"
+            )
+        decision = await self.arbiter.arbitrate(
+            SendRequest(
+                key=message.message_id,
+                user_id=message.user_id,
+                channels=tuple(channels),
+                category=message.category,
+                priority=message.priority,
+                requested_at=message.requested_at or arbitrate.now,
+                value=message.value,
+                tags=tuple(message.tags),
+                journey=message.journey_key,
+                template=message.template_name,
+            ),
+            now=arbitrate.now,
+        )
+        return ArbitrationResult(
+            action=decision.action,
+            channel=decision.channel,
+            until=decision.until,
+            reason=decision.reason,
+        )
 
     @activity.defn(name="send_message")
     async def send_message(self, request: SendInput) -> SendResult:
@@ -171,13 +179,17 @@ class JourneyActivities:
             # A retry after an attempt that may have reached the provider: same channel,
             # same id, so the receiver can drop the duplicate.
             channel_name = prior.channel
+        elif request.channel is not None:
+            channel_name = request.channel
         else:
-            decision = await self.arbiter.decide(request, profile, list(self.channels))
-            if decision.action == "suppress" or decision.channel is None:
+            # Journeys that started before central arbitration: first configured channel.
+            available = [c for c in request.channels if c in self.channels]
+            if not available:
                 return SendResult(
-                    message_id=request.message_id, outcome="suppressed", reason=decision.reason
-                )
-            channel_name = decision.channel
+                    message_id=request.message_id, outcome="suppressed",
+                    reason="none of " + ", ".join(request.channels) + " configured",
+                )  # fmt: skip
+            channel_name = available[0]
         channel = self.channels[channel_name]
         try:
             rendered = channel.render(

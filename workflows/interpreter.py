@@ -28,6 +28,8 @@ from workflows import search
 from workflows.assignment import pick_variant
 from workflows.messages import (
     ENDED,
+    ArbitrateInput,
+    ArbitrationResult,
     DeployedJourney,
     EnterSignal,
     EventSignal,
@@ -61,6 +63,7 @@ from workflows.spec import (
     step_kind,
 )
 
+ARBITRATION_PATCH = "central-arbitration"
 MESSAGE_NAMESPACE = uuid.UUID("5b1c7e7e-3f53-4c4f-9d0e-6a4c2f1b8a10")
 MAX_RECENT_STEPS = 50
 MAX_SEEN_EVENTS = 500
@@ -243,7 +246,7 @@ class JourneyInterpreter:
                 return _Go(None, "exit")
         raise AssertionError(f"unknown step kind {step_kind(step)}")
 
-    async def _send(self, step_id: str, step: SendStep) -> _Go:
+    async def _send(self, step_id: str, step: SendStep) -> _Go | _Ended | _Resume:
         send = step.send
         request = SendInput(
             message_id=self._idempotency_key(step_id),
@@ -261,9 +264,31 @@ class JourneyInterpreter:
             tags=send.tags,
             value=send.value,
             event=self._state.last_event,
+            requested_at=self._state.recent_steps[-1].at,
         )
-        # Arbitration happens inside the activity, before delivery: it may pick another
-        # channel from the fallback list or suppress the message.
+        # Journeys recorded before central arbitration went straight to delivery.
+        if workflow.patched(ARBITRATION_PATCH):
+            while True:
+                try:
+                    decision: ArbitrationResult = await self._side_effect(
+                        "arbitrate_message",
+                        ArbitrateInput(message=request, now=workflow.now()),
+                        ArbitrationResult,
+                    )
+                except ActivityError as exc:
+                    return _Go(step.next, f"failed: {_cause(exc)}")
+                if decision.action == "send":
+                    request = request.model_copy(update={"channel": decision.channel})
+                    break
+                if decision.action == "suppress":
+                    return _Go(step.next, f"suppressed: {decision.reason}")
+                # Deferred: a durable timer, during which exits and goals still count.
+                assert decision.until is not None
+                self._state.deferred = decision.reason
+                waited = await self._wait(decision.until, None)
+                self._state.deferred = None
+                if not isinstance(waited, str):
+                    return waited
         try:
             result: SendResult = await workflow.execute_activity(
                 "send_message",
@@ -506,6 +531,8 @@ class JourneyInterpreter:
         ]
         if s.status in ENDED:
             lines.append(f"**{s.status}**: {s.end_reason}")
+        elif s.status == "waiting" and s.deferred:
+            lines.append(f"At `{s.step}`: the send is deferred by arbitration ({s.deferred})")
         elif s.status == "waiting" and s.wake_at is not None:
             what = f"for `{s.waiting_for}` " if s.waiting_for else ""
             lines.append(f"At `{s.step}`: waiting {what}until {s.wake_at:%Y-%m-%d %H:%M} UTC")

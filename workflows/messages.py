@@ -75,6 +75,7 @@ class JourneyState(BaseModel):
     messages_sent: int = 0
     converted_at: datetime | None = None
     end_reason: str | None = None
+    deferred: str | None = Field(default=None, description="Why a send is waiting")
     runs: int = 1
 
 
@@ -133,6 +134,20 @@ class SendInput(Message):
     tags: list[str] = Field(default_factory=list)
     value: float | None = None
     event: EventSignal | None = None
+    requested_at: datetime | None = None
+    channel: str | None = Field(default=None, description="Chosen by arbitration")
+
+
+class ArbitrateInput(Message):
+    message: SendInput
+    now: datetime = Field(description="The workflow's time: deferrals are timers on it")
+
+
+class ArbitrationResult(Message):
+    action: Literal["send", "defer", "suppress"]
+    channel: str | None = None
+    until: datetime | None = None
+    reason: str
 
 
 class SendResult(Message):

@@ -9,10 +9,13 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from orchestrator.tables import metadata
+from rules.store import metadata as rules_metadata
+
+TARGETS = [metadata, rules_metadata]
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata)
+    context.configure(connection=connection, target_metadata=TARGETS)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -27,7 +30,7 @@ async def _online() -> None:
 if context.is_offline_mode():
     context.configure(
         url=context.config.get_main_option("sqlalchemy.url"),
-        target_metadata=metadata,
+        target_metadata=TARGETS,
         literal_binds=True,
     )
     with context.begin_transaction():

@@ -78,7 +78,7 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
             async with (
                 serving(create_sink(workspace.config), port=options.sink_port) as sink_url,
                 serving(create_app(services), port=options.api_port) as api_url,
-                running_worker(client, config=workspace.config, engine=engine,
+                running_worker(client, workspace=workspace, engine=engine,
                                task_queue=settings.task_queue),
             ):  # fmt: skip
                 _banner(
@@ -110,7 +110,9 @@ def _banner(
         f"  Webhook sink   {sink_url}  (messages are printed below)\n"
         f"  Postgres       {database_url.replace('+asyncpg', '')}\n"
         "\n"
-        "  try:  curl -u " + write_key + ": " + api_url + "/v1/track -H 'content-type: "
-        "application/json' \\\n"
-        '          -d \'{"userId": "ada", "event": "Signed Up"}\'\n'
+        "  try (see README.md):\n"
+        f"    curl -u {write_key}: {api_url}/v1/identify -H 'content-type: application/json' \\\n"
+        """      -d '{"userId": "ada", "traits": {"first_name": "Ada", "email": "ada@example.com"}}'\n"""
+        f"    curl -u {write_key}: {api_url}/v1/track -H 'content-type: application/json' \\\n"
+        """      -d '{"userId": "ada", "event": "Signed Up"}'\n"""
     )

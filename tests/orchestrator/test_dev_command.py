@@ -94,6 +94,13 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
         )
         assert any("journey welcome_series" in line and "new" in line for line in dev.lines)
         async with httpx.AsyncClient(timeout=30) as http:
+            traits = {"first_name": "Ada", "email": "ada@example.com"}
+            response = await http.post(
+                f"{api}/v1/identify",
+                auth=(WRITE_KEY, ""),
+                json={"userId": "ada", "traits": traits},
+            )
+            assert response.status_code == 200
             response = await http.post(
                 f"{api}/v1/track",
                 auth=(WRITE_KEY, ""),

@@ -363,7 +363,8 @@ def test_exemption_from_caps() -> None:
 def test_the_same_content_is_not_sent_on_another_channel(
     contact: Contact, expected: tuple[str, str | None]
 ) -> None:
-    decision = decide(request(channels=("push",)), state(contacts=[contact]), policy(), NOW)
+    dedupe = policy(dedupe={"window": "24h"})
+    decision = decide(request(channels=("push",)), state(contacts=[contact]), dedupe, NOW)
     assert outcome(decision) == expected
 
 

@@ -140,7 +140,7 @@ async def running_stack(
         async with (
             serving(app) as url,
             running_worker(
-                client, config=ws.config, engine=engine, task_queue=settings.task_queue, store=store
+                client, workspace=ws, engine=engine, task_queue=settings.task_queue, store=store
             ),
             httpx.AsyncClient(timeout=30) as http,
         ):

@@ -29,6 +29,10 @@ TEMPLATES = {
 }
 
 
+# Journey-engine tests address users by id alone; arbitration tests pass their own policy.
+REACH_EVERYONE = "reachability: {email: null, push: null, in_app: null, web: null}\n"
+
+
 def write_workspace(
     root: Path,
     *,
@@ -37,6 +41,7 @@ def write_workspace(
     templates: dict[str, str] | None = None,
     channels: tuple[str, ...] = ("email", "push", "in_app"),
     default_timezone: str = "UTC",
+    policy: str = REACH_EVERYONE,
 ) -> Path:
     """Write a workspace whose channels deliver to `receiver_url/<channel>`."""
     root.mkdir(parents=True, exist_ok=True)
@@ -55,6 +60,7 @@ def write_workspace(
         f"webhooks:\n  signing_secret: {SECRETS['hooks']}\n"
         f"sample_profile:\n  traits: {{first_name: Ada}}\n"
     )
+    (root / "policy.yaml").write_text(textwrap.dedent(policy).lstrip())
     for name, text in journeys.items():
         (root / "journeys" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
     for name, text in (templates if templates is not None else TEMPLATES).items():

@@ -1,0 +1,28 @@
+"""Central arbitration on Postgres: the decision every send step and `/v1/arbitrate` asks for."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.profiles import load_traits
+from rules import store
+from rules.decision import Decision, SendRequest
+from rules.policy import Policy
+
+
+class Arbitration:
+    """Decides under a per-user lock with the user's current profile and contact history."""
+
+    def __init__(self, engine: AsyncEngine, policy: Policy, *, default_timezone: str) -> None:
+        self.engine, self.policy, self.default_timezone = engine, policy, default_timezone
+
+    async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
+        async with self.engine.begin() as conn:
+            await store.lock_user(conn, request.user_id)
+            traits = await load_traits(conn, request.user_id)
+            return await store.arbitrate(
+                conn, request, traits=traits, policy=self.policy, now=now,
+                default_timezone=self.default_timezone,
+            )  # fmt: skip

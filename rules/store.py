@@ -1,0 +1,347 @@
+"""The arbitration store: decisions serialised per user on Postgres, recorded with reasons.
+
+The only I/O of `rules/`. Each decision runs in the caller's transaction under a
+per-user advisory lock, so two journeys racing for the last slot of a cap are decided
+one after the other. A retried request (same idempotency key) gets the same answer
+while that answer holds: a send or a suppression for ever, a deferral until its time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from rules.decision import (
+    Check,
+    Contact,
+    Decision,
+    Peer,
+    SendRequest,
+    Suppressed,
+    UserState,
+    decide,
+)
+from rules.policy import Policy
+
+metadata = MetaData()
+
+# One row per message that asked to be sent: its latest state and its conflict window.
+# Rows in state `sent` are the contact history that caps and de-duplication count.
+arbitration_requests = Table(
+    "arbitration_requests",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("request", JSONB, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True)),
+    # pending (deferred) | sent | suppressed | released (sent, then delivery failed)
+    Column("state", Text, nullable=False),
+    Column("channel", Text),
+    Column("until", DateTime(timezone=True)),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Index("arbitration_requests_user_idx", "user_id", "decided_at"),
+)
+
+# Every decision ever made, with the checks behind it: "why did X not get Y?"
+arbitration_decisions = Table(
+    "arbitration_decisions",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("key", Text, ForeignKey("arbitration_requests.key"), nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("journey", Text),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("action", Text, nullable=False),
+    Column("channel", Text),
+    Column("until", DateTime(timezone=True)),
+    Column("score", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("checks", JSONB, nullable=False),
+    Index("arbitration_decisions_user_idx", "user_id", "decided_at"),
+    Index("arbitration_decisions_key_idx", "key", "id"),
+)
+
+# Standing stops: unsubscribes, bounces, complaints, CRM do-not-contact.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("channel", Text, nullable=False),  # or "*"
+    Column("category", Text, nullable=False),  # or "*"
+    Column("reason", Text, nullable=False),
+    Column("source", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("user_id", "channel", "category", "reason"),
+)
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before for a different message."""
+
+
+_LOAD = text(
+    """
+    SELECT
+      (SELECT row_to_json(r) FROM arbitration_requests r WHERE r.key = :key) AS prior,
+      (SELECT row_to_json(d) FROM arbitration_decisions d WHERE d.key = :key
+         ORDER BY d.id DESC LIMIT 1) AS last,
+      (SELECT coalesce(json_agg(json_build_object(
+                'key', r.key, 'channel', r.channel, 'sent_at', r.decided_at,
+                'request', r.request)), '[]')
+         FROM arbitration_requests r
+         WHERE r.user_id = :user_id AND r.state = 'sent' AND r.decided_at > :history_since
+      ) AS contacts,
+      (SELECT coalesce(json_agg(json_build_object(
+                'reason', s.reason, 'channel', s.channel, 'category', s.category)), '[]')
+         FROM suppressions s WHERE s.user_id = :user_id) AS suppressions,
+      (SELECT coalesce(json_agg(json_build_object(
+                'request', r.request, 'window_end', r.window_end)), '[]')
+         FROM arbitration_requests r
+         WHERE r.user_id = :user_id AND r.key <> :key AND r.state <> 'released'
+           AND r.window_end >= LEAST(:peers_since,
+                 (SELECT own.window_end FROM arbitration_requests own WHERE own.key = :key))
+      ) AS peers
+    """
+)
+
+
+async def lock_user(conn: AsyncConnection, user_id: str) -> None:
+    """Serialise decisions for one user until the transaction ends."""
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+        {"k": f"arbitration\x1f{user_id}"},
+    )
+
+
+async def arbitrate(
+    conn: AsyncConnection,
+    request: SendRequest,
+    *,
+    traits: Mapping[str, Any],
+    policy: Policy,
+    now: datetime,
+    default_timezone: str = "UTC",
+) -> Decision:
+    """Decide and record, inside the caller's transaction, after `lock_user`."""
+    fingerprint = _fingerprint(request)
+    longest_window = max(policy.conflicts.windows.values(), default=now - now)
+    row = (
+        await conn.execute(
+            _LOAD,
+            {
+                "key": request.key,
+                "user_id": request.user_id,
+                "history_since": now - policy.longest_window,
+                "peers_since": now - longest_window - policy.max_defer,
+            },
+        )
+    ).one()
+    prior, last = row.prior, row.last
+    window_end = None
+    if prior is not None:
+        if prior["fingerprint"] != fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency key {request.key!r} was used for a different message"
+            )
+        if last is not None and _still_holds(prior, last, now):
+            return _decision_from_row(last)
+        # Asked again after a deferral ran out: decide anew as the original request.
+        request = _request_from_json(prior["request"])
+        window_end = _time(prior["window_end"])
+    state = UserState(
+        traits=traits,
+        contacts=[_contact(c) for c in row.contacts],
+        suppressions=[
+            Suppressed(s["reason"], s["channel"], s["category"]) for s in row.suppressions
+        ],
+        peers=[Peer(_request_from_json(p["request"]), _time(p["window_end"])) for p in row.peers],
+        window_end=window_end,
+        default_timezone=default_timezone,
+    )
+    decision = decide(request, state, policy, now)
+    await _record(conn, request, fingerprint, decision, now)
+    return decision
+
+
+async def release(conn: AsyncConnection, key: str) -> None:
+    """A send that was never delivered stops counting towards caps."""
+    await conn.execute(
+        text(
+            "UPDATE arbitration_requests SET state = 'released' WHERE key = :k AND state = 'sent'"
+        ),
+        {"k": key},
+    )
+
+
+async def suppress(
+    conn: AsyncConnection,
+    user_id: str,
+    *,
+    reason: str,
+    channel: str = "*",
+    category: str = "*",
+    source: str | None = None,
+    now: datetime,
+) -> None:
+    """Record a standing stop (idempotent)."""
+    await conn.execute(
+        insert(suppressions)
+        .values(
+            user_id=user_id,
+            channel=channel,
+            category=category,
+            reason=reason,
+            source=source,
+            created_at=now,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def decisions_for(
+    conn: AsyncConnection, user_id: str, *, journey: str | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    """A user's decisions, newest first, with the checks that made them."""
+    query = (
+        arbitration_decisions.select()
+        .where(arbitration_decisions.c.user_id == user_id)
+        .order_by(arbitration_decisions.c.decided_at.desc(), arbitration_decisions.c.id.desc())
+        .limit(limit)
+    )
+    if journey is not None:
+        query = query.where(arbitration_decisions.c.journey == journey)
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+# ---- rows <-> values -----------------------------------------------------------------
+
+
+def _still_holds(prior: Mapping[str, Any], last: Mapping[str, Any], now: datetime) -> bool:
+    if prior["state"] in ("sent", "suppressed", "released"):
+        return True
+    until = _time(last["until"]) if last.get("until") else None
+    return until is not None and now < until
+
+
+def _fingerprint(request: SendRequest) -> str:
+    content = {k: v for k, v in _request_json(request).items() if k != "requested_at"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _request_json(request: SendRequest) -> dict[str, Any]:
+    data = asdict(request)
+    data["requested_at"] = request.requested_at.isoformat()
+    data["channels"], data["tags"] = list(request.channels), list(request.tags)
+    return data
+
+
+def _request_from_json(data: Mapping[str, Any]) -> SendRequest:
+    return SendRequest(
+        key=data["key"],
+        user_id=data["user_id"],
+        channels=tuple(data["channels"]),
+        category=data["category"],
+        priority=data["priority"],
+        requested_at=_time(data["requested_at"]),
+        value=data.get("value"),
+        propensity=data.get("propensity"),
+        tags=tuple(data.get("tags") or ()),
+        journey=data.get("journey"),
+        template=data.get("template"),
+        content_key=data.get("content_key"),
+    )
+
+
+def _contact(row: Mapping[str, Any]) -> Contact:
+    request = row["request"]
+    return Contact(
+        key=row["key"],
+        channel=row["channel"],
+        category=request["category"],
+        sent_at=_time(row["sent_at"]),
+        journey=request.get("journey"),
+        tags=tuple(request.get("tags") or ()),
+        content_key=request.get("content_key") or request.get("template"),
+    )
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def _decision_from_row(row: Mapping[str, Any]) -> Decision:
+    return Decision(
+        action=row["action"],
+        channel=row["channel"],
+        until=_time(row["until"]) if row.get("until") else None,
+        score=row["score"],
+        checks=tuple(Check(c["rule"], c["passed"], c["detail"]) for c in row["checks"]),
+    )
+
+
+async def _record(
+    conn: AsyncConnection, request: SendRequest, fingerprint: str, decision: Decision, now: datetime
+) -> None:
+    state = {"send": "sent", "suppress": "suppressed", "defer": "pending"}[decision.action]
+    checks = [asdict(c) for c in decision.checks]
+    await conn.execute(
+        text(
+            """
+            WITH saved AS (
+              INSERT INTO arbitration_requests (key, user_id, request, fingerprint,
+                  requested_at, window_end, state, channel, until, decided_at)
+              VALUES (:key, :user_id, CAST(:request AS jsonb), :fingerprint, :requested_at,
+                  :window_end, :state, :channel, :until, :now)
+              ON CONFLICT (key) DO UPDATE SET window_end = EXCLUDED.window_end,
+                  state = EXCLUDED.state, channel = EXCLUDED.channel,
+                  until = EXCLUDED.until, decided_at = EXCLUDED.decided_at
+              RETURNING key)
+            INSERT INTO arbitration_decisions (key, user_id, journey, decided_at, action,
+                channel, until, score, reason, checks)
+            SELECT key, :user_id, :journey, :now, :action, :channel, :until, :score, :reason,
+                CAST(:checks AS jsonb)
+            FROM saved
+            """
+        ),
+        {
+            "key": request.key,
+            "user_id": request.user_id,
+            "request": json.dumps(_request_json(request)),
+            "fingerprint": fingerprint,
+            "requested_at": request.requested_at,
+            "window_end": decision.window_end,
+            "state": state,
+            "channel": decision.channel,
+            "until": decision.until,
+            "now": now,
+            "journey": request.journey,
+            "action": decision.action,
+            "score": decision.score,
+            "reason": decision.reason,
+            "checks": json.dumps(checks),
+        },
+    )
