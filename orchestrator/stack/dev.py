@@ -112,7 +112,7 @@ def _banner(
         "\n"
         "  try (see README.md):\n"
         f"    curl -u {write_key}: {api_url}/v1/identify -H 'content-type: application/json' \\\n"
-        """      -d '{"userId": "ada", "traits": {"first_name": "Ada", "email": "ada@example.com"}}'\n"""
+        """      -d '{"userId": "ada", "traits": {"email": "ada@example.com"}}'\n"""
         f"    curl -u {write_key}: {api_url}/v1/track -H 'content-type: application/json' \\\n"
         """      -d '{"userId": "ada", "event": "Signed Up"}'\n"""
     )
