@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.arbitration_cli import decisions_app, policy_app
 from orchestrator.journeys_cli import app as journeys_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
 
@@ -24,6 +25,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(journeys_app, name="journeys")
+app.add_typer(policy_app, name="policy")
+app.add_typer(decisions_app, name="decisions")
 
 
 def main() -> None:

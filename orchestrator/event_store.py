@@ -16,6 +16,8 @@ from orchestrator.profiles import merge_traits
 from orchestrator.registry import Snapshot
 from orchestrator.tables import identities
 from orchestrator.tracking import Incoming
+from rules.policy import Policy
+from rules.store import suppress
 
 # One statement for the whole batch, whatever its size: the rows travel as one JSON
 # document that Postgres unpacks, so the statement is prepared once and no per-row
@@ -55,8 +57,10 @@ async def store_events(
     source: str,
     received_at: datetime,
     snapshot: Snapshot,
+    policy: Policy,
 ) -> list[StoredEvent]:
-    """Insert new events (a retried message id changes nothing) and apply their traits.
+    """Insert new events (a retried message id changes nothing) and apply their traits and
+    the suppressions they announce (unsubscribes, hard bounces, complaints).
 
     Returns the new events that need routing, in request order; the others are
     stored as already routed so the sweeper never looks at them.
@@ -101,6 +105,9 @@ async def store_events(
     ]
     await _merge_traits(conn, [(user, item.traits) for item, user, _ in fresh])
     await _link_identities(conn, [item for item, _, _ in fresh])
+    for item, user, _ in fresh:
+        if user is not None and item.type == "track" and item.event is not None:
+            await _record_suppression(conn, item, user, policy, received_at)
     return [
         StoredEvent(
             id=new_ids[item.message_id],
@@ -113,6 +120,31 @@ async def store_events(
         for item, user, route in fresh
         if route and user is not None
     ]
+
+
+async def _record_suppression(
+    conn: AsyncConnection, item: Incoming, user_id: str, policy: Policy, now: datetime
+) -> None:
+    """Unsubscribe, hard-bounce and complaint events stop further sends (see the policy)."""
+    name, props = item.event, item.properties
+    reason = None
+    if name in policy.consent.unsubscribe_events:
+        reason = "unsubscribe"
+    elif name in policy.suppression.bounce_events and props.get("type", "hard") == "hard":
+        reason = "bounce"
+    elif name in policy.suppression.complaint_events:
+        reason = "complaint"
+    if reason is None:
+        return
+    await suppress(
+        conn,
+        user_id,
+        reason=reason,
+        channel=str(props.get("channel") or "*"),
+        category=str(props.get("category") or "*") if reason == "unsubscribe" else "*",
+        source=item.message_id,
+        now=now,
+    )
 
 
 async def _linked_users(conn: AsyncConnection, batch: Sequence[Incoming]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from channels.base import Receipt
 from orchestrator.profiles import load_traits, merge_traits
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, messages
+from rules import store as arbitration_store
 from workflows.activities import MessageRecord
 from workflows.messages import DeployedJourney, ProgressInput, SendInput
 
@@ -149,3 +150,5 @@ class PostgresJourneyStore:
             values["status"] = "failed"
         async with self.engine.begin() as conn:
             await conn.execute(update(messages).where(messages.c.id == message_id).values(values))
+            if final:
+                await arbitration_store.release(conn, message_id)

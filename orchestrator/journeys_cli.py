@@ -21,7 +21,7 @@ WorkspaceOption = Annotated[
 ]
 
 
-def _print_problems(root: Path, problems: list[Problem]) -> None:
+def print_problems(root: Path, problems: list[Problem]) -> None:
     for problem in problems:
         shown = os.path.relpath(root / problem.file)
         typer.echo(str(Problem(shown, problem.line, problem.col, problem.path, problem.message)))
@@ -31,11 +31,11 @@ def _open_workspace(root: Path) -> Workspace:
     try:
         return load_workspace(root)
     except InvalidSource as exc:
-        _print_problems(root, exc.problems)
+        print_problems(root, exc.problems)
         raise typer.Exit(1) from None
 
 
-def _root_for(paths: list[Path], workspace: Path | None) -> Path:
+def root_for(paths: list[Path], workspace: Path | None) -> Path:
     if workspace is not None:
         return workspace
     found = find_root(paths[0] if paths else Path.cwd())
@@ -53,7 +53,7 @@ def validate(
     """Print every problem as `path:line:col: message`; exit 1 if there are any."""
     from orchestrator.validation import check_files
 
-    root = _root_for(paths, workspace)
+    root = root_for(paths, workspace)
     ws = _open_workspace(root)
     files: list[Path] = []
     for path in paths:
@@ -62,7 +62,7 @@ def validate(
         else:
             files.append(path)
     problems = check_files(files, ws)
-    _print_problems(root, problems)
+    print_problems(root, problems)
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{len(files)} journey file(s) valid", err=True)
@@ -75,7 +75,7 @@ def deploy(workspace: WorkspaceOption = None) -> None:
     from orchestrator.deploy import deploy_workspace
     from orchestrator.settings import Settings
 
-    root = _root_for([], workspace or Settings().workspace)
+    root = root_for([], workspace or Settings().workspace)
     ws = _open_workspace(root)
     url = Settings().require_database_url()
 
@@ -91,7 +91,7 @@ def deploy(workspace: WorkspaceOption = None) -> None:
     try:
         asyncio.run(work())
     except InvalidSource as exc:
-        _print_problems(root, exc.problems)
+        print_problems(root, exc.problems)
         typer.echo("nothing was deployed", err=True)
         raise typer.Exit(1) from None
 
@@ -179,10 +179,10 @@ def graph(
         source = load(path, display=os.path.relpath(path))
         journey = Journey.model_validate(source.data)
     except InvalidSource as exc:
-        _print_problems(Path.cwd(), exc.problems)
+        print_problems(Path.cwd(), exc.problems)
         raise typer.Exit(1) from None
     except ValidationError as exc:
-        _print_problems(Path.cwd(), source.problems_from(exc))
+        print_problems(Path.cwd(), source.problems_from(exc))
         raise typer.Exit(1) from None
     typer.echo(mermaid(journey), nl=False)
     if svg is not None:

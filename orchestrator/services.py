@@ -9,33 +9,38 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
+from orchestrator.arbitration import Arbitration
 from orchestrator.database import create_engine
 from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Clock, Router, utc_now
 from orchestrator.settings import Settings
 from orchestrator.temporal import connect
-from orchestrator.workspace import WorkspaceConfig, load_config
+from orchestrator.workspace import Workspace, WorkspaceConfig, load_workspace
+from rules.policy import Policy
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
     config: WorkspaceConfig
+    policy: Policy
     engine: AsyncEngine
     client: Client
     registry: JourneyRegistry
     router: Router
+    arbitration: Arbitration
     clock: Clock
 
 
 def build_services(
     settings: Settings,
     *,
-    config: WorkspaceConfig,
+    workspace: Workspace,
     engine: AsyncEngine,
     client: Client,
     clock: Clock = utc_now,
 ) -> Services:
+    config = workspace.config
     registry = JourneyRegistry(engine)
     router = Router(
         engine=engine,
@@ -45,7 +50,10 @@ def build_services(
         default_timezone=config.default_timezone,
         clock=clock,
     )
-    return Services(settings, config, engine, client, registry, router, clock)
+    arbitration = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
+    return Services(
+        settings, config, workspace.policy, engine, client, registry, router, arbitration, clock
+    )
 
 
 @asynccontextmanager
@@ -55,7 +63,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         client = await connect(settings.temporal_address, settings.temporal_namespace)
         yield build_services(
-            settings, config=load_config(settings.workspace), engine=engine, client=client
+            settings, workspace=load_workspace(settings.workspace), engine=engine, client=client
         )
     finally:
         await engine.dispose()

@@ -184,12 +184,15 @@ def decide(request: SendRequest, state: UserState, policy: Policy, now: datetime
         lost = _conflict_loser(request, score, state, policy, window_end)
         if lost is not None:
             checks.append(lost)
-            if policy.conflicts.losers == "suppress":
+            until = now + policy.conflicts.defer_losers_by
+            if (
+                policy.conflicts.losers == "suppress"
+                or until - request.requested_at > policy.max_defer
+            ):
                 return Decision("suppress", window_end=window_end, score=score,
                                 checks=tuple(checks))  # fmt: skip
-            until = now + policy.conflicts.defer_losers_by
-            return Decision("defer", until=until, window_end=window_end, score=score,
-                            checks=tuple(checks))  # fmt: skip
+            # Tried again later, it competes in a new window: no window_end is kept.
+            return Decision("defer", until=until, score=score, checks=tuple(checks))
         checks.append(Check("conflict window", True, "highest score in its window"))
 
     chosen, cap_free_at = _choose_channel(request, draft, state, policy, now, transactional)

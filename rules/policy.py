@@ -24,8 +24,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -103,20 +105,18 @@ def _clock(value: str) -> str:
     return value
 
 
-_DURATION_SCHEMA = WithJsonSchema(
-    {"type": "string", "pattern": r"^(0|(\d+\s*[wdhms]\s*)+)$", "examples": ["24h", "7d"]}
-)
+_DURATION = {"type": "string", "pattern": r"^(\d+\s*[wdhms]\s*)+$", "examples": ["24h", "7d"]}
 Duration = Annotated[
     timedelta,
     BeforeValidator(_duration),
     PlainSerializer(format_duration, return_type=str),
-    _DURATION_SCHEMA,
+    WithJsonSchema(_DURATION),
 ]
 Window = Annotated[
     timedelta,
     BeforeValidator(_zero_or_duration),
     PlainSerializer(format_duration, return_type=str),
-    _DURATION_SCHEMA,
+    WithJsonSchema({"anyOf": [_DURATION, {"enum": [0, "0", "0s"]}]}),
 ]
 Condition = Annotated[
     str,
@@ -219,7 +219,31 @@ class SetPriority(Strict):
     priority: int = Field(ge=0, le=100)
 
 
-Action = Literal["suppress", "exempt_from_caps"] | Reroute | RequireChannel | SetPriority
+def _action_form(value: Any) -> str | None:
+    # Tags appear in error locations; "<...>" marks them so they can be dropped there.
+    if isinstance(value, str):
+        return "<named>"
+    if isinstance(value, Reroute | RequireChannel | SetPriority):
+        value = type(value).model_fields
+    if isinstance(value, dict) and len(value) == 1:
+        key = next(iter(value))
+        return {"reroute": "<reroute>", "require_channel": "<require>",
+                "priority": "<priority>"}.get(key)  # fmt: skip
+    return None
+
+
+Action = Annotated[
+    Annotated[Literal["suppress", "exempt_from_caps"], Tag("<named>")]
+    | Annotated[Reroute, Tag("<reroute>")]
+    | Annotated[RequireChannel, Tag("<require>")]
+    | Annotated[SetPriority, Tag("<priority>")],
+    Discriminator(
+        _action_form,
+        custom_error_type="rule_action",
+        custom_error_message="then: suppress, exempt_from_caps, {reroute: <channel>}, "
+        "{require_channel: <channel>} or {priority: <0-100>}",
+    ),
+]
 
 
 class Rule(Strict):

@@ -169,7 +169,7 @@ async def arbitrate(
             return _decision_from_row(last)
         # Asked again after a deferral ran out: decide anew as the original request.
         request = _request_from_json(prior["request"])
-        window_end = _time(prior["window_end"])
+        window_end = _time(prior["window_end"]) if prior["window_end"] else None
     state = UserState(
         traits=traits,
         contacts=[_contact(c) for c in row.contacts],

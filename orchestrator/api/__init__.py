@@ -8,9 +8,11 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
-from orchestrator.api import journeys, tracking
+from orchestrator.api import arbitration, journeys, tracking
 from orchestrator.services import Services
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,25 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     )
     app.state.services = services
     app.include_router(tracking.router)
+    app.include_router(arbitration.router)
     app.include_router(journeys.router)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _refused)
     return app
+
+
+async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
+    """400 naming the field, like ingestion (rather than FastAPI's 422)."""
+    assert isinstance(exc, RequestValidationError)
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"] if part not in ("body", "query", "path")]
+    return JSONResponse({"error": error["msg"], "field": ".".join(loc)}, status_code=400)
+
+
+async def _refused(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    body = exc.detail if isinstance(exc.detail, dict) else {"error": exc.detail}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _sweep_forever(services: Services) -> None:

@@ -7,8 +7,6 @@ unknown key (401) or an oversized body (413) stores nothing.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import zlib
 from typing import Any
 
@@ -16,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from orchestrator.api.auth import BadCredentials, header_write_key
 from orchestrator.api.deps import ServicesDep
 from orchestrator.event_store import store_events
 from orchestrator.services import Services
@@ -62,22 +61,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def _header_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        return None
-    try:
-        user, _, _ = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise Refused(401, "malformed Authorization header") from None
-    return user
-
-
 async def _ingest(request: Request, services: Services, implied_type: str | None) -> JSONResponse:
     settings = services.settings
     try:
-        key = _header_key(request)
+        try:
+            key = header_write_key(request)
+        except BadCredentials as exc:
+            raise Refused(401, str(exc)) from None
         if key is not None and services.config.source_for(key) is None:
             raise Refused(401, "unknown write key")
         raw = await _read_body(request, settings.max_request_bytes)
@@ -103,7 +93,12 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
     snapshot = await services.registry.snapshot()
     async with services.engine.begin() as conn:
         stored = await store_events(
-            conn, batch, source=source.name, received_at=now, snapshot=snapshot
+            conn,
+            batch,
+            source=source.name,
+            received_at=now,
+            snapshot=snapshot,
+            policy=services.policy,
         )
         plan = await services.router.plan(conn, stored, snapshot, fresh=True)
     # Stored is accepted: a routing failure is retried by the sweeper, not the client.

@@ -73,8 +73,7 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                 api_port=options.api_port,
             )
             client = await connect(temporal.address)
-            services = build_services(settings, config=workspace.config, engine=engine,
-                                      client=client)  # fmt: skip
+            services = build_services(settings, workspace=workspace, engine=engine, client=client)
             async with (
                 serving(create_sink(workspace.config), port=options.sink_port) as sink_url,
                 serving(create_app(services), port=options.api_port) as api_url,

@@ -132,7 +132,7 @@ async def running_stack(
     settings = Settings(
         database_url=database_url, task_queue=f"test-{uuid.uuid4()}", workspace=workspace
     )
-    services = build_services(settings, config=ws.config, engine=engine, client=client, clock=clock)
+    services = build_services(settings, workspace=ws, engine=engine, client=client, clock=clock)
     if history_limit is not None:
         services.router.history_limit = history_limit
     app = create_app(services, sweep=False)

@@ -282,7 +282,7 @@ async def test_an_entry_signalled_while_a_run_ends_continues_in_the_same_workflo
     handle = stack.handle("nurture", "u1")
     first_run = (await handle.describe()).run_id
     await handle.signal("enter", EnterSignal(enrollment_id=second, version=1, trigger=trigger))
-    await stack.track("u1", "Unsubscribed")  # the first run ends...
+    await stack.track("u1", "Plan Changed", {"plan": "enterprise"})  # the first run ends...
     await receiver.wait_for(lambda rs: len(rs) == 2)  # ...and the second one says hello
     description = await handle.describe()
     assert description.run_id != first_run

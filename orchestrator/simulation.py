@@ -1,0 +1,137 @@
+"""Replaying send requests against a policy, in memory, to try a change before deploying it.
+
+A traffic file (YAML or JSON) lists users with their traits and requests with their
+time; every request is decided by the same pure `decide` the service uses, in time
+order, deferred ones coming back at their time, exactly as the store would hold them
+(their conflict window, sends counting towards caps).
+
+    users:
+      ada: {email: ada@example.com, device_tokens: [t1], timezone: Europe/Paris}
+    suppressions:
+      - {user: ada, reason: unsubscribe, channel: email, category: promotional}
+    requests:
+      - {at: "2026-11-26T09:00:00Z", user: ada, journey: cart, channels: [push, email],
+         category: promotional, priority: 70, template: cart_reminder, value: 25}
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rules.decision import Contact, Decision, Peer, SendRequest, Suppressed, UserState, decide
+from rules.policy import Category, Channel, Policy, SuppressionReason
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrafficRequest(_Strict):
+    at: datetime
+    user: str = Field(min_length=1)
+    channels: list[Channel] = Field(min_length=1)
+    category: Category
+    priority: int = Field(default=50, ge=0, le=100)
+    journey: str | None = None
+    template: str | None = None
+    content_key: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    value: float | None = Field(default=None, ge=0)
+    propensity: float | None = Field(default=None, ge=0, le=1)
+    key: str | None = None
+
+
+class TrafficSuppression(_Strict):
+    user: str
+    reason: SuppressionReason
+    channel: str = "*"
+    category: str = "*"
+
+
+class Traffic(_Strict):
+    """A traffic file."""
+
+    users: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    suppressions: list[TrafficSuppression] = Field(default_factory=list)
+    requests: list[TrafficRequest] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    at: datetime
+    request: SendRequest
+    decision: Decision
+
+
+def simulate(traffic: Traffic, policy: Policy, *, default_timezone: str = "UTC") -> list[Outcome]:
+    """Every decision the requests get, in time order (a deferred request appears again)."""
+    queue: list[tuple[datetime, int, SendRequest]] = []
+    for index, item in enumerate(traffic.requests):
+        at = item.at
+        request = SendRequest(
+            key=item.key or f"request-{index + 1}",
+            user_id=item.user,
+            channels=tuple(item.channels),
+            category=item.category,
+            priority=item.priority,
+            requested_at=at,
+            value=item.value,
+            propensity=item.propensity,
+            tags=tuple(item.tags),
+            journey=item.journey,
+            template=item.template,
+            content_key=item.content_key,
+        )
+        heapq.heappush(queue, (at, index, request))
+    contacts: dict[str, list[Contact]] = {}
+    windows: dict[str, datetime] = {}  # request key -> its conflict window's end
+    requests: dict[str, SendRequest] = {}
+    outcomes: list[Outcome] = []
+    while queue:
+        if len(outcomes) > 100 * len(traffic.requests):
+            raise RuntimeError("the policy keeps deferring: stopped after 100 decisions a request")
+        now, order, request = heapq.heappop(queue)
+        requests[request.key] = request
+        user = request.user_id
+        state = UserState(
+            traits=traffic.users.get(user, {}),
+            contacts=contacts.get(user, []),
+            suppressions=[
+                Suppressed(s.reason, s.channel, s.category)
+                for s in traffic.suppressions
+                if s.user == user
+            ],
+            peers=[
+                Peer(requests[key], end)
+                for key, end in windows.items()
+                if key != request.key and requests[key].user_id == user
+            ],
+            window_end=windows.get(request.key),
+            default_timezone=default_timezone,
+        )
+        decision = decide(request, state, policy, now)
+        outcomes.append(Outcome(now, request, decision))
+        if decision.window_end is not None:
+            windows[request.key] = decision.window_end
+        else:
+            windows.pop(request.key, None)
+        if decision.action == "send" and decision.channel is not None:
+            contacts.setdefault(user, []).append(
+                Contact(
+                    key=request.key,
+                    channel=decision.channel,
+                    category=request.category,
+                    sent_at=now,
+                    journey=request.journey,
+                    tags=request.tags,
+                    content_key=request.dedupe_key,
+                )
+            )
+        elif decision.action == "defer" and decision.until is not None:
+            heapq.heappush(queue, (decision.until, order, request))
+    return outcomes
