@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orchestrator.profiles import load_traits
+from orchestrator.tables import profiles
 from rules import store
 from rules.decision import Decision, SendRequest
 from rules.policy import Policy
@@ -19,10 +20,10 @@ class Arbitration:
         self.engine, self.policy, self.default_timezone = engine, policy, default_timezone
 
     async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
+        profile = select(profiles.c.traits).where(profiles.c.user_id == request.user_id)
         async with self.engine.begin() as conn:
-            await store.lock_user(conn, request.user_id)
-            traits = await load_traits(conn, request.user_id)
+            traits = await store.lock_user(conn, request.user_id, also=profile.scalar_subquery())
             return await store.arbitrate(
-                conn, request, traits=traits, policy=self.policy, now=now,
+                conn, request, traits=traits or {}, policy=self.policy, now=now,
                 default_timezone=self.default_timezone,
             )  # fmt: skip

@@ -14,8 +14,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine for `postgresql+asyncpg://` URLs (plain `postgresql://` is accepted)."""
+    # No pre-ping: it costs a round trip per checkout; a dropped connection surfaces as
+    # an error that the activity or the client retries, and connections are recycled.
     return create_async_engine(
-        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
     )
 
 

@@ -156,6 +156,13 @@ class _Draft:
     priority: int
     exempt_from_caps: bool = False
     checks: list[Check] = field(default_factory=list)
+    cap_full_until: dict[str, datetime | None] = field(default_factory=dict)
+    _newest_first: list[Contact] | None = None
+
+    def newest_first(self, contacts: Sequence[Contact]) -> list[Contact]:
+        if self._newest_first is None:
+            self._newest_first = sorted(contacts, key=lambda c: c.sent_at, reverse=True)
+        return self._newest_first
 
 
 def decide(request: SendRequest, state: UserState, policy: Policy, now: datetime) -> Decision:
@@ -345,9 +352,13 @@ def _channel_failures(
                     break
         if not draft.exempt_from_caps:
             for cap in policy.caps:
-                if _cap_applies(cap, channel, request) and (
-                    free_at := _cap_full_until(cap, state.contacts, now)
-                ):
+                if not _cap_applies(cap, channel, request):
+                    continue
+                if cap.name not in draft.cap_full_until:  # the same for every channel
+                    draft.cap_full_until[cap.name] = _cap_full_until(
+                        cap, draft.newest_first(state.contacts), now
+                    )
+                if free_at := draft.cap_full_until[cap.name]:
                     detail = f"cap {cap.name} reached ({cap.max} per {format_duration(cap.window)})"
                     failures.append((Check(name, False, detail), free_at))
     return failures
@@ -402,24 +413,27 @@ def _cap_applies(cap: Cap, channel: str, request: SendRequest) -> bool:
     )
 
 
-def _cap_full_until(cap: Cap, contacts: Sequence[Contact], now: datetime) -> datetime | None:
-    """None when the cap has room; else when its oldest counted contact leaves the window."""
-    since = now - cap.window
-    counted = sorted(
-        c.sent_at
-        for c in contacts
-        if c.sent_at > since
-        and (cap.counts_transactional or not c.transactional)
-        and (cap.channel is None or cap.channel == c.channel)
-        and (cap.category is None or cap.category == c.category)
-        and (cap.journey is None or cap.journey == c.journey)
-        and (cap.tag is None or cap.tag in c.tags)
-    )
-    if len(counted) < cap.max:
-        return None
+def _cap_full_until(cap: Cap, newest_first: Sequence[Contact], now: datetime) -> datetime | None:
+    """None when the cap has room; else when its oldest counted contact leaves the window
+    (the `max`-th newest counted contact, so the scan stops there)."""
     if cap.max == 0:
-        return now + cap.window  # never frees within this window: treat as a full window
-    return counted[len(counted) - cap.max] + cap.window
+        return now + cap.window  # nothing may go out within any window
+    since = now - cap.window
+    seen = 0
+    for c in newest_first:
+        if c.sent_at <= since:
+            break
+        if (
+            (cap.counts_transactional or c.category != "transactional")
+            and (cap.channel is None or cap.channel == c.channel)
+            and (cap.category is None or cap.category == c.category)
+            and (cap.journey is None or cap.journey == c.journey)
+            and (cap.tag is None or cap.tag in c.tags)
+        ):
+            seen += 1
+            if seen == cap.max:
+                return c.sent_at + cap.window
+    return None
 
 
 def _quiet_until(channel: str, state: UserState, policy: Policy, now: datetime) -> datetime | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import lru_cache
 
 _PART = re.compile(r"(\d+)\s*(w|d|h|m|s)")
 _WHOLE = re.compile(r"^\s*(\d+\s*(w|d|h|m|s)\s*)+$")
@@ -26,6 +27,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+@lru_cache(maxsize=256)
 def format_duration(value: timedelta) -> str:
     """Render a timedelta back in the compact form, e.g. `1d12h`."""
     seconds = int(value.total_seconds())

@@ -83,6 +83,7 @@ class _Unsupported(Exception):
 
 Evaluator = Callable[[Mapping[str, Any]], Any]
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "eq": operator.eq,
     "ne": operator.ne,
@@ -115,7 +116,21 @@ def _compile(node: nodes.Node) -> Evaluator:
             return lambda context: context.get(name, missing)
         case nodes.Getattr(node=inner, attr=attr):
             of = _compile(inner)
-            return lambda context: env.getattr(of(context), attr)
+            if attr in _DICT_ATTRIBUTES:  # `user.items` is dict.items to Jinja2 too
+                return lambda context: env.getattr(of(context), attr)
+
+            def lookup(context: Mapping[str, Any]) -> Any:
+                # Profiles, events and messages are plain dicts: a key lookup is what
+                # the sandbox would end up doing, minus its checks for attributes.
+                obj = of(context)
+                if type(obj) is dict:
+                    try:
+                        return obj[attr]
+                    except KeyError:
+                        return env.undefined(obj=obj, name=attr)
+                return env.getattr(obj, attr)
+
+            return lookup
         case nodes.Getitem(node=inner, arg=arg):
             of, key = _compile(inner), _compile(arg)
             return lambda context: env.getitem(of(context), key(context))

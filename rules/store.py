@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -26,6 +26,8 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    func,
+    select,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
@@ -101,38 +103,41 @@ class IdempotencyConflict(Exception):
     """The idempotency key was used before for a different message."""
 
 
-_LOAD = text(
-    """
+_LOAD = """
     SELECT
-      (SELECT row_to_json(r) FROM arbitration_requests r WHERE r.key = :key) AS prior,
-      (SELECT row_to_json(d) FROM arbitration_decisions d WHERE d.key = :key
+      (SELECT row_to_json(r) FROM arbitration_requests r WHERE r.key = $1) AS prior,
+      (SELECT row_to_json(d) FROM arbitration_decisions d WHERE d.key = $1
          ORDER BY d.id DESC LIMIT 1) AS last,
       (SELECT coalesce(json_agg(json_build_object(
                 'key', r.key, 'channel', r.channel, 'sent_at', r.decided_at,
                 'request', r.request)), '[]')
          FROM arbitration_requests r
-         WHERE r.user_id = :user_id AND r.state = 'sent' AND r.decided_at > :history_since
+         WHERE r.user_id = $2 AND r.state = 'sent' AND r.decided_at > $3
       ) AS contacts,
       (SELECT coalesce(json_agg(json_build_object(
                 'reason', s.reason, 'channel', s.channel, 'category', s.category)), '[]')
-         FROM suppressions s WHERE s.user_id = :user_id) AS suppressions,
+         FROM suppressions s WHERE s.user_id = $2) AS suppressions,
       (SELECT coalesce(json_agg(json_build_object(
                 'request', r.request, 'window_end', r.window_end)), '[]')
          FROM arbitration_requests r
-         WHERE r.user_id = :user_id AND r.key <> :key AND r.state <> 'released'
-           AND r.window_end >= LEAST(:peers_since,
-                 (SELECT own.window_end FROM arbitration_requests own WHERE own.key = :key))
+         WHERE r.user_id = $2 AND r.key <> $1 AND r.state <> 'released'
+           AND r.window_end >= LEAST($4,
+                 (SELECT own.window_end FROM arbitration_requests own WHERE own.key = $1))
       ) AS peers
     """
-)
 
 
-async def lock_user(conn: AsyncConnection, user_id: str) -> None:
-    """Serialise decisions for one user until the transaction ends."""
-    await conn.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-        {"k": f"arbitration\x1f{user_id}"},
-    )
+async def lock_user(
+    conn: AsyncConnection, user_id: str, *, also: ColumnElement[Any] | None = None
+) -> Any:
+    """Serialise decisions for one user until the transaction ends.
+
+    `also` is evaluated in the same round trip and returned. Its snapshot predates the
+    lock, so use it only for data the lock does not protect (the profile, say).
+    """
+    lock = func.pg_advisory_xact_lock(func.hashtextextended(f"arbitration\x1f{user_id}", 0))
+    row = (await conn.execute(select(lock, also) if also is not None else select(lock))).one()
+    return row[1] if also is not None else None
 
 
 async def arbitrate(
@@ -147,18 +152,18 @@ async def arbitrate(
     """Decide and record, inside the caller's transaction, after `lock_user`."""
     fingerprint = _fingerprint(request)
     longest_window = max(policy.conflicts.windows.values(), default=now - now)
-    row = (
-        await conn.execute(
-            _LOAD,
-            {
-                "key": request.key,
-                "user_id": request.user_id,
-                "history_since": now - policy.longest_window,
-                "peers_since": now - longest_window - policy.max_defer,
-            },
-        )
-    ).one()
-    prior, last = row.prior, row.last
+    # Straight to the driver: this runs for every message, and SQLAlchemy's statement
+    # handling cost more than Postgres's work here.
+    driver = await _driver(conn)
+    row = await driver.fetchrow(
+        _LOAD,
+        request.key,
+        request.user_id,
+        now - policy.longest_window,
+        now - longest_window - policy.max_defer,
+    )
+    prior, last = _json(row["prior"]), _json(row["last"])
+    contacts, stops, peers = _json(row["contacts"]), _json(row["suppressions"]), _json(row["peers"])
     window_end = None
     if prior is not None:
         if prior["fingerprint"] != fingerprint:
@@ -172,11 +177,9 @@ async def arbitrate(
         window_end = _time(prior["window_end"]) if prior["window_end"] else None
     state = UserState(
         traits=traits,
-        contacts=[_contact(c) for c in row.contacts],
-        suppressions=[
-            Suppressed(s["reason"], s["channel"], s["category"]) for s in row.suppressions
-        ],
-        peers=[Peer(_request_from_json(p["request"]), _time(p["window_end"])) for p in row.peers],
+        contacts=[_contact(c) for c in contacts],
+        suppressions=[Suppressed(s["reason"], s["channel"], s["category"]) for s in stops],
+        peers=[Peer(_request_from_json(p["request"]), _time(p["window_end"])) for p in peers],
         window_end=window_end,
         default_timezone=default_timezone,
     )
@@ -251,10 +254,20 @@ def _fingerprint(request: SendRequest) -> str:
 
 
 def _request_json(request: SendRequest) -> dict[str, Any]:
-    data = asdict(request)
-    data["requested_at"] = request.requested_at.isoformat()
-    data["channels"], data["tags"] = list(request.channels), list(request.tags)
-    return data
+    return {
+        "key": request.key,
+        "user_id": request.user_id,
+        "channels": list(request.channels),
+        "category": request.category,
+        "priority": request.priority,
+        "requested_at": request.requested_at.isoformat(),
+        "value": request.value,
+        "propensity": request.propensity,
+        "tags": list(request.tags),
+        "journey": request.journey,
+        "template": request.template,
+        "content_key": request.content_key,
+    }
 
 
 def _request_from_json(data: Mapping[str, Any]) -> SendRequest:
@@ -307,41 +320,48 @@ async def _record(
     conn: AsyncConnection, request: SendRequest, fingerprint: str, decision: Decision, now: datetime
 ) -> None:
     state = {"send": "sent", "suppress": "suppressed", "defer": "pending"}[decision.action]
-    checks = [asdict(c) for c in decision.checks]
-    await conn.execute(
-        text(
-            """
+    checks = [{"rule": c.rule, "passed": c.passed, "detail": c.detail} for c in decision.checks]
+    driver = await _driver(conn)
+    await driver.execute(
+        """
             WITH saved AS (
               INSERT INTO arbitration_requests (key, user_id, request, fingerprint,
                   requested_at, window_end, state, channel, until, decided_at)
-              VALUES (:key, :user_id, CAST(:request AS jsonb), :fingerprint, :requested_at,
-                  :window_end, :state, :channel, :until, :now)
+              VALUES ($1, $2, CAST($3 AS jsonb), $4, $5,
+                  $6, $7, $8, $9, $10)
               ON CONFLICT (key) DO UPDATE SET window_end = EXCLUDED.window_end,
                   state = EXCLUDED.state, channel = EXCLUDED.channel,
                   until = EXCLUDED.until, decided_at = EXCLUDED.decided_at
               RETURNING key)
             INSERT INTO arbitration_decisions (key, user_id, journey, decided_at, action,
                 channel, until, score, reason, checks)
-            SELECT key, :user_id, :journey, :now, :action, :channel, :until, :score, :reason,
-                CAST(:checks AS jsonb)
+            SELECT key, $2, $11, $10, $12, $8, $9, $13, $14,
+                CAST($15 AS jsonb)
             FROM saved
-            """
-        ),
-        {
-            "key": request.key,
-            "user_id": request.user_id,
-            "request": json.dumps(_request_json(request)),
-            "fingerprint": fingerprint,
-            "requested_at": request.requested_at,
-            "window_end": decision.window_end,
-            "state": state,
-            "channel": decision.channel,
-            "until": decision.until,
-            "now": now,
-            "journey": request.journey,
-            "action": decision.action,
-            "score": decision.score,
-            "reason": decision.reason,
-            "checks": json.dumps(checks),
-        },
+            """,
+        request.key,
+        request.user_id,
+        json.dumps(_request_json(request)),
+        fingerprint,
+        request.requested_at,
+        decision.window_end,
+        state,
+        decision.channel,
+        decision.until,
+        now,
+        request.journey,
+        decision.action,
+        decision.score,
+        decision.reason,
+        json.dumps(checks),
     )
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, inside the transaction SQLAlchemy began."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
