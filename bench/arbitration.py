@@ -88,7 +88,7 @@ def history() -> list[Contact]:
             journey=kinds[i % 3][2],
             tags=("news",),
             content_key=f"t{i}",
-        )  # fmt: skip
+        )
         for i in range(20)
     ]
 

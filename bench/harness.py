@@ -149,6 +149,8 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def summary(values: Sequence[float]) -> str:
+    if not values:
+        return "n=0"
     return (
         f"n={len(values)} p50={percentile(values, 50):.1f} ms "
         f"p99={percentile(values, 99):.1f} ms mean={statistics.fmean(values):.1f} ms"

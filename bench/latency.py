@@ -120,7 +120,8 @@ async def run(
     async def ours(user: str) -> None:
         connection = await free.get()
         try:
-            body = {"userId": user, "event": "Order Placed", "properties": {"cart_value": 12}}
+            body = {"userId": user, "event": "Order Placed", "properties": {"cart_value": 12},
+                    "context": {"traits": {"email": f"{user}@example.com"}}}  # fmt: skip
             assert await connection.post("/v1/track", body) == 200
         finally:
             free.put_nowait(connection)

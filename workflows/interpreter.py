@@ -270,10 +270,14 @@ class JourneyInterpreter:
         if workflow.patched(ARBITRATION_PATCH):
             while True:
                 try:
-                    decision: ArbitrationResult = await self._side_effect(
+                    # A local activity: a decision takes milliseconds, and a round trip
+                    # through the server's task queue would add more than that.
+                    decision: ArbitrationResult = await workflow.execute_local_activity(
                         "arbitrate_message",
                         ArbitrateInput(message=request, now=workflow.now()),
-                        ArbitrationResult,
+                        result_type=ArbitrationResult,
+                        start_to_close_timeout=LOCAL_TIMEOUT,
+                        retry_policy=SIDE_EFFECT_RETRY,
                     )
                 except ActivityError as exc:
                     return _Go(step.next, f"failed: {_cause(exc)}")
