@@ -12,7 +12,10 @@ The order of checks:
 2. The conflict window (not for transactional messages): the first request opens a
    window for its user; requests arriving inside it are held until it closes, then
    the highest `priority x expected value` wins (ties: earliest request, then key);
-   the others are deferred or suppressed as the policy says.
+   the others are deferred (to compete in a later window) or suppressed as the policy
+   says. The winner is chosen on score alone, so every member of a window agrees on it
+   whatever order they are decided in; a winner that then fails a later check means
+   nothing from that window goes out.
 3. Channels in fallback order: the first the user is reachable on, not hard
    suppressed, consented, not a cross-channel duplicate and within every cap.
    Transactional messages skip consent, caps and quiet hours but obey the hard

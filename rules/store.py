@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -151,7 +151,7 @@ async def arbitrate(
 ) -> Decision:
     """Decide and record, inside the caller's transaction, after `lock_user`."""
     fingerprint = _fingerprint(request)
-    longest_window = max(policy.conflicts.windows.values(), default=now - now)
+    longest_window = max(policy.conflicts.windows.values(), default=timedelta(0))
     # Straight to the driver: this runs for every message, and SQLAlchemy's statement
     # handling cost more than Postgres's work here.
     driver = await _driver(conn)
