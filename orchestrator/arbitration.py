@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,3 +29,45 @@ class Arbitration:
                 conn, request, traits=traits or {}, policy=self.policy, now=now,
                 default_timezone=self.default_timezone,
             )  # fmt: skip
+
+
+class MessageFields(BaseModel):
+    """What a send request says about its message, as API callers and traffic files give it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: list[Literal["email", "push", "in_app", "web"]] = Field(
+        min_length=1, description="In fallback order"
+    )
+    category: Literal["promotional", "transactional", "service"]
+    priority: int = Field(default=50, ge=0, le=100)
+    value: float | None = Field(default=None, ge=0, description="Expected value of the message")
+    propensity: float | None = Field(default=None, ge=0, le=1)
+    tags: list[str] = Field(default_factory=list)
+    template: str | None = None
+    content_key: str | None = Field(default=None, description="For cross-channel de-duplication")
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, channels: list[str]) -> list[str]:
+        if len(set(channels)) != len(channels):
+            raise ValueError("a channel is listed twice")
+        return channels
+
+    def send_request(
+        self, *, key: str, user_id: str, source: str | None, at: datetime
+    ) -> SendRequest:
+        return SendRequest(
+            key=key,
+            user_id=user_id,
+            channels=tuple(self.channels),
+            category=self.category,
+            priority=self.priority,
+            requested_at=at,
+            value=self.value,
+            propensity=self.propensity,
+            tags=tuple(self.tags),
+            journey=source,
+            template=self.template,
+            content_key=self.content_key,
+        )

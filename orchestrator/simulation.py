@@ -23,26 +23,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.arbitration import MessageFields
 from rules.decision import Contact, Decision, Peer, SendRequest, Suppressed, UserState, decide
-from rules.policy import Category, Channel, Policy, SuppressionReason
+from rules.policy import Policy, SuppressionReason
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TrafficRequest(_Strict):
+class TrafficRequest(MessageFields):
     at: datetime
     user: str = Field(min_length=1)
-    channels: list[Channel] = Field(min_length=1)
-    category: Category
-    priority: int = Field(default=50, ge=0, le=100)
     journey: str | None = None
-    template: str | None = None
-    content_key: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    value: float | None = Field(default=None, ge=0)
-    propensity: float | None = Field(default=None, ge=0, le=1)
     key: str | None = None
 
 
@@ -73,19 +66,8 @@ def simulate(traffic: Traffic, policy: Policy, *, default_timezone: str = "UTC")
     queue: list[tuple[datetime, int, SendRequest]] = []
     for index, item in enumerate(traffic.requests):
         at = item.at
-        request = SendRequest(
-            key=item.key or f"request-{index + 1}",
-            user_id=item.user,
-            channels=tuple(item.channels),
-            category=item.category,
-            priority=item.priority,
-            requested_at=at,
-            value=item.value,
-            propensity=item.propensity,
-            tags=tuple(item.tags),
-            journey=item.journey,
-            template=item.template,
-            content_key=item.content_key,
+        request = item.send_request(
+            key=item.key or f"request-{index + 1}", user_id=item.user, source=item.journey, at=at
         )
         heapq.heappush(queue, (at, index, request))
     contacts: dict[str, list[Contact]] = {}

@@ -6,43 +6,25 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from orchestrator.api.auth import SourceDep
 from orchestrator.api.deps import ServicesDep
+from orchestrator.arbitration import MessageFields
 from rules import store
-from rules.decision import Decision, SendRequest
+from rules.decision import Decision
 
 router = APIRouter(tags=["arbitration"])
 
-ChannelName = Literal["email", "push", "in_app", "web"]
 
-
-class ArbitrateBody(BaseModel):
+class ArbitrateBody(MessageFields):
     """A message an external system wants to send; ask before sending it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     user_id: str = Field(min_length=1, max_length=200)
     idempotency_key: str = Field(
         min_length=1, max_length=200, description="Asking again with it returns the same answer"
     )
-    channels: list[ChannelName] = Field(min_length=1, description="In fallback order")
-    category: Literal["promotional", "transactional", "service"]
-    priority: int = Field(default=50, ge=0, le=100)
-    value: float | None = Field(default=None, ge=0, description="Expected value of the message")
-    propensity: float | None = Field(default=None, ge=0, le=1)
-    tags: list[str] = Field(default_factory=list)
     source: str | None = Field(default=None, max_length=100, description="Who asks, for the log")
-    template: str | None = None
-    content_key: str | None = Field(default=None, description="For cross-channel de-duplication")
-
-    @field_validator("channels")
-    @classmethod
-    def _distinct(cls, channels: list[str]) -> list[str]:
-        if len(set(channels)) != len(channels):
-            raise ValueError("a channel is listed twice")
-        return channels
 
 
 class CheckOut(BaseModel):
@@ -102,19 +84,8 @@ async def arbitrate(
             400, {"error": f"channel {unknown[0]} is not configured", "field": "channels"}
         )
     now = services.clock()
-    request = SendRequest(
-        key=body.idempotency_key,
-        user_id=body.user_id,
-        channels=tuple(body.channels),
-        category=body.category,
-        priority=body.priority,
-        requested_at=now,
-        value=body.value,
-        propensity=body.propensity,
-        tags=tuple(body.tags),
-        journey=body.source,
-        template=body.template,
-        content_key=body.content_key,
+    request = body.send_request(
+        key=body.idempotency_key, user_id=body.user_id, source=body.source, at=now
     )
     try:
         decision = await services.arbitration.arbitrate(request, now=now)
