@@ -26,6 +26,7 @@ from rules.expressions import context, holds
 from rules.local_time import next_local_time, zone
 from workflows import search
 from workflows.assignment import pick_variant
+from workflows.details import current_details
 from workflows.messages import (
     ENDED,
     ArbitrateInput,
@@ -526,28 +527,7 @@ class JourneyInterpreter:
 
     def _describe(self) -> None:
         """Keep the Temporal UI's details current: where the user is and why."""
-        s = self._state
-        lines = [
-            f"**{self._spec.name}** (`{self._journey.key}` v{self._journey.version}), "
-            f"user `{self._input.user_id}`",
-            f"Entered {self._input.entered_at:%Y-%m-%d %H:%M} UTC on "
-            f"`{self._input.trigger.name}`; messages sent: {s.messages_sent}",
-        ]
-        if s.status in ENDED:
-            lines.append(f"**{s.status}**: {s.end_reason}")
-        elif s.status == "waiting" and s.deferred:
-            lines.append(f"At `{s.step}`: the send is deferred by arbitration ({s.deferred})")
-        elif s.status == "waiting" and s.wake_at is not None:
-            what = f"for `{s.waiting_for}` " if s.waiting_for else ""
-            lines.append(f"At `{s.step}`: waiting {what}until {s.wake_at:%Y-%m-%d %H:%M} UTC")
-        else:
-            lines.append(f"At `{s.step}`")
-        path = " → ".join(v.step for v in s.recent_steps[-8:])
-        if path:
-            lines.append(f"Path: {path}")
-        if s.assignments:
-            lines.append("Experiments: " + ", ".join(f"{k}={v}" for k, v in s.assignments.items()))
-        workflow.set_current_details("\n\n".join(lines))
+        workflow.set_current_details(current_details(self._input, self._state))
 
 
 def _cause(exc: ActivityError) -> str:
