@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _PART = re.compile(r"(\d+)\s*(w|d|h|m|s)")
 _WHOLE = re.compile(r"^\s*(\d+\s*(w|d|h|m|s)\s*)+$")
@@ -37,3 +40,19 @@ def format_duration(value: timedelta) -> str:
         if n:
             parts.append(f"{n}{unit}")
     return "".join(parts) or "0s"
+
+
+def _as_duration(value: Any) -> timedelta:
+    return value if isinstance(value, timedelta) else parse_duration(value)
+
+
+DURATION_SCHEMA = {"type": "string", "pattern": r"^(\d+\s*[wdhms]\s*)+$",
+                   "examples": ["30m", "24h", "7d"]}  # fmt: skip
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_as_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(DURATION_SCHEMA),
+]
+"""A field written like `30m`, `2h`, `3d`, `1w` or `1d12h` in journeys and policies."""

@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
+from pydantic import AfterValidator
 
 
 class Missing(ChainableUndefined):
@@ -60,6 +61,17 @@ def syntax_error(source: str, names: tuple[str, ...] = JOURNEY_NAMES) -> str | N
     if unknown:
         return f"unknown name {', '.join(unknown)}: conditions can use {', '.join(names)}"
     return None
+
+
+def condition_over(names: tuple[str, ...]) -> AfterValidator:
+    """Pydantic validation that a string is a condition over `names`."""
+
+    def check(value: str) -> str:
+        if error := syntax_error(value, names):
+            raise ValueError(error)
+        return value
+
+    return AfterValidator(check)
 
 
 @lru_cache(maxsize=4096)

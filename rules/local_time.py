@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, time, timedelta
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, WithJsonSchema
+
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _time_of_day(value: str) -> str:
+    if not isinstance(value, str) or not _CLOCK.match(value):
+        raise ValueError(f"{value!r} is not a time of day: use HH:MM, like 09:00")
+    return value
+
+
+TimeOfDay = Annotated[
+    str,
+    AfterValidator(_time_of_day),
+    WithJsonSchema({"type": "string", "pattern": _CLOCK.pattern, "examples": ["09:00"]}),
+]
+"""A local time of day, `HH:MM`."""
 
 
 def zone(name: str | None, default: str) -> ZoneInfo:

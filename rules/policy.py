@@ -15,7 +15,6 @@ Unknown keys are errors, so a typo is reported at its line.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -33,8 +32,9 @@ from pydantic import (
     model_validator,
 )
 
-from rules.durations import format_duration, parse_duration
-from rules.expressions import POLICY_NAMES, syntax_error
+from rules.durations import DURATION_SCHEMA, Duration, format_duration, parse_duration
+from rules.expressions import POLICY_NAMES, condition_over
+from rules.local_time import TimeOfDay
 
 Channel = Literal["email", "push", "in_app", "web"]
 Category = Literal["promotional", "transactional", "service"]
@@ -80,50 +80,25 @@ def _default_reachability() -> dict[str, str | None]:
     return {"email": "email", "push": "device_tokens", "in_app": None, "web": None}
 
 
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-
-
-def _duration(value: Any) -> timedelta:
-    return value if isinstance(value, timedelta) else parse_duration(value)
-
-
 def _zero_or_duration(value: Any) -> timedelta:
     if value in (0, "0", "0s"):
         return timedelta(0)
-    return _duration(value)
+    return value if isinstance(value, timedelta) else parse_duration(value)
 
 
-def _condition(value: str) -> str:
-    if error := syntax_error(value, POLICY_NAMES):
-        raise ValueError(error)
-    return value
-
-
-def _clock(value: str) -> str:
-    if not isinstance(value, str) or not _CLOCK.match(value):
-        raise ValueError(f"{value!r} is not a time of day: use HH:MM, like 21:00")
-    return value
-
-
-_DURATION = {"type": "string", "pattern": r"^(\d+\s*[wdhms]\s*)+$", "examples": ["24h", "7d"]}
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_duration),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(_DURATION),
-]
 Window = Annotated[
     timedelta,
     BeforeValidator(_zero_or_duration),
     PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"anyOf": [_DURATION, {"enum": [0, "0", "0s"]}]}),
+    WithJsonSchema({"anyOf": [DURATION_SCHEMA, {"enum": [0, "0", "0s"]}]}),
 ]
+"""A duration, or 0 for "off"."""
+
 Condition = Annotated[
     str,
-    AfterValidator(_condition),
+    condition_over(POLICY_NAMES),
     WithJsonSchema({"type": "string", "description": "A Jinja2 expression over user, message"}),
 ]
-Clock = Annotated[str, AfterValidator(_clock)]
 
 
 class Strict(BaseModel):
@@ -150,8 +125,8 @@ class QuietHours(Strict):
     """Local times (in the user's timezone) when only transactional messages go out."""
 
     channels: list[Channel] = Field(default_factory=_all_channels, min_length=1)
-    start: Clock = Field(description="HH:MM, e.g. 21:00")
-    end: Clock = Field(description="HH:MM, e.g. 08:00; may be on the next day")
+    start: TimeOfDay = Field(description="HH:MM, e.g. 21:00")
+    end: TimeOfDay = Field(description="HH:MM, e.g. 08:00; may be on the next day")
 
     @model_validator(mode="after")
     def _not_empty(self) -> QuietHours:

@@ -9,58 +9,31 @@ is reported at its line.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
-    PlainSerializer,
     Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from rules.durations import format_duration, parse_duration
-from rules.expressions import syntax_error
+from rules.durations import Duration
+from rules.expressions import JOURNEY_NAMES, condition_over
+from rules.local_time import TimeOfDay
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,63}$"
-_IDENTIFIER = re.compile(IDENTIFIER)
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-
-
-def _duration(value: Any) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    return parse_duration(value)
-
-
-def _condition(value: str) -> str:
-    if error := syntax_error(value):
-        raise ValueError(error)
-    return value
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_duration),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(
-        {"type": "string", "pattern": r"^(\d+\s*[wdhms]\s*)+$", "examples": ["30m", "2h", "3d"]}
-    ),
-]
-"""A duration such as `30m`, `2h`, `3d`, `1w` or `1d12h`."""
 
 Condition = Annotated[
     str,
-    AfterValidator(_condition),
+    condition_over(JOURNEY_NAMES),
     WithJsonSchema(
         {
             "type": "string",
@@ -134,18 +107,11 @@ class Goal(EventMatch):
 
 
 class WaitUntil(Strict):
-    until: str = Field(description="Local time of day, HH:MM")
+    until: TimeOfDay = Field(description="Local time of day, HH:MM")
     timezone: str = Field(
         default="user",
         description="'user' (the profile's timezone, else the workspace default) or an IANA name",
     )
-
-    @field_validator("until")
-    @classmethod
-    def _clock(cls, value: str) -> str:
-        if not _CLOCK.match(value):
-            raise ValueError(f"{value!r} is not a time of day: use HH:MM, like 09:00")
-        return value
 
     @field_validator("timezone")
     @classmethod
