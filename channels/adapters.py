@@ -1,15 +1,39 @@
-"""The four channel adapters: render a template section, deliver it as a signed webhook."""
+"""The four channel adapters: fill ranked content, render the template section within
+the channel's limits, deliver as a signed webhook (in-app and web also store it)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
 
-from channels.base import Channel, DeliveryRequest, Receipt, Rendered, recipient
+from channels.base import (
+    Channel,
+    DeliveryRequest,
+    MessageBox,
+    PermanentDeliveryError,
+    Receipt,
+    Rendered,
+    recipient,
+)
 from channels.delivery import Clock, SignedPoster, utc_now
-from channels.templates import render
+from channels.ranking import Recommender
+from channels.templates import RenderError, fit, render_section
+from channels.unsubscribe import Unsubscribe, UnsubscribeLinks
+from rules.durations import parse_duration
+
+
+@dataclass(frozen=True)
+class ChannelDeps:
+    """What the adapters of one worker process share."""
+
+    links: UnsubscribeLinks
+    box: MessageBox
+    recommender: Recommender | None = None
+    clock: Clock = utc_now
 
 
 class WebhookChannel:
@@ -17,32 +41,50 @@ class WebhookChannel:
 
     name: ClassVar[str]
 
-    def __init__(
-        self,
-        *,
-        url: str,
-        secrets: Sequence[str],
-        client: httpx.AsyncClient,
-        timeout: float = 10.0,
-        clock: Clock = utc_now,
-    ) -> None:
-        self.poster = SignedPoster(
-            url=url, secrets=secrets, client=client, timeout=timeout, clock=clock
-        )
-        self.clock = clock
+    def __init__(self, *, poster: SignedPoster | None, deps: ChannelDeps) -> None:
+        self.poster, self.deps = poster, deps
+        self.recommender, self.clock = deps.recommender, deps.clock
 
-    def render(self, request: DeliveryRequest) -> Rendered:
+    async def build(self, request: DeliveryRequest) -> Rendered:
         user = request.context.get("user", {})
+        context, source = self.context(request), None
+        if request.recommendations is not None:
+            if self.recommender is None:
+                raise RenderError("content", "this worker has no recommender for ranked content")
+            filled = await self.recommender.recommend(
+                request.user_id, user, request.recommendations,
+                context={"event": request.context.get("event") or {}},
+            )  # fmt: skip
+            context = {**context, "recommendations": filled.items}
+            source = filled.record()
+        content = fit(self.name, render_section(request.fields, context))
         return Rendered(
             message_id=request.message_id,
             channel=self.name,
             user_id=request.user_id,
+            # Whether the user is reachable (an address, device tokens) is arbitration's
+            # call (policy `reachability`); some providers address users by id alone.
             recipient=recipient(request.user_id, user),
-            content=render(request.fields, request.context),
+            content=self.finish(request, content),
             metadata=request.metadata,
+            content_source=source,
         )
 
+    def context(self, request: DeliveryRequest) -> dict[str, Any]:
+        """What the templates see; adapters add their own variables."""
+        return dict(request.context)
+
+    def finish(self, request: DeliveryRequest, content: dict[str, Any]) -> dict[str, Any]:
+        """The content as the channel system receives it."""
+        return content
+
     async def deliver(self, rendered: Rendered, *, idempotency_key: str) -> Receipt:
+        if self.poster is None:
+            raise PermanentDeliveryError(f"no {self.name} endpoint is configured")
+        return await self.post(rendered, idempotency_key)
+
+    async def post(self, rendered: Rendered, idempotency_key: str) -> Receipt:
+        assert self.poster is not None
         payload = {
             "type": f"message.{self.name}",
             "timestamp": self.clock().isoformat(),
@@ -54,7 +96,9 @@ class WebhookChannel:
                 "metadata": rendered.metadata,
             },
         }
-        response = await self.poster.post(payload, msg_id=idempotency_key)
+        response = await self.poster.post(
+            payload, msg_id=idempotency_key, headers={"idempotency-key": idempotency_key}
+        )
         return Receipt(
             message_id=rendered.message_id,
             channel=self.name,
@@ -65,18 +109,60 @@ class WebhookChannel:
 
 
 class EmailChannel(WebhookChannel):
+    """Email through the ESP, with a signed one-click `List-Unsubscribe` (RFC 8058)."""
+
     name: ClassVar[str] = "email"
+
+    def _unsubscribe_url(self, request: DeliveryRequest) -> str:
+        category = str(request.metadata.get("category") or "*")
+        what = Unsubscribe(request.user_id, self.name, category, request.message_id)
+        return self.deps.links.url(what)
+
+    def context(self, request: DeliveryRequest) -> dict[str, Any]:
+        return {**request.context, "unsubscribe_url": self._unsubscribe_url(request)}
+
+    def finish(self, request: DeliveryRequest, content: dict[str, Any]) -> dict[str, Any]:
+        url = self._unsubscribe_url(request)
+        headers = {
+            "List-Unsubscribe": f"<{url}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+        return {**content, "unsubscribe_url": url, "headers": headers}
 
 
 class PushChannel(WebhookChannel):
+    """Push through the push provider, to every device token on the profile."""
+
     name: ClassVar[str] = "push"
 
 
-class InAppChannel(WebhookChannel):
+class StoredChannel(WebhookChannel):
+    """In-app and web: stored for the app or website to fetch, and posted to the
+    channel system too when an endpoint is configured."""
+
+    def finish(self, request: DeliveryRequest, content: dict[str, Any]) -> dict[str, Any]:
+        expires_after = parse_duration(str(content.pop("expires_after", "7d")))
+        expires_at = self.clock() + expires_after
+        return {**content, "expires_at": expires_at.isoformat()}
+
+    async def deliver(self, rendered: Rendered, *, idempotency_key: str) -> Receipt:
+        expires_at = datetime.fromisoformat(rendered.content["expires_at"])
+        await self.deps.box.put(rendered, expires_at=expires_at)
+        if self.poster is not None:
+            return await self.post(rendered, idempotency_key)
+        return Receipt(
+            message_id=rendered.message_id,
+            channel=self.name,
+            status_code=None,
+            accepted_at=self.clock(),
+        )
+
+
+class InAppChannel(StoredChannel):
     name: ClassVar[str] = "in_app"
 
 
-class WebChannel(WebhookChannel):
+class WebChannel(StoredChannel):
     name: ClassVar[str] = "web"
 
 
@@ -86,22 +172,10 @@ ADAPTERS: Mapping[str, type[WebhookChannel]] = {
 
 
 def build_channels(
-    endpoints: Mapping[str, Mapping[str, Any]],
-    *,
-    client: httpx.AsyncClient,
-    clock: Clock = utc_now,
+    posters: Mapping[str, SignedPoster | None], deps: ChannelDeps
 ) -> dict[str, Channel]:
-    """One adapter per configured channel: `{name: {url, secrets, timeout}}`."""
-    return {
-        name: ADAPTERS[name](
-            url=cfg["url"],
-            secrets=cfg["secrets"],
-            client=client,
-            timeout=cfg.get("timeout", 10.0),
-            clock=clock,
-        )
-        for name, cfg in endpoints.items()
-    }
+    """One adapter per configured channel; a channel without a poster only stores."""
+    return {name: ADAPTERS[name](poster=poster, deps=deps) for name, poster in posters.items()}
 
 
 def _provider_id(response: httpx.Response) -> str | None:

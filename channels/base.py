@@ -1,4 +1,5 @@
-"""The channel seam: build a message for one user, then deliver it.
+"""The channel seam: build a message for one user (ranked content, templates), then
+deliver it.
 
 DeliveryError
 ├── RetryableDeliveryError   timeouts, connection errors, 5xx, 429: try again later
@@ -13,6 +14,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from channels.ranking import Recommendations
+
 
 class DeliveryRequest(BaseModel):
     """Everything a channel needs to build one message."""
@@ -24,6 +27,7 @@ class DeliveryRequest(BaseModel):
     fields: dict[str, Any] = Field(description="The template section for this channel")
     context: dict[str, Any] = Field(description="user, event and journey, for rendering")
     metadata: dict[str, Any] = Field(default_factory=dict, description="journey, step, tags")
+    recommendations: Recommendations | None = None
 
 
 class Rendered(BaseModel):
@@ -37,6 +41,9 @@ class Rendered(BaseModel):
     recipient: dict[str, Any]
     content: dict[str, Any]
     metadata: dict[str, Any]
+    content_source: dict[str, Any] | None = Field(
+        default=None, description="Which source filled the recommendations, and why"
+    )
 
 
 class Receipt(BaseModel):
@@ -46,7 +53,7 @@ class Receipt(BaseModel):
 
     message_id: str
     channel: str
-    status_code: int
+    status_code: int | None = Field(description="The provider's answer; None when only stored")
     accepted_at: datetime
     provider_message_id: str | None = None
 
@@ -78,7 +85,7 @@ class Channel(Protocol):
 
     name: ClassVar[str]
 
-    def render(self, request: DeliveryRequest) -> Rendered: ...
+    async def build(self, request: DeliveryRequest) -> Rendered: ...
 
     async def deliver(self, rendered: Rendered, *, idempotency_key: str) -> Receipt: ...
 
@@ -87,3 +94,11 @@ def recipient(user_id: str, user: Mapping[str, Any]) -> dict[str, Any]:
     """The addressing traits a channel system needs, and nothing else from the profile."""
     wanted = ("email", "phone", "device_tokens", "locale", "timezone")
     return {"user_id": user_id, **{k: user[k] for k in wanted if user.get(k) is not None}}
+
+
+class MessageBox(Protocol):
+    """Where in-app and web messages wait for the app or website to fetch them."""
+
+    async def put(self, rendered: Rendered, *, expires_at: datetime) -> None:
+        """Store the message; storing the same message id again changes nothing."""
+        ...

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 
 from channels.base import PermanentDeliveryError, RetryableDeliveryError
 from channels.signing import sign
@@ -17,6 +19,35 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class RateLimit:
+    """A token bucket: at most `per_second` requests on average, `burst` at once.
+
+    Callers wait for their turn (in arrival order) rather than fail: a provider's
+    limit is a pace to keep, not an error. It paces one worker process.
+    """
+
+    def __init__(self, per_second: float, burst: int = 1) -> None:
+        if per_second <= 0 or burst < 1:
+            raise ValueError("a rate limit needs per_second > 0 and burst >= 1")
+        self.per_second, self.burst = per_second, burst
+        self._tokens = float(burst)
+        self._updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(
+                    self.burst, self._tokens + (now - self._updated) * self.per_second
+                )
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.per_second)
 
 
 class SignedPoster:
@@ -30,11 +61,12 @@ class SignedPoster:
         client: httpx.AsyncClient,
         timeout: float = 10.0,
         clock: Clock = utc_now,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         if not secrets:
             raise ValueError("a signed endpoint needs at least one secret")
         self.url, self.secrets, self.client = url, list(secrets), client
-        self.timeout, self.clock = timeout, clock
+        self.timeout, self.clock, self.rate_limit = timeout, clock, rate_limit
 
     async def post(
         self,
@@ -45,7 +77,9 @@ class SignedPoster:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Deliver once; raise RetryableDeliveryError or PermanentDeliveryError on failure."""
-        body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+        body = orjson.dumps(payload, default=str)
+        if self.rate_limit is not None:
+            await self.rate_limit.acquire()
         signed = {**(headers or {}), "content-type": "application/json"}
         signed.update(sign(self.secrets, msg_id=msg_id, body=body, now=self.clock()))
         try:

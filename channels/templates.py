@@ -7,26 +7,49 @@ uses the section of whichever channel is chosen:
     email: {subject: "...", html: "...", text: "..."}
     push: {title: "...", body: "..."}
 
-Every string is a Jinja2 template rendered in a sandbox over `user`, `event` and
-`journey`. A missing attribute renders as an empty string.
+Every string is a Jinja2 template rendered in a sandbox over `user`, `event`,
+`journey` and, when the send step asks for ranked content, `recommendations` (a list
+of catalogue items). A missing attribute renders as an empty string.
+
+Each section declares its channel's limits (as apprise plugins do): the most
+characters a field may render to and, for push, the payload size. Deploy checks the
+rendering of the sample profile against them; at send time one-line fields are
+flattened (no header injection from user data), over-long text is cut with an
+ellipsis, and a push payload that is still too large fails the message.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from datetime import timedelta
+from typing import Any, ClassVar
 
 from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rules.durations import Duration
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # The most characters each field may render to.
+    LIMITS: ClassVar[Mapping[str, int]] = {}
+    # Fields that must render to one line (mail headers, notification titles).
+    ONE_LINE: ClassVar[frozenset[str]] = frozenset()
+    # Fields that must render to an absolute URL (or a deep link for push).
+    URLS: ClassVar[frozenset[str]] = frozenset()
+    MAX_PAYLOAD_BYTES: ClassVar[int | None] = None
+
 
 class EmailContent(Section):
-    subject: str = Field(min_length=1, max_length=998)
+    LIMITS = {"subject": 200, "preheader": 150, "from_name": 64, "reply_to": 254}
+    ONE_LINE = frozenset({"subject", "preheader", "from_name", "reply_to"})
+
+    subject: str = Field(min_length=1)
     preheader: str = ""
     html: str | None = None
     text: str | None = None
@@ -41,6 +64,12 @@ class EmailContent(Section):
 
 
 class PushContent(Section):
+    # What iOS and Android show before cutting; APNs refuses payloads over 4 KB.
+    LIMITS = {"title": 65, "body": 240}
+    ONE_LINE = frozenset({"title"})
+    URLS = frozenset({"deep_link", "image"})
+    MAX_PAYLOAD_BYTES = 4096
+
     title: str = Field(min_length=1)
     body: str = Field(min_length=1)
     deep_link: str | None = None
@@ -49,18 +78,44 @@ class PushContent(Section):
 
 
 class InAppContent(Section):
+    LIMITS = {"title": 80, "body": 1000, "cta_label": 25}
+    ONE_LINE = frozenset({"title", "cta_label"})
+    URLS = frozenset({"cta_url", "image"})
+
     title: str = Field(min_length=1)
     body: str = Field(min_length=1)
+    image: str | None = None
     cta_label: str | None = None
     cta_url: str | None = None
+    expires_after: Duration = Field(
+        default=timedelta(days=30), description="How long the message stays in the inbox"
+    )
 
 
 class WebContent(Section):
-    placement: str = Field(min_length=1)
+    LIMITS = {"title": 120, "body": 2000, "cta_label": 25}
+    ONE_LINE = frozenset({"title", "cta_label"})
+    URLS = frozenset({"url", "image"})
+
+    placement: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="e.g. home_hero")
     title: str | None = None
     body: str = Field(min_length=1)
     image: str | None = None
     url: str | None = None
+    cta_label: str | None = None
+    expires_after: Duration = Field(
+        default=timedelta(days=7), description="How long the placement shows the message"
+    )
+
+
+SECTIONS: Mapping[str, type[Section]] = {
+    "email": EmailContent,
+    "push": PushContent,
+    "in_app": InAppContent,
+    "web": WebContent,
+}
+# Fields that configure the message rather than being rendered.
+SETTINGS = frozenset({"expires_after", "placement"})
 
 
 class Template(Section):
@@ -85,7 +140,7 @@ class Template(Section):
         section = getattr(self, channel)
         if section is None:
             raise KeyError(f"the template has no {channel} section")
-        return section.model_dump(exclude_none=True)  # type: ignore[no-any-return]
+        return section.model_dump(mode="json", exclude_none=True)  # type: ignore[no-any-return]
 
 
 _TEXT = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
@@ -120,6 +175,70 @@ def render(fields: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, A
     """Render every string in a section (nested mappings too); raise RenderError on failure."""
     rendered: dict[str, Any] = _render(fields, context, ())
     return rendered
+
+
+def render_section(fields: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """Render a channel section: its settings (`expires_after`, `placement`) stay as given."""
+    return {k: v if k in SETTINGS else _render(v, context, (k,)) for k, v in fields.items()}
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$", re.IGNORECASE)
+
+
+def limit_problems(channel: str, rendered: Mapping[str, Any]) -> list[RenderError]:
+    """Every way a rendered section breaks its channel's limits (checked at deploy)."""
+    section = SECTIONS[channel]
+    problems = []
+    for name, value in rendered.items():
+        if not isinstance(value, str):
+            continue
+        limit = section.LIMITS.get(name)
+        if limit is not None and len(value) > limit:
+            problems.append(
+                RenderError(name, f"renders to {len(value)} characters; {channel} allows {limit}")
+            )
+        if name in section.ONE_LINE and "\n" in value.strip():
+            problems.append(RenderError(name, "must render to a single line"))
+        if name in section.URLS and value and not _URL.match(value):
+            problems.append(RenderError(name, f"must render to an absolute URL, not {value!r}"))
+        if name == "reply_to" and value and not _EMAIL.match(value):
+            problems.append(RenderError(name, f"must render to an email address, not {value!r}"))
+    size = _payload_bytes(rendered)
+    if section.MAX_PAYLOAD_BYTES is not None and size > section.MAX_PAYLOAD_BYTES:
+        problems.append(
+            RenderError(
+                "data", f"the payload is {size} bytes; {channel} allows {section.MAX_PAYLOAD_BYTES}"
+            )
+        )
+    return problems
+
+
+def fit(channel: str, rendered: Mapping[str, Any]) -> dict[str, Any]:
+    """A rendered section made to fit its channel at send time: one-line fields
+    flattened, over-long text cut with an ellipsis; raises RenderError when the push
+    payload is still over the limit (user data cannot always be checked at deploy)."""
+    section = SECTIONS[channel]
+    fitted = dict(rendered)
+    for name, value in rendered.items():
+        if not isinstance(value, str):
+            continue
+        if name in section.ONE_LINE:
+            value = " ".join(value.split())
+        limit = section.LIMITS.get(name)
+        if limit is not None and len(value) > limit:
+            value = value[: limit - 1].rstrip() + "…"
+        fitted[name] = value
+    size = _payload_bytes(fitted)
+    if section.MAX_PAYLOAD_BYTES is not None and size > section.MAX_PAYLOAD_BYTES:
+        raise RenderError(
+            "data", f"the payload is {size} bytes; {channel} allows {section.MAX_PAYLOAD_BYTES}"
+        )
+    return fitted
+
+
+def _payload_bytes(rendered: Mapping[str, Any]) -> int:
+    return len(json.dumps(rendered, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def _render(value: Any, context: Mapping[str, Any], path: tuple[str, ...]) -> Any:

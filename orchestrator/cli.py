@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.arbitration_cli import decisions_app, policy_app
+from orchestrator.catalog_cli import app as catalog_app
 from orchestrator.journeys_cli import app as journeys_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(decisions_app, name="decisions")
+app.add_typer(catalog_app, name="catalog")
 
 
 def main() -> None:

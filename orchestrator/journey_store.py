@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from channels.base import Receipt
+from channels.base import Receipt, Rendered
 from orchestrator.profiles import load_traits, merge_traits
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, messages
 from rules import store as arbitration_store
@@ -99,14 +99,15 @@ class PostgresJourneyStore:
                         messages.c.channel,
                         messages.c.status_code,
                         messages.c.error,
+                        messages.c.content,
                     ).where(messages.c.id == message_id)
                 )
             ).one_or_none()
-        return MessageRecord(row.status, row.channel, row.status_code, row.error) if row else None
+        if row is None:
+            return None
+        return MessageRecord(row.status, row.channel, row.status_code, row.error, row.content)
 
-    async def claim_message(
-        self, request: SendInput, *, channel: str, content: Mapping[str, Any]
-    ) -> None:
+    async def claim_message(self, request: SendInput, rendered: Rendered) -> None:
         stmt = insert(messages).values(
             id=request.message_id,
             enrollment_id=request.enrollment_id,
@@ -114,10 +115,12 @@ class PostgresJourneyStore:
             version=request.version,
             user_id=request.user_id,
             step=request.step,
-            channel=channel,
+            channel=rendered.channel,
             template=request.template_name,
+            category=request.category,
             status="sending",
-            content=dict(content),
+            content=rendered.content,
+            content_source=rendered.content_source,
             attempts=1,
             value=request.value,
         )
@@ -129,15 +132,18 @@ class PostgresJourneyStore:
                 )
             )
 
-    async def mark_delivered(self, message_id: str, receipt: Receipt) -> None:
+    async def mark_sent(self, message_id: str, receipt: Receipt) -> None:
+        c = messages.c
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(messages)
-                .where(messages.c.id == message_id)
+                .where(c.id == message_id)
                 .values(
-                    status="delivered",
+                    # A receipt may already have arrived and moved the status on.
+                    status=case((c.status == "sending", "sent"), else_=c.status),
                     status_code=receipt.status_code,
-                    delivered_at=receipt.accepted_at,
+                    sent_at=receipt.accepted_at,
+                    provider_message_id=receipt.provider_message_id,
                     error=None,
                 )
             )

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
 
+from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.arbitration import Arbitration
 from orchestrator.database import create_engine
+from orchestrator.event_store import store_events
 from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Clock, Router, utc_now
 from orchestrator.settings import Settings
 from orchestrator.temporal import connect
+from orchestrator.tracking import Incoming
 from orchestrator.workspace import Workspace, WorkspaceConfig, load_workspace
 from rules.policy import Policy
+
+# Work done in the ingesting transaction first; it returns more events to store.
+Step = Callable[[AsyncConnection], Awaitable[Sequence[Incoming]]]
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,28 @@ class Services:
     router: Router
     arbitration: Arbitration
     clock: Clock
+    links: UnsubscribeLinks | None
+
+    async def ingest(
+        self,
+        batch: Sequence[Incoming],
+        *,
+        source: str,
+        now: datetime,
+        first: Step | None = None,
+    ) -> None:
+        """Store events and route them to journeys. `first` runs in the same transaction
+        before them and may add events; when it raises, nothing is stored."""
+        snapshot = await self.registry.snapshot()
+        async with self.engine.begin() as conn:
+            if first is not None:
+                batch = [*batch, *await first(conn)]
+            stored = await store_events(
+                conn, batch, source=source, received_at=now, snapshot=snapshot, policy=self.policy
+            )
+            plan = await self.router.plan(conn, stored, snapshot, fresh=True)
+        # Stored is accepted: a routing failure is retried by the sweeper, not the client.
+        await self.router.execute(plan, snapshot)
 
 
 def build_services(
@@ -51,9 +80,12 @@ def build_services(
         clock=clock,
     )
     arbitration = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
+    links = config.links
     return Services(
-        settings, config, workspace.policy, engine, client, registry, router, arbitration, clock
-    )
+        settings, config, workspace.policy, engine, client, registry, router, arbitration, clock,
+        UnsubscribeLinks(base_url=links.base_url, secret=links.signing_secret)
+        if links.signing_secret else None,
+    )  # fmt: skip
 
 
 @asynccontextmanager

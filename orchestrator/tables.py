@@ -138,14 +138,73 @@ messages = Table(
     Column("step", Text, nullable=False),
     Column("channel", Text, nullable=False),
     Column("template", Text, nullable=False),
-    # sending | delivered | failed
+    Column("category", Text),
+    # sending | sent (the provider accepted it) | delivered | bounced | failed
     Column("status", Text, nullable=False),
     Column("content", JSONB, nullable=False, server_default=_empty),
+    # Which source filled the ranked content (model or baseline) and why.
+    Column("content_source", JSONB),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("status_code", Integer),
     Column("error", Text),
     Column("value", Float),
+    Column("provider_message_id", Text),
+    Column("bounce_type", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("sent_at", DateTime(timezone=True)),
+    # Receipts: the first time each happened.
     Column("delivered_at", DateTime(timezone=True)),
+    Column("opened_at", DateTime(timezone=True)),
+    Column("clicked_at", DateTime(timezone=True)),
+    Column("bounced_at", DateTime(timezone=True)),
+    Column("complained_at", DateTime(timezone=True)),
+    Column("unsubscribed_at", DateTime(timezone=True)),
     Index("messages_user_idx", "user_id", "created_at"),
+)
+
+# Receipts as the channel systems sent them; the key refuses a replayed webhook-id.
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("channel", Text, nullable=False),
+    Column("webhook_id", Text, nullable=False),
+    Column("message_id", Text, ForeignKey("messages.id"), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("channel", "webhook_id"),
+    Index("receipts_message_idx", "message_id"),
+)
+
+# In-app inbox messages and web placement content, served to apps and websites.
+user_messages = Table(
+    "user_messages",
+    metadata,
+    Column("message_id", Text, ForeignKey("messages.id"), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("placement", Text),
+    Column("content", JSONB, nullable=False),
+    Column("metadata", JSONB, nullable=False, server_default=_empty),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("read_at", DateTime(timezone=True)),
+    Column("dismissed_at", DateTime(timezone=True)),
+    Index("user_messages_inbox_idx", "user_id", "channel", "placement", "created_at"),
+)
+
+# What templates can recommend: loaded by `orchestrator catalog load`.
+catalog_items = Table(
+    "catalog_items",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("url", Text),
+    Column("image", Text),
+    Column("price", Float),
+    Column("category", Text),
+    Column("description", Text),
+    Column("attributes", JSONB, nullable=False, server_default=_empty),
+    Column("available", Boolean, nullable=False, server_default=text("true")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
 )

@@ -10,7 +10,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from channels.templates import RenderError, Template, check_syntax, render
+from channels.templates import (
+    RenderError,
+    Template,
+    check_syntax,
+    limit_problems,
+    render_section,
+)
 from orchestrator.sources import InvalidSource, Loc, Problem, Source, load
 from orchestrator.workspace import Workspace
 from rules.expressions import event_context, user_context
@@ -239,19 +245,25 @@ def _send_problems(source: Source, journey: Journey, workspace: Workspace) -> It
         for loc, channel in channel_locs:
             if channel in configured and getattr(template, channel) is None:
                 yield source.problem(loc, f"template '{send.template}' has no {channel} section")
-        yield from _template_problems(send.template, template, journey, workspace)
+        wanted = send.content.recommendations if send.content else None
+        yield from _template_problems(
+            send.template, template, journey, workspace, wanted.k if wanted else 0
+        )
 
 
 def _template_problems(
-    name: str, template: Template, journey: Journey, workspace: Workspace
+    name: str, template: Template, journey: Journey, workspace: Workspace, items: int
 ) -> Iterator[Problem]:
-    """Syntax errors, and failures to render against the workspace's sample profile."""
+    """Syntax errors, failures to render against the workspace's sample profile (with
+    `items` sample recommendations), and renderings over the channel's limits."""
     source = workspace.template_sources[name]
     sample = workspace.config.sample_profile
+    examples = sample.recommendations
     context = {
         "user": user_context(sample.user_id, sample.traits),
         "event": event_context(journey.trigger.event, sample.event),
         "journey": {"key": journey.journey, "name": journey.name, "version": 0},
+        "recommendations": [examples[i % len(examples)] for i in range(items)],
     }
     for channel in template.channels():
         fields = template.fields(channel)
@@ -265,13 +277,16 @@ def _template_problems(
         if broken:
             continue
         try:
-            render(fields, context)
+            rendered = render_section(fields, context)
         except RenderError as err:
             yield source.problem(
                 [channel, *err.field.split(".")],
                 f"fails to render against the sample profile: {err.reason}",
                 line_in_value=err.line,
             )
+            continue
+        for over in limit_problems(channel, rendered):
+            yield source.problem([channel, over.field], f"with the sample profile, {over.reason}")
 
 
 def _inline_template_problems(source: Source, journey: Journey) -> Iterator[Problem]:

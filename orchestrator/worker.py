@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,13 +12,52 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from channels.adapters import build_channels
-from channels.delivery import Clock, utc_now
+from channels.adapters import ChannelDeps, build_channels
+from channels.delivery import Clock, RateLimit, SignedPoster, utc_now
+from channels.ranking import HttpRanker, Recommender
+from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.arbitration import Arbitration
+from orchestrator.catalog import CatalogCache
+from orchestrator.inbox import PostgresMessageBox
 from orchestrator.journey_store import PostgresJourneyStore
 from orchestrator.temporal import journey_worker
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
+
+
+def build_channel_deps(
+    config: WorkspaceConfig, *, engine: AsyncEngine, http: httpx.AsyncClient, clock: Clock
+) -> ChannelDeps:
+    """What every adapter of this process shares: the recommender (the catalogue and
+    popularity from Postgres, an external model when configured), links and storage."""
+    ranking = config.ranking
+    catalog = CatalogCache(
+        engine,
+        events=ranking.popularity_events,
+        window=ranking.popularity_window,
+        refresh_every=ranking.refresh_every,
+        clock=clock,
+    )
+    deadline = ranking.deadline_ms / 1000
+    model = HttpRanker(url=ranking.url, client=http, timeout=deadline) if ranking.url else None
+    recommender = Recommender(
+        catalog=catalog,
+        model=model,
+        deadline=deadline,
+        min_confidence=ranking.min_confidence,
+        personalization_trait=ranking.personalization_trait,
+    )
+    secret = config.links.signing_secret
+    return ChannelDeps(
+        # Without email nothing signs unsubscribe links, so a throwaway key is enough.
+        links=UnsubscribeLinks(base_url=config.links.base_url, secret=secret or _UNUSED_SECRET),
+        box=PostgresMessageBox(engine),
+        recommender=recommender,
+        clock=clock,
+    )
+
+
+_UNUSED_SECRET = "whsec_" + base64.b64encode(b"no unsubscribe links: no email").decode()
 
 
 def build_activities(
@@ -26,20 +66,31 @@ def build_activities(
     store: JourneyStore,
     arbiter: Arbiter,
     http: httpx.AsyncClient,
-    clock: Clock = utc_now,
+    deps: ChannelDeps,
 ) -> JourneyActivities:
     """Activities delivering to the channels `orchestrator.yaml` configures."""
-    endpoints = {
-        name.value: {"url": ep.url, "secrets": ep.secrets(), "timeout": ep.timeout}
+    posters = {
+        name.value: SignedPoster(
+            url=ep.url,
+            secrets=ep.secrets(),
+            client=http,
+            timeout=ep.timeout,
+            clock=deps.clock,
+            rate_limit=RateLimit(ep.rate_limit.per_second, ep.rate_limit.burst)
+            if ep.rate_limit
+            else None,
+        )
+        if ep.url
+        else None
         for name, ep in config.channels.items()
     }
     return JourneyActivities(
         store=store,
         arbiter=arbiter,
-        channels=build_channels(endpoints, client=http, clock=clock),
+        channels=build_channels(posters, deps),
         http=http,
         webhook_secret=config.webhooks.signing_secret if config.webhooks else None,
-        clock=clock,
+        clock=deps.clock,
     )
 
 
@@ -58,8 +109,13 @@ async def running_worker(
     arbiter = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(limits=limits) as http:
+        deps = build_channel_deps(config, engine=engine, http=http, clock=utc_now)
         activities = build_activities(
-            config, store=store or PostgresJourneyStore(engine), arbiter=arbiter, http=http
+            config,
+            store=store or PostgresJourneyStore(engine),
+            arbiter=arbiter,
+            http=http,
+            deps=deps,
         )
         async with journey_worker(
             client, task_queue=task_queue, activities=activities.all(), **options

@@ -14,15 +14,25 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from channels.signing import secret_key
 from channels.templates import Template
 from orchestrator.sources import InvalidSource, Problem, Source, load
+from rules.durations import Duration
 from rules.policy import Policy
 from workflows.spec import IDENTIFIER, ChannelName
 
@@ -43,18 +53,65 @@ def _check_secret(value: str) -> str:
 SigningSecret = Annotated[str, AfterValidator(_check_secret)]
 
 
-class ChannelEndpoint(_Config):
-    """Where a channel system receives messages, and the secrets that sign them."""
+class RateLimitConfig(_Config):
+    per_second: float = Field(gt=0, description="Average requests per second to the provider")
+    burst: int = Field(default=1, ge=1, description="Requests allowed at once")
 
-    url: str = Field(pattern=r"^https?://")
+
+class ChannelEndpoint(_Config):
+    """Where a channel system receives messages, and the secrets that sign them (and
+    that its receipts must be signed with)."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Required for email and push; in-app and web messages are stored for "
+        "their pull APIs and also posted here when given",
+    )
     signing_secret: SigningSecret = Field(description="whsec_<base64>; the newest secret signs")
     previous_signing_secret: SigningSecret | None = Field(
         default=None, description="Also sign with this one while receivers rotate"
     )
     timeout: float = Field(default=10.0, gt=0, le=120)
+    rate_limit: RateLimitConfig | None = Field(
+        default=None, description="The provider's limit, kept by each worker process"
+    )
 
     def secrets(self) -> list[str]:
         return [s for s in (self.signing_secret, self.previous_signing_secret) if s]
+
+
+class Links(_Config):
+    """Links in messages that come back to this API (one-click unsubscribe)."""
+
+    base_url: str = Field(
+        default="http://127.0.0.1:8000", pattern=r"^https?://", description="The public API URL"
+    )
+    signing_secret: SigningSecret | None = Field(
+        default=None, description="Signs unsubscribe links; required when email is configured"
+    )
+
+
+class RankingConfig(_Config):
+    """Where ranked content comes from. Without a `url`, the popularity baseline answers."""
+
+    url: str | None = Field(
+        default=None, pattern=r"^https?://", description="An external model's endpoint"
+    )
+    deadline_ms: float = Field(
+        default=8, gt=0, le=10_000, description="After this, the baseline answers instead"
+    )
+    min_confidence: float = Field(default=0.2, ge=0, le=1)
+    personalization_trait: str = Field(
+        default="personalization", description="`false` in this trait opts a user out"
+    )
+    popularity_events: list[str] = Field(
+        default_factory=lambda: ["Order Completed"],
+        min_length=1,
+        description="Events whose properties.products[].product_id count towards popularity",
+    )
+    popularity_window: Duration = Field(default=timedelta(days=30))
+    refresh_every: Duration = Field(default=timedelta(minutes=5))
 
 
 class WriteKey(_Config):
@@ -64,12 +121,27 @@ class WriteKey(_Config):
     write_key: str = Field(min_length=8)
 
 
+SAMPLE_ITEM = {
+    "id": "sample-item",
+    "name": "Sample item",
+    "url": "https://example.com/items/sample-item",
+    "image": "https://example.com/items/sample-item.jpg",
+    "price": 19.99,
+    "category": "sample",
+}
+
+
 class SampleProfile(_Config):
     """The profile templates are test-rendered against before deploying."""
 
     user_id: str = "sample-user"
     traits: dict[str, Any] = Field(default_factory=dict)
     event: dict[str, Any] = Field(default_factory=dict, description="Sample event properties")
+    recommendations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [dict(SAMPLE_ITEM)],
+        min_length=1,
+        description="Catalogue items standing in for ranked content",
+    )
 
 
 class WebhookSigning(_Config):
@@ -86,6 +158,8 @@ class WorkspaceConfig(_Config):
     webhooks: WebhookSigning | None = Field(
         default=None, description="Signs requests from journey `webhook` steps"
     )
+    links: Links = Field(default_factory=Links)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
     sample_profile: SampleProfile = Field(default_factory=SampleProfile)
 
     @field_validator("default_timezone")
@@ -104,6 +178,18 @@ class WorkspaceConfig(_Config):
         if len(set(keys)) != len(keys):
             raise ValueError("two sources share a write key")
         return sources
+
+    @model_validator(mode="after")
+    def _channel_needs(self) -> WorkspaceConfig:
+        for name in ("email", "push"):
+            endpoint = self.channels.get(name)  # type: ignore[call-overload]
+            if endpoint is not None and endpoint.url is None:
+                raise ValueError(f"channels.{name}.url is required: {name} is delivered by POST")
+        if "email" in self.channels and self.links.signing_secret is None:
+            raise ValueError(
+                "links.signing_secret is required with email: it signs unsubscribe links"
+            )
+        return self
 
     def source_for(self, write_key: str) -> WriteKey | None:
         return next((s for s in self.sources if s.write_key == write_key), None)

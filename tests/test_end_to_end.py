@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from orchestrator.catalog import load_items, read_items
 from tests.support.db import enrollments
 from tests.support.receiver import Receiver
 from tests.support.stack import eventually, running_stack
@@ -29,6 +30,7 @@ async def test_example_journeys_end_to_end(
     example: Path,
 ) -> None:
     client = dev_server.client
+    await load_items(engine, read_items(example / "catalog.csv"))
     async with running_stack(
         client=client, engine=engine, database_url=postgres_url, workspace=example
     ) as stack:
@@ -58,7 +60,11 @@ async def test_example_journeys_end_to_end(
         await receiver.wait_for(lambda rs: any(r.path == "/email" for r in rs))
         [welcome] = receiver.at("/email")
         assert welcome.verified
-        assert welcome.json["data"]["content"]["subject"] == "Welcome to Northwind, Ada"
+        content = welcome.json["data"]["content"]
+        assert content["subject"] == "Welcome to Northwind, Ada"
+        # three catalogue items filled by the popularity baseline (no model configured)
+        assert content["html"].count('<li><a href="https://shop.example.com/p/NW-') == 3
+        assert content["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
         # ops find the user's journeys in Temporal by journey, user, step and status
         waiting = (
@@ -73,10 +79,16 @@ async def test_example_journeys_end_to_end(
         metadata = await handle.query("__temporal_workflow_metadata")
         # the UI's "current details" say where the user is and why
         assert "At `settle_in`: waiting until" in metadata.current_details
-        assert "Path: welcome → settle_in" in metadata.current_details
+        assert "Path: welcome → home_page → inbox_hello → settle_in" in metadata.current_details
 
         # a real two-second timer on the dev server, then an in-app message
-        await receiver.wait_for(lambda rs: any(r.path == "/in_app" for r in rs), timeout=30)
+        await receiver.wait_for(
+            lambda rs: any(
+                r.path == "/in_app" and r.json["data"]["metadata"]["journey"] == "quick_follow_up"
+                for r in rs
+            ),
+            timeout=30,
+        )
         assert (await stack.result("quick_follow_up", "ada")).status == "completed"
 
         # buying ends the welcome series as converted

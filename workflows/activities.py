@@ -6,7 +6,9 @@ so this module owns the order of operations and the exactly-once rules, not the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -21,7 +23,9 @@ from channels.base import (
     DeliveryRequest,
     PermanentDeliveryError,
     Receipt,
+    Rendered,
     RetryableDeliveryError,
+    recipient,
 )
 from channels.delivery import Clock, SignedPoster, utc_now
 from channels.templates import RenderError, render
@@ -45,10 +49,16 @@ from workflows.messages import (
 class MessageRecord:
     """What the store knows about a message id."""
 
-    status: Literal["sending", "delivered", "failed"]
+    status: Literal["sending", "sent", "delivered", "bounced", "failed"]
     channel: str
     status_code: int | None
     error: str | None
+    content: dict[str, Any]
+
+    @property
+    def accepted(self) -> bool:
+        """The provider took it (receipts may have said more since)."""
+        return self.status in ("sent", "delivered", "bounced")
 
 
 class JourneyStore(Protocol):
@@ -66,11 +76,11 @@ class JourneyStore(Protocol):
 
     async def find_message(self, message_id: str) -> MessageRecord | None: ...
 
-    async def claim_message(
-        self, request: SendInput, *, channel: str, content: Mapping[str, Any]
-    ) -> None: ...
+    async def claim_message(self, request: SendInput, rendered: Rendered) -> None:
+        """Record the message as sending (or count one more attempt at it)."""
+        ...
 
-    async def mark_delivered(self, message_id: str, receipt: Receipt) -> None: ...
+    async def mark_sent(self, message_id: str, receipt: Receipt) -> None: ...
 
     async def mark_failed(
         self, message_id: str, *, error: str, status_code: int | None, final: bool
@@ -159,9 +169,14 @@ class JourneyActivities:
 
     @activity.defn(name="send_message")
     async def send_message(self, request: SendInput) -> SendResult:
-        """Arbitrate, render and deliver one message, at most once per message id."""
+        """Build and deliver one message, at most once per message id.
+
+        A retry (after a provider error, or after a worker died mid-delivery) sends the
+        content recorded by the first attempt, on the same channel, under the same id,
+        so the provider can drop a duplicate.
+        """
         prior = await self.store.find_message(request.message_id)
-        if prior is not None and prior.status == "delivered":
+        if prior is not None and prior.accepted:
             return SendResult(
                 message_id=request.message_id,
                 outcome="delivered",
@@ -176,8 +191,6 @@ class JourneyActivities:
             )
         profile = await self.load_profile(request.user_id)
         if prior is not None:
-            # A retry after an attempt that may have reached the provider: same channel,
-            # same id, so the receiver can drop the duplicate.
             channel_name = prior.channel
         elif request.channel is not None:
             channel_name = request.channel
@@ -191,35 +204,45 @@ class JourneyActivities:
                 )  # fmt: skip
             channel_name = available[0]
         channel = self.channels[channel_name]
-        try:
-            rendered = channel.render(
-                DeliveryRequest(
-                    message_id=request.message_id,
-                    user_id=request.user_id,
-                    fields=request.template[channel_name],
-                    context=_send_context(request, profile),
-                    metadata={
-                        "journey": request.journey_key,
-                        "version": request.version,
-                        "step": request.step,
-                        "template": request.template_name,
-                        "category": request.category,
-                        "tags": request.tags,
-                    },
-                )
+        metadata = _metadata(request)
+        if prior is not None:
+            rendered = Rendered(
+                message_id=request.message_id,
+                channel=channel_name,
+                user_id=request.user_id,
+                recipient=recipient(request.user_id, profile.traits),
+                content=prior.content,
+                metadata=metadata,
             )
-        except RenderError as exc:
-            raise _failure(exc) from exc
-        await self.store.claim_message(request, channel=channel_name, content=rendered.content)
+        else:
+            try:
+                rendered = await channel.build(
+                    DeliveryRequest(
+                        message_id=request.message_id,
+                        user_id=request.user_id,
+                        fields=request.template[channel_name],
+                        context=_send_context(request, profile),
+                        metadata=metadata,
+                        recommendations=request.recommendations,
+                    )
+                )
+            except (RenderError, PermanentDeliveryError) as exc:
+                # Nothing went out: give back the place arbitration reserved.
+                await self.store.mark_failed(
+                    request.message_id, error=str(exc), status_code=None, final=True
+                )
+                raise _failure(exc) from exc
+        await self.store.claim_message(request, rendered)
         try:
-            receipt = await channel.deliver(rendered, idempotency_key=request.message_id)
+            async with _heartbeats():
+                receipt = await channel.deliver(rendered, idempotency_key=request.message_id)
         except DeliveryError as exc:
             final = isinstance(exc, PermanentDeliveryError)
             await self.store.mark_failed(
                 request.message_id, error=str(exc), status_code=exc.status_code, final=final
             )
             raise _failure(exc) from exc
-        await self.store.mark_delivered(request.message_id, receipt)
+        await self.store.mark_sent(request.message_id, receipt)
         return SendResult(
             message_id=request.message_id,
             outcome="delivered",
@@ -259,6 +282,40 @@ class JourneyActivities:
         except DeliveryError as exc:
             raise _failure(exc) from exc
         return WebhookResult(status_code=response.status_code)
+
+
+HEARTBEAT_EVERY = 2.0
+
+
+@asynccontextmanager
+async def _heartbeats() -> AsyncIterator[None]:
+    """Heartbeat while delivering, so a worker that dies mid-delivery is noticed within
+    the heartbeat timeout (and the message retried) rather than the whole timeout."""
+    if not activity.in_activity():
+        yield
+        return
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_EVERY)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def _metadata(request: SendInput) -> dict[str, Any]:
+    return {
+        "journey": request.journey_key,
+        "version": request.version,
+        "step": request.step,
+        "template": request.template_name,
+        "category": request.category,
+        "tags": request.tags,
+    }
 
 
 def _send_context(request: SendInput, profile: Profile) -> dict[str, Any]:

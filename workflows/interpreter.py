@@ -264,6 +264,7 @@ class JourneyInterpreter:
             template=self._journey.templates[send.template],
             tags=send.tags,
             value=send.value,
+            recommendations=send.content.recommendations if send.content else None,
             event=self._state.last_event,
             requested_at=self._state.recent_steps[-1].at,
         )
@@ -301,6 +302,8 @@ class JourneyInterpreter:
                 result_type=SendResult,
                 start_to_close_timeout=timedelta(seconds=60),
                 schedule_to_close_timeout=timedelta(days=1),
+                # The activity heartbeats: a worker dying mid-delivery is noticed in 10 s.
+                heartbeat_timeout=timedelta(seconds=10),
                 retry_policy=SEND_RETRY,
                 summary=f"send {send.template} to {self._input.user_id}",
             )

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from channels.ranking import Recommendations
 from workflows.spec import Journey
 
 Status = Literal["running", "waiting", "completed", "exited", "converted", "failed"]
@@ -136,6 +137,7 @@ class SendInput(Message):
     event: EventSignal | None = None
     requested_at: datetime | None = None
     channel: str | None = Field(default=None, description="Chosen by arbitration")
+    recommendations: Recommendations | None = None
 
 
 class ArbitrateInput(Message):

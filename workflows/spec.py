@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from channels.ranking import Recommendations
 from rules.durations import Duration
 from rules.expressions import JOURNEY_NAMES, condition_over
 from rules.local_time import TimeOfDay
@@ -208,13 +209,17 @@ class ExperimentStep(Strict):
     experiment: Experiment
 
 
+class Content(Strict):
+    recommendations: Recommendations | None = None
+
+
 class Send(Strict):
     channel: ChannelName | None = None
     channels: list[ChannelName] | None = Field(
         default=None, min_length=1, description="Ordered fallback"
     )
     template: str = Field(min_length=1)
-    content: dict[str, Any] | None = None
+    content: Content | None = None
     tags: list[str] = Field(default_factory=list)
     value: float | None = Field(default=None, ge=0, description="Expected value, for arbitration")
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from orchestrator.api import arbitration, journeys, tracking
+from orchestrator.api import arbitration, inbox, journeys, receipts, tracking
 from orchestrator.services import Services
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
 
     app = FastAPI(
         title="Journey orchestrator",
-        summary="Segment-compatible event ingestion and journey state",
+        summary="Segment-compatible ingestion, journeys, arbitration, receipts, inbox",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -42,6 +42,8 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.include_router(tracking.router)
     app.include_router(arbitration.router)
     app.include_router(journeys.router)
+    app.include_router(receipts.router)
+    app.include_router(inbox.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _refused)
     return app

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import BadCredentials, header_write_key
 from orchestrator.api.deps import ServicesDep
-from orchestrator.event_store import store_events
 from orchestrator.services import Services
 from orchestrator.tracking import BadInput, TrackingMessage, parse_request
 
@@ -90,19 +89,7 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
         return _error(exc.status, exc.message, exc.field)
     except BadInput as exc:
         return _error(exc.status, exc.message, exc.field)
-    snapshot = await services.registry.snapshot()
-    async with services.engine.begin() as conn:
-        stored = await store_events(
-            conn,
-            batch,
-            source=source.name,
-            received_at=now,
-            snapshot=snapshot,
-            policy=services.policy,
-        )
-        plan = await services.router.plan(conn, stored, snapshot, fresh=True)
-    # Stored is accepted: a routing failure is retried by the sweeper, not the client.
-    await services.router.execute(plan, snapshot)
+    await services.ingest(batch, source=source.name, now=now)
     return JSONResponse({"success": True})
 
 

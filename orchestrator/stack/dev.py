@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.api import create_app
+from orchestrator.catalog import load_items, read_items
 from orchestrator.database import create_engine, migrate
 from orchestrator.deploy import deploy_workspace
 from orchestrator.services import build_services
@@ -35,6 +36,9 @@ class DevOptions:
     ui_port: int
     sink_port: int
     postgres_port: int = 0
+
+
+CATALOG_FILE = "catalog.csv"
 
 
 def say(text: str) -> None:
@@ -66,6 +70,10 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
             except InvalidSource as exc:
                 say(f"not deploying: the journeys are invalid:\n{exc}")
                 return
+            catalog = options.workspace / CATALOG_FILE
+            if catalog.exists():
+                loaded = await load_items(engine, read_items(catalog))
+                say(f"loaded {loaded} catalogue items from {CATALOG_FILE}")
             settings = Settings(
                 database_url=database_url,
                 temporal_address=temporal.address,
@@ -75,8 +83,9 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
             client = await connect(temporal.address)
             services = build_services(settings, workspace=workspace, engine=engine, client=client)
             async with (
-                serving(create_sink(workspace.config), port=options.sink_port) as sink_url,
                 serving(create_app(services), port=options.api_port) as api_url,
+                serving(create_sink(workspace.config, receipts_to=api_url),
+                        port=options.sink_port) as sink_url,
                 running_worker(client, workspace=workspace, engine=engine,
                                task_queue=settings.task_queue),
             ):  # fmt: skip

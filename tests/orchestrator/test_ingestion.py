@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.conftest import StackFactory
 from tests.support.db import count, enrollments, rows
 from tests.support.receiver import Receiver
-from tests.support.stack import Stack
+from tests.support.stack import Stack, eventually
 from tests.support.workspace import WRITE_KEY
 from tests.workflows.test_steps import WELCOME
 
@@ -308,7 +308,14 @@ async def test_read_endpoints(stack: Stack, receiver: Receiver) -> None:
         ("welcome", 1, "Signed Up")
     ]
     assert journeys[0]["enrollments"] == {"active": 1}
-    detail = (await stack.http.get(f"{stack.api_url}/v1/journeys/welcome")).json()
+    detail_url = f"{stack.api_url}/v1/journeys/welcome"
+
+    async def step_recorded() -> bool:
+        # The step is recorded once the send activity has returned, after delivery.
+        return bool((await stack.http.get(detail_url)).json()["steps"])
+
+    await eventually(step_recorded)
+    detail = (await stack.http.get(detail_url)).json()
     assert [v["version"] for v in detail["versions"]] == [1]
     assert detail["steps"][0]["step"] == "hello"
     mine = (await stack.http.get(f"{stack.api_url}/v1/users/u1/journeys")).json()

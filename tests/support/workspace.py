@@ -11,6 +11,7 @@ SECRETS = {
     "in_app": "whsec_fUZdvdlp+p4FPe2qWdR5J/lbQwYBU0y5PPocWqQnG6Y=",
     "web": "whsec_aLnp1vXS2yfrd7BHMqBvvT6uG+1WnEw6Zj/mRbSHe6A=",
     "hooks": "whsec_4RbVi3p0QIgU/Lx61JPDw8uqOMKhqwgdzBBT8BFcVwM=",
+    "links": "whsec_S9CnRL0qAzWezb69U1gRtgvCoCKc/k0tmYC66tl6/b0=",
 }
 WRITE_KEY = "wk_test_0123456789"
 
@@ -42,8 +43,10 @@ def write_workspace(
     channels: tuple[str, ...] = ("email", "push", "in_app"),
     default_timezone: str = "UTC",
     policy: str = REACH_EVERYONE,
+    config: str = "",
 ) -> Path:
-    """Write a workspace whose channels deliver to `receiver_url/<channel>`."""
+    """Write a workspace whose channels deliver to `receiver_url/<channel>`; `config`
+    is appended to orchestrator.yaml."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "journeys").mkdir(exist_ok=True)
     (root / "templates").mkdir(exist_ok=True)
@@ -58,7 +61,8 @@ def write_workspace(
         f"sources:\n  - name: tests\n    write_key: {WRITE_KEY}\n"
         f"channels:\n{channel_lines}"
         f"webhooks:\n  signing_secret: {SECRETS['hooks']}\n"
-        f"sample_profile:\n  traits: {{first_name: Ada}}\n"
+        f"links:\n  base_url: http://127.0.0.1:8000\n  signing_secret: {SECRETS['links']}\n"
+        f"sample_profile:\n  traits: {{first_name: Ada}}\n" + textwrap.dedent(config)
     )
     (root / "policy.yaml").write_text(textwrap.dedent(policy).lstrip())
     for name, text in journeys.items():

@@ -37,8 +37,8 @@ class LosesTheFirstAnswer(PostgresJourneyStore):
         super().__init__(*args)
         self.crashes = 0
 
-    async def mark_delivered(self, message_id: str, receipt: Receipt) -> None:
-        await super().mark_delivered(message_id, receipt)
+    async def mark_sent(self, message_id: str, receipt: Receipt) -> None:
+        await super().mark_sent(message_id, receipt)
         if self.crashes == 0:
             self.crashes += 1
             raise ConnectionError("worker lost its connection after recording the delivery")
@@ -57,7 +57,7 @@ async def test_a_retried_send_activity_does_not_deliver_twice(
     assert result.messages_sent == 1
     assert len(receiver.requests) == 1
     [message] = await rows(engine, "SELECT status, attempts FROM messages")
-    assert message == {"status": "delivered", "attempts": 1}
+    assert message == {"status": "sent", "attempts": 1}
 
 
 async def test_provider_errors_are_retried_with_the_same_message_id(
@@ -72,7 +72,7 @@ async def test_provider_errors_are_retried_with_the_same_message_id(
     assert result.messages_sent == 1
     assert [r.msg_id for r in receiver.requests] == [receiver.requests[0].msg_id] * 3
     [message] = await rows(engine, "SELECT status, attempts, status_code FROM messages")
-    assert message == {"status": "delivered", "attempts": 3, "status_code": 200}
+    assert message == {"status": "sent", "attempts": 3, "status_code": 200}
 
 
 async def test_a_refused_message_is_failed_once_and_the_journey_goes_on(

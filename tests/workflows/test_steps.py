@@ -73,8 +73,8 @@ async def test_send_wait_send_exit(
     assert visits[0]["outcome"] == "delivered on email"
     messages = await rows(engine, "SELECT channel, status FROM messages ORDER BY created_at")
     assert messages == [
-        {"channel": "email", "status": "delivered"},
-        {"channel": "push", "status": "delivered"},
+        {"channel": "email", "status": "sent"},
+        {"channel": "push", "status": "sent"},
     ]
 
 
