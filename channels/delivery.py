@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -96,16 +97,24 @@ class SignedPoster:
         reason = f"{self.url} answered {status}: {response.text[:300]}"
         if status == 429 or status >= 500 or status == 408:
             raise RetryableDeliveryError(
-                reason, status_code=status, retry_after=_retry_after(response)
+                reason, status_code=status, retry_after=_retry_after(response, self.clock())
             )
         raise PermanentDeliveryError(reason, status_code=status)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx.Response, now: datetime) -> float | None:
+    """Seconds to wait, from `Retry-After: 120` or `Retry-After: <HTTP date>` (RFC 9110)."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())

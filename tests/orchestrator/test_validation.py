@@ -307,3 +307,106 @@ def test_a_non_mapping_journey_file(workspace: Path) -> None:
     assert [str(p) for p in problems] == [
         "journeys/case.yaml:1:1: a journey file must be a mapping"
     ]
+
+
+LIMITS_JOURNEY = """\
+journey: limits
+name: Limits
+trigger: {event: Signed Up}
+start: mail
+steps:
+  mail:
+    send: {channel: email, template: long_mail}
+    next: buzz
+  buzz:
+    send: {channel: push, template: long_push}
+    next: picks
+  picks:
+    send:
+      channel: push
+      template: picks
+      content: {recommendations: {slot: home, k: 40}}
+    next: done
+  done:
+    exit: {}
+"""
+
+
+async def test_channel_limits_are_checked_at_deploy_with_the_sample_profile(
+    tmp_path: Path, engine: object
+) -> None:
+    from orchestrator.deploy import deploy_workspace
+    from tests.support.db import count
+
+    root = write_workspace(
+        tmp_path / "ws",
+        receiver_url="http://127.0.0.1:9",
+        journeys={"limits": LIMITS_JOURNEY},
+        channels=("email", "push"),
+        templates={
+            "long_mail": """
+                email:
+                  subject: "{{ user.first_name * 100 }}"
+                  reply_to: "support at example"
+                  text: "hello"
+            """,
+            "long_push": """
+                push:
+                  title: "Hello"
+                  body: "{{ 'x' * 300 }}"
+                  deep_link: "cart"
+            """,
+            "picks": """
+                push:
+                  title: "Picks"
+                  body: "For you"
+                  data:
+                    items: "{% for i in recommendations %}{{ i.name * 20 }}{% endfor %}"
+            """,
+        },
+    )
+    checked, problems = check_workspace(load_workspace(root))
+    shown = sorted((p.file, p.line, p.col, f"{p.path}: {p.message}") for p in problems)
+    assert shown == [
+        ("templates/long_mail.yaml", 2, 12,
+         "email.subject: with the sample profile, renders to 300 characters; email allows 200"),
+        ("templates/long_mail.yaml", 3, 13,
+         "email.reply_to: with the sample profile, must render to an email address, "
+         "not 'support at example'"),
+        ("templates/long_push.yaml", 3, 9,
+         "push.body: with the sample profile, renders to 300 characters; push allows 240"),
+        ("templates/long_push.yaml", 4, 14,
+         "push.deep_link: with the sample profile, must render to an absolute URL, not 'cart'"),
+        ("templates/picks.yaml", 4, 3,
+         "push.data: with the sample profile, the payload is 8854 bytes; push allows 4096"),
+    ]  # fmt: skip
+    with pytest.raises(InvalidSource):
+        await deploy_workspace(engine, load_workspace(root))  # type: ignore[arg-type]
+    assert await count(engine, "journey_versions") == 0  # type: ignore[arg-type]
+
+
+def test_channel_sections_are_checked_when_the_workspace_loads(tmp_path: Path) -> None:
+    root = write_workspace(
+        tmp_path / "ws",
+        receiver_url="http://127.0.0.1:9",
+        journeys={},
+        channels=("in_app", "web"),
+        templates={
+            "hero": """
+                web:
+                  placement: Home Hero
+                  body: "Hi"
+                  expires_after: soon
+                in_app:
+                  title: "Hi"
+                  body: "There"
+                  cta_colour: red
+            """,
+        },
+    )
+    with pytest.raises(InvalidSource) as raised:
+        load_workspace(root)
+    text = str(raised.value)
+    assert "templates/hero.yaml:2:14: web.placement: String should match pattern" in text
+    assert "templates/hero.yaml:4:18: web.expires_after: 'soon' is not a duration" in text
+    assert "templates/hero.yaml:8:3: in_app.cta_colour: unknown key" in text

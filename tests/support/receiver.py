@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     verified: bool
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def json(self) -> Any:
@@ -53,6 +55,8 @@ class Receiver:
         self.url = ""
         self._scripts: dict[str, deque[Script]] = defaultdict(deque)
         self._arrived = asyncio.Condition()
+        # Called with each request before it is answered (e.g. to kill a worker).
+        self.on_request: Callable[[Received], None] | None = None
 
     def script(self, path: str, *scripts: Script) -> None:
         """Answer the next requests to `path` like this (then 200 again)."""
@@ -85,8 +89,11 @@ class Receiver:
         script = self._scripts[path].popleft() if self._scripts[path] else Script(200)
         if script.delay:
             await asyncio.sleep(script.delay)
+        received = Received(path, dict(request.headers), body, verified)
+        if self.on_request is not None:
+            self.on_request(received)
         async with self._arrived:
-            self.requests.append(Received(path, dict(request.headers), body, verified))
+            self.requests.append(received)
             self._arrived.notify_all()
         if not verified and secret is not None:
             return JSONResponse({"error": "bad signature"}, status_code=401)
