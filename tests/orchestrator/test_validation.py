@@ -6,10 +6,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orchestrator.deploy import deploy_workspace
 from orchestrator.sources import InvalidSource, load
 from orchestrator.validation import check_files, check_journey, check_workspace
 from orchestrator.workspace import load_workspace
+from tests.support.db import count
 from tests.support.workspace import write_workspace
 
 VALID = """\
@@ -333,11 +336,8 @@ steps:
 
 
 async def test_channel_limits_are_checked_at_deploy_with_the_sample_profile(
-    tmp_path: Path, engine: object
+    tmp_path: Path, engine: AsyncEngine
 ) -> None:
-    from orchestrator.deploy import deploy_workspace
-    from tests.support.db import count
-
     root = write_workspace(
         tmp_path / "ws",
         receiver_url="http://127.0.0.1:9",
@@ -365,7 +365,7 @@ async def test_channel_limits_are_checked_at_deploy_with_the_sample_profile(
             """,
         },
     )
-    checked, problems = check_workspace(load_workspace(root))
+    _, problems = check_workspace(load_workspace(root))
     shown = sorted((p.file, p.line, p.col, f"{p.path}: {p.message}") for p in problems)
     assert shown == [
         ("templates/long_mail.yaml", 2, 12,
@@ -381,8 +381,8 @@ async def test_channel_limits_are_checked_at_deploy_with_the_sample_profile(
          "push.data: with the sample profile, the payload is 8854 bytes; push allows 4096"),
     ]  # fmt: skip
     with pytest.raises(InvalidSource):
-        await deploy_workspace(engine, load_workspace(root))  # type: ignore[arg-type]
-    assert await count(engine, "journey_versions") == 0  # type: ignore[arg-type]
+        await deploy_workspace(engine, load_workspace(root))
+    assert await count(engine, "journey_versions") == 0
 
 
 def test_channel_sections_are_checked_when_the_workspace_loads(tmp_path: Path) -> None:
