@@ -138,6 +138,7 @@ async def make_stack(
             templates: dict[str, str] | None = None,
             env: WorkflowEnvironment | None = None,
             policy: str = REACH_EVERYONE,
+            workspace: dict[str, Any] | None = None,
             **options: Any,
         ) -> Stack:
             root = write_workspace(
@@ -146,6 +147,7 @@ async def make_stack(
                 journeys=journeys,
                 templates=templates,
                 policy=policy,
+                **(workspace or {}),
             )
             env = env or time_skipping
 

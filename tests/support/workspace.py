@@ -44,15 +44,17 @@ def write_workspace(
     default_timezone: str = "UTC",
     policy: str = REACH_EVERYONE,
     config: str = "",
+    stored_only: tuple[str, ...] = (),
 ) -> Path:
-    """Write a workspace whose channels deliver to `receiver_url/<channel>`; `config`
-    is appended to orchestrator.yaml."""
+    """Write a workspace whose channels deliver to `receiver_url/<channel>` (in-app and
+    web channels in `stored_only` have no URL); `config` is appended to orchestrator.yaml."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "journeys").mkdir(exist_ok=True)
     (root / "templates").mkdir(exist_ok=True)
     channel_lines = "".join(
-        f"  {name}:\n    url: {receiver_url}/{name}\n"
-        f"    signing_secret: {SECRETS[name]}\n    timeout: 2\n"
+        f"  {name}:\n"
+        + ("" if name in stored_only else f"    url: {receiver_url}/{name}\n")
+        + f"    signing_secret: {SECRETS[name]}\n    timeout: 2\n"
         for name in channels
     )
     (root / "orchestrator.yaml").write_text(
