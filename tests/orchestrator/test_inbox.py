@@ -137,11 +137,9 @@ async def test_the_inbox_lists_unread_first_pages_and_records_reads(
     assert (
         await api(stack, "POST", f"/v1/users/u1/inbox/{oldest['id']}/dismiss")
     ).status_code == 204
+    expire = "UPDATE user_messages SET expires_at = now() - interval '1s' WHERE message_id = :id"
     async with engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE user_messages SET expires_at = now() - interval '1 second' WHERE message_id = :id"),
-            {"id": newest["id"]},
-        )  # fmt: skip
+        await conn.execute(text(expire), {"id": newest["id"]})
     left = (await api(stack, "GET", "/v1/users/u1/inbox")).json()
     assert [m["id"] for m in left["messages"]] == [middle["id"]]
     assert left["unread"] == 0
