@@ -38,7 +38,10 @@ steps:
         - {name: a, weight: 1, next: hello}
         - {name: b, weight: 1, next: hello}
   hello:
-    send: {channels: [push, email], template: hello}
+    send:
+      channels: [push, email]
+      template: hello
+      content: {recommendations: {slot: tour, k: 2}}
     next: pause
   pause:
     wait: 1d
