@@ -63,11 +63,17 @@ class SignedPoster:
         timeout: float = 10.0,
         clock: Clock = utc_now,
         rate_limit: RateLimit | None = None,
+        max_in_flight: int = 16,
     ) -> None:
         if not secrets:
             raise ValueError("a signed endpoint needs at least one secret")
         self.url, self.secrets, self.client = url, list(secrets), client
         self.timeout, self.clock, self.rate_limit = timeout, clock, rate_limit
+        # Parsed once: httpx would parse the URL and build the timeout on every request.
+        self._url, self._timeout = httpx.URL(url), httpx.Timeout(timeout)
+        # Requests beyond this wait here rather than in httpx's pool, whose bookkeeping
+        # grows with its queue (at 64 queued it cost more CPU than the requests).
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def post(
         self,
@@ -84,9 +90,10 @@ class SignedPoster:
         signed = {**(headers or {}), "content-type": "application/json"}
         signed.update(sign(self.secrets, msg_id=msg_id, body=body, now=self.clock()))
         try:
-            response = await self.client.request(
-                method, self.url, content=body, headers=signed, timeout=self.timeout
-            )
+            async with self._in_flight:
+                response = await self.client.request(
+                    method, self._url, content=body, headers=signed, timeout=self._timeout
+                )
         except httpx.TimeoutException as exc:
             raise RetryableDeliveryError(f"timed out after {self.timeout}s: {exc!r}") from exc
         except httpx.TransportError as exc:

@@ -130,6 +130,7 @@ class Recommender:
         self.catalog, self.model = catalog, model
         self.deadline, self.min_confidence = deadline, min_confidence
         self.personalization_trait = personalization_trait
+        self._abandoned: set[asyncio.Future[Ranking]] = set()
 
     async def recommend(
         self,
@@ -153,12 +154,19 @@ class Recommender:
             context=dict(context or {}),
         )
         started = time.perf_counter()
-        try:
-            ranking = await asyncio.wait_for(self.model.rank(request), self.deadline)
-        except TimeoutError:
+        asking = asyncio.ensure_future(self.model.rank(request))
+        # Wait, but never cancel: a request cancelled inside httpx can leave its pool
+        # holding a dead connection, and enough of those make the model unreachable.
+        # A late answer is dropped; the ranker's own timeout ends the request.
+        done, _ = await asyncio.wait({asking}, timeout=self.deadline)
+        if not done:
+            self._abandoned.add(asking)
+            asking.add_done_callback(self._forget)
             return self._baseline(
                 wanted.k, exclude, f"the model did not answer within {self.deadline * 1000:g} ms"
             )
+        try:
+            ranking = asking.result()
         except Exception as exc:  # any failure of the model means the baseline answers
             elapsed = (time.perf_counter() - started) * 1000
             return self._baseline(
@@ -186,6 +194,11 @@ class Recommender:
             model=ranking.model,
             confidence=ranking.confidence,
         )
+
+    def _forget(self, late: asyncio.Future[Ranking]) -> None:
+        self._abandoned.discard(late)
+        if not late.cancelled():
+            late.exception()  # retrieved, so asyncio does not log it as lost
 
     def _baseline(self, k: int, exclude: Collection[str], reason: str) -> Filled:
         popular = self.catalog.popular(k, exclude)

@@ -24,9 +24,11 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError
+from jinja2 import Template as Template_
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -160,6 +162,13 @@ def _environment(field: str) -> SandboxedEnvironment:
     return _HTML if field in _HTML_FIELDS else _TEXT
 
 
+@lru_cache(maxsize=4096)
+def _compiled(source: str, html: bool) -> Template_:
+    """Compiling is most of the cost of rendering; the same template text is sent to
+    many users, so each is compiled once per process."""
+    return (_HTML if html else _TEXT).from_string(source)
+
+
 def check_syntax(fields: Mapping[str, Any]) -> list[RenderError]:
     """Every field that does not compile, with the line inside the field."""
     errors = []
@@ -244,7 +253,7 @@ def _payload_bytes(rendered: Mapping[str, Any]) -> int:
 def _render(value: Any, context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     if isinstance(value, str):
         try:
-            template = _environment(path[-1] if path else "").from_string(value)
+            template = _compiled(value, bool(path) and path[-1] in _HTML_FIELDS)
             return template.render(context)
         except TemplateError as exc:
             line = getattr(exc, "lineno", None)

@@ -150,12 +150,16 @@ class CatalogCache:
         self._items: dict[str, dict[str, Any]] = {}
         self._popular: list[ScoredItem] = []
         self._loaded_at: float | None = None
+        self._first_load = asyncio.Lock()
         self._refreshing: asyncio.Task[None] | None = None
 
     async def ready(self) -> None:
-        """Load on first use; afterwards refresh in the background when stale."""
+        """Load on first use (once, however many callers wait); afterwards refresh in
+        the background when stale, serving the previous load meanwhile."""
         if self._loaded_at is None:
-            await self.refresh()
+            async with self._first_load:
+                if self._loaded_at is None:
+                    await self.refresh()
         elif time.monotonic() - self._loaded_at > self.refresh_every and not self._refreshing:
             self._refreshing = asyncio.create_task(self._refresh_quietly())
 

@@ -13,14 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from channels.base import Rendered
 from orchestrator.tables import user_messages
+from rules.store import driver_connection
 
 _SHOWN = ("title", "body", "image", "cta_label", "cta_url", "url")
+_PUT = """
+    INSERT INTO user_messages (message_id, user_id, channel, placement, content, metadata,
+        created_at, expires_at)
+    VALUES ($1, $2, $3, $4, CAST($5 AS jsonb), CAST($6 AS jsonb), now(), $7)
+    ON CONFLICT (message_id) DO NOTHING
+"""
 
 
 class PostgresMessageBox:
@@ -30,18 +37,20 @@ class PostgresMessageBox:
         self.engine = engine
 
     async def put(self, rendered: Rendered, *, expires_at: datetime) -> None:
-        stmt = insert(user_messages).values(
-            message_id=rendered.message_id,
-            user_id=rendered.user_id,
-            channel=rendered.channel,
-            placement=rendered.content.get("placement"),
-            content={k: v for k, v in rendered.content.items() if k in _SHOWN},
-            metadata=rendered.metadata,
-            created_at=func.now(),
-            expires_at=expires_at,
-        )
-        async with self.engine.begin() as conn:
-            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["message_id"]))
+        content = {k: v for k, v in rendered.content.items() if k in _SHOWN}
+        async with self.engine.connect() as conn:
+            # Once per message, so straight to the driver (one atomic statement).
+            driver = await driver_connection(conn)
+            await driver.execute(
+                _PUT,
+                rendered.message_id,
+                rendered.user_id,
+                rendered.channel,
+                rendered.content.get("placement"),
+                orjson.dumps(content).decode(),
+                orjson.dumps(rendered.metadata).decode(),
+                expires_at,
+            )
 
 
 class BadCursor(ValueError):

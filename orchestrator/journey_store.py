@@ -5,16 +5,39 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+import orjson
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from channels.base import Receipt, Rendered
-from orchestrator.profiles import load_traits, merge_traits
+from orchestrator.profiles import merge_traits
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, messages
 from rules import store as arbitration_store
+from rules.store import driver_connection
 from workflows.activities import MessageRecord
 from workflows.messages import DeployedJourney, ProgressInput, SendInput
+
+_LOAD_TRAITS = "SELECT traits FROM profiles WHERE user_id = $1"
+_PREPARE_SEND = """
+    SELECT m.status, m.channel, m.status_code, m.error, m.content, p.traits
+    FROM (SELECT 1) AS one
+    LEFT JOIN messages AS m ON m.id = $1
+    LEFT JOIN profiles AS p ON p.user_id = $2
+"""
+_CLAIM_MESSAGE = """
+    INSERT INTO messages (id, enrollment_id, journey_key, version, user_id, step, channel,
+        template, category, status, content, content_source, attempts, value)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'sending', CAST($10 AS jsonb),
+        CAST($11 AS jsonb), 1, $12)
+    ON CONFLICT (id) DO UPDATE SET attempts = messages.attempts + 1
+"""
+# A receipt may already have arrived and moved the status on from 'sending'.
+_MARK_SENT = """
+    UPDATE messages SET status = CASE WHEN status = 'sending' THEN 'sent' ELSE status END,
+        status_code = $2, sent_at = $3, provider_message_id = $4, error = NULL
+    WHERE id = $1
+"""
 
 
 class PostgresJourneyStore:
@@ -25,7 +48,9 @@ class PostgresJourneyStore:
 
     async def load_profile(self, user_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:
-            return await load_traits(conn, user_id)
+            driver = await driver_connection(conn)
+            traits = await driver.fetchval(_LOAD_TRAITS, user_id)
+        return dict(_json(traits) or {})
 
     async def update_traits(
         self, user_id: str, *, set: Mapping[str, Any], unset: Sequence[str]
@@ -90,62 +115,53 @@ class PostgresJourneyStore:
             {"key": journey_key, "version": version, "spec": row.spec, "templates": row.templates}
         )
 
-    async def find_message(self, message_id: str) -> MessageRecord | None:
+    # The four statements below run for every message: straight to the driver, one round
+    # trip each outside a transaction (each is one atomic statement), which more than
+    # halves a worker's CPU per message compared with SQLAlchemy Core in transactions.
+
+    async def prepare_send(
+        self, message_id: str, user_id: str
+    ) -> tuple[MessageRecord | None, dict[str, Any]]:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        messages.c.status,
-                        messages.c.channel,
-                        messages.c.status_code,
-                        messages.c.error,
-                        messages.c.content,
-                    ).where(messages.c.id == message_id)
-                )
-            ).one_or_none()
-        if row is None:
-            return None
-        return MessageRecord(row.status, row.channel, row.status_code, row.error, row.content)
+            driver = await driver_connection(conn)
+            row = await driver.fetchrow(_PREPARE_SEND, message_id, user_id)
+        traits = dict(_json(row["traits"]) or {})
+        if row["status"] is None:
+            return None, traits
+        prior = MessageRecord(
+            row["status"], row["channel"], row["status_code"], row["error"], _json(row["content"])
+        )
+        return prior, traits
 
     async def claim_message(self, request: SendInput, rendered: Rendered) -> None:
-        stmt = insert(messages).values(
-            id=request.message_id,
-            enrollment_id=request.enrollment_id,
-            journey_key=request.journey_key,
-            version=request.version,
-            user_id=request.user_id,
-            step=request.step,
-            channel=rendered.channel,
-            template=request.template_name,
-            category=request.category,
-            status="sending",
-            content=rendered.content,
-            content_source=rendered.content_source,
-            attempts=1,
-            value=request.value,
-        )
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[messages.c.id],
-                    set_={"attempts": messages.c.attempts + 1},
-                )
+        source = rendered.content_source
+        async with self.engine.connect() as conn:
+            driver = await driver_connection(conn)
+            await driver.execute(
+                _CLAIM_MESSAGE,
+                request.message_id,
+                request.enrollment_id,
+                request.journey_key,
+                request.version,
+                request.user_id,
+                request.step,
+                rendered.channel,
+                request.template_name,
+                request.category,
+                orjson.dumps(rendered.content).decode(),
+                orjson.dumps(source).decode() if source is not None else None,
+                request.value,
             )
 
     async def mark_sent(self, message_id: str, receipt: Receipt) -> None:
-        c = messages.c
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(messages)
-                .where(c.id == message_id)
-                .values(
-                    # A receipt may already have arrived and moved the status on.
-                    status=case((c.status == "sending", "sent"), else_=c.status),
-                    status_code=receipt.status_code,
-                    sent_at=receipt.accepted_at,
-                    provider_message_id=receipt.provider_message_id,
-                    error=None,
-                )
+        async with self.engine.connect() as conn:
+            driver = await driver_connection(conn)
+            await driver.execute(
+                _MARK_SENT,
+                message_id,
+                receipt.status_code,
+                receipt.accepted_at,
+                receipt.provider_message_id,
             )
 
     async def mark_failed(
@@ -158,3 +174,8 @@ class PostgresJourneyStore:
             await conn.execute(update(messages).where(messages.c.id == message_id).values(values))
             if final:
                 await arbitration_store.release(conn, message_id)
+
+
+def _json(value: Any) -> Any:
+    """asyncpg hands JSONB over as text unless a codec is set."""
+    return orjson.loads(value) if isinstance(value, str) else value

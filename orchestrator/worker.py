@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -60,25 +61,41 @@ def build_channel_deps(
 _UNUSED_SECRET = "whsec_" + base64.b64encode(b"no unsubscribe links: no email").decode()
 
 
+@asynccontextmanager
+async def channel_clients(config: WorkspaceConfig) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    """An HTTP client per channel provider, pooled to its `max_in_flight`: a small pool
+    per provider costs less CPU per request than one large shared pool."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name, endpoint in config.channels.items():
+            size = endpoint.max_in_flight
+            limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+            clients[name.value] = await stack.enter_async_context(httpx.AsyncClient(limits=limits))
+        yield clients
+
+
 def build_activities(
     config: WorkspaceConfig,
     *,
     store: JourneyStore,
     arbiter: Arbiter,
     http: httpx.AsyncClient,
+    clients: Mapping[str, httpx.AsyncClient],
     deps: ChannelDeps,
 ) -> JourneyActivities:
-    """Activities delivering to the channels `orchestrator.yaml` configures."""
+    """Activities delivering to the channels `orchestrator.yaml` configures; `http`
+    serves webhook steps and the ranking model, `clients` the channel providers."""
     posters = {
         name.value: SignedPoster(
             url=ep.url,
             secrets=ep.secrets(),
-            client=http,
+            client=clients[name.value],
             timeout=ep.timeout,
             clock=deps.clock,
             rate_limit=RateLimit(ep.rate_limit.per_second, ep.rate_limit.burst)
             if ep.rate_limit
             else None,
+            max_in_flight=ep.max_in_flight,
         )
         if ep.url
         else None
@@ -108,13 +125,14 @@ async def running_worker(
     config = workspace.config
     arbiter = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    async with httpx.AsyncClient(limits=limits) as http:
+    async with httpx.AsyncClient(limits=limits) as http, channel_clients(config) as clients:
         deps = build_channel_deps(config, engine=engine, http=http, clock=utc_now)
         activities = build_activities(
             config,
             store=store or PostgresJourneyStore(engine),
             arbiter=arbiter,
             http=http,
+            clients=clients,
             deps=deps,
         )
         async with journey_worker(

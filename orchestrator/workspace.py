@@ -73,6 +73,14 @@ class ChannelEndpoint(_Config):
         default=None, description="Also sign with this one while receivers rotate"
     )
     timeout: float = Field(default=10.0, gt=0, le=120)
+    max_in_flight: int = Field(
+        default=16,
+        ge=1,
+        le=512,
+        description="Requests in flight to this provider per worker process: requests per "
+        "second are at most this / the provider's response time, and each connection costs "
+        "the worker CPU per request (a provider on the same network needs few)",
+    )
     rate_limit: RateLimitConfig | None = Field(
         default=None, description="The provider's limit, kept by each worker process"
     )

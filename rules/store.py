@@ -154,7 +154,7 @@ async def arbitrate(
     longest_window = max(policy.conflicts.windows.values(), default=timedelta(0))
     # Straight to the driver: this runs for every message, and SQLAlchemy's statement
     # handling cost more than Postgres's work here.
-    driver = await _driver(conn)
+    driver = await driver_connection(conn)
     row = await driver.fetchrow(
         _LOAD,
         request.key,
@@ -321,7 +321,7 @@ async def _record(
 ) -> None:
     state = {"send": "sent", "suppress": "suppressed", "defer": "pending"}[decision.action]
     checks = [{"rule": c.rule, "passed": c.passed, "detail": c.detail} for c in decision.checks]
-    driver = await _driver(conn)
+    driver = await driver_connection(conn)
     await driver.execute(
         """
             WITH saved AS (
@@ -357,7 +357,7 @@ async def _record(
     )
 
 
-async def _driver(conn: AsyncConnection) -> Any:
+async def driver_connection(conn: AsyncConnection) -> Any:
     """The asyncpg connection under `conn`, inside the transaction SQLAlchemy began."""
     raw = await conn.get_raw_connection()
     return raw.driver_connection

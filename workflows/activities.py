@@ -74,7 +74,11 @@ class JourneyStore(Protocol):
 
     async def load_version(self, journey_key: str, version: int) -> DeployedJourney: ...
 
-    async def find_message(self, message_id: str) -> MessageRecord | None: ...
+    async def prepare_send(
+        self, message_id: str, user_id: str
+    ) -> tuple[MessageRecord | None, dict[str, Any]]:
+        """In one read: what is known of the message so far, and the user's traits."""
+        ...
 
     async def claim_message(self, request: SendInput, rendered: Rendered) -> None:
         """Record the message as sending (or count one more attempt at it)."""
@@ -175,7 +179,7 @@ class JourneyActivities:
         content recorded by the first attempt, on the same channel, under the same id,
         so the provider can drop a duplicate.
         """
-        prior = await self.store.find_message(request.message_id)
+        prior, traits = await self.store.prepare_send(request.message_id, request.user_id)
         if prior is not None and prior.accepted:
             return SendResult(
                 message_id=request.message_id,
@@ -189,7 +193,7 @@ class JourneyActivities:
                 type="PermanentDeliveryError",
                 non_retryable=True,
             )
-        profile = await self.load_profile(request.user_id)
+        profile = Profile(user_id=request.user_id, traits=traits)
         if prior is not None:
             channel_name = prior.channel
         elif request.channel is not None:

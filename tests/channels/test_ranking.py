@@ -6,6 +6,7 @@ HTTP server on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -171,3 +172,21 @@ async def test_a_bad_catalogue_file_names_the_line_and_loads_nothing(
     with pytest.raises(CatalogFileError, match=r"items.jsonl:2: not JSON"):
         read_items(jsonl)
     assert await count(engine, "catalog_items") == 0
+
+
+async def test_the_model_is_used_again_after_a_burst_of_missed_deadlines(
+    catalog: CatalogCache, model: ModelServer
+) -> None:
+    """Requests that missed the deadline are abandoned, not cancelled mid-flight (which
+    can leave httpx's pool holding dead connections and the model unreachable)."""
+    model.items = ["C", "E"]
+    model.delay = 0.2
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    async with httpx.AsyncClient(limits=limits) as http:
+        slow = recommender(catalog, model, http, deadline=0.05)
+        missed = await asyncio.gather(*(slow.recommend(f"u{n}", {}, WANT) for n in range(40)))
+        assert {f.source for f in missed} == {"baseline"}
+        model.delay = 0.0
+        await asyncio.sleep(0.5)
+        again = await slow.recommend("u9", {}, WANT)
+    assert (again.source, [i["id"] for i in again.items][:2]) == ("model", ["C", "E"])
