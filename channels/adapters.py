@@ -30,8 +30,8 @@ from rules.durations import parse_duration
 class ChannelDeps:
     """What the adapters of one worker process share."""
 
-    links: UnsubscribeLinks
     box: MessageBox
+    links: UnsubscribeLinks | None = None  # signs email's unsubscribe links
     recommender: Recommender | None = None
     clock: Clock = utc_now
 
@@ -113,10 +113,16 @@ class EmailChannel(WebhookChannel):
 
     name: ClassVar[str] = "email"
 
+    def __init__(self, *, poster: SignedPoster | None, deps: ChannelDeps) -> None:
+        if deps.links is None:
+            raise ValueError("email needs unsubscribe links: set links.signing_secret")
+        super().__init__(poster=poster, deps=deps)
+        self.links = deps.links
+
     def _unsubscribe_url(self, request: DeliveryRequest) -> str:
         category = str(request.metadata.get("category") or "*")
         what = Unsubscribe(request.user_id, self.name, category, request.message_id)
-        return self.deps.links.url(what)
+        return self.links.url(what)
 
     def context(self, request: DeliveryRequest) -> dict[str, Any]:
         return {**request.context, "unsubscribe_url": self._unsubscribe_url(request)}

@@ -80,11 +80,9 @@ def build_services(
         clock=clock,
     )
     arbitration = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
-    links = config.links
     return Services(
         settings, config, workspace.policy, engine, client, registry, router, arbitration, clock,
-        UnsubscribeLinks(base_url=links.base_url, secret=links.signing_secret)
-        if links.signing_secret else None,
+        config.links.unsubscribe_links(),
     )  # fmt: skip
 
 

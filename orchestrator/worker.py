@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -16,7 +15,6 @@ from temporalio.worker import Worker
 from channels.adapters import ChannelDeps, build_channels
 from channels.delivery import Clock, RateLimit, SignedPoster, utc_now
 from channels.ranking import HttpRanker, Recommender
-from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.arbitration import Arbitration
 from orchestrator.catalog import CatalogCache
 from orchestrator.inbox import PostgresMessageBox
@@ -48,17 +46,12 @@ def build_channel_deps(
         min_confidence=ranking.min_confidence,
         personalization_trait=ranking.personalization_trait,
     )
-    secret = config.links.signing_secret
     return ChannelDeps(
-        # Without email nothing signs unsubscribe links, so a throwaway key is enough.
-        links=UnsubscribeLinks(base_url=config.links.base_url, secret=secret or _UNUSED_SECRET),
+        links=config.links.unsubscribe_links(),
         box=PostgresMessageBox(engine),
         recommender=recommender,
         clock=clock,
     )
-
-
-_UNUSED_SECRET = "whsec_" + base64.b64encode(b"no unsubscribe links: no email").decode()
 
 
 @asynccontextmanager

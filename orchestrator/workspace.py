@@ -31,6 +31,7 @@ from pydantic import (
 
 from channels.signing import secret_key
 from channels.templates import Template
+from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.sources import InvalidSource, Problem, Source, load
 from rules.durations import Duration
 from rules.policy import Policy
@@ -98,6 +99,11 @@ class Links(_Config):
     signing_secret: SigningSecret | None = Field(
         default=None, description="Signs unsubscribe links; required when email is configured"
     )
+
+    def unsubscribe_links(self) -> UnsubscribeLinks | None:
+        if self.signing_secret is None:
+            return None
+        return UnsubscribeLinks(base_url=self.base_url, secret=self.signing_secret)
 
 
 class RankingConfig(_Config):

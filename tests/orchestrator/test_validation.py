@@ -410,3 +410,21 @@ def test_channel_sections_are_checked_when_the_workspace_loads(tmp_path: Path) -
     assert "templates/hero.yaml:2:14: web.placement: String should match pattern" in text
     assert "templates/hero.yaml:4:18: web.expires_after: 'soon' is not a duration" in text
     assert "templates/hero.yaml:8:3: in_app.cta_colour: unknown key" in text
+
+
+def test_email_and_push_need_a_url_and_email_needs_a_link_secret(tmp_path: Path) -> None:
+    root = write_workspace(tmp_path, receiver_url="http://127.0.0.1:9", journeys={})
+    config = root / "orchestrator.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("    url: http://127.0.0.1:9/push\n", ""))
+    with pytest.raises(InvalidSource, match=r"channels\.push\.url is required"):
+        load_workspace(root)
+    without_links = (
+        original.split("links:")[0] + "sample_profile:" + original.split("sample_profile:")[1]
+    )
+    config.write_text(without_links)
+    with pytest.raises(InvalidSource, match=r"links\.signing_secret is required with email"):
+        load_workspace(root)
+    # in-app and web without a URL are stored only, which is fine
+    config.write_text(original.replace("    url: http://127.0.0.1:9/in_app\n", ""))
+    assert load_workspace(root).config.channels["in_app"].url is None  # type: ignore[index]
