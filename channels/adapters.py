@@ -21,7 +21,7 @@ from channels.base import (
 )
 from channels.delivery import Clock, SignedPoster, utc_now
 from channels.ranking import Recommender
-from channels.templates import RenderError, fit, render_section
+from channels.templates import SECTIONS, RenderError, fit, render_section
 from channels.unsubscribe import Unsubscribe, UnsubscribeLinks
 from rules.durations import parse_duration
 
@@ -147,7 +147,9 @@ class StoredChannel(WebhookChannel):
     channel system too when an endpoint is configured."""
 
     def finish(self, request: DeliveryRequest, content: dict[str, Any]) -> dict[str, Any]:
-        expires_after = parse_duration(str(content.pop("expires_after", "7d")))
+        default = SECTIONS[self.name].model_fields["expires_after"].default
+        given = content.pop("expires_after", None)
+        expires_after = parse_duration(given) if given is not None else default
         expires_at = self.clock() + expires_after
         return {**content, "expires_at": expires_at.isoformat()}
 

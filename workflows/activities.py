@@ -230,7 +230,7 @@ class JourneyActivities:
                         recommendations=request.recommendations,
                     )
                 )
-            except (RenderError, PermanentDeliveryError) as exc:
+            except RenderError as exc:
                 # Nothing went out: give back the place arbitration reserved.
                 await self.store.mark_failed(
                     request.message_id, error=str(exc), status_code=None, final=True
