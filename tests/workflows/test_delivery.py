@@ -102,3 +102,28 @@ async def test_a_fallback_list_goes_out_on_its_first_channel(
     await stack.track("u1", "Signed Up")
     await stack.result("once", "u1")
     assert [r.path for r in receiver.requests] == ["/push"]
+
+
+async def test_a_message_too_large_for_its_channel_once_rendered_fails_without_sending(
+    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    journey = ONE_SEND.replace("channel: email", "channel: push")
+    templates = {
+        "hello": """
+            push:
+              title: "Hi {{ user.first_name }}"
+              body: "Your notes"
+              data: {notes: "{{ user.notes }}"}
+        """
+    }
+    stack = await make_stack({"once": journey}, templates=templates)
+    await stack.identify("u1", {"first_name": "A" * 500, "notes": "n" * 5000})
+    await stack.track("u1", "Signed Up")
+    result = await stack.result("once", "u1")
+    assert (result.status, result.messages_sent) == ("completed", 0)
+    assert receiver.requests == []
+    [visit] = await rows(engine, "SELECT outcome FROM enrollment_steps WHERE step = 'hello'")
+    assert "4096" in visit["outcome"]
+    # arbitration gave back the place it had reserved for the message
+    [state] = await rows(engine, "SELECT state FROM arbitration_requests")
+    assert state["state"] == "released"
