@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from orchestrator.journeys_cli import WorkspaceOption, print_problems, root_for
 from orchestrator.sources import InvalidSource, load
 from orchestrator.workspace import POLICY_FILE, load_config, load_policy
+from rules.durations import DurationDefaults
 
 policy_app = typer.Typer(help="Validate, export and try the contact policy.", no_args_is_help=True)
 decisions_app = typer.Typer(help="Why a user did or did not get a message.", no_args_is_help=True)
@@ -40,7 +41,7 @@ def schema(output: Annotated[Path | None, typer.Option(help="Write to this file"
 
     document = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        **Policy.model_json_schema(),
+        **Policy.model_json_schema(schema_generator=DurationDefaults),
     }
     text = json.dumps(document, indent=2) + "\n"
     if output is None:

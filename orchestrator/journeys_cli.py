@@ -12,6 +12,7 @@ import typer
 
 from orchestrator.sources import InvalidSource, Problem
 from orchestrator.workspace import Workspace, find_root, load_workspace
+from rules.durations import DurationDefaults
 
 app = typer.Typer(help="Validate, deploy and inspect journeys.", no_args_is_help=True)
 
@@ -154,7 +155,7 @@ def schema(
     }
     model = models[kind]
     document = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-                **model.model_json_schema()}  # fmt: skip
+                **model.model_json_schema(schema_generator=DurationDefaults)}  # fmt: skip
     text = json.dumps(document, indent=2) + "\n"
     if output is None:
         typer.echo(text, nl=False)

@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic.json_schema import GenerateJsonSchema
 
 _PART = re.compile(r"(\d+)\s*(w|d|h|m|s)")
 _WHOLE = re.compile(r"^\s*(\d+\s*(w|d|h|m|s)\s*)+$")
@@ -56,3 +57,13 @@ Duration = Annotated[
     WithJsonSchema(DURATION_SCHEMA),
 ]
 """A field written like `30m`, `2h`, `3d`, `1w` or `1d12h` in journeys and policies."""
+
+
+class DurationDefaults(GenerateJsonSchema):
+    """JSON Schema generation that writes duration defaults as people write them
+    (`30d`), not as ISO 8601 (`P30D`), which the pattern above would refuse."""
+
+    def encode_default(self, dft: Any) -> Any:
+        if isinstance(dft, timedelta):
+            return format_duration(dft)
+        return super().encode_default(dft)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -83,6 +84,17 @@ def test_the_schema_checks_journey_files_in_editors(workspace: Path) -> None:
         other = runner.invoke(app, ["journeys", "schema", "--kind", kind])
         assert other.exit_code == 0
         assert json.loads(other.stdout)["type"] == "object"
+    # the example templates check too, and every default is valid against its own schema
+    # (durations as `30d`-style text, not ISO 8601)
+    template_schema = json.loads(
+        runner.invoke(app, ["journeys", "schema", "--kind", "template"]).stdout
+    )
+    for path in (workspace / "templates").glob("*.yaml"):
+        jsonschema.validate(yaml.load(path.read_text()), template_schema)
+    for section in template_schema["$defs"].values():
+        for name, field in section["properties"].items():
+            if "default" in field and "pattern" in field:
+                assert re.match(field["pattern"], field["default"]), (name, field["default"])
 
 
 def test_graph_prints_mermaid_and_writes_svg(workspace: Path, tmp_path: Path) -> None:
