@@ -18,6 +18,7 @@ import typer
 from orchestrator.arbitration_cli import decisions_app, policy_app
 from orchestrator.catalog_cli import app as catalog_app
 from orchestrator.journeys_cli import app as journeys_app
+from orchestrator.ranking_cli import app as ranking_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(journeys_app, name="journeys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(ranking_app, name="ranking")
 
 
 def main() -> None:

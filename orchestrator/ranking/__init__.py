@@ -1,0 +1,1 @@
+"""The built-in ranking model: training on purchases, scoring, offline evaluation."""

@@ -1,0 +1,211 @@
+"""The models: the built-in hybrid, the popularity baseline, and EASE for comparison.
+
+Hybrid (what the channels use): a user's purchase history, weighted by recency, is
+spread over items through
+
+- time-decayed co-occurrence: users who bought X (recently) bought Y, as a cosine
+  between items' decayed buyer vectors (a buyer of hundreds of items counts less
+  than one of a few), and
+- content similarity: a cosine over item text (name words, price band), which gives
+  items with little or no history neighbours,
+
+both squared (sharpened, so strong neighbours dominate), plus a small share of
+time-decayed popularity. A user with no history gets
+popularity, with confidence 0, so the channels can tell. EASE (Steck, 2019) is the
+closed-form item-item model `B = I - P / diag(P)`, `P = (X'X + lambda I)^-1`: a strong
+simple baseline to compare with, not served.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orchestrator.ranking.retail import Item, Purchase
+
+Matrix = NDArray[np.float32]
+_WORD = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Chosen on the 2011-09-01 split of the retail dataset (bench/README.md)."""
+
+    half_life_days: float = 60.0
+    content_weight: float = 0.15
+    popularity_weight: float = 0.01
+    sharpen: float = 2.0
+
+
+@dataclass
+class Index:
+    """Dense ids for users and items."""
+
+    items: list[str]
+    users: list[str]
+    item_pos: dict[str, int] = field(init=False)
+    user_pos: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.item_pos = {item: n for n, item in enumerate(self.items)}
+        self.user_pos = {user: n for n, user in enumerate(self.users)}
+
+
+def decay(purchases: Sequence[Purchase], index: Index, now: datetime, half_life: float) -> Matrix:
+    """users x items: each cell the recency weight of the user's latest purchase of it."""
+    matrix = np.zeros((len(index.users), len(index.items)), dtype=np.float32)
+    rate = math.log(2) / (half_life * 86400)
+    for p in purchases:
+        u, i = index.user_pos.get(p.user), index.item_pos.get(p.item)
+        if u is None or i is None:
+            continue
+        weight = math.exp(-rate * max(0.0, (now - p.at).total_seconds()))
+        if weight > matrix[u, i]:
+            matrix[u, i] = weight
+    return matrix
+
+
+def _cosine(vectors: Matrix) -> Matrix:
+    """Row-by-row cosine similarity, with each row's self-similarity removed."""
+    norms = np.linalg.norm(vectors, axis=1)
+    norms[norms == 0] = 1
+    unit = vectors / norms[:, None]
+    similarity: Matrix = (unit @ unit.T).astype(np.float32)
+    np.fill_diagonal(similarity, 0)
+    return similarity
+
+
+def _sharpened(similarity: Matrix, power: float) -> Matrix:
+    return np.power(np.maximum(similarity, 0), power, dtype=np.float32)
+
+
+def content_vectors(items: Sequence[Item]) -> Matrix:
+    """TF-IDF over name words and a price band, one row per item."""
+    prices = sorted(item.price for item in items)
+    bands = [prices[len(prices) * q // 5] for q in range(1, 5)]
+    documents = []
+    for item in items:
+        band = sum(item.price > b for b in bands)
+        documents.append([*_WORD.findall(item.name.lower()), f"price_band_{band}"])
+    vocabulary: dict[str, int] = {}
+    for words in documents:
+        for word in words:
+            vocabulary.setdefault(word, len(vocabulary))
+    counts = np.zeros((len(items), max(1, len(vocabulary))), dtype=np.float32)
+    for row, words in enumerate(documents):
+        for word in words:
+            counts[row, vocabulary[word]] += 1
+    document_frequency = (counts > 0).sum(axis=0)
+    idf = np.log((1 + len(items)) / (1 + document_frequency)) + 1
+    weighted: Matrix = (counts * idf).astype(np.float32)
+    return weighted
+
+
+@dataclass
+class Scores:
+    """Ranked item ids with their scores and how sure the model is."""
+
+    items: list[str]
+    scores: list[float]
+    confidence: float
+
+
+class HybridModel:
+    """Trained once; `recommend` is a vector-matrix product and a partial sort."""
+
+    def __init__(
+        self,
+        purchases: Sequence[Purchase],
+        items: Mapping[str, Item],
+        *,
+        now: datetime,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings = settings or Settings()
+        self.now = now
+        catalogue = sorted(items)
+        self.index = Index(catalogue, sorted({p.user for p in purchases}))
+        self.history = decay(purchases, self.index, now, settings.half_life_days)
+        bought = np.count_nonzero(self.history, axis=1)
+        buyers = self.history * (1 / np.log2(2 + bought))[:, None]
+        co_occurrence = _sharpened(_cosine(buyers.T.copy()), settings.sharpen)
+        content = _cosine(content_vectors([items[i] for i in catalogue]))
+        self.similarity: Matrix = co_occurrence + settings.content_weight * _sharpened(
+            content, settings.sharpen
+        )
+        popularity = self.history.sum(axis=0)
+        self.popularity: Matrix = popularity / max(float(popularity.max()), 1e-9)
+
+    def recommend(self, user: str, k: int, exclude: Iterable[str] = ()) -> Scores:
+        row = self.index.user_pos.get(user)
+        banned = [self.index.item_pos[i] for i in exclude if i in self.index.item_pos]
+        if row is None:
+            return self._top(self.popularity.copy(), k, banned, confidence=0.0)
+        history = self.history[row]
+        bought = np.flatnonzero(history)
+        # Only the rows of what the user bought: tens of rows, not the whole matrix.
+        scores = history[bought] @ self.similarity[bought]
+        scores += self.settings.popularity_weight * self.popularity
+        # More history and more recent history make the answer surer.
+        confidence = float(1 - math.exp(-float(history.sum()) / 3)) * min(1.0, len(bought) / 2)
+        return self._top(scores, k, [*banned, *bought], confidence)
+
+    def _top(self, scores: Matrix, k: int, banned: Iterable[int], confidence: float) -> Scores:
+        scores = scores.astype(np.float32, copy=True)
+        scores[list(banned)] = -np.inf
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top])]
+        top = top[np.isfinite(scores[top])]
+        return Scores(
+            [self.index.items[i] for i in top], [float(scores[i]) for i in top], confidence
+        )
+
+
+class Popularity:
+    """The baseline: the most bought items over the training window, time-decayed."""
+
+    def __init__(self, purchases: Sequence[Purchase], *, now: datetime, half_life: float = 60):
+        items = sorted({p.item for p in purchases})
+        index = Index(items, sorted({p.user for p in purchases}))
+        weights = decay(purchases, index, now, half_life).sum(axis=0)
+        order = np.argsort(-weights, kind="stable")
+        self.ranked = [items[i] for i in order]
+
+    def recommend(self, user: str, k: int, exclude: Iterable[str] = ()) -> list[str]:
+        banned = set(exclude)
+        return [i for i in self.ranked if i not in banned][:k]
+
+
+class Ease:
+    """EASE (Steck, 2019) over binary purchases, for offline comparison."""
+
+    def __init__(self, purchases: Sequence[Purchase], *, regularisation: float = 250.0):
+        self.index = Index(sorted({p.item for p in purchases}), sorted({p.user for p in purchases}))
+        x = np.zeros((len(self.index.users), len(self.index.items)), dtype=np.float64)
+        for p in purchases:
+            x[self.index.user_pos[p.user], self.index.item_pos[p.item]] = 1
+        gram = x.T @ x
+        gram[np.diag_indices_from(gram)] += regularisation
+        inverse = np.linalg.inv(gram)
+        b = -inverse / np.diag(inverse)
+        np.fill_diagonal(b, 0)
+        self.x, self.b = x.astype(np.float32), b.astype(np.float32)
+
+    def recommend(self, user: str, k: int, exclude: Iterable[str] = ()) -> list[str]:
+        row = self.index.user_pos.get(user)
+        if row is None:
+            return []
+        scores = self.x[row] @ self.b
+        scores[self.x[row] > 0] = -np.inf
+        for item in exclude:
+            if item in self.index.item_pos:
+                scores[self.index.item_pos[item]] = -np.inf
+        top = np.argpartition(-scores, k - 1)[:k]
+        return [self.index.items[i] for i in top[np.argsort(-scores[top])]]
