@@ -55,9 +55,11 @@ def evaluate(
     results.append(score("popularity", lambda u, k: popularity.recommend(u, k, held.history[u]),
                          held, size))  # fmt: skip
     started = time.perf_counter()
-    model = HybridModel(held.train, dataset.items, now=cutoff)
+    model = HybridModel.train(held.train, dataset.items, now=cutoff)
     trained["model"] = time.perf_counter() - started
-    results.append(score("model", lambda u, k: model.recommend(u, k).items, held, size))
+    results.append(
+        score("model", lambda u, k: model.recommend(held.history[u], k).items, held, size)
+    )
     started = time.perf_counter()
     ease = Ease(held.train)
     trained["EASE"] = time.perf_counter() - started

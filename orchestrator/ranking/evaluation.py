@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from orchestrator.ranking.model import histories
 from orchestrator.ranking.retail import Purchase
 
 Recommend = Callable[[str, int], list[str]]
@@ -30,27 +31,25 @@ KS = (5, 10, 20)
 @dataclass(frozen=True)
 class Split:
     train: list[Purchase]
-    history: dict[str, set[str]]
+    history: dict[str, dict[str, datetime]]  # user -> item -> last bought, before the cut-off
     relevant: dict[str, set[str]]  # user -> items new to them after the cut-off
     cold_users: int  # bought after the cut-off only
 
 
 def split(purchases: Sequence[Purchase], cutoff: datetime) -> Split:
     train = [p for p in purchases if p.at < cutoff]
-    history: dict[str, set[str]] = defaultdict(set)
-    for p in train:
-        history[p.user].add(p.item)
+    history = histories(train)
     later: dict[str, set[str]] = defaultdict(set)
     for p in purchases:
         if p.at >= cutoff:
             later[p.user].add(p.item)
     relevant = {
-        user: items - history[user]
+        user: items - history[user].keys()
         for user, items in later.items()
-        if user in history and items - history[user]
+        if user in history and items - history[user].keys()
     }
     cold = sum(1 for user in later if user not in history)
-    return Split(train, dict(history), relevant, cold)
+    return Split(train, history, relevant, cold)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,12 @@ simple baseline to compare with, not served.
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -41,6 +43,7 @@ class Settings:
     content_weight: float = 0.15
     popularity_weight: float = 0.01
     sharpen: float = 2.0
+    neighbours: int = 200  # kept per item; the rest of each similarity row is dropped
 
 
 @dataclass
@@ -116,56 +119,130 @@ class Scores:
     confidence: float
 
 
-class HybridModel:
-    """Trained once; `recommend` is a vector-matrix product and a partial sort."""
+History = Mapping[str, datetime]  # item -> when the user last bought it
 
-    def __init__(
-        self,
+
+def histories(purchases: Iterable[Purchase]) -> dict[str, dict[str, datetime]]:
+    """Each user's items and when they last bought each."""
+    found: dict[str, dict[str, datetime]] = {}
+    for p in purchases:
+        mine = found.setdefault(p.user, {})
+        if p.item not in mine or p.at > mine[p.item]:
+            mine[p.item] = p.at
+    return found
+
+
+@dataclass
+class HybridModel:
+    """A trained model: each item's strongest neighbours (co-occurrence and content,
+    weighted) and item popularity. Small enough to store as one version and to load in
+    every worker; a user's answer sums the neighbour rows of what they bought."""
+
+    items: list[str]
+    neighbours: NDArray[np.int32]  # items x neighbours: positions of each item's neighbours
+    weights: Matrix  # the matching similarities
+    popularity: Matrix  # 0..1
+    settings: Settings
+    trained_until: datetime
+    item_pos: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.item_pos = {item: n for n, item in enumerate(self.items)}
+
+    @classmethod
+    def train(
+        cls,
         purchases: Sequence[Purchase],
         items: Mapping[str, Item],
         *,
         now: datetime,
         settings: Settings | None = None,
-    ) -> None:
-        self.settings = settings = settings or Settings()
-        self.now = now
+    ) -> HybridModel:
+        settings = settings or Settings()
         catalogue = sorted(items)
-        self.index = Index(catalogue, sorted({p.user for p in purchases}))
-        self.history = decay(purchases, self.index, now, settings.half_life_days)
-        bought = np.count_nonzero(self.history, axis=1)
-        buyers = self.history * (1 / np.log2(2 + bought))[:, None]
-        co_occurrence = _sharpened(_cosine(buyers.T.copy()), settings.sharpen)
+        index = Index(catalogue, sorted({p.user for p in purchases}))
+        history = decay(purchases, index, now, settings.half_life_days)
+        bought = np.count_nonzero(history, axis=1)
+        buyers = history * (1 / np.log2(2 + bought))[:, None]
+        similarity = _sharpened(_cosine(buyers.T.copy()), settings.sharpen)
         content = _cosine(content_vectors([items[i] for i in catalogue]))
-        self.similarity: Matrix = co_occurrence + settings.content_weight * _sharpened(
-            content, settings.sharpen
-        )
-        popularity = self.history.sum(axis=0)
-        self.popularity: Matrix = popularity / max(float(popularity.max()), 1e-9)
+        similarity += settings.content_weight * _sharpened(content, settings.sharpen)
+        m = min(settings.neighbours, len(catalogue) - 1) if len(catalogue) > 1 else 0
+        if m > 0:
+            neighbours = np.argpartition(-similarity, m - 1, axis=1)[:, :m].astype(np.int32)
+        else:
+            neighbours = np.zeros((len(catalogue), 0), dtype=np.int32)
+        weights = np.take_along_axis(similarity, neighbours, axis=1).astype(np.float32)
+        popularity = history.sum(axis=0)
+        popularity = (popularity / max(float(popularity.max(initial=0)), 1e-9)).astype(np.float32)
+        return cls(catalogue, neighbours, weights, popularity, settings, now)
 
-    def recommend(self, user: str, k: int, exclude: Iterable[str] = ()) -> Scores:
-        row = self.index.user_pos.get(user)
-        banned = [self.index.item_pos[i] for i in exclude if i in self.index.item_pos]
-        if row is None:
+    def recommend(
+        self,
+        history: History,
+        k: int,
+        exclude: Iterable[str] = (),
+        *,
+        now: datetime | None = None,
+    ) -> Scores:
+        """The top k for a user who bought `history`; without history, popularity
+        with confidence 0."""
+        now = now or self.trained_until
+        rate = math.log(2) / (self.settings.half_life_days * 86400)
+        bought = [(self.item_pos[i], at) for i, at in history.items() if i in self.item_pos]
+        banned = [self.item_pos[i] for i in exclude if i in self.item_pos]
+        scores = self.settings.popularity_weight * self.popularity
+        if not bought:
             return self._top(self.popularity.copy(), k, banned, confidence=0.0)
-        history = self.history[row]
-        bought = np.flatnonzero(history)
-        # Only the rows of what the user bought: tens of rows, not the whole matrix.
-        scores = history[bought] @ self.similarity[bought]
-        scores += self.settings.popularity_weight * self.popularity
+        rows = np.array([b for b, _ in bought], dtype=np.int64)
+        recency = np.array(
+            [math.exp(-rate * max(0.0, (now - at).total_seconds())) for _, at in bought],
+            dtype=np.float32,
+        )
+        scores = scores.copy()
+        np.add.at(
+            scores, self.neighbours[rows].ravel(), (recency[:, None] * self.weights[rows]).ravel()
+        )
         # More history and more recent history make the answer surer.
-        confidence = float(1 - math.exp(-float(history.sum()) / 3)) * min(1.0, len(bought) / 2)
-        return self._top(scores, k, [*banned, *bought], confidence)
+        confidence = float(1 - math.exp(-float(recency.sum()) / 3)) * min(1.0, len(rows) / 2)
+        return self._top(scores, k, [*banned, *rows.tolist()], confidence)
+
+    def dump(self) -> bytes:
+        """The model as one compressed blob (numpy arrays, no pickle)."""
+        meta = {"settings": asdict(self.settings), "trained_until": self.trained_until.isoformat()}
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            items=np.array(self.items),
+            neighbours=self.neighbours,
+            weights=self.weights,
+            popularity=self.popularity,
+            meta=np.array(json.dumps(meta)),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def load(cls, blob: bytes) -> HybridModel:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            return cls(
+                [str(i) for i in arrays["items"]],
+                arrays["neighbours"],
+                arrays["weights"],
+                arrays["popularity"],
+                Settings(**meta["settings"]),
+                datetime.fromisoformat(meta["trained_until"]),
+            )
 
     def _top(self, scores: Matrix, k: int, banned: Iterable[int], confidence: float) -> Scores:
-        scores = scores.astype(np.float32, copy=True)
         scores[list(banned)] = -np.inf
         k = min(k, len(scores))
+        if k <= 0:
+            return Scores([], [], confidence)
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top])]
         top = top[np.isfinite(scores[top])]
-        return Scores(
-            [self.index.items[i] for i in top], [float(scores[i]) for i in top], confidence
-        )
+        return Scores([self.items[i] for i in top], [float(scores[i]) for i in top], confidence)
 
 
 class Popularity:

@@ -36,12 +36,12 @@ def test_the_model_beats_popularity_on_held_out_purchases(dataset: Dataset) -> N
     held = split(dataset.purchases, CUTOFF)
     assert len(held.relevant) == 158
     popularity = Popularity(held.train, now=CUTOFF)
-    model = HybridModel(held.train, dataset.items, now=CUTOFF)
+    model = HybridModel.train(held.train, dataset.items, now=CUTOFF)
     size = len(dataset.items)
     baseline = evaluate(
         "popularity", lambda u, k: popularity.recommend(u, k, held.history[u]), held, size
     )
-    ours = evaluate("model", lambda u, k: model.recommend(u, k).items, held, size)
+    ours = evaluate("model", lambda u, k: model.recommend(held.history[u], k).items, held, size)
     assert ours.values["ndcg@10"] > 1.2 * baseline.values["ndcg@10"]
     assert ours.values["recall@10"] > baseline.values["recall@10"]
     assert ours.values["coverage@10"] > 5 * baseline.values["coverage@10"]
@@ -51,19 +51,18 @@ def test_cold_start_users_and_items_get_answers(dataset: Dataset) -> None:
     held = split(dataset.purchases, CUTOFF)
     # an item nobody has bought yet, named like one that sells
     items = {**dataset.items, "99999X": Item("99999X", "WHITE HANGING HEART T-LIGHT LANTERN", 3)}
-    fan = [Purchase("fan", "85123A", CUTOFF)]
-    model = HybridModel([*held.train, *fan], items, now=CUTOFF)
+    model = HybridModel.train([*held.train, Purchase("fan", "85123A", CUTOFF)], items, now=CUTOFF)
 
-    stranger = model.recommend("never-seen", 5)
+    stranger = model.recommend({}, 5)
     popular = Popularity(held.train, now=CUTOFF).recommend("never-seen", 5)
     assert stranger.items == popular
     assert stranger.confidence == 0
 
-    answer = model.recommend("fan", 20)
+    answer = model.recommend({"85123A": CUTOFF}, 20)
     assert "99999X" in answer.items  # reached through its name alone
     assert "85123A" not in answer.items  # what the user bought is not offered again
     assert 0 < answer.confidence < 1
-    regular = model.recommend(next(iter(held.relevant)), 10, exclude=["22423"])
+    regular = model.recommend(held.history[next(iter(held.relevant))], 10, exclude=["22423"])
     assert "22423" not in regular.items
     assert regular.confidence > answer.confidence
     assert regular.scores == sorted(regular.scores, reverse=True)
