@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from pathlib import Path
@@ -71,3 +72,93 @@ def evaluate(
     ndcg = {r.name: r.values["ndcg@10"] for r in results}
     typer.echo(f"NDCG@10: model {ndcg['model']:.4f} = {ndcg['model'] / ndcg['popularity']:.2f}x "
                f"popularity, {ndcg['model'] / ndcg['EASE']:.2f}x EASE")  # fmt: skip
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Train from this UCI-shaped file instead of the stored events"),
+    ] = None,
+) -> None:
+    """Train a version; it goes live only if it beats the active one and popularity."""
+    from orchestrator.database import create_engine
+    from orchestrator.ranking.retail import DatasetError, read_retail
+    from orchestrator.ranking.versions import VersionError, stored_purchases
+    from orchestrator.ranking.versions import train as train_version
+    from orchestrator.settings import Settings
+    from orchestrator.workspace import load_config
+
+    settings = Settings()
+    url = settings.require_database_url()
+    events = load_config(settings.workspace).ranking.popularity_events
+
+    async def work() -> None:
+        engine = create_engine(url, pool_size=1)
+        try:
+            if data is not None:
+                dataset = read_retail(data)
+                purchases, items, source = dataset.purchases, dataset.items, str(data)
+            else:
+                purchases, items = await stored_purchases(engine, events)
+                source = "events"
+            typer.echo(f"training on {len(purchases):,} purchases of {len(items):,} items ...")
+            trained = await train_version(engine, purchases, items, source=source)
+        finally:
+            await engine.dispose()
+        typer.echo(f"version {trained.version}: {trained.status} ({trained.reason})")
+
+    try:
+        asyncio.run(work())
+    except (DatasetError, VersionError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def activate(version: int) -> None:
+    """Make VERSION the live model (also how to roll back)."""
+    from orchestrator.database import create_engine
+    from orchestrator.ranking.versions import VersionError
+    from orchestrator.ranking.versions import activate as activate_version
+    from orchestrator.settings import Settings
+
+    url = Settings().require_database_url()
+
+    async def work() -> None:
+        engine = create_engine(url, pool_size=1)
+        try:
+            await activate_version(engine, version)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(work())
+    except VersionError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"version {version} is active; workers switch within 30 s")
+
+
+@app.command("list")
+def list_versions() -> None:
+    """Every trained version, its window, status and why."""
+    from orchestrator.database import create_engine
+    from orchestrator.ranking.versions import versions
+    from orchestrator.settings import Settings
+
+    url = Settings().require_database_url()
+
+    async def work() -> list[dict[str, object]]:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return await versions(conn)
+        finally:
+            await engine.dispose()
+
+    for row in asyncio.run(work()):
+        typer.echo(
+            f"v{row['version']:<4} {row['status']:<9} {row['window_start']:%Y-%m-%d} to "
+            f"{row['window_end']:%Y-%m-%d}  {row['purchases']:>9,} purchases  {row['reason']}"
+        )

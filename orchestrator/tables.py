@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -207,4 +208,28 @@ catalog_items = Table(
     Column("attributes", JSONB, nullable=False, server_default=_empty),
     Column("available", Boolean, nullable=False, server_default=text("true")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+# Trained ranking models: every version is kept; at most one is active.
+ranking_models = Table(
+    "ranking_models",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("source", Text, nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("purchases", Integer, nullable=False),
+    Column("items", Integer, nullable=False),
+    # active | inactive | rejected (did not beat the active model or popularity)
+    Column("status", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("metrics", JSONB, nullable=False),
+    Column("artifact", LargeBinary, nullable=False),
+    Index(
+        "ranking_models_one_active",
+        "status",
+        unique=True,
+        postgresql_where=text("status = 'active'"),
+    ),
 )

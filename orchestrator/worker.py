@@ -14,11 +14,12 @@ from temporalio.worker import Worker
 
 from channels.adapters import ChannelDeps, build_channels
 from channels.delivery import Clock, RateLimit, SignedPoster, utc_now
-from channels.ranking import HttpRanker, Recommender
+from channels.ranking import HttpRanker, Ranker, Recommender
 from orchestrator.arbitration import Arbitration
 from orchestrator.catalog import CatalogCache
 from orchestrator.inbox import PostgresMessageBox
 from orchestrator.journey_store import PostgresJourneyStore
+from orchestrator.ranking.serving import BuiltInRanker
 from orchestrator.temporal import journey_worker
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
@@ -38,7 +39,11 @@ def build_channel_deps(
         clock=clock,
     )
     deadline = ranking.deadline_ms / 1000
-    model = HttpRanker(url=ranking.url, client=http, timeout=deadline) if ranking.url else None
+    model: Ranker | None = None
+    if ranking.url:
+        model = HttpRanker(url=ranking.url, client=http, timeout=deadline)
+    elif ranking.builtin:
+        model = BuiltInRanker(engine, events=ranking.popularity_events)
     recommender = Recommender(
         catalog=catalog,
         model=model,

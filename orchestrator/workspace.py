@@ -112,6 +112,10 @@ class RankingConfig(_Config):
     url: str | None = Field(
         default=None, pattern=r"^https?://", description="An external model's endpoint"
     )
+    builtin: bool = Field(
+        default=False,
+        description="Serve the active version of the built-in model (orchestrator ranking train)",
+    )
     deadline_ms: float = Field(
         default=8, gt=0, le=10_000, description="After this, the baseline answers instead"
     )
@@ -126,6 +130,12 @@ class RankingConfig(_Config):
     )
     popularity_window: Duration = Field(default=timedelta(days=30))
     refresh_every: Duration = Field(default=timedelta(minutes=5))
+
+    @model_validator(mode="after")
+    def _one_model(self) -> RankingConfig:
+        if self.url and self.builtin:
+            raise ValueError("give either `url` (an external model) or `builtin: true`, not both")
+        return self
 
 
 class WriteKey(_Config):

@@ -1,0 +1,81 @@
+"""The active model version, served in process behind the channels' `Ranker` seam.
+
+Each worker checks which version is active at most every `check_every` seconds and
+loads a new one in the background of that check, so `orchestrator ranking activate`
+(or a training run that wins) reaches running workers without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from channels.ranking import Ranking, RankingError, RankRequest, ScoredItem
+from orchestrator.ranking.model import HybridModel
+from orchestrator.tables import ranking_models
+
+_HISTORY = text(
+    """
+    SELECT product ->> 'product_id' AS item, max(e.timestamp) AS at
+    FROM events AS e, jsonb_array_elements(
+        CASE WHEN jsonb_typeof(e.properties -> 'products') = 'array'
+             THEN e.properties -> 'products' ELSE '[]'::jsonb END) AS product
+    WHERE e.user_id = :user_id AND e.event = ANY(:events)
+    GROUP BY 1
+    """
+)
+
+
+class BuiltInRanker:
+    def __init__(
+        self, engine: AsyncEngine, *, events: Sequence[str], check_every: float = 30.0
+    ) -> None:
+        self.engine, self.events, self.check_every = engine, list(events), check_every
+        self.version: int | None = None
+        self.model: HybridModel | None = None
+        self._checked = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def rank(self, request: RankRequest) -> Ranking:
+        model = await self._current()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(_HISTORY, {"user_id": request.user_id, "events": self.events})
+            history: dict[str, datetime] = {item: at for item, at in rows.all() if item}
+        scores = model.recommend(history, request.k, request.exclude, now=datetime.now(UTC))
+        pairs = zip(scores.items, scores.scores, strict=True)
+        return Ranking(
+            items=[ScoredItem(item_id=item, score=score) for item, score in pairs],
+            confidence=scores.confidence,
+            model=f"hybrid-v{self.version}",
+        )
+
+    async def _current(self) -> HybridModel:
+        if time.monotonic() - self._checked >= self.check_every:
+            async with self._lock:
+                if time.monotonic() - self._checked >= self.check_every:
+                    await self._reload()
+        if self.model is None:
+            raise RankingError("no ranking model version is active")
+        return self.model
+
+    async def _reload(self) -> None:
+        async with self.engine.connect() as conn:
+            active = await conn.scalar(
+                select(ranking_models.c.version).where(ranking_models.c.status == "active")
+            )
+            if active is not None and active != self.version:
+                blob = (
+                    await conn.execute(
+                        select(ranking_models.c.artifact).where(ranking_models.c.version == active)
+                    )
+                ).scalar_one()
+                self.model = await asyncio.to_thread(HybridModel.load, bytes(blob))
+            elif active is None:
+                self.model = None
+        self.version = active
+        self._checked = time.monotonic()
