@@ -170,7 +170,7 @@ class Recommender:
         except Exception as exc:  # any failure of the model means the baseline answers
             elapsed = (time.perf_counter() - started) * 1000
             return self._baseline(
-                wanted.k, exclude, f"the model failed after {elapsed:.1f} ms: {exc}"
+                wanted.k, exclude, f"no answer from the model after {elapsed:.1f} ms: {exc}"
             )
         if ranking.confidence < self.min_confidence:
             return self._baseline(

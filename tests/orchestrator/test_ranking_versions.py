@@ -7,13 +7,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
-from channels.ranking import RankingError, RankRequest
+from channels.ranking import RankingError, RankRequest, Recommendations
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.cli import app
 from orchestrator.ranking.retail import Dataset, read_retail
@@ -25,6 +26,8 @@ from orchestrator.ranking.versions import (
     train,
     versions,
 )
+from orchestrator.worker import build_channel_deps
+from orchestrator.workspace import WorkspaceConfig
 from tests.support.db import rows
 
 SLICE = Path(__file__).resolve().parents[1] / "data" / "online_retail_slice.csv.gz"
@@ -161,3 +164,56 @@ def test_the_command_line_trains_lists_and_activates(
     bad = runner.invoke(app, ["ranking", "train", "--data", "/nonexistent.csv"])
     assert bad.exit_code == 1
     assert "no such file" in bad.output
+
+
+async def test_channels_get_ranked_content_from_the_active_version(
+    engine: AsyncEngine, dataset: Dataset, tmp_path: Path
+) -> None:
+    config = WorkspaceConfig.model_validate(
+        {
+            "workspace": "t",
+            "sources": [{"name": "s", "write_key": "wk_test_0123456789"}],
+            "ranking": {"builtin": True, "deadline_ms": 2000},
+        }
+    )
+    await load_items(
+        engine,
+        [CatalogItem(id=i.id, name=i.name, price=i.price) for i in dataset.items.values()],
+    )
+    async with httpx.AsyncClient() as http:
+        deps = build_channel_deps(config, engine=engine, http=http, clock=lambda: datetime.now(UTC))
+        assert deps.recommender is not None
+        wanted = Recommendations(slot="home", k=4)
+        before = await deps.recommender.recommend("u1", {}, wanted)
+        assert before.source == "baseline"
+        assert "no ranking model version is active" in before.reason
+
+        await train(engine, dataset.purchases, dataset.items, source="slice")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO events (message_id, source, type, event, user_id, properties,"
+                    " timestamp, received_at) VALUES ('o1', 'test', 'track', 'Order Completed',"
+                    " 'u1', CAST(:props AS jsonb), now(), now())"
+                ),
+                {"props": orjson.dumps({"products": [{"product_id": "85123A"}]}).decode()},
+            )
+        deps.recommender.model.check_every = 0  # type: ignore[union-attr]
+        unsure = await deps.recommender.recommend("u1", {}, wanted)
+        # one purchase is too little to go on: the model says so, and popularity answers
+        assert unsure.source == "baseline"
+        assert "confidence 0.14 is under 0.2" in unsure.reason
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO events (message_id, source, type, event, user_id, properties,"
+                    " timestamp, received_at) VALUES ('o2', 'test', 'track', 'Order Completed',"
+                    " 'u1', CAST(:props AS jsonb), now(), now())"
+                ),
+                {"props": orjson.dumps({"products": [{"product_id": i} for i in
+                                                     ("71053", "84406B", "22752")]}).decode()},
+            )  # fmt: skip
+        after = await deps.recommender.recommend("u1", {}, wanted)
+    assert (after.source, after.model) == ("model", "hybrid-v1"), after.reason
+    assert len(after.items) == 4
+    assert all(item["name"] for item in after.items)
