@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
 
+from channels.ranking import Recommender
 from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.arbitration import Arbitration
 from orchestrator.database import create_engine
 from orchestrator.event_store import store_events
+from orchestrator.ranking.serving import build_recommender
 from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Clock, Router, utc_now
 from orchestrator.settings import Settings
@@ -38,6 +41,8 @@ class Services:
     arbitration: Arbitration
     clock: Clock
     links: UnsubscribeLinks | None
+    recommender: Recommender
+    http: httpx.AsyncClient = field(repr=False)  # for an external ranking model
 
     async def ingest(
         self,
@@ -80,9 +85,11 @@ def build_services(
         clock=clock,
     )
     arbitration = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=50))
+    recommender = build_recommender(config.ranking, engine=engine, http=http, clock=clock)
     return Services(
         settings, config, workspace.policy, engine, client, registry, router, arbitration, clock,
-        config.links.unsubscribe_links(),
+        config.links.unsubscribe_links(), recommender, http,
     )  # fmt: skip
 
 

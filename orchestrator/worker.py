@@ -14,12 +14,10 @@ from temporalio.worker import Worker
 
 from channels.adapters import ChannelDeps, build_channels
 from channels.delivery import Clock, RateLimit, SignedPoster, utc_now
-from channels.ranking import HttpRanker, Ranker, Recommender
 from orchestrator.arbitration import Arbitration
-from orchestrator.catalog import CatalogCache
 from orchestrator.inbox import PostgresMessageBox
 from orchestrator.journey_store import PostgresJourneyStore
-from orchestrator.ranking.serving import BuiltInRanker
+from orchestrator.ranking.serving import build_recommender
 from orchestrator.temporal import journey_worker
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
@@ -28,33 +26,11 @@ from workflows.activities import Arbiter, JourneyActivities, JourneyStore
 def build_channel_deps(
     config: WorkspaceConfig, *, engine: AsyncEngine, http: httpx.AsyncClient, clock: Clock
 ) -> ChannelDeps:
-    """What every adapter of this process shares: the recommender (the catalogue and
-    popularity from Postgres, an external model when configured), links and storage."""
-    ranking = config.ranking
-    catalog = CatalogCache(
-        engine,
-        events=ranking.popularity_events,
-        window=ranking.popularity_window,
-        refresh_every=ranking.refresh_every,
-        clock=clock,
-    )
-    deadline = ranking.deadline_ms / 1000
-    model: Ranker | None = None
-    if ranking.url:
-        model = HttpRanker(url=ranking.url, client=http, timeout=deadline)
-    elif ranking.builtin:
-        model = BuiltInRanker(engine, events=ranking.popularity_events)
-    recommender = Recommender(
-        catalog=catalog,
-        model=model,
-        deadline=deadline,
-        min_confidence=ranking.min_confidence,
-        personalization_trait=ranking.personalization_trait,
-    )
+    """What every adapter of this process shares: the recommender, links and storage."""
     return ChannelDeps(
         links=config.links.unsubscribe_links(),
         box=PostgresMessageBox(engine),
-        recommender=recommender,
+        recommender=build_recommender(config.ranking, engine=engine, http=http, clock=clock),
         clock=clock,
     )
 

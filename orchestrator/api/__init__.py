@@ -12,7 +12,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from orchestrator.api import arbitration, inbox, journeys, receipts, tracking
+from orchestrator.api import arbitration, inbox, journeys, ranking, receipts, tracking
 from orchestrator.services import Services
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await services.http.aclose()
 
     app = FastAPI(
         title="Journey orchestrator",
@@ -44,6 +45,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.include_router(journeys.router)
     app.include_router(receipts.router)
     app.include_router(inbox.router)
+    app.include_router(ranking.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _refused)
     return app

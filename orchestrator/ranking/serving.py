@@ -12,12 +12,24 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import httpx
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from channels.ranking import Ranking, RankingError, RankRequest, ScoredItem
+from channels.ranking import (
+    HttpRanker,
+    Ranker,
+    Ranking,
+    RankingError,
+    RankRequest,
+    Recommender,
+    ScoredItem,
+)
+from orchestrator.catalog import CatalogCache
 from orchestrator.ranking.model import HybridModel
+from orchestrator.routing import Clock
 from orchestrator.tables import ranking_models
+from orchestrator.workspace import RankingConfig
 
 _HISTORY = text(
     """
@@ -79,3 +91,30 @@ class BuiltInRanker:
                 self.model = None
         self.version = active
         self._checked = time.monotonic()
+
+
+def build_recommender(
+    ranking: RankingConfig, *, engine: AsyncEngine, http: httpx.AsyncClient, clock: Clock
+) -> Recommender:
+    """The recommender a process uses: the catalogue and popularity from Postgres, and
+    the built-in model's active version or an external model, as configured."""
+    catalog = CatalogCache(
+        engine,
+        events=ranking.popularity_events,
+        window=ranking.popularity_window,
+        refresh_every=ranking.refresh_every,
+        clock=clock,
+    )
+    deadline = ranking.deadline_ms / 1000
+    model: Ranker | None = None
+    if ranking.url:
+        model = HttpRanker(url=ranking.url, client=http, timeout=deadline)
+    elif ranking.builtin:
+        model = BuiltInRanker(engine, events=ranking.popularity_events)
+    return Recommender(
+        catalog=catalog,
+        model=model,
+        deadline=deadline,
+        min_confidence=ranking.min_confidence,
+        personalization_trait=ranking.personalization_trait,
+    )

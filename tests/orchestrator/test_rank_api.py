@@ -1,0 +1,67 @@
+"""`POST /v1/rank` through the real API, served by the built-in model's active version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.catalog import CatalogItem, load_items
+from orchestrator.ranking.retail import read_retail
+from orchestrator.ranking.versions import train
+from tests.conftest import StackFactory
+
+SLICE = Path(__file__).resolve().parents[1] / "data" / "online_retail_slice.csv.gz"
+NOOP = """
+journey: noop
+name: Noop
+trigger: {event: Never Happens}
+start: done
+steps:
+  done:
+    exit: {}
+"""
+
+
+async def test_rank_answers_from_the_model_or_says_why_not(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    dataset = read_retail(SLICE)
+    await load_items(
+        engine, [CatalogItem(id=i.id, name=i.name, price=i.price) for i in dataset.items.values()]
+    )
+    await train(engine, dataset.purchases, dataset.items, source="slice")
+    stack = await make_stack(
+        {"noop": NOOP}, workspace={"config": "ranking:\n  builtin: true\n  deadline_ms: 2000\n"}
+    )
+    bought = ["85123A", "71053", "84406B", "22752"]
+    await stack.track("ada", "Order Completed", {"products": [{"product_id": i} for i in bought]})
+    await stack.identify("grace", {"personalization": False})
+
+    async def rank(body: dict[str, object]) -> dict[str, object]:
+        response = await stack.send("/v1/rank", body)
+        assert response.status_code == 200, response.text
+        answer: dict[str, object] = response.json()
+        return answer
+
+    ada = await rank({"user_id": "ada", "slot": "home", "k": 5, "exclude_purchased": True})
+    assert (ada["source"], ada["model"]) == ("model", "hybrid-v1")
+    items = ada["items"]
+    assert isinstance(items, list)
+    assert len(items) == 5
+    assert not {item["id"] for item in items} & set(bought)
+
+    stranger = await rank({"user_id": "nobody", "slot": "home"})
+    assert stranger["source"] == "baseline"
+    assert "confidence 0.00 is under 0.2" in str(stranger["reason"])
+    grace = await rank({"user_id": "grace", "slot": "home"})
+    assert grace["reason"] == "the user opted out of personalisation"
+
+    bad = await stack.send("/v1/rank", {"user_id": "ada", "slot": "home", "k": 0})
+    assert bad.status_code == 400
+    assert bad.json()["field"] == "k"
+    assert (await stack.send("/v1/rank", {"user_id": "ada"})).json()["field"] == "slot"
+    anonymous = await stack.http.post(
+        f"{stack.api_url}/v1/rank", json={"user_id": "a", "slot": "s"}
+    )
+    assert anonymous.status_code == 401
