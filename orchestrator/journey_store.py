@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,7 +17,8 @@ from orchestrator.tables import enrollment_steps, enrollments, journey_versions,
 from rules import store as arbitration_store
 from rules.store import driver_connection
 from workflows.activities import MessageRecord
-from workflows.messages import DeployedJourney, ProgressInput, SendInput
+from workflows.assignment import bucket, thompson
+from workflows.messages import ChooseVariantInput, DeployedJourney, ProgressInput, SendInput
 
 _LOAD_TRAITS = "SELECT traits FROM profiles WHERE user_id = $1"
 _PREPARE_SEND = """
@@ -38,6 +40,32 @@ _MARK_SENT = """
         status_code = $2, sent_at = $3, provider_message_id = $4, error = NULL
     WHERE id = $1
 """
+
+
+_ASSIGNED = text(
+    "SELECT variant FROM experiment_assignments"
+    " WHERE journey_key = :j AND experiment_key = :k AND user_id = :u"
+)
+_ASSIGN = text(
+    """
+    INSERT INTO experiment_assignments (journey_key, experiment_key, user_id, variant,
+        enrollment_id)
+    VALUES (:j, :k, :u, :v, :e)
+    ON CONFLICT (journey_key, experiment_key, user_id)
+    DO UPDATE SET variant = EXCLUDED.variant, enrollment_id = EXCLUDED.enrollment_id,
+        assigned_at = now()
+    """
+)
+_STATS = """
+    SELECT a.variant, count(*) AS tried, count(*) FILTER (WHERE {success}) AS won
+    FROM experiment_assignments AS a JOIN enrollments AS e ON e.id = a.enrollment_id
+    WHERE a.journey_key = :j AND a.experiment_key = :k
+    GROUP BY a.variant
+"""
+_CONVERTED = "e.converted_at IS NOT NULL"
+_CLICKED = (
+    "EXISTS (SELECT 1 FROM messages AS m WHERE m.enrollment_id = e.id AND m.clicked_at IS NOT NULL)"
+)
 
 
 class PostgresJourneyStore:
@@ -163,6 +191,23 @@ class PostgresJourneyStore:
                 receipt.accepted_at,
                 receipt.provider_message_id,
             )
+
+    async def choose_variant(self, choice: ChooseVariantInput) -> str:
+        key = {"j": choice.journey_key, "k": choice.experiment_key, "u": choice.user_id}
+        async with self.engine.begin() as conn:
+            given = await conn.scalar(_ASSIGNED, key)
+            if given in choice.variants:
+                return str(given)
+            success = _CONVERTED if choice.reward == "goal" else _CLICKED
+            rows = (await conn.execute(text(_STATS.format(success=success)), key)).all()
+            counts = {variant: (int(tried), int(won)) for variant, tried, won in rows}
+            stats = [counts.get(v, (0, 0)) for v in choice.variants]
+            # Seeded by who and when (the trials so far), so a draw can be reproduced.
+            seed = bucket(choice.experiment_key, choice.user_id, str(sum(t for t, _ in stats)))
+            pick = thompson(stats, min_share=choice.min_share, rng=random.Random(seed))
+            variant = choice.variants[pick]
+            await conn.execute(_ASSIGN, {**key, "v": variant, "e": choice.enrollment_id})
+        return variant
 
     async def mark_failed(
         self, message_id: str, *, error: str, status_code: int | None, final: bool

@@ -233,3 +233,17 @@ ranking_models = Table(
         postgresql_where=text("status = 'active'"),
     ),
 )
+
+# Who got which variant of a bandit experiment: the user keeps it, and conversions
+# (the enrollment's goal, or a click on one of its messages) are counted per variant.
+experiment_assignments = Table(
+    "experiment_assignments",
+    metadata,
+    Column("journey_key", Text, nullable=False),
+    Column("experiment_key", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("variant", Text, nullable=False),
+    Column("enrollment_id", BigInteger, ForeignKey("enrollments.id"), nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    PrimaryKeyConstraint("journey_key", "experiment_key", "user_id"),
+)

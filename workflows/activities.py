@@ -34,6 +34,7 @@ from rules.expressions import context
 from workflows.messages import (
     ArbitrateInput,
     ArbitrationResult,
+    ChooseVariantInput,
     DeployedJourney,
     Profile,
     ProgressInput,
@@ -86,6 +87,10 @@ class JourneyStore(Protocol):
 
     async def mark_sent(self, message_id: str, receipt: Receipt) -> None: ...
 
+    async def choose_variant(self, choice: ChooseVariantInput) -> str:
+        """The user's bandit variant: the one they were given before, or a new draw."""
+        ...
+
     async def mark_failed(
         self, message_id: str, *, error: str, status_code: int | None, final: bool
     ) -> None: ...
@@ -126,6 +131,7 @@ class JourneyActivities:
             self.send_message,
             self.update_profile,
             self.call_webhook,
+            self.choose_variant,
         ]
 
     @activity.defn(name="load_profile")
@@ -253,6 +259,10 @@ class JourneyActivities:
             channel=channel_name,
             status_code=receipt.status_code,
         )
+
+    @activity.defn(name="choose_variant")
+    async def choose_variant(self, choice: ChooseVariantInput) -> str:
+        return await self.store.choose_variant(choice)
 
     @activity.defn(name="update_profile")
     async def update_profile(self, update: UpdateProfileInput) -> None:

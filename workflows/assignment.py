@@ -1,8 +1,9 @@
-"""Sticky, stateless allocation by consistent hashing: experiment variants and holdouts."""
+"""Allocation: sticky consistent hashing (experiment variants, holdouts) and the bandit."""
 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Sequence
 
 BUCKETS = 10_000
@@ -28,3 +29,14 @@ def pick_variant(experiment_key: str, user_id: str, weights: Sequence[int]) -> i
 def in_holdout(journey_key: str, user_id: str, percent: float) -> bool:
     """Whether a user is in the journey's control group (the same answer every time)."""
     return bucket("holdout", journey_key, user_id) < percent * BUCKETS / 100
+
+
+def thompson(stats: Sequence[tuple[int, int]], *, min_share: float, rng: random.Random) -> int:
+    """The variant a new user gets in a bandit: Thompson sampling on each variant's
+    (trials, successes) with a Beta(1 + successes, 1 + failures) posterior, except that
+    a `min_share x variants` part of users is spread evenly, so every variant keeps at
+    least `min_share` of new users (the exploration floor)."""
+    if rng.random() < min_share * len(stats):
+        return rng.randrange(len(stats))
+    draws = [rng.betavariate(1 + won, 1 + max(0, tried - won)) for tried, won in stats]
+    return max(range(len(stats)), key=draws.__getitem__)

@@ -31,6 +31,7 @@ from workflows.messages import (
     ENDED,
     ArbitrateInput,
     ArbitrationResult,
+    ChooseVariantInput,
     DeployedJourney,
     EnterSignal,
     EventSignal,
@@ -51,6 +52,7 @@ from workflows.spec import (
     BranchStep,
     EventMatch,
     ExitStep,
+    Experiment,
     ExperimentStep,
     Journey,
     SendStep,
@@ -204,9 +206,7 @@ class JourneyInterpreter:
             case ExperimentStep(experiment=experiment):
                 name = self._state.assignments.get(experiment.key)
                 if name is None:
-                    weights = [v.weight for v in experiment.variants]
-                    index = pick_variant(experiment.key, self._input.user_id, weights)
-                    name = experiment.variants[index].name
+                    name = await self._assign(experiment)
                     self._state.assignments[experiment.key] = name
                 variant = next(v for v in experiment.variants if v.name == name)
                 return _Go(variant.next, f"variant {name}")
@@ -246,6 +246,33 @@ class JourneyInterpreter:
             case ExitStep():
                 return _Go(None, "exit")
         raise AssertionError(f"unknown step kind {step_kind(step)}")
+
+    async def _assign(self, experiment: Experiment) -> str:
+        """A fixed split hashes the user; a bandit asks the store, which remembers the
+        user's variant and draws new users by Thompson sampling on conversions."""
+        if experiment.mode == "bandit":
+            try:
+                chosen: str = await workflow.execute_local_activity(
+                    "choose_variant",
+                    ChooseVariantInput(
+                        journey_key=self._journey.key,
+                        experiment_key=experiment.key,
+                        user_id=self._input.user_id,
+                        enrollment_id=self._input.enrollment_id,
+                        variants=[v.name for v in experiment.variants],
+                        min_share=experiment.min_share,
+                        reward=experiment.reward,
+                    ),
+                    result_type=str,
+                    start_to_close_timeout=LOCAL_TIMEOUT,
+                    retry_policy=SIDE_EFFECT_RETRY,
+                )
+                return chosen
+            except ActivityError:
+                pass  # the store is unreachable: a fixed split keeps the journey going
+        weights = [v.weight for v in experiment.variants]
+        index = pick_variant(experiment.key, self._input.user_id, weights)
+        return experiment.variants[index].name
 
     async def _send(self, step_id: str, step: SendStep) -> _Go | _Ended | _Resume:
         send = step.send

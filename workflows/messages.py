@@ -152,6 +152,16 @@ class ArbitrationResult(Message):
     reason: str
 
 
+class ChooseVariantInput(Message):
+    journey_key: str
+    experiment_key: str
+    user_id: str
+    enrollment_id: int
+    variants: list[str]
+    min_share: float
+    reward: Literal["goal", "click"]
+
+
 class SendResult(Message):
     message_id: str
     outcome: Literal["delivered", "suppressed"]

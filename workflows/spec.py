@@ -182,17 +182,31 @@ class BranchStep(Strict):
 
 class Variant(Strict):
     name: str = Field(pattern=IDENTIFIER)
-    weight: int = Field(gt=0, le=10_000)
+    weight: int = Field(default=1, gt=0, le=10_000, description="Share in a fixed split")
     next: StepId
 
 
 class Experiment(Strict):
     key: str = Field(pattern=IDENTIFIER)
     variants: list[Variant] = Field(min_length=2)
-    mode: Literal["fixed"] = Field(
+    mode: Literal["fixed", "bandit"] = Field(
         default="fixed",
-        description="fixed: weighted split, sticky per user by consistent hashing",
+        description="fixed: weighted split, sticky per user by consistent hashing; "
+        "bandit: Thompson sampling on observed conversions, sticky once assigned",
     )
+    reward: Literal["goal", "click"] = Field(
+        default="goal",
+        description="bandit: a conversion is the journey's goal, or a click on a message",
+    )
+    min_share: float = Field(
+        default=0.1, ge=0, le=0.5, description="bandit: the least share of users each variant gets"
+    )
+
+    @model_validator(mode="after")
+    def _floor_fits(self) -> Experiment:
+        if self.min_share * len(self.variants) > 1:
+            raise ValueError("min_share x the number of variants is more than everyone")
+        return self
 
     @field_validator("variants")
     @classmethod
