@@ -32,7 +32,9 @@ _COLUMNS = ("id", "name", "url", "image", "price", "category", "description", "a
 
 
 class CatalogItem(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    """One item; anything beyond the named fields goes in `attributes`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(min_length=1)
     name: str = Field(min_length=1)

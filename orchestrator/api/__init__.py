@@ -12,7 +12,15 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from orchestrator.api import arbitration, inbox, journeys, ranking, receipts, tracking
+from orchestrator.api import (
+    arbitration,
+    catalog,
+    inbox,
+    journeys,
+    ranking,
+    receipts,
+    tracking,
+)
 from orchestrator.services import Services
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.include_router(receipts.router)
     app.include_router(inbox.router)
     app.include_router(ranking.router)
+    app.include_router(catalog.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _refused)
     return app

@@ -10,6 +10,8 @@ from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.ranking.retail import read_retail
 from orchestrator.ranking.versions import train
 from tests.conftest import StackFactory
+from tests.support.db import rows
+from tests.support.workspace import WRITE_KEY
 
 SLICE = Path(__file__).resolve().parents[1] / "data" / "online_retail_slice.csv.gz"
 NOOP = """
@@ -64,4 +66,40 @@ async def test_rank_answers_from_the_model_or_says_why_not(
     anonymous = await stack.http.post(
         f"{stack.api_url}/v1/rank", json={"user_id": "a", "slot": "s"}
     )
+    assert anonymous.status_code == 401
+
+
+async def test_the_catalogue_loads_over_the_api_all_or_nothing(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"noop": NOOP})
+    items = [
+        {"id": "A1", "name": "Anorak", "price": 80, "url": "https://shop.example.com/A1",
+         "attributes": {"colour": "red"}},
+        {"id": "B2", "name": "Boots", "category": "footwear"},
+    ]  # fmt: skip
+    loaded = await stack.http.put(
+        f"{stack.api_url}/v1/catalog/items", json={"items": items}, auth=(WRITE_KEY, "")
+    )
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json() == {"loaded": 2}
+    bad = await stack.http.put(
+        f"{stack.api_url}/v1/catalog/items",
+        json={"items": [{"id": "C3", "name": "Cap"}, {"id": "D4", "name": "", "price": 3}]},
+        auth=(WRITE_KEY, ""),
+    )
+    assert bad.status_code == 400
+    assert bad.json()["field"] == "items.1.name"
+    typo = await stack.http.put(
+        f"{stack.api_url}/v1/catalog/items",
+        json={"items": [{"id": "E5", "name": "Scarf", "colour": "red"}]},
+        auth=(WRITE_KEY, ""),
+    )
+    assert (typo.status_code, typo.json()["field"]) == (400, "items.0.colour")
+    stored = await rows(engine, "SELECT id, name, attributes FROM catalog_items ORDER BY id")
+    assert stored == [
+        {"id": "A1", "name": "Anorak", "attributes": {"colour": "red"}},
+        {"id": "B2", "name": "Boots", "attributes": {}},
+    ]
+    anonymous = await stack.http.put(f"{stack.api_url}/v1/catalog/items", json={"items": items})
     assert anonymous.status_code == 401
