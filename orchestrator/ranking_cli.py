@@ -162,3 +162,29 @@ def list_versions() -> None:
             f"v{row['version']:<4} {row['status']:<9} {row['window_start']:%Y-%m-%d} to "
             f"{row['window_end']:%Y-%m-%d}  {row['purchases']:>9,} purchases  {row['reason']}"
         )
+
+
+@app.command()
+def schedule(
+    every: Annotated[str, typer.Option(help="How often to retrain, e.g. 1d or 12h")] = "1d",
+) -> None:
+    """Retrain from the stored events on a Temporal schedule (`ranking-retrain`); each
+    run's version goes live only if it wins. Running it again changes the interval."""
+    from orchestrator.ranking.schedule import schedule_retraining
+    from orchestrator.settings import Settings
+    from orchestrator.temporal import connect
+    from rules.durations import DurationError, parse_duration
+
+    try:
+        interval = parse_duration(every)
+    except DurationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    settings = Settings()
+
+    async def work() -> None:
+        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        await schedule_retraining(client, every=interval, task_queue=settings.task_queue)
+
+    asyncio.run(work())
+    typer.echo(f"retraining every {every} on task queue '{settings.task_queue}'")

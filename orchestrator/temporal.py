@@ -15,6 +15,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from workflows import search
 from workflows.journey import JourneyWorkflow
+from workflows.retraining import RetrainRanking
 
 # Jinja2 compiles conditions lazily (importing inside functions) and keeps a cache
 # behind a lock; it is deterministic, so it is shared with the sandbox, not reloaded.
@@ -55,11 +56,11 @@ async def register_search_attributes(client: Client, namespace: str) -> None:
 def journey_worker(
     client: Client, *, task_queue: str, activities: Sequence[Any], **options: Any
 ) -> Worker:
-    """A worker that runs journey workflows and their activities."""
+    """A worker that runs journey workflows, scheduled retraining and their activities."""
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyWorkflow],
+        workflows=[JourneyWorkflow, RetrainRanking],
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
         **options,

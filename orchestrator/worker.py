@@ -17,6 +17,7 @@ from channels.delivery import Clock, RateLimit, SignedPoster, utc_now
 from orchestrator.arbitration import Arbitration
 from orchestrator.inbox import PostgresMessageBox
 from orchestrator.journey_store import PostgresJourneyStore
+from orchestrator.ranking.schedule import RankingActivities
 from orchestrator.ranking.serving import build_recommender
 from orchestrator.temporal import journey_worker
 from orchestrator.workspace import Workspace, WorkspaceConfig
@@ -109,7 +110,11 @@ async def running_worker(
             clients=clients,
             deps=deps,
         )
+        ranking = RankingActivities(engine, events=config.ranking.popularity_events)
         async with journey_worker(
-            client, task_queue=task_queue, activities=activities.all(), **options
+            client,
+            task_queue=task_queue,
+            activities=[*activities.all(), ranking.train_ranking_model],
+            **options,
         ) as worker:
             yield worker

@@ -12,6 +12,7 @@ the held-out purchases stay unseen until the comparison.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,9 +63,44 @@ def _score(model: HybridModel, held: Split, size: int, now: datetime) -> float:
 async def train(
     engine: AsyncEngine, purchases: Sequence[Purchase], items: dict[str, Item], *, source: str
 ) -> Trained:
-    """Train, compare, store; activate when the candidate wins."""
+    """Train, compare, store; activate when the candidate wins. The number crunching
+    runs in a thread, so a worker's other activities keep their event loop."""
     if len(purchases) < 10 or not items:
         raise VersionError("not enough purchases to train on")
+    active = await _active(engine)
+    wins, reason, metrics, final = await asyncio.to_thread(_contest, purchases, items, active)
+    async with engine.begin() as conn:
+        if wins:
+            await conn.execute(
+                update(ranking_models)
+                .where(ranking_models.c.status == "active")
+                .values(status="inactive")
+            )
+        version = await conn.scalar(
+            ranking_models.insert()
+            .values(
+                source=source,
+                window_start=_aware(min(p.at for p in purchases)),
+                window_end=_aware(max(p.at for p in purchases)),
+                purchases=len(purchases),
+                items=len(items),
+                status="active" if wins else "rejected",
+                reason=reason,
+                metrics=metrics,
+                artifact=final,
+            )
+            .returning(ranking_models.c.version)
+        )
+    return Trained(int(version or 0), "active" if wins else "rejected", reason, metrics)
+
+
+def _contest(
+    purchases: Sequence[Purchase],
+    items: dict[str, Item],
+    active: tuple[int, HybridModel] | None,
+) -> tuple[bool, str, dict[str, Any], bytes]:
+    """Whether a candidate beats popularity and the active version on held-out
+    purchases, why, the figures, and the final model trained on everything."""
     held = holdout(purchases)
     if not held.train or not held.relevant:
         raise VersionError("the purchases do not span enough time to hold any out")
@@ -84,43 +120,21 @@ async def train(
         "holdout_users": len(held.relevant),
         "popularity_weight": settings.popularity_weight,
     }
-    active = await _active(engine)
     beaten = [("popularity", baseline)]
     if active is not None:
         version, model = active
         metrics["active"] = {"version": version, DECIDING: _score(model, held, size, cutoff)}
         beaten.append((f"version {version}", metrics["active"][DECIDING]))
     losses = [f"{name} ({value:.4f})" for name, value in beaten if candidate <= value]
-    wins = not losses
     reason = (
-        f"{DECIDING} {candidate:.4f} beats " + " and ".join(f"{n} ({v:.4f})" for n, v in beaten)
-        if wins
-        else f"{DECIDING} {candidate:.4f} does not beat " + " and ".join(losses)
+        f"{DECIDING} {candidate:.4f} does not beat " + " and ".join(losses)
+        if losses
+        else f"{DECIDING} {candidate:.4f} beats "
+        + " and ".join(f"{n} ({v:.4f})" for n, v in beaten)
     )
-    final = HybridModel.train(purchases, items, now=max(p.at for p in purchases), settings=settings)
-    async with engine.begin() as conn:
-        if wins:
-            await conn.execute(
-                update(ranking_models)
-                .where(ranking_models.c.status == "active")
-                .values(status="inactive")
-            )
-        version = await conn.scalar(
-            ranking_models.insert()
-            .values(
-                source=source,
-                window_start=_aware(min(p.at for p in purchases)),
-                window_end=_aware(max(p.at for p in purchases)),
-                purchases=len(purchases),
-                items=len(items),
-                status="active" if wins else "rejected",
-                reason=reason,
-                metrics=metrics,
-                artifact=final.dump(),
-            )
-            .returning(ranking_models.c.version)
-        )
-    return Trained(int(version or 0), "active" if wins else "rejected", reason, metrics)
+    last = max(p.at for p in purchases)
+    final = HybridModel.train(purchases, items, now=last, settings=settings)
+    return not losses, reason, metrics, final.dump()
 
 
 def _tuned(purchases: Sequence[Purchase], items: dict[str, Item]) -> Settings:
