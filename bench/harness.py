@@ -47,12 +47,15 @@ class BenchStack:
     api: subprocess.Popen[bytes]
 
 
-def write_workspace(root: Path, *, receiver_url: str, journeys: dict[str, str]) -> Path:
+def write_workspace(
+    root: Path, *, receiver_url: str, journeys: dict[str, str], config: str = ""
+) -> Path:
     (root / "journeys").mkdir(parents=True)
     (root / "templates").mkdir()
     (root / "orchestrator.yaml").write_text(
         f"workspace: bench\nsources:\n  - name: bench\n    write_key: {WRITE_KEY}\n"
         f"channels:\n  email:\n    url: {receiver_url}/email\n    signing_secret: {SECRET}\n"
+        f"links:\n  signing_secret: {SECRET}\n{config}"
     )
     (root / "templates" / "note.yaml").write_text(
         "email:\n  subject: \"Hello {{ user.first_name | default('there') }}\"\n"
@@ -70,11 +73,12 @@ async def bench_stack(
     receiver_url: str = "http://127.0.0.1:9",
     worker: bool = True,
     api_processes: int = 1,
+    config: str = "",
 ) -> AsyncIterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
         state = Path(tmp)
         workspace = write_workspace(
-            state / "workspace", receiver_url=receiver_url, journeys=journeys
+            state / "workspace", receiver_url=receiver_url, journeys=journeys, config=config
         )
         postgres = EmbeddedPostgres(state / "postgres")
         temporal = TemporalDevServer(
