@@ -71,7 +71,7 @@ def evaluate(
                    f"scored in {result.seconds:.1f} s")  # fmt: skip
     ndcg = {r.name: r.values["ndcg@10"] for r in results}
     typer.echo(f"NDCG@10: model {ndcg['model']:.4f} = {ndcg['model'] / ndcg['popularity']:.2f}x "
-               f"popularity, {ndcg['model'] / ndcg['EASE']:.2f}x EASE")  # fmt: skip
+               f"popularity, {ndcg['model'] / ndcg['EASE']:.3f}x EASE")  # fmt: skip
 
 
 @app.command()

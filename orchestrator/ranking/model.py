@@ -39,11 +39,13 @@ _WORD = re.compile(r"[a-z]+")
 class Settings:
     """Chosen on the 2011-09-01 split of the retail dataset (bench/README.md)."""
 
-    half_life_days: float = 60.0
+    half_life_days: float = 60.0  # co-occurrence and popularity
+    history_half_life_days: float = 180.0  # a user's own purchases, when scoring
+    shrink: float = 0.2  # damps co-occurrence resting on few buyers
     content_weight: float = 0.15
     popularity_weight: float = 0.01
     sharpen: float = 2.0
-    neighbours: int = 200  # kept per item; the rest of each similarity row is dropped
+    neighbours: int = 400  # kept per item; the rest of each similarity row is dropped
 
 
 @dataclass
@@ -74,12 +76,12 @@ def decay(purchases: Sequence[Purchase], index: Index, now: datetime, half_life:
     return matrix
 
 
-def _cosine(vectors: Matrix) -> Matrix:
-    """Row-by-row cosine similarity, with each row's self-similarity removed."""
-    norms = np.linalg.norm(vectors, axis=1)
-    norms[norms == 0] = 1
-    unit = vectors / norms[:, None]
-    similarity: Matrix = (unit @ unit.T).astype(np.float32)
+def _cosine(vectors: Matrix, shrink: float = 0.0) -> Matrix:
+    """Row-by-row cosine similarity, with each row's self-similarity removed; `shrink`
+    is added to the denominator, so pairs with little evidence count for less."""
+    norms = np.linalg.norm(vectors, axis=1).astype(np.float32)
+    similarity: Matrix = (vectors @ vectors.T).astype(np.float32)
+    similarity /= np.outer(norms, norms) + shrink + 1e-9
     np.fill_diagonal(similarity, 0)
     return similarity
 
@@ -164,7 +166,7 @@ class HybridModel:
         history = decay(purchases, index, now, settings.half_life_days)
         bought = np.count_nonzero(history, axis=1)
         buyers = history * (1 / np.log2(2 + bought))[:, None]
-        similarity = _sharpened(_cosine(buyers.T.copy()), settings.sharpen)
+        similarity = _sharpened(_cosine(buyers.T.copy(), settings.shrink), settings.sharpen)
         content = _cosine(content_vectors([items[i] for i in catalogue]))
         similarity += settings.content_weight * _sharpened(content, settings.sharpen)
         m = min(settings.neighbours, len(catalogue) - 1) if len(catalogue) > 1 else 0
@@ -188,7 +190,7 @@ class HybridModel:
         """The top k for a user who bought `history`; without history, popularity
         with confidence 0."""
         now = now or self.trained_until
-        rate = math.log(2) / (self.settings.half_life_days * 86400)
+        rate = math.log(2) / (self.settings.history_half_life_days * 86400)
         bought = [(self.item_pos[i], at) for i, at in history.items() if i in self.item_pos]
         banned = [self.item_pos[i] for i in exclude if i in self.item_pos]
         scores = self.settings.popularity_weight * self.popularity
