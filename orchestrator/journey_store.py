@@ -62,10 +62,14 @@ _STATS = """
     WHERE a.journey_key = :j AND a.experiment_key = :k
     GROUP BY a.variant
 """
-_CONVERTED = "e.converted_at IS NOT NULL"
-_CLICKED = (
-    "EXISTS (SELECT 1 FROM messages AS m WHERE m.enrollment_id = e.id AND m.clicked_at IS NOT NULL)"
-)
+# What counts as a success of a bandit variant, for each kind of reward.
+_SUCCESS = {
+    "goal": "e.converted_at IS NOT NULL",
+    "click": "EXISTS (SELECT 1 FROM messages AS m WHERE m.enrollment_id = e.id"
+    " AND m.clicked_at IS NOT NULL)",
+    "click_on_variant": "EXISTS (SELECT 1 FROM messages AS m WHERE m.enrollment_id = e.id"
+    " AND m.template = a.variant AND m.clicked_at IS NOT NULL)",
+}
 
 
 class PostgresJourneyStore:
@@ -198,8 +202,8 @@ class PostgresJourneyStore:
             given = await conn.scalar(_ASSIGNED, key)
             if given in choice.variants:
                 return str(given)
-            success = _CONVERTED if choice.reward == "goal" else _CLICKED
-            rows = (await conn.execute(text(_STATS.format(success=success)), key)).all()
+            query = text(_STATS.format(success=_SUCCESS[choice.reward]))
+            rows = (await conn.execute(query, key)).all()
             counts = {variant: (int(tried), int(won)) for variant, tried, won in rows}
             stats = [counts.get(v, (0, 0)) for v in choice.variants]
             # Seeded by who and when (the trials so far), so a draw can be reproduced.

@@ -82,7 +82,9 @@ def check_workspace(workspace: Workspace) -> tuple[list[CheckedJourney], list[Pr
             )
             continue
         seen[journey.journey] = source.file
-        used = {s.send.template for s in journey.steps.values() if isinstance(s, SendStep)}
+        used = {
+            t for s in journey.steps.values() if isinstance(s, SendStep) for t in s.send.templates
+        }
         templates = {name: workspace.templates[name] for name in sorted(used)}
         checked.append(CheckedJourney(source.file, source, journey, templates))
     return checked, sorted(problems)
@@ -235,20 +237,25 @@ def _send_problems(source: Source, journey: Journey, workspace: Workspace) -> It
                     f"unknown channel '{channel}': orchestrator.yaml configures "
                     + (", ".join(sorted(configured)) or "no channels"),
                 )
-        template = workspace.templates.get(send.template)
-        if template is None:
-            known = ", ".join(sorted(workspace.templates)) or "none"
-            yield source.problem(
-                [*base, "template"], f"unknown template '{send.template}' (known: {known})"
-            )
-            continue
-        for loc, channel in channel_locs:
-            if channel in configured and getattr(template, channel) is None:
-                yield source.problem(loc, f"template '{send.template}' has no {channel} section")
         wanted = send.content.recommendations if send.content else None
-        yield from _template_problems(
-            send.template, template, journey, workspace, wanted.k if wanted else 0
-        )
+        named: list[tuple[Loc, str]] = [([*base, "template"], send.template)]
+        if send.variants is not None:
+            named += [
+                ([*base, "variants", "templates", i], name)
+                for i, name in enumerate(send.variants.templates)
+            ]
+        for template_loc, name in named:
+            template = workspace.templates.get(name)
+            if template is None:
+                known = ", ".join(sorted(workspace.templates)) or "none"
+                yield source.problem(template_loc, f"unknown template '{name}' (known: {known})")
+                continue
+            for loc, channel in channel_locs:
+                if channel in configured and getattr(template, channel) is None:
+                    yield source.problem(loc, f"template '{name}' has no {channel} section")
+            yield from _template_problems(
+                name, template, journey, workspace, wanted.k if wanted else 0
+            )
 
 
 def _template_problems(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair
@@ -55,6 +55,7 @@ from workflows.spec import (
     Experiment,
     ExperimentStep,
     Journey,
+    Send,
     SendStep,
     Step,
     UpdateProfileStep,
@@ -66,6 +67,7 @@ from workflows.spec import (
     step_kind,
 )
 
+Reward = Literal["goal", "click", "click_on_variant"]
 ARBITRATION_PATCH = "central-arbitration"
 MESSAGE_NAMESPACE = uuid.UUID("5b1c7e7e-3f53-4c4f-9d0e-6a4c2f1b8a10")
 MAX_RECENT_STEPS = 50
@@ -250,32 +252,60 @@ class JourneyInterpreter:
     async def _assign(self, experiment: Experiment) -> str:
         """A fixed split hashes the user; a bandit asks the store, which remembers the
         user's variant and draws new users by Thompson sampling on conversions."""
+        names = [v.name for v in experiment.variants]
         if experiment.mode == "bandit":
-            try:
-                chosen: str = await workflow.execute_local_activity(
-                    "choose_variant",
-                    ChooseVariantInput(
-                        journey_key=self._journey.key,
-                        experiment_key=experiment.key,
-                        user_id=self._input.user_id,
-                        enrollment_id=self._input.enrollment_id,
-                        variants=[v.name for v in experiment.variants],
-                        min_share=experiment.min_share,
-                        reward=experiment.reward,
-                    ),
-                    result_type=str,
-                    start_to_close_timeout=LOCAL_TIMEOUT,
-                    retry_policy=SIDE_EFFECT_RETRY,
-                )
+            chosen = await self._draw(
+                experiment.key, names, experiment.min_share, experiment.reward
+            )
+            if chosen is not None:
                 return chosen
-            except ActivityError:
-                pass  # the store is unreachable: a fixed split keeps the journey going
         weights = [v.weight for v in experiment.variants]
-        index = pick_variant(experiment.key, self._input.user_id, weights)
-        return experiment.variants[index].name
+        return names[pick_variant(experiment.key, self._input.user_id, weights)]
+
+    async def _draw(
+        self, key: str, names: list[str], min_share: float, reward: Reward
+    ) -> str | None:
+        """The bandit's pick for this user (None if the store cannot be reached)."""
+        try:
+            chosen: str = await workflow.execute_local_activity(
+                "choose_variant",
+                ChooseVariantInput(
+                    journey_key=self._journey.key,
+                    experiment_key=key,
+                    user_id=self._input.user_id,
+                    enrollment_id=self._input.enrollment_id,
+                    variants=names,
+                    min_share=min_share,
+                    reward=reward,
+                ),
+                result_type=str,
+                start_to_close_timeout=LOCAL_TIMEOUT,
+                retry_policy=SIDE_EFFECT_RETRY,
+            )
+        except ActivityError:
+            return None
+        return chosen
+
+    async def _template(self, send: Send) -> str:
+        """The send's template, or the bandit's pick among it and its alternatives."""
+        variants = send.variants
+        if variants is None:
+            return send.template
+        name = self._state.assignments.get(variants.key)
+        if name is None:
+            drawn = await self._draw(
+                variants.key,
+                send.templates,
+                variants.min_share,
+                "click_on_variant" if variants.reward == "click" else "goal",
+            )
+            name = drawn or send.template
+            self._state.assignments[variants.key] = name
+        return name
 
     async def _send(self, step_id: str, step: SendStep) -> _Go | _Ended | _Resume:
         send = step.send
+        template = await self._template(send)
         request = SendInput(
             message_id=self._idempotency_key(step_id),
             enrollment_id=self._input.enrollment_id,
@@ -287,8 +317,8 @@ class JourneyInterpreter:
             user_id=self._input.user_id,
             step=step_id,
             channels=[c.value for c in send.channel_order],
-            template_name=send.template,
-            template=self._journey.templates[send.template],
+            template_name=template,
+            template=self._journey.templates[template],
             tags=send.tags,
             value=send.value,
             recommendations=send.content.recommendations if send.content else None,
@@ -332,7 +362,7 @@ class JourneyInterpreter:
                 # The activity heartbeats: a worker dying mid-delivery is noticed in 10 s.
                 heartbeat_timeout=timedelta(seconds=10),
                 retry_policy=SEND_RETRY,
-                summary=f"send {send.template} to {self._input.user_id}",
+                summary=f"send {template} to {self._input.user_id}",
             )
         except ActivityError as exc:
             return _Go(step.next, f"failed: {_cause(exc)}")

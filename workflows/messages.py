@@ -159,7 +159,8 @@ class ChooseVariantInput(Message):
     enrollment_id: int
     variants: list[str]
     min_share: float
-    reward: Literal["goal", "click"]
+    # click_on_variant: a click on a message sent with the variant's template
+    reward: Literal["goal", "click", "click_on_variant"]
 
 
 class SendResult(Message):

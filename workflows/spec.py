@@ -223,6 +223,17 @@ class ExperimentStep(Strict):
     experiment: Experiment
 
 
+class ContentVariants(Strict):
+    """Alternatives to a send's template; a bandit picks one per user by its clicks."""
+
+    key: str = Field(pattern=IDENTIFIER, description="Names the test; users keep their pick")
+    templates: list[str] = Field(min_length=1, description="Alternatives to `template`")
+    reward: Literal["click", "goal"] = Field(
+        default="click", description="click: a click on this message; goal: the journey goal"
+    )
+    min_share: float = Field(default=0.1, ge=0, le=0.5)
+
+
 class Content(Strict):
     recommendations: Recommendations | None = None
 
@@ -233,6 +244,7 @@ class Send(Strict):
         default=None, min_length=1, description="Ordered fallback"
     )
     template: str = Field(min_length=1)
+    variants: ContentVariants | None = None
     content: Content | None = None
     tags: list[str] = Field(default_factory=list)
     value: float | None = Field(default=None, ge=0, description="Expected value, for arbitration")
@@ -244,6 +256,21 @@ class Send(Strict):
         if self.channels is not None and len(set(self.channels)) != len(self.channels):
             raise ValueError("`channels` lists a channel twice")
         return self
+
+    @model_validator(mode="after")
+    def _variants_differ(self) -> Send:
+        if self.variants is not None:
+            names = self.templates
+            if len(set(names)) != len(names):
+                raise ValueError("`variants.templates` repeats a template")
+            if self.variants.min_share * len(names) > 1:
+                raise ValueError("min_share x the number of templates is more than everyone")
+        return self
+
+    @property
+    def templates(self) -> list[str]:
+        """Every template this send may use: the first, then its alternatives."""
+        return [self.template, *(self.variants.templates if self.variants else [])]
 
     @property
     def channel_order(self) -> list[ChannelName]:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import random
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orchestrator.validation import check_files
+from orchestrator.workspace import load_workspace
 from tests.conftest import StackFactory
 from tests.support.db import rows
+from tests.support.receiver import Receiver
 from tests.support.stack import eventually
+from tests.support.workspace import write_workspace
 from workflows.assignment import thompson
 from workflows.spec import Experiment
 
@@ -124,3 +129,84 @@ async def test_a_journey_bandit_follows_conversions_and_users_keep_their_variant
     await eventually(entered_twice, skip=stack.skip)
     visits = await rows(engine, picks)
     assert [v["outcome"] for v in visits] == [f"variant {given['new-0']}"] * 2
+
+
+COPY_TEST = """
+journey: copy
+name: Copy test
+category: service
+trigger: {event: Visited}
+start: mail
+steps:
+  mail:
+    send:
+      channel: email
+      template: copy_a
+      variants: {key: subject_test, templates: [copy_b], reward: click}
+    next: done
+  done:
+    exit: {}
+"""
+COPY_TEMPLATES = {
+    "copy_a": 'email: {subject: "Plain subject", text: "a"}',
+    "copy_b": 'email: {subject: "Bold subject!", text: "b"}',
+}
+
+
+async def test_a_bandit_picks_among_a_messages_templates_by_their_clicks(
+    make_stack: StackFactory, engine: AsyncEngine, receiver: Receiver
+) -> None:
+    stack = await make_stack({"copy": COPY_TEST}, templates=COPY_TEMPLATES)
+    # history: 100 users per template; copy_b's emails were clicked 40 times, copy_a's 3
+    async with engine.begin() as conn:
+        for n in range(200):
+            template = "copy_b" if n % 2 else "copy_a"
+            clicked = (template == "copy_b" and n % 5 != 0) if n < 100 else n < 6
+            enrollment = await conn.scalar(
+                text(
+                    "INSERT INTO enrollments (journey_key, version, user_id, status,"
+                    " trigger_message_id, entered_at) VALUES ('copy', 1, :u, 'completed', :u,"
+                    " now()) RETURNING id"
+                ),
+                {"u": f"past-{n}"},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (id, enrollment_id, journey_key, version, user_id,"
+                    " step, channel, template, status, clicked_at) VALUES (:m, :e, 'copy', 1,"
+                    " :u, 'mail', 'email', :t, 'delivered', :c)"
+                ),
+                {"m": f"m-{n}", "e": enrollment, "u": f"past-{n}", "t": template,
+                 "c": EARLIER if clicked else None},
+            )  # fmt: skip
+            await conn.execute(
+                text(
+                    "INSERT INTO experiment_assignments (journey_key, experiment_key, user_id,"
+                    " variant, enrollment_id) VALUES ('copy', 'subject_test', :u, :t, :e)"
+                ),
+                {"u": f"past-{n}", "t": template, "e": enrollment},
+            )
+    for n in range(20):
+        await stack.track(f"new-{n}", "Visited")
+    for n in range(20):
+        await stack.result("copy", f"new-{n}")
+    subjects = Counter(r.json["data"]["content"]["subject"] for r in receiver.at("/email"))
+    assert sum(subjects.values()) == 20
+    assert subjects["Bold subject!"] >= 14
+    sent = await rows(
+        engine, "SELECT template, count(*) AS n FROM messages WHERE user_id LIKE 'new-%'"
+        " GROUP BY template ORDER BY template",
+    )  # fmt: skip
+    assert {r["template"]: r["n"] for r in sent} == dict(
+        (("copy_a" if s == "Plain subject" else "copy_b"), n) for s, n in subjects.items()
+    )
+
+
+def test_a_missing_alternative_template_is_reported_at_its_position(tmp_path: Path) -> None:
+    root = write_workspace(
+        tmp_path / "ws", receiver_url="http://127.0.0.1:9", journeys={"copy": COPY_TEST},
+        templates={"copy_a": COPY_TEMPLATES["copy_a"]},
+    )  # fmt: skip
+    [problem] = check_files([root / "journeys" / "copy.yaml"], load_workspace(root))
+    assert (problem.line, problem.path) == (11, "steps.mail.send.variants.templates.0")
+    assert "unknown template 'copy_b'" in problem.message
