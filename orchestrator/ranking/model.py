@@ -9,8 +9,8 @@ spread over items through
 - content similarity: a cosine over item text (name words, price band), which gives
   items with little or no history neighbours,
 
-both squared (sharpened, so strong neighbours dominate), plus a small share of
-time-decayed popularity. A user with no history gets
+both squared (sharpened, so strong neighbours dominate) and damped for items that
+neighbour everything, plus a small share of time-decayed popularity. A user with no history gets
 popularity, with confidence 0, so the channels can tell. EASE (Steck, 2019) is the
 closed-form item-item model `B = I - P / diag(P)`, `P = (X'X + lambda I)^-1`: a strong
 simple baseline to compare with, not served.
@@ -42,6 +42,7 @@ class Settings:
     half_life_days: float = 60.0  # co-occurrence and popularity
     history_half_life_days: float = 180.0  # a user's own purchases, when scoring
     shrink: float = 0.2  # damps co-occurrence resting on few buyers
+    row_damping: float = 0.5  # rows divided by (row sum)^this: hub items speak softer
     content_weight: float = 0.15
     popularity_weight: float = 0.01
     sharpen: float = 2.0
@@ -169,6 +170,9 @@ class HybridModel:
         similarity = _sharpened(_cosine(buyers.T.copy(), settings.shrink), settings.sharpen)
         content = _cosine(content_vectors([items[i] for i in catalogue]))
         similarity += settings.content_weight * _sharpened(content, settings.sharpen)
+        totals = similarity.sum(axis=1, keepdims=True)
+        totals[totals == 0] = 1
+        similarity /= np.power(totals, settings.row_damping, dtype=np.float32)
         m = min(settings.neighbours, len(catalogue) - 1) if len(catalogue) > 1 else 0
         if m > 0:
             neighbours = np.argpartition(-similarity, m - 1, axis=1)[:, :m].astype(np.int32)
