@@ -25,22 +25,11 @@ from tests.support.db import rows
 from tests.support.receiver import Received, Receiver
 from tests.support.stack import terminate_unfinished
 from tests.support.workspace import WRITE_KEY, write_workspace
+from tests.workflows.test_delivery import ONE_SEND
 from workflows.messages import JourneyResult
 from workflows.search import workflow_id
 
 BIN = Path(sys.executable).parent
-ONE_SEND = """
-journey: once
-name: Once
-trigger: {event: Signed Up}
-start: hello
-steps:
-  hello:
-    send: {channel: email, template: hello}
-    next: done
-  done:
-    exit: {}
-"""
 
 
 async def test_a_worker_killed_between_delivery_and_recording_does_not_double_send(

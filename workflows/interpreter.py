@@ -16,22 +16,21 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair
+from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ActivityError
 
 from rules.expressions import context, holds
 from rules.local_time import next_local_time, zone
 from workflows import search
-from workflows.assignment import pick_variant
+from workflows.choices import Choices
 from workflows.details import current_details
 from workflows.messages import (
     ENDED,
     ArbitrateInput,
     ArbitrationResult,
-    ChooseVariantInput,
     DeployedJourney,
     EnterSignal,
     EventSignal,
@@ -48,14 +47,13 @@ from workflows.messages import (
     WebhookInput,
     WebhookResult,
 )
+from workflows.retries import LOCAL_TIMEOUT, SEND_RETRY, SIDE_EFFECT_RETRY
 from workflows.spec import (
     BranchStep,
     EventMatch,
     ExitStep,
-    Experiment,
     ExperimentStep,
     Journey,
-    Send,
     SendStep,
     Step,
     UpdateProfileStep,
@@ -67,26 +65,10 @@ from workflows.spec import (
     step_kind,
 )
 
-Reward = Literal["goal", "click", "click_on_variant"]
 ARBITRATION_PATCH = "central-arbitration"
 MESSAGE_NAMESPACE = uuid.UUID("5b1c7e7e-3f53-4c4f-9d0e-6a4c2f1b8a10")
 MAX_RECENT_STEPS = 50
 MAX_SEEN_EVENTS = 500
-
-LOCAL_TIMEOUT = timedelta(seconds=10)
-SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    maximum_attempts=30,
-    non_retryable_error_types=["PermanentDeliveryError", "RenderError"],
-)
-SIDE_EFFECT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(minutes=1),
-    maximum_attempts=20,
-    non_retryable_error_types=["PermanentDeliveryError", "RenderError"],
-)
 
 
 @dataclass(frozen=True)
@@ -206,10 +188,7 @@ class JourneyInterpreter:
                         return _Go(arm.next, f"{label}: {arm.when or 'no condition held'}")
                 raise AssertionError("validation guarantees a default arm")
             case ExperimentStep(experiment=experiment):
-                name = self._state.assignments.get(experiment.key)
-                if name is None:
-                    name = await self._assign(experiment)
-                    self._state.assignments[experiment.key] = name
+                name = await self._choices().variant(experiment)
                 variant = next(v for v in experiment.variants if v.name == name)
                 return _Go(variant.next, f"variant {name}")
             case SendStep():
@@ -249,63 +228,15 @@ class JourneyInterpreter:
                 return _Go(None, "exit")
         raise AssertionError(f"unknown step kind {step_kind(step)}")
 
-    async def _assign(self, experiment: Experiment) -> str:
-        """A fixed split hashes the user; a bandit asks the store, which remembers the
-        user's variant and draws new users by Thompson sampling on conversions."""
-        names = [v.name for v in experiment.variants]
-        if experiment.mode == "bandit":
-            chosen = await self._draw(
-                experiment.key, names, experiment.min_share, experiment.reward
-            )
-            if chosen is not None:
-                return chosen
-        weights = [v.weight for v in experiment.variants]
-        return names[pick_variant(experiment.key, self._input.user_id, weights)]
-
-    async def _draw(
-        self, key: str, names: list[str], min_share: float, reward: Reward
-    ) -> str | None:
-        """The bandit's pick for this user (None if the store cannot be reached)."""
-        try:
-            chosen: str = await workflow.execute_local_activity(
-                "choose_variant",
-                ChooseVariantInput(
-                    journey_key=self._journey.key,
-                    experiment_key=key,
-                    user_id=self._input.user_id,
-                    enrollment_id=self._input.enrollment_id,
-                    variants=names,
-                    min_share=min_share,
-                    reward=reward,
-                ),
-                result_type=str,
-                start_to_close_timeout=LOCAL_TIMEOUT,
-                retry_policy=SIDE_EFFECT_RETRY,
-            )
-        except ActivityError:
-            return None
-        return chosen
-
-    async def _template(self, send: Send) -> str:
-        """The send's template, or the bandit's pick among it and its alternatives."""
-        variants = send.variants
-        if variants is None:
-            return send.template
-        name = self._state.assignments.get(variants.key)
-        if name is None:
-            drawn = await self._draw(
-                variants.key,
-                send.templates,
-                variants.min_share,
-                "click_on_variant" if variants.reward == "click" else "goal",
-            )
-            name = drawn or send.template
-            self._state.assignments[variants.key] = name
-        return name
+    def _choices(self) -> Choices:
+        return Choices(
+            self._journey.key, self._input.user_id, self._input.enrollment_id,
+            self._state.assignments,
+        )  # fmt: skip
 
     async def _send(self, step_id: str, step: SendStep) -> _Go | _Ended | _Resume:
         send = step.send
-        template = await self._template(send)
+        template = await self._choices().template(send)
         request = SendInput(
             message_id=self._idempotency_key(step_id),
             enrollment_id=self._input.enrollment_id,
