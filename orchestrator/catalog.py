@@ -113,25 +113,38 @@ async def load_items(engine: AsyncEngine, items: Sequence[CatalogItem]) -> int:
     return len(rows)
 
 
+# Purchase lines: one row per product of each purchase event (Segment's ecommerce
+# spec, `properties.products[].product_id`); `e` is the event, `product` the line.
+PURCHASE_LINES = """
+    events AS e, jsonb_array_elements(
+        CASE WHEN jsonb_typeof(e.properties -> 'products') = 'array'
+             THEN e.properties -> 'products' ELSE '[]'::jsonb END) AS product
+"""
 _POPULARITY = text(
-    """
+    f"""
     SELECT product ->> 'product_id' AS item_id, count(*) AS n
-    FROM events, jsonb_array_elements(
-        CASE WHEN jsonb_typeof(properties -> 'products') = 'array'
-             THEN properties -> 'products' ELSE '[]'::jsonb END) AS product
-    WHERE event = ANY(:events) AND timestamp >= :since
+    FROM {PURCHASE_LINES}
+    WHERE e.event = ANY(:events) AND e.timestamp >= :since
     GROUP BY 1
     """
 )
-_PURCHASED = text(
-    """
-    SELECT DISTINCT product ->> 'product_id'
-    FROM events, jsonb_array_elements(
-        CASE WHEN jsonb_typeof(properties -> 'products') = 'array'
-             THEN properties -> 'products' ELSE '[]'::jsonb END) AS product
-    WHERE user_id = :user_id AND event = ANY(:events)
+_HISTORY = text(
+    f"""
+    SELECT product ->> 'product_id' AS item, max(e.timestamp) AS at
+    FROM {PURCHASE_LINES}
+    WHERE e.user_id = :user_id AND e.event = ANY(:events)
+    GROUP BY 1
     """
 )
+
+
+async def purchase_history(
+    engine: AsyncEngine, user_id: str, events: Sequence[str]
+) -> dict[str, datetime]:
+    """What a user has bought, each item with when they last bought it."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(_HISTORY, {"user_id": user_id, "events": list(events)})
+        return {item: at for item, at in rows.all() if item}
 
 
 class CatalogCache:
@@ -214,6 +227,4 @@ class CatalogCache:
         return chosen
 
     async def purchased(self, user_id: str) -> set[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(_PURCHASED, {"user_id": user_id, "events": self.events})
-            return {item for (item,) in rows.all() if item}
+        return set(await purchase_history(self.engine, user_id, self.events))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import httpx
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from channels.ranking import (
@@ -25,22 +25,11 @@ from channels.ranking import (
     Recommender,
     ScoredItem,
 )
-from orchestrator.catalog import CatalogCache
+from orchestrator.catalog import CatalogCache, purchase_history
 from orchestrator.ranking.model import HybridModel
 from orchestrator.routing import Clock
 from orchestrator.tables import ranking_models
 from orchestrator.workspace import RankingConfig
-
-_HISTORY = text(
-    """
-    SELECT product ->> 'product_id' AS item, max(e.timestamp) AS at
-    FROM events AS e, jsonb_array_elements(
-        CASE WHEN jsonb_typeof(e.properties -> 'products') = 'array'
-             THEN e.properties -> 'products' ELSE '[]'::jsonb END) AS product
-    WHERE e.user_id = :user_id AND e.event = ANY(:events)
-    GROUP BY 1
-    """
-)
 
 
 class BuiltInRanker:
@@ -55,9 +44,7 @@ class BuiltInRanker:
 
     async def rank(self, request: RankRequest) -> Ranking:
         model = await self._current()
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(_HISTORY, {"user_id": request.user_id, "events": self.events})
-            history: dict[str, datetime] = {item: at for item, at in rows.all() if item}
+        history = await purchase_history(self.engine, request.user_id, self.events)
         scores = model.recommend(history, request.k, request.exclude, now=datetime.now(UTC))
         pairs = zip(scores.items, scores.scores, strict=True)
         return Ranking(

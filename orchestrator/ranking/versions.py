@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orchestrator.catalog import PURCHASE_LINES
 from orchestrator.ranking.evaluation import Split, evaluate, split
 from orchestrator.ranking.model import HybridModel, Popularity, Settings
 from orchestrator.ranking.retail import Item, Purchase
@@ -193,11 +194,9 @@ async def versions(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 
 _STORED_PURCHASES = text(
-    """
+    f"""
     SELECT e.user_id, product ->> 'product_id' AS item, e.timestamp
-    FROM events AS e, jsonb_array_elements(
-        CASE WHEN jsonb_typeof(e.properties -> 'products') = 'array'
-             THEN e.properties -> 'products' ELSE '[]'::jsonb END) AS product
+    FROM {PURCHASE_LINES}
     WHERE e.event = ANY(:events) AND e.user_id IS NOT NULL
     """
 )
