@@ -65,7 +65,7 @@ class WebhookChannel:
             # Whether the user is reachable (an address, device tokens) is arbitration's
             # call (policy `reachability`); some providers address users by id alone.
             recipient=recipient(request.user_id, user),
-            content=self.finish(request, content),
+            content=self.finish(content, context),
             metadata=request.metadata,
             content_source=source,
         )
@@ -74,8 +74,8 @@ class WebhookChannel:
         """What the templates see; adapters add their own variables."""
         return dict(request.context)
 
-    def finish(self, request: DeliveryRequest, content: dict[str, Any]) -> dict[str, Any]:
-        """The content as the channel system receives it."""
+    def finish(self, content: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        """The content as the channel system receives it (`context` is what rendered it)."""
         return content
 
     async def deliver(self, rendered: Rendered, *, idempotency_key: str) -> Receipt:
@@ -127,8 +127,8 @@ class EmailChannel(WebhookChannel):
     def context(self, request: DeliveryRequest) -> dict[str, Any]:
         return {**request.context, "unsubscribe_url": self._unsubscribe_url(request)}
 
-    def finish(self, request: DeliveryRequest, content: dict[str, Any]) -> dict[str, Any]:
-        url = self._unsubscribe_url(request)
+    def finish(self, content: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        url = context["unsubscribe_url"]
         headers = {
             "List-Unsubscribe": f"<{url}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
@@ -146,7 +146,7 @@ class StoredChannel(WebhookChannel):
     """In-app and web: stored for the app or website to fetch, and posted to the
     channel system too when an endpoint is configured."""
 
-    def finish(self, request: DeliveryRequest, content: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, content: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
         default = SECTIONS[self.name].model_fields["expires_after"].default
         given = content.pop("expires_after", None)
         expires_after = parse_duration(given) if given is not None else default
