@@ -9,7 +9,11 @@ uses the section of whichever channel is chosen:
 
 Every string is a Jinja2 template rendered in a sandbox over `user`, `event`,
 `journey` and, when the send step asks for ranked content, `recommendations` (a list
-of catalogue items). A missing attribute renders as an empty string.
+of catalogue items). A missing attribute renders as an empty string. The sandbox is
+the conditions' bounded one (`rules.sandbox.BoundedEnvironment`): nothing in it
+changes the data it is given, no field renders to more than `TEMPLATE_LIMITS`
+characters and no value made on the way is larger; `TEMPLATE_FILTERS` and the globals
+`range`, `cycler` and `joiner` are what a template can use.
 
 Each section declares its channel's limits (as apprise plugins do): the most
 characters a field may render to and, for push, the payload size. Deploy checks the
@@ -29,10 +33,13 @@ from typing import Any, ClassVar
 
 from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError
 from jinja2 import Template as Template_
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import safe_range
+from jinja2.utils import Cycler, Joiner
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rules.durations import Duration
+from rules.expressions import CONDITION_FILTERS
+from rules.sandbox import BoundedEnvironment, Limits
 
 
 class Section(BaseModel):
@@ -145,8 +152,23 @@ class Template(Section):
         return section.model_dump(mode="json", exclude_none=True)  # type: ignore[no-any-return]
 
 
-_TEXT = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
-_HTML = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=True)
+# A rendered field, an HTML email included, and every value made on the way: generous
+# (Gmail clips an email at about 100 KB) but finite, whatever the user data.
+TEMPLATE_LIMITS = Limits(max_length=1_000_000, max_int_bits=256)
+# The conditions' filters and those that lay out text and HTML; those that could multiply
+# a size (center, indent, wordwrap, format, batch, slice...) check it first.
+TEMPLATE_FILTERS = CONDITION_FILTERS | {
+    "attr", "batch", "center", "dictsort", "e", "escape", "filesizeformat", "forceescape",
+    "format", "groupby", "indent", "safe", "slice", "striptags", "tojson", "urlencode",
+    "wordwrap",
+}  # fmt: skip
+# Not lipsum (its size is an argument), nor dict and namespace (they nest a value in
+# another without a literal the sandbox checks).
+_GLOBALS = {"range": safe_range, "cycler": Cycler, "joiner": Joiner}
+_TEXT = BoundedEnvironment(TEMPLATE_LIMITS, filters=TEMPLATE_FILTERS, globals=_GLOBALS,
+                           undefined=ChainableUndefined, autoescape=False)  # fmt: skip
+_HTML = BoundedEnvironment(TEMPLATE_LIMITS, filters=TEMPLATE_FILTERS, globals=_GLOBALS,
+                           undefined=ChainableUndefined, autoescape=True)  # fmt: skip
 _HTML_FIELDS = frozenset({"html"})
 
 
@@ -158,10 +180,6 @@ class RenderError(Exception):
         super().__init__(f"{field}: {message}")
 
 
-def _environment(field: str) -> SandboxedEnvironment:
-    return _HTML if field in _HTML_FIELDS else _TEXT
-
-
 @lru_cache(maxsize=4096)
 def _compiled(source: str, html: bool) -> Template_:
     """Compiling is most of the cost of rendering; the same template text is sent to
@@ -170,11 +188,12 @@ def _compiled(source: str, html: bool) -> Template_:
 
 
 def check_syntax(fields: Mapping[str, Any]) -> list[RenderError]:
-    """Every field that does not compile, with the line inside the field."""
+    """Every field that does not compile (a filter templates do not offer included), with
+    the line inside the field."""
     errors = []
     for path, text in _strings(fields):
         try:
-            _environment(path[-1]).parse(text)
+            _compiled(text, path[-1] in _HTML_FIELDS)
         except TemplateSyntaxError as exc:
             errors.append(RenderError(".".join(path), exc.message or "syntax error", exc.lineno))
     return errors
@@ -256,7 +275,7 @@ def _render(value: Any, context: Mapping[str, Any], path: tuple[str, ...]) -> An
             template = _compiled(value, bool(path) and path[-1] in _HTML_FIELDS)
             return template.render(context)
         except TemplateError as exc:
-            line = getattr(exc, "lineno", None)
+            line = getattr(exc, "lineno", None) or _template_line(exc)
             raise RenderError(".".join(path), exc.message or type(exc).__name__, line) from None
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"

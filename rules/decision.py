@@ -37,6 +37,10 @@ from rules.policy import Cap, Policy, RequireChannel, Reroute, SetPriority
 
 Action = Literal["send", "defer", "suppress"]
 EVERYTHING = "*"
+# How the checks of CRM and loyalty rules are named, and what one that did not apply says:
+# `Decision.reason` reads them back from stored decisions, which keep only the checks.
+RULE = "rule "
+NOT_APPLIED = "does not apply"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +149,14 @@ class Decision:
 
     @property
     def reason(self) -> str:
-        """Why, in one line: the checks that failed (or the last one, when none did)."""
-        failed = [c for c in self.checks if not c.passed]
-        shown = failed or list(self.checks[-1:])
+        """Why, in one line: the checks that failed; when none did, the CRM and loyalty
+        rules that acted on the message (a reroute, say), then the check that held it
+        (for a deferral); else the last check."""
+        shown = [c for c in self.checks if not c.passed]
+        if not shown:
+            acted = [c for c in self.checks if c.rule.startswith(RULE) and c.detail != NOT_APPLIED]
+            held = self.action != "send" or not acted
+            shown = acted + [c for c in self.checks[-1:] if held and c not in acted]
         return "; ".join(f"{c.rule}: {c.detail}" for c in shown)
 
 
@@ -234,9 +243,9 @@ def _apply_rules(request: SendRequest, state: UserState, policy: Policy) -> _Dra
         return draft
     context = {"user": user_context(request.user_id, state.traits), "message": request.describe()}
     for rule in policy.rules:
-        name = f"rule {rule.name}"
+        name = f"{RULE}{rule.name}"
         if not holds(rule.when, context):
-            draft.checks.append(Check(name, True, "does not apply"))
+            draft.checks.append(Check(name, True, NOT_APPLIED))
             continue
         match rule.then:
             case "suppress":
@@ -247,8 +256,9 @@ def _apply_rules(request: SendRequest, state: UserState, policy: Policy) -> _Dra
                 draft.exempt_from_caps = True
                 draft.checks.append(Check(name, True, "exempts the message from caps"))
             case Reroute(reroute=channel):
+                offered = ", ".join(draft.channels) or "no channel"
                 draft.channels = [channel]
-                draft.checks.append(Check(name, True, f"reroutes to {channel}"))
+                draft.checks.append(Check(name, True, f"rerouted {offered} -> {channel}"))
             case RequireChannel(require_channel=channel):
                 if channel not in draft.channels:
                     draft.checks.append(Check(name, False, f"requires {channel}, not offered"))

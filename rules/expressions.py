@@ -9,6 +9,11 @@ hundred nanoseconds a node) instead of being rendered as a template each time (a
 8 us). Attribute and item access, tests and filters still go through the sandboxed
 environment, so the semantics are Jinja2's; a construct the compiler does not know
 falls back to Jinja2's own evaluation.
+
+Conditions run over data users send, so both paths go through the bounded, immutable
+sandbox of `rules.sandbox` with `CONDITION_LIMITS`: an operation that would make too
+large a value raises `TooLarge`, which `holds` counts as "does not match". Conditions
+see no globals (`range`, `lipsum`...) and only the filters in `CONDITION_FILTERS`.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from typing import Any, Protocol, cast
 
 from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import _PassArg
 from pydantic import AfterValidator
+
+from rules.sandbox import BoundedEnvironment, Limits
 
 
 class Missing(ChainableUndefined):
@@ -39,7 +46,18 @@ class Missing(ChainableUndefined):
         return 0
 
 
-ENVIRONMENT = SandboxedEnvironment(undefined=Missing, autoescape=False)
+CONDITION_LIMITS = Limits(max_length=100_000, max_int_bits=256)
+# Filters that are useful in a condition and keep sizes bounded (those that could
+# multiply a size, such as replace and join, check it first).
+CONDITION_FILTERS = frozenset({
+    "abs", "capitalize", "count", "d", "default", "first", "float", "int", "items", "join",
+    "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace",
+    "reverse", "round", "select", "selectattr", "sort", "string", "sum", "title", "trim",
+    "truncate", "unique", "upper", "wordcount",
+})  # fmt: skip
+ENVIRONMENT = BoundedEnvironment(
+    CONDITION_LIMITS, filters=CONDITION_FILTERS, undefined=Missing, autoescape=False
+)
 
 
 JOURNEY_NAMES = ("user", "event", "journey")
@@ -54,12 +72,21 @@ def syntax_error(source: str, names: tuple[str, ...] = JOURNEY_NAMES) -> str | N
         return "an expression must be a non-empty string"
     try:
         node = Parser(ENVIRONMENT, source, state="variable").parse_expression()
+    except TemplateSyntaxError as exc:
+        return f"expression does not parse: {exc.message}"
+    every = [node, *node.find_all(nodes.Node)]  # find_all leaves out the node itself
+    unknown = sorted({n.name for n in every if isinstance(n, nodes.Name)} - set(names))
+    if unknown:
+        return f"unknown name {', '.join(unknown)}: conditions can use {', '.join(names)}"
+    used = {n.name for n in every if isinstance(n, nodes.Filter)}
+    filters = sorted(used - ENVIRONMENT.filters.keys())
+    if filters:
+        usable = ", ".join(sorted(ENVIRONMENT.filters))
+        return f"unknown filter {', '.join(filters)}: conditions can use {usable}"
+    try:
         ENVIRONMENT.compile_expression(source)
     except TemplateSyntaxError as exc:
         return f"expression does not parse: {exc.message}"
-    unknown = sorted({n.name for n in node.find_all(nodes.Name)} - set(names))
-    if unknown:
-        return f"unknown name {', '.join(unknown)}: conditions can use {', '.join(names)}"
     return None
 
 
@@ -106,15 +133,21 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "in": lambda a, b: a in b,
     "notin": lambda a, b: a not in b,
 }
+# The same bounded operations as Jinja2's path calls through `call_binop`.
 _BINARY: dict[type[nodes.Expr], Callable[[Any, Any], Any]] = {
-    nodes.Add: operator.add,
-    nodes.Sub: operator.sub,
-    nodes.Mul: operator.mul,
+    nodes.Add: CONDITION_LIMITS.add,
+    nodes.Sub: CONDITION_LIMITS.sub,
+    nodes.Mul: CONDITION_LIMITS.mul,
     nodes.Div: operator.truediv,
     nodes.FloorDiv: operator.floordiv,
-    nodes.Mod: operator.mod,
-    nodes.Pow: operator.pow,
+    nodes.Mod: CONDITION_LIMITS.mod,
+    nodes.Pow: CONDITION_LIMITS.pow,
 }
+
+
+def _needs_context(function: Callable[..., Any]) -> bool:
+    """A filter such as `map` or `select` that Jinja2 passes the template context."""
+    return getattr(function, "jinja_pass_arg", None) is _PassArg.context
 
 
 def _compile(node: nodes.Node) -> Evaluator:
@@ -175,7 +208,10 @@ def _compile(node: nodes.Node) -> Evaluator:
         case nodes.List(items=items) | nodes.Tuple(items=items):
             parts = [_compile(item) for item in items]
             kind = list if isinstance(node, nodes.List) else tuple
-            return lambda context: kind(part(context) for part in parts)
+            if all(isinstance(item, nodes.Const) for item in items):  # as long as the source
+                return lambda context: kind(part(context) for part in parts)
+            sized = env.limits.sized
+            return lambda context: sized(kind(part(context) for part in parts))
         case nodes.CondExpr(test=test, expr1=then, expr2=otherwise) if otherwise is not None:
             t, a, b = _compile(test), _compile(then), _compile(otherwise)
             return lambda context: a(context) if t(context) else b(context)
@@ -185,7 +221,8 @@ def _compile(node: nodes.Node) -> Evaluator:
             test_fn = cast(Callable[..., Any], env.tests[name])
             return lambda context: test_fn(of(context), *(e(context) for e in extra))
         case nodes.Filter(node=inner, name=name, args=args, kwargs=[], dyn_args=None,
-                          dyn_kwargs=None) if inner and name in env.filters:  # fmt: skip
+                          dyn_kwargs=None) if inner and name in env.filters and (
+                              not _needs_context(env.filters[name])):  # fmt: skip
             of, extra = _compile(inner), [_compile(arg) for arg in args]
             return lambda context: env.call_filter(name, of(context), [e(context) for e in extra])
     if isinstance(node, nodes.BinExpr) and type(node) in _BINARY:

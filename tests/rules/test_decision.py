@@ -306,7 +306,12 @@ RULES = {
             "rule no_discount_with_reward: suppresses the message",
         ),
         ({"loyalty_reward_active": True}, {"tags": ("news",)}, ("send", "push"), "allowed"),
-        ({"loyalty_tier": "gold"}, {}, ("send", "email"), "reroutes to email"),
+        (
+            {"loyalty_tier": "gold"},
+            {},
+            ("send", "email"),
+            "rule gold_gets_email: rerouted push, email -> email",
+        ),
         ({"loyalty_tier": "gold"}, {"category": "service"}, ("send", "push"), "allowed"),
         (
             {"open_ticket": True},
@@ -436,3 +441,61 @@ def test_the_same_inputs_give_the_same_decision() -> None:
     p = policy(**WEEKLY, **RULES, **NIGHTS)
     s = state(contacts=[sent(5)], traits={**REACHABLE, "loyalty_tier": "gold"})
     assert decide(request(), s, p, NOW) == decide(request(), s, p, NOW)
+
+
+# ---- the one-line reason ----------------------------------------------------------
+
+BOOST = {"name": "boost_cart", "when": "message.journey == 'cart'", "then": {"priority": 99}}
+
+
+@pytest.mark.parametrize(
+    ("traits", "req", "extra", "now", "reason"),
+    [
+        # a rule that rerouted the message is why it went out where it did
+        (
+            {"loyalty_tier": "gold"},
+            {"channels": ("push",)},
+            {},
+            NOW,
+            "rule gold_gets_email: rerouted push -> email",
+        ),
+        ({"vip": True}, {}, WEEKLY, NOW, "rule vip_unlimited: exempts the message from caps"),
+        ({}, {"journey": "receipts"}, {}, NOW, "rule receipts_by_email: requires email"),
+        ({}, {"journey": "cart"}, {"rules": [BOOST]}, NOW, "rule boost_cart: sets priority 99"),
+        # no rule acted: the last check, as before
+        ({}, {}, NIGHTS, NOW, "quiet hours: outside quiet hours"),
+        ({"loyalty_tier": "gold"}, {"category": "transactional"}, {}, NOW, "channel push: allowed"),
+        # a rule acted and a later check held the message: both
+        (
+            {"loyalty_tier": "gold"},
+            {"channels": ("push",)},
+            WINDOWED,
+            NOW,
+            "rule gold_gets_email: rerouted push -> email; "
+            "conflict window: decided with other requests at 12:10:00",
+        ),
+        # a failed check is the reason, whatever rules did before it
+        (
+            {"loyalty_tier": "gold"},
+            {"channels": ("push",), "requested_at": datetime(2026, 6, 10, 22, 0, tzinfo=UTC)},
+            NIGHTS,
+            datetime(2026, 6, 10, 22, 0, tzinfo=UTC),
+            "quiet hours: email deferred until 2026-06-11T07:00:00+00:00 (user's local time)",
+        ),
+        (
+            {"loyalty_reward_active": True},
+            {"tags": ("discount",)},
+            {},
+            NOW,
+            "rule no_discount_with_reward: suppresses the message",
+        ),
+    ],
+)
+def test_the_reason_names_the_rule_that_changed_the_outcome(
+    traits: dict[str, Any], req: dict[str, Any], extra: dict[str, Any], now: datetime, reason: str
+) -> None:
+    rules = RULES["rules"] + extra.get("rules", [])
+    p = Policy.model_validate({"conflicts": {"windows": {"promotional": 0, "service": 0}},
+                               **extra, "rules": rules})  # fmt: skip
+    decision = decide(request(**req), state(traits={**REACHABLE, **traits}), p, now)
+    assert decision.reason == reason
