@@ -2,18 +2,21 @@
 
 Entry is decided against enrollments in Postgres (re-entry policy, holdout), never
 left to Temporal's workflow id reuse rules; the one-active-enrollment index makes a
-racing second trigger lose.
+racing second trigger lose. A workflow gets the installation's id with its input, the
+namespace of its message ids.
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, DateTime, Text, literal, or_, select, text, true
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributePair,
@@ -24,7 +27,7 @@ from temporalio.common import (
 
 from orchestrator.event_store import StoredEvent
 from orchestrator.registry import Snapshot
-from orchestrator.tables import enrollments
+from orchestrator.tables import enrollments, installation
 from workflows import search
 from workflows.assignment import in_holdout
 from workflows.messages import DeployedJourney, EnterSignal, EventSignal, JourneyInput
@@ -126,8 +129,39 @@ async def enroll(
     return Entry(deployed, event, 0 if held_out else row.id, row.entered_at)
 
 
+class Installation:
+    """This database's installation id: read from Postgres once, then kept for the process.
+
+    The migration makes it. A database emptied since (the tests empty every table) gets
+    a new random one here, so that its journeys never fall back to the shared namespace.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._id: uuid.UUID | None = None
+        self._lock = asyncio.Lock()
+
+    async def id(self) -> uuid.UUID:
+        async with self._lock:
+            if self._id is None:
+                self._id = await self._read()
+            return self._id
+
+    async def _read(self) -> uuid.UUID:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(installation).values(singleton=True).on_conflict_do_nothing())
+            found: uuid.UUID = (await conn.execute(select(installation.c.id))).scalar_one()
+        return found
+
+
 async def start_journey(
-    client: Client, entry: Entry, *, task_queue: str, default_timezone: str, history_limit: int
+    client: Client,
+    entry: Entry,
+    *,
+    task_queue: str,
+    default_timezone: str,
+    history_limit: int,
+    installation_id: uuid.UUID,
 ) -> None:
     """Signal-with-start the user's workflow for this enrollment (idempotent: an existing
     run just receives the `enter` signal and ignores its own enrollment)."""
@@ -146,6 +180,7 @@ async def start_journey(
             trigger=trigger,
             default_timezone=default_timezone,
             history_limit=history_limit,
+            installation_id=installation_id,
         ),
         id=search.workflow_id(deployed.key, event.user_id),
         task_queue=task_queue,
@@ -153,7 +188,12 @@ async def start_journey(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         start_signal="enter",
         start_signal_args=[
-            EnterSignal(enrollment_id=enrollment_id, version=deployed.version, trigger=trigger)
+            EnterSignal(
+                enrollment_id=enrollment_id,
+                version=deployed.version,
+                trigger=trigger,
+                installation_id=installation_id,
+            )
         ],
         search_attributes=TypedSearchAttributes(
             [

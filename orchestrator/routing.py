@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from orchestrator.enrollment import Entry, as_signal, enroll, start_journey
+from orchestrator.enrollment import Entry, Installation, as_signal, enroll, start_journey
 from orchestrator.event_store import StoredEvent
 from orchestrator.profiles import load_traits
 from orchestrator.registry import JourneyRegistry, Snapshot
@@ -76,6 +76,7 @@ class Router:
         self.engine, self.client, self.registry = engine, client, registry
         self.task_queue, self.default_timezone = task_queue, default_timezone
         self.clock, self.history_limit = clock, history_limit
+        self.installation = Installation(engine)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def plan(
@@ -169,6 +170,7 @@ class Router:
                     task_queue=self.task_queue,
                     default_timezone=self.default_timezone,
                     history_limit=self.history_limit,
+                    installation_id=await self.installation.id(),
                 )
             interested = snapshot.interested.get(event.name, set())
             if keys := interested - plan.entered.get(event.id, set()):

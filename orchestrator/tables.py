@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    Uuid,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -246,4 +248,16 @@ experiment_assignments = Table(
     Column("enrollment_id", BigInteger, ForeignKey("enrollments.id"), nullable=False),
     Column("assigned_at", DateTime(timezone=True), nullable=False, server_default=_now),
     PrimaryKeyConstraint("journey_key", "experiment_key", "user_id"),
+)
+
+# This database's random id, made by the migration: message ids are derived in its
+# namespace, so that they never repeat across installs, whose enrollment ids all start
+# at 1. One row, ever (the primary key only takes `true`).
+installation = Table(
+    "installation",
+    metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("id", Uuid, nullable=False, server_default=text("gen_random_uuid()")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    CheckConstraint("singleton", name="installation_one_row"),
 )

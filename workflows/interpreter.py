@@ -8,7 +8,8 @@ each time: this module is passed through, and it holds no mutable module state.
 Signal handlers only queue events; the main loop decides what they mean (exit,
 goal, the event a `wait_for` step awaits), so all logic runs in one place and in
 one order. Side effects are activities with pinned names and idempotency keys
-derived from the business identity (journey, user, enrollment, step, visit).
+derived from the business identity (installation, journey, user, enrollment, step,
+visit).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ from workflows.spec import (
 )
 
 ARBITRATION_PATCH = "central-arbitration"
+# Message ids of journeys started without an installation id (before it existed). It
+# is the same in every installation, so those ids repeat once enrollment ids restart.
 MESSAGE_NAMESPACE = uuid.UUID("5b1c7e7e-3f53-4c4f-9d0e-6a4c2f1b8a10")
 MAX_RECENT_STEPS = 50
 MAX_SEEN_EVENTS = 500
@@ -407,9 +410,12 @@ class JourneyInterpreter:
         )
 
     def _idempotency_key(self, step_id: str) -> str:
+        # No `workflow.patched()`: the namespace comes from the input, which a replay
+        # reads back from history, and inputs recorded without one keep the old one.
+        namespace = self._input.installation_id or MESSAGE_NAMESPACE
         visit = self._state.visits.get(step_id, 0)
         name = f"{self._journey.key}:{self._input.user_id}:{self._input.enrollment_id}"
-        return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{name}:{step_id}:{visit}"))
+        return str(uuid.uuid5(namespace, f"{name}:{step_id}:{visit}"))
 
     def _remember(self, message_id: str) -> bool:
         """Record an event id; False if it was seen already (a re-delivered signal)."""
@@ -508,6 +514,7 @@ class JourneyInterpreter:
                 trigger=enter.trigger,
                 default_timezone=self._input.default_timezone,
                 history_limit=self._input.history_limit,
+                installation_id=enter.installation_id or self._input.installation_id,
             ),
             search_attributes=workflow.info().typed_search_attributes.updated(
                 SearchAttributePair(search.JOURNEY_VERSION, journey.version),

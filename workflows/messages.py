@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +49,9 @@ class EnterSignal(Message):
     enrollment_id: int
     version: int
     trigger: EventSignal
+    installation_id: UUID | None = Field(
+        default=None, description="The starter's installation: a re-entry's message ids use it"
+    )
 
 
 class StepVisit(BaseModel):
@@ -90,6 +94,10 @@ class JourneyInput(Message):
     carried: JourneyState | None = None
     # Continue-as-new once history passes this many events (Temporal also suggests it).
     history_limit: int = 2000
+    # The namespace of message ids, unique per installation (database), so that ids never
+    # repeat after a reset restarts enrollment ids. None in inputs recorded before it
+    # existed: those journeys keep the old, shared namespace and so replay unchanged.
+    installation_id: UUID | None = None
 
 
 class JourneyResult(Message):
