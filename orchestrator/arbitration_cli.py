@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from orchestrator.cli_settings import database_url
 from orchestrator.journeys_cli import WorkspaceOption, print_problems, root_for
 from orchestrator.sources import InvalidSource, load
 from orchestrator.workspace import POLICY_FILE, load_config, load_policy
@@ -30,7 +31,8 @@ def validate(workspace: WorkspaceOption = None) -> None:
     except InvalidSource as exc:
         print_problems(root, exc.problems)
         raise typer.Exit(1) from None
-    shown = POLICY_FILE if (root / POLICY_FILE).exists() else "no policy.yaml (nothing restricted)"
+    path = root / POLICY_FILE
+    shown = os.path.relpath(path) if path.exists() else "no policy.yaml (nothing restricted)"
     typer.echo(f"{shown} is valid", err=True)
 
 
@@ -107,10 +109,9 @@ def explain(
 ) -> None:
     """Every decision about a user's messages, with each rule that was checked."""
     from orchestrator.database import create_engine
-    from orchestrator.settings import Settings
     from rules import store
 
-    url = Settings().require_database_url()
+    url = database_url()
 
     async def work() -> list[dict[str, Any]]:
         engine = create_engine(url, pool_size=1)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.catalog import CatalogFileError, load_items, read_items
+from orchestrator.cli_settings import database_url
 
 app = typer.Typer(help="The item catalogue behind ranked content.", no_args_is_help=True)
 
@@ -19,7 +20,6 @@ def load(
 ) -> None:
     """Insert or update every item in FILE; a bad line loads nothing."""
     from orchestrator.database import create_engine
-    from orchestrator.settings import Settings
 
     try:
         items = read_items(file)
@@ -27,7 +27,7 @@ def load(
         typer.echo(str(exc), err=True)
         typer.echo("nothing was loaded", err=True)
         raise typer.Exit(1) from None
-    url = Settings().require_database_url()
+    url = database_url()
 
     async def work() -> int:
         engine = create_engine(url, pool_size=1)

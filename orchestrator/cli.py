@@ -11,12 +11,13 @@ import socket
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from orchestrator.arbitration_cli import decisions_app, policy_app
 from orchestrator.catalog_cli import app as catalog_app
+from orchestrator.cli_settings import DEV_STATE_DIR, command_settings, settings_with_database
 from orchestrator.journeys_cli import app as journeys_app
 from orchestrator.ranking_cli import app as ranking_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
@@ -50,6 +51,12 @@ def run_until_stopped(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     asyncio.run(runner())
 
 
+LogLevel = Annotated[
+    Literal["debug", "info", "warning", "error"],
+    typer.Option(help="How much to log (debug adds the traceback of each failed activity)"),
+]
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -62,18 +69,29 @@ def dev(
         Path, typer.Option(help="Workspace to run: orchestrator.yaml, journeys/, templates/")
     ] = EXAMPLE_WORKSPACE,
     state_dir: Annotated[
-        Path, typer.Option(help="Where Postgres and Temporal keep their data")
-    ] = Path(".state"),
-    api_port: Annotated[int, typer.Option(help="HTTP API port")] = 8000,
+        Path,
+        typer.Option(
+            help="Where Postgres and Temporal keep their data (with the default, other "
+            "commands run in this directory use its database)"
+        ),
+    ] = DEV_STATE_DIR,
+    api_port: Annotated[
+        int,
+        typer.Option(help="HTTP API port (ORCHESTRATOR_PUBLIC_URL for the workspace, unless set)"),
+    ] = 8000,
     temporal_port: Annotated[int, typer.Option(help="Temporal frontend (gRPC) port")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Temporal Web UI port")] = 8233,
-    sink_port: Annotated[int, typer.Option(help="Local webhook sink port")] = 8750,
+    sink_port: Annotated[
+        int,
+        typer.Option(help="Local webhook sink port (ORCHESTRATOR_SINK_URL for the workspace)"),
+    ] = 8750,
     postgres_port: Annotated[int, typer.Option(help="Postgres port (0: any free)")] = 0,
+    log_level: LogLevel = "warning",
 ) -> None:
     """Run everything locally: Postgres, Temporal + UI, API, worker and a webhook sink."""
     from orchestrator.stack.dev import DevOptions, run_dev
 
-    _logging("warning")
+    _logging(log_level)
     options = DevOptions(
         workspace=workspace,
         state_dir=state_dir,
@@ -87,15 +105,15 @@ def dev(
 
 
 @app.command()
-def api() -> None:
+def api(log_level: LogLevel = "info") -> None:
     """Serve the HTTP API (settings from ORCHESTRATOR_* environment variables).
 
     With ORCHESTRATOR_API_PROCESSES above 1, that many processes share the port.
     """
     from orchestrator.stack.servers import listening_socket
 
-    settings = Settings()
-    _logging("info")
+    settings = settings_with_database()
+    _logging(log_level)
     sock = listening_socket(settings.api_host, settings.api_port)
     if settings.api_processes == 1:
         _serve_api(settings, sock)
@@ -152,15 +170,15 @@ def _serve_api(settings: Settings, sock: socket.socket) -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(log_level: LogLevel = "info") -> None:
     """Run a journey worker (settings from ORCHESTRATOR_* environment variables)."""
     from orchestrator.database import create_engine
     from orchestrator.temporal import connect
     from orchestrator.worker import running_worker
     from orchestrator.workspace import load_workspace
 
-    settings = Settings()
-    _logging("info")
+    settings = settings_with_database()
+    _logging(log_level)
 
     async def work(stop: asyncio.Event) -> None:
         engine = create_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
@@ -185,7 +203,7 @@ def migrate() -> None:
     """Bring the database schema up to date."""
     from orchestrator.database import migrate_sync
 
-    migrate_sync(Settings().require_database_url())
+    migrate_sync(settings_with_database().require_database_url())
     typer.echo("database is up to date")
 
 
@@ -195,7 +213,7 @@ def register_search_attributes() -> None:
     from orchestrator.temporal import connect
     from orchestrator.temporal import register_search_attributes as register
 
-    settings = Settings()
+    settings = command_settings()
 
     async def work() -> None:
         client = await connect(settings.temporal_address, settings.temporal_namespace)

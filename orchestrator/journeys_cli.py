@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from orchestrator.cli_settings import command_settings, database_url
 from orchestrator.sources import InvalidSource, Problem
 from orchestrator.workspace import Workspace, find_root, load_workspace
 from rules.durations import DurationDefaults
@@ -18,7 +19,10 @@ app = typer.Typer(help="Validate, deploy and inspect journeys.", no_args_is_help
 
 WorkspaceOption = Annotated[
     Path | None,
-    typer.Option(help="Workspace directory (default: found above the given paths, or cwd)"),
+    typer.Option(
+        help="Workspace directory (default: the one holding the given paths; else "
+        "$ORCHESTRATOR_WORKSPACE, the one at or above the current directory, or the example)"
+    ),
 ]
 
 
@@ -37,26 +41,40 @@ def _open_workspace(root: Path) -> Workspace:
 
 
 def root_for(paths: list[Path], workspace: Path | None) -> Path:
+    """The workspace a command works on: `--workspace`; else the one holding the first
+    path; with no paths, ORCHESTRATOR_WORKSPACE if set, else the one at or above the
+    current directory, else the example (what `orchestrator dev` runs)."""
     if workspace is not None:
         return workspace
-    found = find_root(paths[0] if paths else Path.cwd())
-    if found is None:
-        typer.echo("no orchestrator.yaml found above the given path; pass --workspace", err=True)
-        raise typer.Exit(2)
-    return found
+    if paths:
+        found = find_root(paths[0])
+        if found is None:
+            typer.echo(
+                "no orchestrator.yaml found above the given path; pass --workspace", err=True
+            )
+            raise typer.Exit(2)
+        return found
+    settings = command_settings()
+    if "workspace" in settings.model_fields_set:  # set in the environment
+        return settings.workspace
+    return find_root(Path.cwd()) or settings.workspace
 
 
 @app.command()
 def validate(
-    paths: Annotated[list[Path], typer.Argument(help="Journey files or directories")],
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Journey files or directories (default: the workspace's journeys)"),
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Print every problem as `path:line:col: message`; exit 1 if there are any."""
     from orchestrator.validation import check_files
 
+    paths = paths or []
     root = root_for(paths, workspace)
     ws = _open_workspace(root)
-    files: list[Path] = []
+    files: list[Path] = [] if paths else list(ws.journey_files)
     for path in paths:
         if path.is_dir():
             files.extend(sorted(path.glob("*.yaml")) or sorted((path / "journeys").glob("*.yaml")))
@@ -66,7 +84,7 @@ def validate(
     print_problems(root, problems)
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"{len(files)} journey file(s) valid", err=True)
+    typer.echo(f"{len(files)} journey file(s) valid in {os.path.relpath(root)}", err=True)
 
 
 @app.command()
@@ -74,11 +92,10 @@ def deploy(workspace: WorkspaceOption = None) -> None:
     """Validate the whole workspace and store each changed journey as a new version."""
     from orchestrator.database import create_engine
     from orchestrator.deploy import deploy_workspace
-    from orchestrator.settings import Settings
 
-    root = root_for([], workspace or Settings().workspace)
+    root = root_for([], workspace)
     ws = _open_workspace(root)
-    url = Settings().require_database_url()
+    url = database_url()
 
     async def work() -> None:
         engine = create_engine(url, pool_size=1)
@@ -103,10 +120,9 @@ def list_journeys() -> None:
     from sqlalchemy import func, select
 
     from orchestrator.database import create_engine
-    from orchestrator.settings import Settings
     from orchestrator.tables import enrollments, journeys
 
-    url = Settings().require_database_url()
+    url = database_url()
 
     async def work() -> None:
         engine = create_engine(url, pool_size=1)

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.cli_settings import command_settings, database_url
+
 app = typer.Typer(help="The ranking model behind ranked content.", no_args_is_help=True)
 
 RETAIL = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci-online-retail"
@@ -83,15 +85,14 @@ def train(
 ) -> None:
     """Train a version; it goes live only if it beats the active one and popularity."""
     from orchestrator.database import create_engine
+    from orchestrator.journeys_cli import root_for
     from orchestrator.ranking.retail import DatasetError, read_retail
     from orchestrator.ranking.versions import VersionError, stored_purchases
     from orchestrator.ranking.versions import train as train_version
-    from orchestrator.settings import Settings
     from orchestrator.workspace import load_config
 
-    settings = Settings()
-    url = settings.require_database_url()
-    events = load_config(settings.workspace).ranking.popularity_events
+    url = database_url()
+    events = load_config(root_for([], None)).ranking.popularity_events
 
     async def work() -> None:
         engine = create_engine(url, pool_size=1)
@@ -121,9 +122,8 @@ def activate(version: int) -> None:
     from orchestrator.database import create_engine
     from orchestrator.ranking.versions import VersionError
     from orchestrator.ranking.versions import activate as activate_version
-    from orchestrator.settings import Settings
 
-    url = Settings().require_database_url()
+    url = database_url()
 
     async def work() -> None:
         engine = create_engine(url, pool_size=1)
@@ -145,9 +145,8 @@ def list_versions() -> None:
     """Every trained version, its window, status and why."""
     from orchestrator.database import create_engine
     from orchestrator.ranking.versions import versions
-    from orchestrator.settings import Settings
 
-    url = Settings().require_database_url()
+    url = database_url()
 
     async def work() -> list[dict[str, object]]:
         engine = create_engine(url, pool_size=1)
@@ -171,7 +170,6 @@ def schedule(
     """Retrain from the stored events on a Temporal schedule (`ranking-retrain`); each
     run's version goes live only if it wins. Running it again changes the interval."""
     from orchestrator.ranking.schedule import schedule_retraining
-    from orchestrator.settings import Settings
     from orchestrator.temporal import connect
     from rules.durations import DurationError, parse_duration
 
@@ -180,7 +178,7 @@ def schedule(
     except DurationError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    settings = Settings()
+    settings = command_settings()
 
     async def work() -> None:
         client = await connect(settings.temporal_address, settings.temporal_namespace)

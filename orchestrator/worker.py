@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from channels.adapters import ChannelDeps, build_channels
@@ -22,6 +24,38 @@ from orchestrator.ranking.serving import build_recommender
 from orchestrator.temporal import journey_worker
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
+
+
+class BriefActivityFailures(logging.Filter):
+    """Shortens the Temporal SDK's "Completing activity as failed" warning to one line
+    when the activity failed on purpose, with an ApplicationError (a provider down or
+    answering 5xx, a refused message): its message says it all, and a retried delivery
+    would otherwise print a 60-line traceback on every attempt. With DEBUG on, and for
+    any other exception (a bug), the traceback stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if (
+            not isinstance(error, ApplicationError)
+            or getattr(record, "__temporal_error_identifier", None) != "ActivityFailure"
+            or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        ):
+            return True
+        details = getattr(record, "temporal_activity", None) or {}
+        record.msg = "%s failed (attempt %s, workflow %s): %s: %s%s"
+        record.args = (
+            details.get("activity_type", "activity"),
+            details.get("attempt", "?"),
+            details.get("workflow_id", "?"),
+            error.type or "ApplicationError",
+            " ".join(error.message.split()),  # a provider's answer may span lines
+            "; not retried" if error.non_retryable else "",
+        )
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_BRIEF_ACTIVITY_FAILURES = BriefActivityFailures()
 
 
 def build_channel_deps(
@@ -97,6 +131,8 @@ async def running_worker(
     **options: Any,
 ) -> AsyncIterator[Worker]:
     """Run a worker until the block exits; `store` overrides the Postgres store."""
+    # The SDK logs each failed activity attempt here (adding the filter again is a no-op).
+    logging.getLogger("temporalio.activity").addFilter(_BRIEF_ACTIVITY_FAILURES)
     config = workspace.config
     arbiter = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)

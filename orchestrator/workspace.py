@@ -6,7 +6,7 @@
     templates/*.yaml     one message per file, a section per channel
 
 String values in `orchestrator.yaml` may name environment variables as `${NAME}`, so
-secrets need not live in git.
+secrets need not live in git; `${NAME:-default}` uses the default when NAME is unset or empty.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from workflows.spec import IDENTIFIER, ChannelName
 
 CONFIG_FILE = "orchestrator.yaml"
 POLICY_FILE = "policy.yaml"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${NAME} or ${NAME:-default}, as in a shell; the default runs to the first `}`.
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Config(BaseModel):
@@ -313,7 +314,9 @@ def _resolve_env(source: Source, value: Any, loc: list[str | int], problems: lis
         return value
 
     def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
+        name, default = match.group(1), match.group(2)
+        if default is not None:
+            return os.environ.get(name) or default
         if name not in os.environ:
             problems.append(source.problem(loc, f"environment variable {name} is not set"))
             return ""

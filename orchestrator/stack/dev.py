@@ -7,7 +7,10 @@ the API, the worker and the webhook sink run in this process's event loop.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,10 @@ class DevOptions:
 
 
 CATALOG_FILE = "catalog.csv"
+# What orchestrator.yaml can say to follow the ports `dev` was given, as the example does:
+# `url: ${ORCHESTRATOR_SINK_URL:-http://127.0.0.1:8750}/email`.
+SINK_URL = "ORCHESTRATOR_SINK_URL"
+PUBLIC_URL = "ORCHESTRATOR_PUBLIC_URL"
 
 
 def say(text: str) -> None:
@@ -48,7 +55,8 @@ def say(text: str) -> None:
 async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
     """Start everything, deploy the workspace, serve until `stop`, then stop everything."""
     try:
-        workspace = load_workspace(options.workspace)
+        with _environment(_workspace_environment(options)):
+            workspace = load_workspace(options.workspace)
     except InvalidSource as exc:
         say(f"the workspace {options.workspace} is invalid:\n{exc}")
         sys.exit(1)
@@ -103,6 +111,31 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
         await asyncio.to_thread(temporal.stop)
         await asyncio.to_thread(postgres.stop)
         say("stopped")
+
+
+def _workspace_environment(options: DevOptions) -> dict[str, str]:
+    """The variables orchestrator.yaml sees: our sink's URL, and the API's as the public
+    URL unless the caller set one (a tunnel, say)."""
+    return {
+        SINK_URL: f"http://127.0.0.1:{options.sink_port}",
+        PUBLIC_URL: os.environ.get(PUBLIC_URL) or f"http://127.0.0.1:{options.api_port}",
+    }
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set `values` in os.environ for the block only (the workspace is loaded once, at
+    start), so they do not reach the servers we start or outlive `run_dev`."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _banner(

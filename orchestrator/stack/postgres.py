@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -38,7 +39,7 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+        return _url("127.0.0.1", self.port)
 
     def start(self, timeout: float = 60.0) -> str:
         """Start the server (initialising the data directory if new); return its URL."""
@@ -144,6 +145,42 @@ class EmbeddedPostgres:
     def _log_tail(self) -> str:
         log = self.data_dir / "server.log"
         return "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the server running on `data_dir`, or None when none is: its
+    postmaster.pid names the port, and the server must be up and answer there (a
+    server killed outright leaves the file behind)."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+        host, status = lines[5].split(",")[0].strip(), lines[7].strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    if host in ("", "*", "0.0.0.0"):
+        host = "127.0.0.1"
+    if status != "ready" or not _alive(pid):
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            pass
+    except OSError:
+        return None
+    return _url(host, port)
+
+
+def _url(host: str, port: int) -> str:
+    return f"postgresql+asyncpg://postgres@{host}:{port}/postgres"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, as another user (ours when we are root)
+        return True
+    return True
 
 
 def _service_user() -> pwd.struct_passwd:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -59,6 +60,36 @@ def test_validate_prints_every_problem_with_its_position(
         "journeys/cart_abandonment.yaml:34:17: "
         "steps.reminder.send.template: unknown template 'cart_remindr'"
     )
+
+
+def test_validate_without_paths_checks_the_workspace(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ORCHESTRATOR_WORKSPACE", raising=False)
+    monkeypatch.chdir(workspace / "journeys")  # the workspace at or above the directory
+    result = runner.invoke(app, ["journeys", "validate"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "3 journey file(s) valid in ..\n"
+    path = workspace / "journeys" / "win_back.yaml"
+    path.write_text(path.read_text().replace("timeout: 14d", "timeout: fortnight"))
+    result = runner.invoke(app, ["journeys", "validate"])
+    assert result.exit_code == 1
+    assert result.stdout.startswith("win_back.yaml:")
+    assert "'fortnight' is not a duration" in result.stdout
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # in no workspace: the one dev runs, the example
+    result = runner.invoke(app, ["journeys", "validate"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.endswith("3 journey file(s) valid in " + os.path.relpath(EXAMPLE) + "\n")
+    monkeypatch.setenv("ORCHESTRATOR_WORKSPACE", str(workspace))  # or the one it names
+    result = runner.invoke(app, ["journeys", "validate"])
+    assert result.exit_code == 1
+    assert "'fortnight' is not a duration" in result.stdout
+    policy = runner.invoke(app, ["policy", "validate"])  # policy validate agrees
+    assert policy.exit_code == 0
+    assert policy.stderr == os.path.relpath(workspace / "policy.yaml") + " is valid\n"
 
 
 def test_validate_outside_a_workspace(tmp_path: Path) -> None:
@@ -185,13 +216,3 @@ async def test_deploy_versions_only_what_changed(
         ["welcome_series", "v1", "active"],
         ["win_back", "v2", "active"],
     ]
-
-
-def test_commands_explain_missing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ORCHESTRATOR_DATABASE_URL", raising=False)
-    result = runner.invoke(app, ["migrate"])
-    assert result.exit_code != 0
-    assert "ORCHESTRATOR_DATABASE_URL" in str(result.exception)
-    monkeypatch.setenv("ORCHESTRATOR_ENVIRONMENT", "production")
-    result = runner.invoke(app, ["migrate"])
-    assert "ORCHESTRATOR_DATABASE_URL is required in production" in str(result.exception)

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from orchestrator.stack.processes import free_port
@@ -70,6 +71,10 @@ class Dev:
             await asyncio.sleep(0.1)
         raise AssertionError(f"no line with {text!r}; output:\n" + "\n".join(self.lines))
 
+    def database_url(self) -> str:
+        [line] = [line for line in self.lines if line.strip().startswith("Postgres ")]
+        return line.split()[-1]
+
     async def stop(self, sig: signal.Signals) -> int:
         assert self.process is not None
         if sig == signal.SIGINT:
@@ -81,9 +86,22 @@ class Dev:
         return code
 
 
+async def command(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """Run `orchestrator ARGS` in `cwd` as a user would in another terminal."""
+    environment = {k: v for k, v in os.environ.items() if k != "ORCHESTRATOR_DATABASE_URL"}
+    process = await asyncio.create_subprocess_exec(
+        str(BIN / "orchestrator"), *args, cwd=cwd, env=environment,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    sink_port = 8750  # the example workspace delivers to the sink on this port
+    state = tmp_path / ".state"  # as if started in tmp_path without --state-dir
+    # Not the example's default ports: the workspace follows the ports dev is given.
+    sink_port = free_port()
     dev = Dev(state)
     await dev.start(sink_port)
     try:
@@ -110,6 +128,20 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
             line = await dev.wait_for_line("[sink] email")
             assert "→ ada" in line
             assert "signed ✓" in line
+            # the email's unsubscribe link leads to this API
+            conn = await asyncpg.connect(dev.database_url())
+            try:
+                link = await conn.fetchval(
+                    "SELECT content->>'unsubscribe_url' FROM messages WHERE channel = 'email'"
+                )
+            finally:
+                await conn.close()
+            assert link.startswith(f"{api}/v1/unsubscribe/")
+            assert (await http.get(link)).status_code == 200
+            # commands run from where dev was started find its database
+            code, out, err = await command("decisions", "explain", "ada", cwd=tmp_path)
+            assert code == 0, err
+            assert "sent on email" in out
             ui = await http.get(f"http://127.0.0.1:{dev.ports['ui']}/")
             assert ui.status_code == 200
             docs = await http.get(f"{api}/docs")
@@ -121,6 +153,10 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
     assert dev.lines[-1] == "stopped"
     await asyncio.sleep(0.5)
     assert processes_using(state) == []
+    code, out, err = await command("decisions", "explain", "ada", cwd=tmp_path)
+    assert (code, out) == (1, "")
+    assert err.startswith("no database: set ORCHESTRATOR_DATABASE_URL")
+    assert len(err.splitlines()) == 1
 
     # State survives a restart; and if `orchestrator dev` is killed outright, its
     # children go with it.

@@ -1,0 +1,52 @@
+"""How commands get their settings: the environment, else the running dev stack's database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+
+from orchestrator.settings import Settings
+from orchestrator.stack.postgres import running_url
+
+# Where `orchestrator dev` keeps its data unless told otherwise (--state-dir), relative
+# to the directory it was started in; Postgres is in its `postgres` folder.
+DEV_STATE_DIR = Path(".state")
+
+
+def command_settings() -> Settings:
+    """Settings from ORCHESTRATOR_*; a bad or missing one is a line each and exit 1."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "ORCHESTRATOR_" + "_".join(str(part) for part in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            typer.echo(message if not error["loc"] else f"{name}: {message}", err=True)
+        raise typer.Exit(1) from None
+
+
+def settings_with_database() -> Settings:
+    """The settings, their database being ORCHESTRATOR_DATABASE_URL or else that of the
+    `orchestrator dev` running from this directory or one above it; when there is
+    neither, one line saying what to set, and exit 1."""
+    settings = command_settings()
+    if settings.database_url:
+        return settings
+    here = Path.cwd()
+    for directory in (here, *here.parents):
+        url = running_url(directory / DEV_STATE_DIR / "postgres")
+        if url is not None:
+            return settings.model_copy(update={"database_url": url})
+    typer.echo(
+        "no database: set ORCHESTRATOR_DATABASE_URL, or start `orchestrator dev` in this "
+        f"directory (its Postgres keeps its data in {DEV_STATE_DIR}/)",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
+def database_url() -> str:
+    """The database a command should use (see `settings_with_database`)."""
+    return settings_with_database().require_database_url()
