@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean browser
 
 # A new top-level package needs the editable install redone, like a new dependency.
 $(STAMP): pyproject.toml $(wildcard */__init__.py)
@@ -18,15 +18,27 @@ $(STAMP): pyproject.toml $(wildcard */__init__.py)
 run: $(STAMP)
 	$(BIN)/orchestrator dev
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
 
-PY_DIRS := orchestrator workflows channels tests bench
+# Browser tests drive Debian's chromium (never a downloaded one). As root, as on CI,
+# it is installed when missing; otherwise say how in one line.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "the browser tests need Chromium: run 'sudo apt-get install chromium'"; exit 1; \
+		fi; \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+PY_DIRS := orchestrator workflows channels rules tests bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
-	$(BIN)/mypy orchestrator workflows channels
+	$(BIN)/mypy orchestrator workflows channels rules
 
 clean:
 	rm -rf $(VENV) .state

@@ -33,6 +33,7 @@ from orchestrator.workspace import load_workspace
 
 BIN = Path(sys.executable).parent
 WRITE_KEY = "wk_bench_0123456789"
+SERVER_KEY = "sk_bench_0123456789abcdefghijkl"
 SECRET = "whsec_SN6HEFrrhJp7Ygw3WCXl9y60mXqXOufBv2Nogw2ifLU="
 
 
@@ -45,6 +46,7 @@ class BenchStack:
     task_queue: str
     worker: subprocess.Popen[bytes]
     api: subprocess.Popen[bytes]
+    temporal: TemporalDevServer
 
 
 def write_workspace(
@@ -54,6 +56,9 @@ def write_workspace(
     (root / "templates").mkdir()
     (root / "orchestrator.yaml").write_text(
         f"workspace: bench\nsources:\n  - name: bench\n    write_key: {WRITE_KEY}\n"
+        # Benchmarks measure throughput, not the per-source limit.
+        "    rate_limit: {per_second: 1000000, burst: 1000000}\n"
+        f"api_keys:\n  - {{name: bench, secret: {SERVER_KEY}, scopes: [admin]}}\n"
         f"channels:\n  email:\n    url: {receiver_url}/email\n    signing_secret: {SECRET}\n"
         f"links:\n  signing_secret: {SECRET}\n{config}"
     )
@@ -74,6 +79,7 @@ async def bench_stack(
     worker: bool = True,
     api_processes: int = 1,
     config: str = "",
+    environment: dict[str, str] | None = None,
 ) -> AsyncIterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
         state = Path(tmp)
@@ -102,6 +108,7 @@ async def bench_stack(
                 "ORCHESTRATOR_TASK_QUEUE": "bench",
                 "ORCHESTRATOR_DB_POOL_SIZE": "20",
                 "ORCHESTRATOR_API_PROCESSES": str(api_processes),
+                **(environment or {}),
             }
             logs = open(state / "processes.log", "ab")  # noqa: SIM115
             api = subprocess.Popen(
@@ -117,7 +124,7 @@ async def bench_stack(
             api_url = f"http://127.0.0.1:{api_port}"
             await _wait_http(f"{api_url}/healthz")
             client = await connect(temporal.address)
-            yield BenchStack(api_url, database_url, engine, client, "bench", work, api)
+            yield BenchStack(api_url, database_url, engine, client, "bench", work, api, temporal)
             await engine.dispose()
         finally:
             for process in processes:

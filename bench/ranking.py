@@ -25,7 +25,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.harness import WRITE_KEY, bench_stack, percentile
+from bench.harness import SERVER_KEY, bench_stack, percentile
 from channels.ranking import RankRequest
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.ranking.model import HybridModel, histories
@@ -85,7 +85,8 @@ async def _over_http(api_url: str, users: list[str], clients: int) -> None:
     queue = iter(users * 2)
     took_ms: list[float] = []
     sources: Counter[str] = Counter()
-    async with httpx.AsyncClient(auth=(WRITE_KEY, ""), timeout=30) as http:
+    bearer = {"authorization": f"Bearer {SERVER_KEY}"}
+    async with httpx.AsyncClient(headers=bearer, timeout=30) as http:
 
         async def client() -> None:
             for user in queue:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from channels.addresses import is_one_address
 from channels.base import (
     Channel,
     DeliveryRequest,
@@ -118,6 +119,14 @@ class EmailChannel(WebhookChannel):
             raise ValueError("email needs unsubscribe links: set links.signing_secret")
         super().__init__(poster=poster, deps=deps)
         self.links = deps.links
+
+    async def build(self, request: DeliveryRequest) -> Rendered:
+        email = request.context.get("user", {}).get("email")
+        if email is not None and not is_one_address(email):
+            # Ingestion refuses such a trait, but a journey's `update_profile` can still
+            # set one; a line break in it would reach the ESP's headers.
+            raise RenderError("recipient.email", "the user's email trait is not one address")
+        return await super().build(request)
 
     def _unsubscribe_url(self, request: DeliveryRequest) -> str:
         category = str(request.metadata.get("category") or "*")

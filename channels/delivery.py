@@ -25,8 +25,9 @@ def utc_now() -> datetime:
 class RateLimit:
     """A token bucket: at most `per_second` requests on average, `burst` at once.
 
-    Callers wait for their turn (in arrival order) rather than fail: a provider's
-    limit is a pace to keep, not an error. It paces one worker process.
+    `acquire` waits for its turn (in arrival order) rather than fail: a provider's
+    limit is a pace to keep, not an error. It paces one process. `take` does not
+    wait: it says how long the caller would have to (ingestion answers 429 with it).
     """
 
     def __init__(self, per_second: float, burst: int = 1) -> None:
@@ -40,15 +41,20 @@ class RateLimit:
     async def acquire(self) -> None:
         async with self._lock:
             while True:
-                now = time.monotonic()
-                self._tokens = min(
-                    self.burst, self._tokens + (now - self._updated) * self.per_second
-                )
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                wait = self.take()
+                if not wait:
                     return
-                await asyncio.sleep((1 - self._tokens) / self.per_second)
+                await asyncio.sleep(wait)
+
+    def take(self) -> float:
+        """Take a token if one is there (0.0), else the seconds until there is one."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.per_second)
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.per_second
 
 
 class SignedPoster:

@@ -41,7 +41,9 @@ class MessageFields(BaseModel):
     )
     category: Literal["promotional", "transactional", "service"]
     priority: int = Field(default=50, ge=0, le=100)
-    value: float | None = Field(default=None, ge=0, description="Expected value of the message")
+    value: float | None = Field(
+        default=None, ge=0, le=1e9, description="Expected value of the message"
+    )
     propensity: float | None = Field(default=None, ge=0, le=1)
     tags: list[str] = Field(default_factory=list)
     template: str | None = None
@@ -71,3 +73,20 @@ class MessageFields(BaseModel):
             template=self.template,
             content_key=self.content_key,
         )
+
+
+def scoped_key(caller: str, user_id: str, key: str) -> str:
+    """Idempotency keys belong to one caller and one user: another caller's key, or the
+    same key for another user, is a different request (and says nothing about this one).
+    The user id's length keeps `a:b` + `c` apart from `a` + `b:c`."""
+    return f"api:{caller}:{len(user_id)}:{user_id}:{key}"
+
+
+def shown_key(stored: str) -> str:
+    """The key as its caller gave it (journeys' keys are shown as they are)."""
+    if not stored.startswith("api:"):
+        return stored
+    _, _, rest = stored.partition(":")
+    _caller, _, rest = rest.partition(":")
+    length, _, rest = rest.partition(":")
+    return rest[int(length) + 1 :] if length.isdigit() else stored

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from orchestrator.arbitration import shown_key
 from orchestrator.cli_settings import database_url
 from orchestrator.journeys_cli import WorkspaceOption, print_problems, root_for
 from orchestrator.sources import InvalidSource, load
@@ -133,7 +134,7 @@ def explain(
             "defer": f"deferred until {row['until']:%Y-%m-%d %H:%M}" if row["until"] else "",
         }[action]
         typer.echo(f"{row['decided_at']:%Y-%m-%d %H:%M:%S}  {row['journey'] or '-'}  "
-                   f"message {str(row['key'])[:13]}  {target}")  # fmt: skip
+                   f"message {shown_key(str(row['key']))[:13]}  {target}")  # fmt: skip
         for check in row["checks"]:
             mark = "ok  " if check["passed"] else "FAIL"
             typer.echo(f"    {mark} {check['rule']}: {check['detail']}")

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Collection, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from channels.ranking import ScoredItem
+from orchestrator.access import audit
 from orchestrator.routing import Clock, utc_now
 from orchestrator.tables import catalog_items
 
@@ -50,6 +51,14 @@ class CatalogItem(BaseModel):
     @classmethod
     def _blank_is_missing(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("url", "image")
+    @classmethod
+    def _web_address(cls, value: str | None) -> str | None:
+        # These end up as links and images in messages: nothing but the web.
+        if value is not None and not value.lower().startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
 
 
 class CatalogFileError(Exception):
@@ -93,12 +102,26 @@ def read_items(path: Path) -> list[CatalogItem]:
     return items
 
 
-async def load_items(engine: AsyncEngine, items: Sequence[CatalogItem]) -> int:
-    """Insert or update the items, all in one transaction."""
+async def load_items(
+    engine: AsyncEngine,
+    items: Sequence[CatalogItem],
+    *,
+    actor: audit.Actor | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Insert or update the items, all in one transaction, and say who did in the audit
+    log (the person at the command line unless `actor` says otherwise)."""
     if not items:
         return 0
     rows = [item.model_dump() for item in items]
     async with engine.begin() as conn:
+        await audit.record(
+            conn,
+            actor or audit.command_line(),
+            "catalog.write",
+            details={"items": len(rows), "first_id": rows[0]["id"]},
+            now=now or datetime.now(UTC),
+        )
         for start in range(0, len(rows), 1000):
             stmt = insert(catalog_items).values(rows[start : start + 1000])
             await conn.execute(

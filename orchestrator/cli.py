@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from orchestrator.access.cli import audit_log, tokens_app
 from orchestrator.arbitration_cli import decisions_app, policy_app
 from orchestrator.catalog_cli import app as catalog_app
 from orchestrator.cli_settings import DEV_STATE_DIR, command_settings, settings_with_database
@@ -32,6 +33,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(ranking_app, name="ranking")
+app.add_typer(tokens_app, name="tokens")
+app.command("audit")(audit_log)
 
 
 def main() -> None:

@@ -6,12 +6,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orchestrator.access import audit
 from orchestrator.sources import InvalidSource
 from orchestrator.tables import journey_versions, journeys
 from orchestrator.validation import CheckedJourney, check_workspace
@@ -38,11 +40,14 @@ def content_of(checked: CheckedJourney) -> tuple[dict[str, Any], dict[str, Any],
     return spec, templates, hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def deploy(engine: AsyncEngine, checked: Sequence[CheckedJourney]) -> list[Deployed]:
+async def deploy(
+    engine: AsyncEngine, checked: Sequence[CheckedJourney], *, actor: audit.Actor | None = None
+) -> list[Deployed]:
     """Store new versions of changed journeys and retire journeys no longer in the workspace.
 
     Call only with a fully valid workspace: validation happens before, so that nothing
-    is stored when anything is invalid. One transaction; concurrent deploys queue.
+    is stored when anything is invalid. One transaction; concurrent deploys queue. Each
+    change is in the audit log, by `actor` (the person at the command line by default).
     """
     results: list[Deployed] = []
     async with engine.begin() as conn:
@@ -113,6 +118,12 @@ async def deploy(engine: AsyncEngine, checked: Sequence[CheckedJourney]) -> list
                     .values(active=False, updated_at=func.now())
                 )
                 results.append(Deployed(key, row.current_version, "retired"))
+        who, now = actor or audit.command_line(), datetime.now(UTC)
+        for result in results:
+            if result.change != "unchanged":
+                details = {"journey": result.key, "version": result.version,
+                           "change": result.change}  # fmt: skip
+                await audit.record(conn, who, "journeys.deploy", details=details, now=now)
     return results
 
 

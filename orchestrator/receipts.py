@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels.unsubscribe import Unsubscribe
 from orchestrator.inbox import mark
+from orchestrator.json_checks import Instant
 from orchestrator.services import Services
 from orchestrator.tables import messages, receipts
 from orchestrator.tracking import Incoming
@@ -59,7 +60,7 @@ class ReceiptBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Kind
-    timestamp: datetime
+    timestamp: Instant
     data: ReceiptData
 
     @model_validator(mode="after")

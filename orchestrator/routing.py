@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +61,16 @@ class Router:
     the sweeper): entries are decided and enrollments inserted there, so a request
     costs one transaction. `execute()` runs after commit: it starts workflows, records
     goal conversions and signals running users, then marks the events routed.
+
+    A request waits for routing only so long (`route_within`): the events are stored,
+    so a slow Temporal finishes in the background, and one that does not answer at all
+    is left alone (the sweeper routes its events once it answers again).
     """
+
+    # While Temporal is known to be away, requests do not try; the sweeper probes.
+    AWAY_FOR = 5.0
+    # Routing still running after its request answered, at most (beyond: the sweeper's).
+    MAX_BACKGROUND = 1000
 
     def __init__(
         self,
@@ -78,6 +88,51 @@ class Router:
         self.clock, self.history_limit = clock, history_limit
         self.installation = Installation(engine)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._background: set[asyncio.Task[list[int]]] = set()
+        self._away_until = 0.0  # monotonic times
+        self._answered_at = 0.0
+
+    async def route(self, plan: Plan, snapshot: Snapshot, *, within: float) -> None:
+        """Execute the plan, waiting at most `within` seconds for it (see the class)."""
+        if not plan.events or self._temporal_away() or len(self._background) > self.MAX_BACKGROUND:
+            return  # stored unrouted: the sweeper routes these
+        task = asyncio.create_task(self.execute(plan, snapshot))
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        done, _ = await asyncio.wait({task}, timeout=within)
+        # Slow, or away? Routing that finished a moment ago says Temporal is there.
+        if not done and not self._answered_lately() and not await self._temporal_answers():
+            task.cancel()
+
+    async def close(self) -> None:
+        """Stop routing in the background; what it had not finished, the sweeper does."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[list[int]]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("routing failed after its request; the sweeper will retry", exc_info=error)
+
+    def _temporal_away(self) -> bool:
+        return time.monotonic() < self._away_until
+
+    def _answered_lately(self) -> bool:
+        return time.monotonic() - self._answered_at < 1.0
+
+    async def _temporal_answers(self) -> bool:
+        """Ask Temporal directly (one RPC, no retries); remember when it does not answer."""
+        try:
+            await self.client.service_client.check_health(timeout=timedelta(seconds=1))
+        except Exception as exc:  # whatever the reason, it did not answer
+            if not self._temporal_away():
+                log.warning("Temporal does not answer (%s): events are stored and will be "
+                            "routed when it does", exc)  # fmt: skip
+            self._away_until = time.monotonic() + self.AWAY_FOR
+            return False
+        self._away_until, self._answered_at = 0.0, time.monotonic()
+        return True
 
     async def plan(
         self,
@@ -120,8 +175,14 @@ class Router:
             *(self._execute_user(plan, snapshot, items) for items in by_user.values()),
             return_exceptions=True,
         )
+        if any(_unavailable(outcome) for outcome in outcomes):
+            await self._temporal_answers()  # one line in the log, not one per user
+        elif any(not isinstance(outcome, BaseException) for outcome in outcomes):
+            self._answered_at = time.monotonic()
         routed: list[int] = []
         for items, outcome in zip(by_user.values(), outcomes, strict=True):
+            if _unavailable(outcome):
+                continue
             if isinstance(outcome, BaseException):
                 log.error("routing events of user %s failed; the sweeper will retry",
                           items[0].user_id, exc_info=outcome)  # fmt: skip
@@ -136,6 +197,8 @@ class Router:
 
     async def sweep(self, older_than: timedelta, limit: int = 200) -> int:
         """Route events a crashed or failed request left unrouted; return how many."""
+        if self._temporal_away() and not await self._temporal_answers():
+            return 0
         snapshot = await self.registry.snapshot()
         async with self.engine.begin() as conn:
             rows = await conn.execute(
@@ -248,6 +311,13 @@ class Router:
             # The run finished between our read and the signal: nothing is waiting.
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
+
+
+def _unavailable(outcome: object) -> bool:
+    return isinstance(outcome, RPCError) and outcome.status in (
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+    )
 
 
 def _context(

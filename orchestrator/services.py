@@ -63,7 +63,7 @@ class Services:
             )
             plan = await self.router.plan(conn, stored, snapshot, fresh=True)
         # Stored is accepted: a routing failure is retried by the sweeper, not the client.
-        await self.router.execute(plan, snapshot)
+        await self.router.route(plan, snapshot, within=self.settings.route_within_seconds)
 
 
 def build_services(

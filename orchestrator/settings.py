@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = 500 * 1024
     # Events no journey was told about after this long are routed again by the sweeper.
     reroute_after_seconds: float = 30.0
+    # A request waits this long for its events to reach their journeys; after that the
+    # answer goes out and routing goes on behind it (it is stored either way).
+    route_within_seconds: float = Field(default=0.05, ge=0)
     db_pool_size: int = 10
 
     @model_validator(mode="after")

@@ -212,6 +212,23 @@ catalog_items = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
 )
 
+# Who did what: catalogue writes, deploys, personal-data reads by key or user token.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    # server_key | user_token | write_key | cli
+    Column("actor_kind", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("subject", Text),
+    Column("details", JSONB, nullable=False, server_default=_empty),
+    Column("client", Text),
+    Index("audit_log_at_idx", "at"),
+    Index("audit_log_subject_idx", "subject", "at"),
+)
+
 # Trained ranking models: every version is kept; at most one is active.
 ranking_models = Table(
     "ranking_models",

@@ -9,13 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from channels.addresses import is_one_address
+from orchestrator.json_checks import Instant, problem
+
 MessageType = Literal["track", "identify", "page", "screen", "alias", "group"]
+
+# A device clock this far ahead is wrong: the event gets the time we received it, and
+# the time it claimed is kept as `context.originalTimestamp`.
+MAX_AHEAD = timedelta(hours=24)
 
 
 class BadInput(Exception):
@@ -44,7 +51,7 @@ class TrackingMessage(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime | None = None
+    timestamp: Instant | None = None
 
     @field_validator("user_id", "anonymous_id", "previous_id", "group_id", mode="before")
     @classmethod
@@ -52,13 +59,6 @@ class TrackingMessage(BaseModel):
         # Some libraries send numeric ids; Segment treats them as strings.
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        return value
-
-    @field_validator("timestamp")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
         return value
 
 
@@ -84,6 +84,9 @@ def parse_message(
     """Validate one message; raise BadInput naming the field."""
     if not isinstance(raw, dict):
         raise BadInput(where, "each message must be a JSON object")
+    if found := problem(raw):
+        field, message = found
+        raise BadInput(_at(where, field), message)
     size = len(orjson.dumps(raw, default=str))
     if size > max_bytes:
         raise BadInput(where, f"message is {size} bytes; the limit is {max_bytes}", status=413)
@@ -111,7 +114,16 @@ def parse_message(
     if msg.type == "group" and not msg.group_id:
         raise BadInput(_at(where, "groupId"), "a group call needs groupId")
     name = msg.event if msg.type == "track" else msg.name
-    traits = msg.traits or dict(msg.context.get("traits") or {})
+    traits_at = "traits" if msg.traits else "context.traits"
+    traits = msg.traits or msg.context.get("traits") or {}
+    traits = traits if isinstance(traits, dict) else {}
+    email = traits.get("email")
+    if msg.type != "group" and email is not None and not is_one_address(email):
+        raise BadInput(_at(where, f"{traits_at}.email"), "must be one email address")
+    context, timestamp = msg.context, msg.timestamp or now
+    if timestamp > now + MAX_AHEAD:
+        context = {**context, "originalTimestamp": timestamp.isoformat()}
+        timestamp = now
     return Incoming(
         message_id=msg.message_id or _derived_id(raw),
         type=msg.type,
@@ -120,9 +132,9 @@ def parse_message(
         anonymous_id=msg.anonymous_id,
         previous_id=msg.previous_id,
         properties=msg.properties,
-        traits=traits if isinstance(traits, dict) else {},
-        context=msg.context,
-        timestamp=msg.timestamp or now,
+        traits=dict(traits),
+        context=context,
+        timestamp=timestamp,
     )
 
 

@@ -1,6 +1,6 @@
 """A workspace: what a marketing team keeps in git.
 
-    orchestrator.yaml    write keys, channel endpoints and secrets, default timezone
+    orchestrator.yaml    credentials, channel endpoints and secrets, default timezone
     policy.yaml          the contact policy: caps, quiet hours, consent, rules (optional)
     journeys/*.yaml      one journey per file
     templates/*.yaml     one message per file, a section per channel
@@ -32,6 +32,7 @@ from pydantic import (
 from channels.signing import secret_key
 from channels.templates import Template
 from channels.unsubscribe import UnsubscribeLinks
+from orchestrator.access.credentials import ApiKey, UserTokens, origins
 from orchestrator.sources import InvalidSource, Problem, Source, load
 from rules.durations import Duration
 from rules.policy import Policy
@@ -139,11 +140,32 @@ class RankingConfig(_Config):
         return self
 
 
+def _default_ingestion_limit() -> RateLimitConfig:
+    return RateLimitConfig(per_second=500, burst=1000)
+
+
 class WriteKey(_Config):
-    """One source of events (a website, an app, a backend) and its write key."""
+    """One source of events (a website, an app, a backend) and its write key.
+
+    Write keys are public by design (they ship in web pages and apps): they send
+    events and nothing else."""
 
     name: str = Field(pattern=IDENTIFIER)
     write_key: str = Field(min_length=8)
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web pages (scheme://host[:port]) whose browsers may send events",
+    )
+    rate_limit: RateLimitConfig = Field(
+        default_factory=_default_ingestion_limit,
+        description="Requests per second this key may make to each API process; beyond it "
+        "the answer is 429 with Retry-After",
+    )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        return origins(values)
 
 
 SAMPLE_ITEM = {
@@ -179,6 +201,12 @@ class WorkspaceConfig(_Config):
     workspace: str = Field(pattern=IDENTIFIER)
     default_timezone: str = "UTC"
     sources: list[WriteKey] = Field(min_length=1)
+    api_keys: list[ApiKey] = Field(
+        default_factory=list, description="Server API keys (Authorization: Bearer) with scopes"
+    )
+    user_tokens: UserTokens | None = Field(
+        default=None, description="Signs the tokens apps use for one user's inbox and placements"
+    )
     channels: dict[ChannelName, ChannelEndpoint] = Field(default_factory=dict)
     webhooks: WebhookSigning | None = Field(
         default=None, description="Signs requests from journey `webhook` steps"
@@ -204,6 +232,17 @@ class WorkspaceConfig(_Config):
             raise ValueError("two sources share a write key")
         return sources
 
+    @field_validator("api_keys")
+    @classmethod
+    def _distinct_api_keys(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError("two API keys share a name")
+        secrets = [s for k in keys for s in (k.secret, k.previous_secret) if s]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two API keys share a secret")
+        return keys
+
     @model_validator(mode="after")
     def _channel_needs(self) -> WorkspaceConfig:
         for name in ("email", "push"):
@@ -214,6 +253,15 @@ class WorkspaceConfig(_Config):
             raise ValueError(
                 "links.signing_secret is required with email: it signs unsubscribe links"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kinds_apart(self) -> WorkspaceConfig:
+        # A credential of one kind must never pass for another.
+        public = {s.write_key for s in self.sources}
+        for key in self.api_keys:
+            if public & {key.secret, key.previous_secret}:
+                raise ValueError(f"API key {key.name!r} reuses a source's public write key")
         return self
 
     def source_for(self, write_key: str) -> WriteKey | None:

@@ -80,6 +80,19 @@ async def engine(session_engine: AsyncEngine) -> AsyncEngine:
     """The test database, emptied before each test."""
     tables = ", ".join(t.name for m in (metadata, rules_metadata) for t in m.sorted_tables)
     async with session_engine.begin() as conn:
+        # An activity cancelled mid-statement as the last test's worker stopped can leave
+        # its connection holding row locks (sqlalchemy/sqlalchemy#6592): end it.
+        stuck = await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND state <> 'idle'"
+            )
+        )
+        ended = stuck.all()
+    if ended:
+        await session_engine.dispose()  # their pooled connections are gone
+    async with session_engine.begin() as conn:
         await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     return session_engine
 

@@ -1,4 +1,10 @@
-"""The HTTP API: ingestion, journeys and users, health."""
+"""The HTTP API: ingestion, journeys and users, arbitration, channels, ranking, health.
+
+Errors are JSON with an `error` (and a `field` when one is to blame): 400 bad input,
+401 no or unknown credential, 403 the wrong credential, 404, 409, 413 too large, 429
+over a rate limit and 503 a dependency down (both with `Retry-After`). Nothing answers
+500 by design; if something does, it is a bug and the body is still JSON.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +13,42 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa
 
 from orchestrator.api import (
     arbitration,
+    audit,
     catalog,
+    health,
     inbox,
     journeys,
     ranking,
     receipts,
     tracking,
 )
+from orchestrator.api.cors import Cors
+from orchestrator.api.limits import SourceLimits
 from orchestrator.services import Services
 
 log = logging.getLogger(__name__)
+
+# What a client should wait before trying again when Postgres is away.
+RETRY_AFTER_SECONDS = 5
+_UNAVAILABLE = (
+    sa.OperationalError,
+    sa.InterfaceError,
+    sa.TimeoutError,  # every pooled connection is busy
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    OSError,
+)
 
 
 def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
@@ -39,6 +64,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await services.router.close()
             await services.http.aclose()
 
     app = FastAPI(
@@ -48,15 +74,28 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
-    app.include_router(tracking.router)
-    app.include_router(arbitration.router)
-    app.include_router(journeys.router)
-    app.include_router(receipts.router)
-    app.include_router(inbox.router)
-    app.include_router(ranking.router)
-    app.include_router(catalog.router)
+    app.state.limits = SourceLimits(services.config.sources)
+    for module in (tracking, arbitration, journeys, receipts, inbox, ranking, catalog, audit,
+                   health):  # fmt: skip
+        app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _refused)
+    for kind in _UNAVAILABLE:
+        app.add_exception_handler(kind, _unavailable)
+    app.add_exception_handler(Exception, _failed)
+    app.add_middleware(Cors, config=services.config)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(receipts.schemas())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -64,14 +103,38 @@ async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
     """400 naming the field, like ingestion (rather than FastAPI's 422)."""
     assert isinstance(exc, RequestValidationError)
     error = exc.errors()[0]
-    loc = [str(part) for part in error["loc"] if part not in ("body", "query", "path")]
-    return JSONResponse({"error": error["msg"], "field": ".".join(loc)}, status_code=400)
+    loc = [part for part in error["loc"] if part not in ("body", "query", "path")]
+    return JSONResponse({"error": error["msg"], "field": field_name(loc)}, status_code=400)
+
+
+def field_name(loc: list[str | int]) -> str:
+    """`items[1].name`, as ingestion names fields (`batch[3].event`)."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name
 
 
 async def _refused(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     body = exc.detail if isinstance(exc.detail, dict) else {"error": exc.detail}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Postgres is unreachable (or every connection is busy): say when to come back.
+    Requests write in one transaction, so nothing was half stored."""
+    log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"error": "the database is unreachable or busy: nothing was stored, try again"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _failed(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal error"}, status_code=500)
 
 
 async def _sweep_forever(services: Services) -> None:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from orchestrator.api.auth import SourceDep
+from orchestrator.api.auth import Caller, server_key_with
 from orchestrator.api.deps import ServicesDep
-from orchestrator.arbitration import MessageFields
+from orchestrator.api.inputs import GuardedRoute
+from orchestrator.arbitration import MessageFields, scoped_key, shown_key
 from rules import store
 from rules.decision import Decision
 
-router = APIRouter(tags=["arbitration"])
+router = APIRouter(tags=["arbitration"], route_class=GuardedRoute)
 
 
 class ArbitrateBody(MessageFields):
@@ -66,16 +67,20 @@ def _out(decision: Decision) -> dict[str, Any]:
     response_model=DecisionOut,
     responses={
         400: {"description": "The request is invalid; `field` names the problem"},
-        401: {"description": "Unknown or missing write key"},
-        409: {"description": "The idempotency key was used for a different message"},
+        401: {"description": "No credential, or an unknown one"},
+        403: {"description": "Not a server API key with scope `arbitrate`"},
+        409: {"description": "This caller used the key for another message to this user"},
     },
 )
 async def arbitrate(
-    body: ArbitrateBody, services: ServicesDep, _source: SourceDep
+    body: ArbitrateBody,
+    services: ServicesDep,
+    caller: Annotated[Caller, Depends(server_key_with("arbitrate"))],
 ) -> dict[str, Any]:
     """Send now on a channel, defer until a time, or suppress, with every check's reason.
 
-    A deferred message asks again at `until` with the same idempotency key.
+    A deferred message asks again at `until` with the same idempotency key. Keys are
+    the caller's own, per user.
     """
     configured = set(services.config.channels)
     unknown = [c for c in body.channels if c not in configured]
@@ -84,26 +89,43 @@ async def arbitrate(
             400, {"error": f"channel {unknown[0]} is not configured", "field": "channels"}
         )
     now = services.clock()
-    request = body.send_request(
-        key=body.idempotency_key, user_id=body.user_id, source=body.source, at=now
-    )
+    key = scoped_key(caller.name, body.user_id, body.idempotency_key)
+    request = body.send_request(key=key, user_id=body.user_id, source=body.source, at=now)
     try:
         decision = await services.arbitration.arbitrate(request, now=now)
-    except store.IdempotencyConflict as exc:
-        raise HTTPException(409, {"error": str(exc), "field": "idempotency_key"}) from None
+    except store.IdempotencyConflict:
+        message = (
+            f"idempotency key {body.idempotency_key!r} was used for a different message "
+            "to this user"
+        )
+        raise HTTPException(409, {"error": message, "field": "idempotency_key"}) from None
     return _out(decision)
 
 
-@router.get("/v1/users/{user_id}/decisions", response_model=list[LoggedDecision])
+@router.get(
+    "/v1/users/{user_id}/decisions",
+    response_model=list[LoggedDecision],
+    responses={
+        400: {"description": "A parameter is invalid; `field` names it"},
+        401: {"description": "No credential, or an unknown one"},
+        403: {"description": "Not a server API key with scope `users:read`"},
+    },
+)
 async def decisions(
-    user_id: str, services: ServicesDep, journey: str | None = None, limit: int = 200
+    services: ServicesDep,
+    _caller: Annotated[
+        Caller, Depends(server_key_with("users:read", audit_as="users.decisions.read"))
+    ],
+    user_id: str = Path(min_length=1, max_length=200),
+    journey: str | None = Query(default=None, min_length=1, max_length=200),
+    limit: int = Query(default=200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     """Why a user did or did not get each message: every decision, newest first."""
     async with services.engine.connect() as conn:
-        rows = await store.decisions_for(conn, user_id, journey=journey, limit=min(limit, 1000))
+        rows = await store.decisions_for(conn, user_id, journey=journey, limit=limit)
     return [
         {
-            "key": r["key"],
+            "key": shown_key(r["key"]),
             "journey": r["journey"],
             "decided_at": r["decided_at"],
             "action": r["action"],

@@ -1,45 +1,211 @@
-"""Write keys: how sources (and channel systems calling arbitration) authenticate."""
+"""Who is calling, and may they? Every route but the public ones depends on this.
+
+    write key     HTTP Basic, the key as user name: ingestion only (see `tracking`)
+    server key    `Authorization: Bearer <secret>`: the scope each route names
+    user token    `Authorization: Bearer <JWT>`: that one user's inbox and placements
+
+    401  no credential, or one we do not recognise (unknown key, bad signature, expired)
+    403  a valid credential of the wrong kind, a key without the scope, or a user token
+         for another user
+
+The security schemes are declared to FastAPI, so the OpenAPI document says what each
+operation needs (a server key's required scope is listed in its requirement).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.http import HTTPBase
+from starlette.requests import HTTPConnection
 
+from orchestrator.access import audit, tokens
+from orchestrator.access.credentials import ApiKey, Scope, server_key
 from orchestrator.api.deps import ServicesDep
+from orchestrator.services import Services
 from orchestrator.workspace import WriteKey
 
 
-class BadCredentials(Exception):
-    """The Authorization header is there but cannot be read."""
+class _Scheme(HTTPBase):
+    """A security scheme declared for the OpenAPI document; `identify` reads the header
+    itself, so one request can be checked against every kind of credential."""
 
+    def __init__(self, name: str, scheme: str, description: str, *, format: str = "") -> None:
+        super().__init__(scheme=scheme, scheme_name=name, description=description)
+        if format:
+            self.model = HTTPBearerModel(bearerFormat=format, description=description)
 
-def header_write_key(request: Request) -> str | None:
-    """The write key from HTTP Basic auth (the key is the user name), if given."""
-    header = request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
+    async def __call__(self, request: HTTPConnection) -> None:
         return None
+
+
+WRITE_KEY = _Scheme(
+    "writeKey",
+    "basic",
+    "A source's write key as the user name, no password. Public by design: it can only "
+    "send events.",
+)
+SERVER_KEY = _Scheme(
+    "serverKey",
+    "bearer",
+    "A server API key from orchestrator.yaml `api_keys`. Each operation lists the scope it "
+    "needs; `admin` has them all. Never ship one to a browser or an app.",
+)
+USER_TOKEN = _Scheme(
+    "userToken",
+    "bearer",
+    "A JWT (HS256, `sub` = the user id, `exp` required) minted by your backend with "
+    "`user_tokens.secret`: it reads and acts on that user's own inbox and placements.",
+    format="JWT",
+)
+
+Kind = Literal["write_key", "server_key", "user_token"]
+_KIND_NAMES = {"write_key": "a write key", "server_key": "a server API key",
+               "user_token": "a user token"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A recognised credential."""
+
+    kind: Kind
+    name: str  # the source, the API key's name, or the user a token names
+    client: str | None = None
+    source: WriteKey | None = None
+    key: ApiKey | None = None
+
+    @property
+    def actor(self) -> audit.Actor:
+        return audit.Actor(self.kind, self.name, self.client)
+
+
+class BadCredentials(Exception):
+    """The Authorization header is there but names nothing we accept."""
+
+
+def _challenge(kind: str) -> dict[str, str]:
+    realm = 'Basic realm="write key"' if kind == "basic" else 'Bearer realm="api"'
+    return {"WWW-Authenticate": realm}
+
+
+def unauthorized(message: str, *, scheme: str = "bearer") -> HTTPException:
+    return HTTPException(401, message, headers=_challenge(scheme))
+
+
+def forbidden(message: str) -> HTTPException:
+    return HTTPException(403, message)
+
+
+def basic_user(value: str) -> str:
+    """The user name of HTTP Basic credentials (where Segment's clients put the key)."""
     try:
-        user, _, _ = base64.b64decode(encoded, validate=True).decode().partition(":")
+        user, _, _ = base64.b64decode(value, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         raise BadCredentials("malformed Authorization header") from None
     return user
 
 
-def require_write_key(request: Request, services: ServicesDep) -> WriteKey:
-    """A dependency: 401 unless the request carries a known write key."""
-    challenge = {"WWW-Authenticate": 'Basic realm="write key"'}
+def identify(request: Request, services: Services) -> Caller | None:
+    """The caller the Authorization header names; None without one.
+
+    Raises BadCredentials when there is a header but it names nothing valid."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    client = request.client.host if request.client else None
+    config = services.config
+    if scheme.lower() == "basic":
+        source = config.source_for(basic_user(value)) if value else None
+        if source is None:
+            raise BadCredentials("unknown write key")
+        return Caller("write_key", source.name, client, source=source)
+    if scheme.lower() != "bearer" or not value:
+        raise BadCredentials("use `Authorization: Bearer <API key or user token>`")
+    if key := server_key(config.api_keys, value):
+        return Caller("server_key", key.name, client, key=key)
+    if config.user_tokens is not None and value.count(".") == 2:
+        try:
+            user_id = tokens.verify(config.user_tokens, value, now=services.clock())
+        except tokens.InvalidToken as exc:
+            raise BadCredentials(str(exc)) from None
+        return Caller("user_token", user_id, client)
+    raise BadCredentials("unknown API key")
+
+
+def _known(request: Request, services: Services) -> Caller:
     try:
-        key = header_write_key(request)
+        caller = identify(request, services)
     except BadCredentials as exc:
-        raise HTTPException(401, str(exc), headers=challenge) from None
-    source = services.config.source_for(key) if key else None
-    if source is None:
-        raise HTTPException(401, "unknown or missing write key", headers=challenge)
-    return source
+        raise unauthorized(str(exc)) from None
+    if caller is None:
+        raise unauthorized("this needs credentials: `Authorization: Bearer <API key>`")
+    return caller
 
 
-SourceDep = Annotated[WriteKey, Depends(require_write_key)]
+def _scoped(caller: Caller, scope: Scope) -> Caller:
+    if caller.key is None:
+        raise forbidden(
+            f"this needs a server API key with scope {scope}; "
+            f"{_KIND_NAMES[caller.kind]} cannot call it"
+        )
+    if not caller.key.allows(scope):
+        raise forbidden(f"API key {caller.name!r} lacks scope {scope}")
+    return caller
+
+
+async def record_use(services: Services, caller: Caller, action: str, subject: str | None) -> None:
+    """Log one use of a credential on personal data in the audit log."""
+    async with services.engine.begin() as conn:
+        await audit.record(conn, caller.actor, action, subject=subject, now=services.clock())
+
+
+Dependency = Callable[..., Coroutine[Any, Any, Caller]]
+
+
+def server_key_with(scope: Scope, *, audit_as: str | None = None) -> Dependency:
+    """A dependency: a server API key with `scope`. With `audit_as`, each use is logged
+    with the route's `user_id` as subject (reads of personal data)."""
+
+    async def check(
+        request: Request,
+        services: ServicesDep,
+        # Defaults, not annotations: these close over `scope` (annotations are strings).
+        _: Any = Security(SERVER_KEY, scopes=[scope]),
+    ) -> Caller:
+        caller = _scoped(_known(request, services), scope)
+        if audit_as is not None:
+            await record_use(services, caller, audit_as, request.path_params.get("user_id"))
+        return caller
+
+    return check
+
+
+def own_user_or_key(scope: Scope, *, audit_as: str) -> Dependency:
+    """A dependency for one user's own data (`user_id` in the path): a user token for
+    that user, or a server API key with `scope`. Every use is logged."""
+
+    async def check(
+        request: Request,
+        services: ServicesDep,
+        _token: Any = Security(USER_TOKEN),
+        _key: Any = Security(SERVER_KEY, scopes=[scope]),
+    ) -> Caller:
+        caller = _known(request, services)
+        user_id = request.path_params.get("user_id")
+        if caller.kind == "user_token":
+            if caller.name != user_id:
+                raise forbidden("this user token is for another user")
+        else:
+            _scoped(caller, scope)
+        await record_use(services, caller, audit_as, user_id)
+        return caller
+
+    return check

@@ -1,4 +1,8 @@
-"""The in-app inbox and web placements, for apps and websites (authenticated by write key).
+"""The in-app inbox and web placements, for apps and websites.
+
+An app or page calls with a user token for its own user; a backend may call with a
+server API key (`users:read` to read, `users:write` to mark read or dismiss). Every
+call is in the audit log.
 
 GET  /v1/users/{id}/inbox?limit=&cursor=        unread first, then newest
 POST /v1/users/{id}/inbox/{message_id}/read     counts as the message's open
@@ -9,20 +13,33 @@ POST /v1/users/{id}/placements/{placement}/{message_id}/dismiss
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from orchestrator import inbox as store
-from orchestrator.api.auth import SourceDep
+from orchestrator.api.auth import Caller, own_user_or_key
 from orchestrator.api.deps import ServicesDep
+from orchestrator.api.inputs import GuardedRoute
 from orchestrator.receipts import UnknownMessage, record_app_action
 
-router = APIRouter(tags=["inbox and placements"])
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A parameter is invalid; `field` names it"},
+    401: {"description": "No credential, or an unknown or expired one"},
+    403: {"description": "A user token for another user, or a key without the scope"},
+}
+router = APIRouter(tags=["inbox and placements"], route_class=GuardedRoute, responses=_REFUSED)
+
+Reader = Annotated[Caller, Depends(own_user_or_key("users:read", audit_as="inbox.read"))]
+Actor = Annotated[Caller, Depends(own_user_or_key("users:write", audit_as="inbox.act"))]
+PlacementReader = Annotated[
+    Caller, Depends(own_user_or_key("users:read", audit_as="placement.read"))
+]
 
 UserId = Path(min_length=1, max_length=200)
+Placement = Path(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)
 
 
 class InboxPage(BaseModel):
@@ -39,7 +56,7 @@ class PlacementContent(BaseModel):
 @router.get("/v1/users/{user_id}/inbox", response_model=InboxPage)
 async def inbox(
     services: ServicesDep,
-    _source: SourceDep,
+    _caller: Reader,
     user_id: str = UserId,
     limit: int = Query(default=20, ge=1, le=100),
     cursor: str | None = Query(default=None, max_length=500),
@@ -70,16 +87,22 @@ async def _act(
     return Response(status_code=204)
 
 
-@router.post("/v1/users/{user_id}/inbox/{message_id}/read", status_code=204)
+MessageId = Path(min_length=1, max_length=200)
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such message"}}
+
+
+@router.post("/v1/users/{user_id}/inbox/{message_id}/read", status_code=204, responses=_NOT_FOUND)
 async def read(
-    services: ServicesDep, _source: SourceDep, message_id: str, user_id: str = UserId
+    services: ServicesDep, _caller: Actor, message_id: str = MessageId, user_id: str = UserId
 ) -> Response:
     return await _act(services, user_id, message_id, "in_app", "read")
 
 
-@router.post("/v1/users/{user_id}/inbox/{message_id}/dismiss", status_code=204)
+@router.post(
+    "/v1/users/{user_id}/inbox/{message_id}/dismiss", status_code=204, responses=_NOT_FOUND
+)
 async def dismiss(
-    services: ServicesDep, _source: SourceDep, message_id: str, user_id: str = UserId
+    services: ServicesDep, _caller: Actor, message_id: str = MessageId, user_id: str = UserId
 ) -> Response:
     return await _act(services, user_id, message_id, "in_app", "dismiss")
 
@@ -87,21 +110,25 @@ async def dismiss(
 @router.get("/v1/users/{user_id}/placements/{placement}", response_model=PlacementContent)
 async def placement(
     services: ServicesDep,
-    _source: SourceDep,
+    _caller: PlacementReader,
     user_id: str = UserId,
-    placement: str = Path(pattern=r"^[a-z][a-z0-9_]*$"),
+    placement: str = Placement,
 ) -> PlacementContent:
     async with services.engine.connect() as conn:
         message = await store.placement(conn, user_id, placement, now=services.clock())
     return PlacementContent(placement=placement, message=message)
 
 
-@router.post("/v1/users/{user_id}/placements/{placement}/{message_id}/dismiss", status_code=204)
+@router.post(
+    "/v1/users/{user_id}/placements/{placement}/{message_id}/dismiss",
+    status_code=204,
+    responses=_NOT_FOUND,
+)
 async def dismiss_placement(
     services: ServicesDep,
-    _source: SourceDep,
-    placement: str,
-    message_id: str,
+    _caller: Actor,
+    placement: str = Placement,
+    message_id: str = MessageId,
     user_id: str = UserId,
 ) -> Response:
     return await _act(services, user_id, message_id, "web", "dismiss")

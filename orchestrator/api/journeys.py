@@ -1,20 +1,34 @@
-"""Read endpoints: deployed journeys with their funnels, a user's journeys, health."""
+"""Read endpoints: deployed journeys with their funnels, and a user's journeys."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Path
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 
+from orchestrator.api.auth import Caller, server_key_with
 from orchestrator.api.deps import ServicesDep
+from orchestrator.api.inputs import GuardedRoute
 from orchestrator.services import Services
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, journeys
 from workflows import search
 
-router = APIRouter(tags=["journeys"])
+router = APIRouter(
+    tags=["journeys"],
+    route_class=GuardedRoute,
+    responses={
+        400: {"description": "A parameter is invalid; `field` names it"},
+        401: {"description": "No credential, or an unknown one"},
+        403: {"description": "Not a server API key with the scope"},
+    },
+)
+JourneysReader = Annotated[Caller, Depends(server_key_with("journeys:read"))]
+UsersReader = Annotated[
+    Caller, Depends(server_key_with("users:read", audit_as="users.journeys.read"))
+]
 
 
 class JourneySummary(BaseModel):
@@ -56,7 +70,9 @@ class UserJourney(BaseModel):
     ended_at: datetime | None
     end_reason: str | None
     converted_at: datetime | None
-    workflow_id: str
+    workflow_id: str | None = Field(
+        description="The journey's Temporal workflow; none for a user held out"
+    )
 
 
 async def _summaries(services: Services, key: str | None = None) -> list[dict[str, Any]]:
@@ -107,13 +123,19 @@ async def _summaries(services: Services, key: str | None = None) -> list[dict[st
 
 
 @router.get("/v1/journeys", response_model=list[JourneySummary])
-async def list_journeys(services: ServicesDep) -> list[dict[str, Any]]:
+async def list_journeys(services: ServicesDep, _caller: JourneysReader) -> list[dict[str, Any]]:
     """Deployed journeys with enrollment counts by status."""
     return await _summaries(services)
 
 
-@router.get("/v1/journeys/{key}", response_model=JourneyDetail)
-async def get_journey(key: str, services: ServicesDep) -> dict[str, Any]:
+@router.get(
+    "/v1/journeys/{key}",
+    response_model=JourneyDetail,
+    responses={404: {"description": "No such journey"}},
+)
+async def get_journey(
+    services: ServicesDep, _caller: JourneysReader, key: str = Path(max_length=200)
+) -> dict[str, Any]:
     """One journey: its current definition, versions and per-step funnel."""
     found = await _summaries(services, key)
     if not found:
@@ -152,7 +174,11 @@ async def get_journey(key: str, services: ServicesDep) -> dict[str, Any]:
 
 
 @router.get("/v1/users/{user_id}/journeys", response_model=list[UserJourney])
-async def user_journeys(user_id: str, services: ServicesDep) -> list[dict[str, Any]]:
+async def user_journeys(
+    services: ServicesDep,
+    _caller: UsersReader,
+    user_id: str = Path(min_length=1, max_length=200),
+) -> list[dict[str, Any]]:
     """Every journey a user entered, newest first, with where they are or why they left."""
     async with services.engine.connect() as conn:
         rows = (
@@ -172,13 +198,13 @@ async def user_journeys(user_id: str, services: ServicesDep) -> list[dict[str, A
                 .order_by(enrollments.c.entered_at.desc(), enrollments.c.id.desc())
             )
         ).all()
-    return [{**r._mapping, "workflow_id": search.workflow_id(r.journey_key, user_id)} for r in rows]
-
-
-@router.get("/healthz", tags=["ops"])
-async def health(services: ServicesDep) -> dict[str, str]:
-    """Postgres and Temporal are reachable."""
-    async with services.engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
-    await services.client.service_client.check_health()
-    return {"status": "ok"}
+    return [
+        {
+            **r._mapping,
+            # A held-out user is recorded, never started: there is no workflow to find.
+            "workflow_id": None
+            if r.status == "holdout"
+            else search.workflow_id(r.journey_key, user_id),
+        }
+        for r in rows
+    ]

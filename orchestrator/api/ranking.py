@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from channels.ranking import Recommendations
-from orchestrator.api.auth import SourceDep
+from orchestrator.api.auth import Caller, record_use, server_key_with
 from orchestrator.api.deps import ServicesDep
+from orchestrator.api.inputs import GuardedRoute
 from orchestrator.profiles import load_traits
 
-router = APIRouter(tags=["ranking"])
+router = APIRouter(tags=["ranking"], route_class=GuardedRoute)
 
 
 class RankBody(Recommendations):
@@ -31,10 +32,23 @@ class RankAnswer(BaseModel):
     confidence: float | None
 
 
-@router.post("/v1/rank", response_model=RankAnswer)
-async def rank(body: RankBody, services: ServicesDep, _source: SourceDep) -> RankAnswer:
+@router.post(
+    "/v1/rank",
+    response_model=RankAnswer,
+    responses={
+        400: {"description": "The request is invalid; `field` names the problem"},
+        401: {"description": "No credential, or an unknown one"},
+        403: {"description": "Not a server API key with scope `ranking`"},
+    },
+)
+async def rank(
+    body: RankBody,
+    services: ServicesDep,
+    caller: Annotated[Caller, Depends(server_key_with("ranking"))],
+) -> RankAnswer:
     """The same answer a message would get: the model within its deadline, else the
     popularity baseline (timeout, error, low confidence, or a user who opted out)."""
+    await record_use(services, caller, "users.rank", body.user_id)
     async with services.engine.connect() as conn:
         traits = await load_traits(conn, body.user_id)
     wanted = Recommendations(slot=body.slot, k=body.k, exclude_purchased=body.exclude_purchased)

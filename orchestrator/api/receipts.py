@@ -4,15 +4,18 @@ unsubscribe links (`/v1/unsubscribe/{token}`)."""
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
 from channels.signing import SignatureError, verify
 from channels.unsubscribe import InvalidLink, Unsubscribe
 from orchestrator.api.deps import ServicesDep
+from orchestrator.api.inputs import GuardedRoute, read_body
+from orchestrator.json_checks import problem
 from orchestrator.receipts import (
     ReceiptBody,
     Replayed,
@@ -21,34 +24,48 @@ from orchestrator.receipts import (
     record_unsubscribe,
 )
 
-router = APIRouter(tags=["channels"])
+router = APIRouter(tags=["channels"], route_class=GuardedRoute)
 
 MAX_RECEIPT_BYTES = 64 * 1024
+
+
+# Public: the signature is the credential (checked before anything is read or stored).
+SIGNED: dict[str, Any] = {
+    "security": [],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReceiptBody"}}},
+    },
+}
+
+
+def schemas() -> dict[str, Any]:
+    """The receipt body's JSON Schemas, for the OpenAPI document's components."""
+    schema = ReceiptBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), "ReceiptBody": schema}
 
 
 @router.post(
     "/v1/webhooks/receipts/{channel}",
     status_code=204,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": ReceiptBody.model_json_schema()}},
-        }
-    },
+    openapi_extra=SIGNED,
     responses={
         400: {"description": "The receipt is malformed; `field` names the problem."},
         401: {"description": "Unsigned, wrongly signed, stale or replayed. Nothing changed."},
         404: {"description": "Unknown channel, or a message this channel never sent."},
+        413: {"description": f"The receipt is over {MAX_RECEIPT_BYTES} bytes."},
     },
 )
-async def receipt(channel: str, request: Request, services: ServicesDep) -> Response:
+async def receipt(
+    request: Request, services: ServicesDep, channel: str = Path(max_length=20)
+) -> Response:
     """A delivery receipt, signed like our messages (Standard Webhooks, the channel's
     secrets). It updates the message, suppression and consent, and wakes journeys."""
     endpoint = services.config.channels.get(channel)  # type: ignore[call-overload]
     if endpoint is None:
         raise HTTPException(404, f"no channel {channel!r} is configured")
-    body = await request.body()
-    if len(body) > MAX_RECEIPT_BYTES:
+    body = await read_body(request, MAX_RECEIPT_BYTES)
+    if body is None:
         raise HTTPException(413, f"a receipt is at most {MAX_RECEIPT_BYTES} bytes")
     try:
         webhook_id = verify(
@@ -57,7 +74,11 @@ async def receipt(channel: str, request: Request, services: ServicesDep) -> Resp
     except SignatureError as exc:
         raise HTTPException(401, str(exc)) from None
     try:
-        parsed = ReceiptBody.model_validate(orjson.loads(body))
+        raw = orjson.loads(body)
+        if found := problem(raw):
+            field, message = found
+            raise HTTPException(400, {"error": f"{field} {message}", "field": field})
+        parsed = ReceiptBody.model_validate(raw)
     except orjson.JSONDecodeError as exc:
         raise HTTPException(400, f"body is not valid JSON: {exc}") from None
     except ValidationError as exc:
@@ -92,8 +113,22 @@ def _what(what: Unsubscribe) -> str:
     return f"{category} {html.escape(what.channel)} messages"
 
 
-@router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse)
-async def unsubscribe_page(token: str, services: ServicesDep) -> HTMLResponse:
+Token = Path(max_length=1000)
+# Public: the link's signature is the credential.
+_LINK: dict[str, Any] = {"security": []}
+_LINK_REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The link is not valid (tampered or malformed)."},
+    404: {"description": "This workspace sends no email."},
+}
+
+
+@router.get(
+    "/v1/unsubscribe/{token}",
+    response_class=HTMLResponse,
+    openapi_extra=_LINK,
+    responses=_LINK_REFUSED,
+)
+async def unsubscribe_page(services: ServicesDep, token: str = Token) -> HTMLResponse:
     """The page the link opens: it asks first, so mail scanners following links do not
     unsubscribe anyone (RFC 8058)."""
     what = _read_link(services, token)
@@ -104,8 +139,13 @@ async def unsubscribe_page(token: str, services: ServicesDep) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title="Unsubscribe", body=form))
 
 
-@router.post("/v1/unsubscribe/{token}", response_class=HTMLResponse)
-async def unsubscribe(token: str, services: ServicesDep) -> HTMLResponse:
+@router.post(
+    "/v1/unsubscribe/{token}",
+    response_class=HTMLResponse,
+    openapi_extra=_LINK,
+    responses=_LINK_REFUSED,
+)
+async def unsubscribe(services: ServicesDep, token: str = Token) -> HTMLResponse:
     """One click (`List-Unsubscribe-Post: List-Unsubscribe=One-Click`) or the page's button."""
     what = _read_link(services, token)
     await record_unsubscribe(services, what)

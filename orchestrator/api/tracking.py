@@ -2,7 +2,8 @@
 
 Authenticated by write key (HTTP Basic, key as user name, or `writeKey` in the
 body). A request is all or nothing: one bad message (400 naming its field), an
-unknown key (401) or an oversized body (413) stores nothing.
+unknown key (401), another kind of credential (403), an oversized body (413) or a
+source over its rate limit (429 with Retry-After) stores nothing.
 """
 
 from __future__ import annotations
@@ -11,84 +12,132 @@ import zlib
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse
 
-from orchestrator.api.auth import BadCredentials, header_write_key
+from orchestrator.api.auth import WRITE_KEY, BadCredentials, identify
 from orchestrator.api.deps import ServicesDep
+from orchestrator.api.inputs import GuardedRoute, read_body
+from orchestrator.api.limits import SourceLimits
 from orchestrator.services import Services
 from orchestrator.tracking import BadInput, TrackingMessage, parse_request
+from orchestrator.workspace import WriteKey
 
-router = APIRouter(tags=["tracking"])
+router = APIRouter(tags=["tracking"], route_class=GuardedRoute)
 
-_MESSAGE_SCHEMA = TrackingMessage.model_json_schema(by_alias=True)
 _SINGLE_TYPES = ("track", "identify", "page", "screen", "alias", "group")
 
 
+def _given(*names: str) -> dict[str, Any]:
+    return {"required": list(names), "properties": {n: {"type": "string"} for n in names}}
+
+
+def _rules(kind: str) -> dict[str, Any]:
+    """What a message of this type must hold, as `parse_message` checks it."""
+    if kind == "alias":
+        return _given("previousId", "userId")
+    needs = {"track": ("event",), "group": ("groupId",)}.get(kind, ())
+    return {**_given(*needs), "anyOf": [_given("userId"), _given("anonymousId")]}
+
+
+def _message_schema(kind: str | None) -> dict[str, Any]:
+    """One message on `/v1/<kind>` (its type may be left out), or any message in a batch."""
+    base = TrackingMessage.model_json_schema(by_alias=True)
+    base["properties"]["timestamp"] = {
+        "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}, {"type": "null"}],
+        "description": "ISO 8601, or seconds (milliseconds above 2e10) since 1970; at most 24 "
+        "hours ahead, else the time received is used",
+    }
+    if kind is not None:
+        properties = {**base["properties"], "type": {"const": kind}}
+        base.pop("required", None)  # the endpoint implies the type
+        return {**base, "properties": properties, "allOf": [_rules(kind)]}
+    branches = [
+        {"if": {"properties": {"type": {"const": k}}}, "then": _rules(k)} for k in _SINGLE_TYPES
+    ]
+    return {**base, "required": ["type"], "allOf": branches}
+
+
 class Refused(Exception):
-    def __init__(self, status: int, message: str, field: str = "") -> None:
+    def __init__(
+        self, status: int, message: str, field: str = "", *, retry_after: int | None = None
+    ) -> None:
         self.status, self.message, self.field = status, message, field
+        self.retry_after = retry_after
 
 
-def _error(status: int, message: str, field: str = "") -> JSONResponse:
-    body: dict[str, Any] = {"success": False, "error": message}
-    if field:
-        body["field"] = field
-    headers = {"WWW-Authenticate": 'Basic realm="write key"'} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+def _error(exc: Refused) -> JSONResponse:
+    body: dict[str, Any] = {"success": False, "error": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    headers = None
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": 'Basic realm="write key"'}
+    elif exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    raw = await read_body(request, limit)
+    if raw is None:
         raise Refused(413, f"request body is over the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"request body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    body = b"".join(chunks)
     if request.headers.get("content-encoding", "").lower() == "gzip":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            body = inflater.decompress(body, limit + 1)
+            body = inflater.decompress(raw, limit + 1)
         except zlib.error:
             raise Refused(400, "body is not valid gzip") from None
         if len(body) > limit or inflater.unconsumed_tail:
             raise Refused(413, f"decompressed body is over the {limit}-byte limit")
-    return body
+        return body
+    return raw
+
+
+def _source(request: Request, services: Services) -> WriteKey | None:
+    """The source the Authorization header names (None: look for `writeKey` in the body)."""
+    try:
+        caller = identify(request, services)
+    except BadCredentials as exc:
+        raise Refused(401, str(exc)) from None
+    if caller is not None and caller.source is None:
+        raise Refused(403, "ingestion takes a source's write key (HTTP Basic), not this credential")
+    return caller.source if caller else None
+
+
+def _admit(limits: SourceLimits, source: WriteKey) -> None:
+    if wait := limits.retry_after(source):
+        raise Refused(429, f"source {source.name!r} is over its rate limit", retry_after=wait)
 
 
 async def _ingest(request: Request, services: Services, implied_type: str | None) -> JSONResponse:
     settings = services.settings
+    limits: SourceLimits = request.app.state.limits
     try:
-        try:
-            key = header_write_key(request)
-        except BadCredentials as exc:
-            raise Refused(401, str(exc)) from None
-        if key is not None and services.config.source_for(key) is None:
-            raise Refused(401, "unknown write key")
+        source = _source(request, services)
+        if source is not None:
+            _admit(limits, source)
         raw = await _read_body(request, settings.max_request_bytes)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise Refused(400, f"body is not valid JSON: {exc}") from None
-        if key is None:
+        if source is None:
             key = body.get("writeKey") if isinstance(body, dict) else None
             if not isinstance(key, str) or not key:
                 raise Refused(401, "missing write key: use HTTP Basic auth with the key as user")
-        source = services.config.source_for(key)
-        if source is None:
-            raise Refused(401, "unknown write key")
+            source = services.config.source_for(key)
+            if source is None:
+                raise Refused(401, "unknown write key")
+            _admit(limits, source)
         now = services.clock()
         batch = parse_request(
             body, implied_type=implied_type, max_event_bytes=settings.max_event_bytes, now=now
         )
     except Refused as exc:
-        return _error(exc.status, exc.message, exc.field)
+        return _error(exc)
     except BadInput as exc:
-        return _error(exc.status, exc.message, exc.field)
+        return _error(Refused(exc.status, exc.message, exc.field))
     await services.ingest(batch, source=source.name, now=now)
     return JSONResponse({"success": True})
 
@@ -102,8 +151,11 @@ def _openapi(schema: dict[str, Any], summary: str) -> dict[str, Any]:
         "responses": {
             400: {"description": "A message is invalid; `field` names it. Nothing was stored."},
             401: {"description": "Unknown or missing write key. Nothing was stored."},
+            403: {"description": "A credential other than a write key. Nothing was stored."},
             413: {"description": "The body or a message is too large. Nothing was stored."},
+            429: {"description": "Over the source's rate limit: wait `Retry-After` seconds"},
         },
+        "dependencies": [Security(WRITE_KEY)],
     }
 
 
@@ -113,7 +165,7 @@ def _openapi(schema: dict[str, Any], summary: str) -> dict[str, Any]:
         {
             "type": "object",
             "required": ["batch"],
-            "properties": {"batch": {"type": "array", "items": _MESSAGE_SCHEMA}},
+            "properties": {"batch": {"type": "array", "items": _message_schema(None)}},
         },
         "Send many messages at once (what Segment's libraries use)",
     ),
@@ -128,7 +180,10 @@ def _single(kind: str) -> None:
 
     endpoint.__name__ = kind
     router.add_api_route(
-        f"/v1/{kind}", endpoint, methods=["POST"], **_openapi(_MESSAGE_SCHEMA, f"Send one {kind}")
+        f"/v1/{kind}",
+        endpoint,
+        methods=["POST"],
+        **_openapi(_message_schema(kind), f"Send one {kind}"),
     )
 
 

@@ -92,6 +92,22 @@ async def test_email_is_signed_idempotent_and_carries_a_one_click_unsubscribe(
         LINKS.read(token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
 
 
+@pytest.mark.parametrize(
+    "address", ["ada@example.com\r\nBcc: all@example.com", "a@b.com, c@d.com", ["a@b.com"]]
+)
+async def test_an_email_trait_that_is_not_one_address_never_reaches_the_provider(
+    receiver: Receiver, engine: AsyncEngine, http: httpx.AsyncClient, address: Any
+) -> None:
+    email = EmailChannel(
+        poster=poster(http, f"{receiver.url}/email", SECRETS["email"]), deps=deps(engine)
+    )
+    bad = request("email", EMAIL)
+    context = {**bad.context, "user": {**USER, "email": address}}
+    with pytest.raises(RenderError, match="not one address"):
+        await email.build(bad.model_copy(update={"context": context}))
+    assert receiver.requests == []
+
+
 async def test_push_goes_to_the_device_tokens_within_its_limits(
     receiver: Receiver, engine: AsyncEngine, http: httpx.AsyncClient
 ) -> None:

@@ -13,6 +13,7 @@ from tests.conftest import StackFactory
 from tests.support.db import count, rows
 from tests.support.receiver import Receiver
 from tests.support.stack import Stack, eventually
+from tests.support.workspace import ARBITRATE_ONLY_KEY, user_token
 
 POLICY = """
 caps:
@@ -57,27 +58,28 @@ async def stack(make_stack: StackFactory) -> Stack:
 
 async def test_an_external_system_asks_before_sending(stack: Stack, engine: AsyncEngine) -> None:
     await stack.identify("ada", {"email": "ada@example.com"})
-    response = await stack.send("/v1/arbitrate", ask("ada", "ext-1", category="transactional"))
+    ext_1 = ask("ada", "ext-1", category="transactional")
+    response = await stack.call("POST", "/v1/arbitrate", json=ext_1)
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["action"], body["channel"]) == ("send", "email")
     assert {"rule": "channel email", "passed": True, "detail": "allowed"} in body["checks"]
     # a promotion waits for its conflict window, and asking again repeats the answer
-    held = (await stack.send("/v1/arbitrate", ask("ada", "ext-2"))).json()
+    held = (await stack.call("POST", "/v1/arbitrate", json=ask("ada", "ext-2"))).json()
     assert held["action"] == "defer"
     assert held["until"] is not None
-    assert (await stack.send("/v1/arbitrate", ask("ada", "ext-2"))).json() == held
-    reused = await stack.send("/v1/arbitrate", ask("ada", "ext-2", priority=99))
+    assert (await stack.call("POST", "/v1/arbitrate", json=ask("ada", "ext-2"))).json() == held
+    reused = await stack.call("POST", "/v1/arbitrate", json=ask("ada", "ext-2", priority=99))
     assert reused.status_code == 409
     assert reused.json()["field"] == "idempotency_key"
-    logged = (await stack.http.get(f"{stack.api_url}/v1/users/ada/decisions")).json()
+    logged = (await stack.call("GET", "/v1/users/ada/decisions")).json()
     assert [(d["key"], d["action"]) for d in logged] == [("ext-2", "defer"), ("ext-1", "send")]
 
 
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        (ask("ada", "k", channels=["fax"]), "channels.0"),
+        (ask("ada", "k", channels=["fax"]), "channels[0]"),
         (ask("ada", "k", channels=[]), "channels"),
         (ask("ada", "k", channels=["email", "email"]), "channels"),
         (ask("ada", "k", channels=["web"]), "channels"),  # valid, but not configured
@@ -91,20 +93,47 @@ async def test_an_external_system_asks_before_sending(stack: Stack, engine: Asyn
 async def test_bad_arbitration_requests_get_400_and_record_nothing(
     stack: Stack, engine: AsyncEngine, body: dict[str, Any], field: str
 ) -> None:
-    response = await stack.send("/v1/arbitrate", body)
+    response = await stack.call("POST", "/v1/arbitrate", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["field"] == field
     assert await count(engine, "arbitration_requests") == 0
     assert await count(engine, "arbitration_decisions") == 0
 
 
-async def test_arbitration_needs_a_write_key(stack: Stack, engine: AsyncEngine) -> None:
-    anonymous = await stack.http.post(f"{stack.api_url}/v1/arbitrate", json=ask("ada", "k"))
-    assert anonymous.status_code == 401
-    assert (
-        await stack.send("/v1/arbitrate", ask("ada", "k"), key="wk_wrong_key")
-    ).status_code == 401
+async def test_arbitration_needs_a_server_key_with_its_scope(
+    stack: Stack, engine: AsyncEngine
+) -> None:
+    body = ask("ada", "k")
+    refused = [
+        (await stack.call("POST", "/v1/arbitrate", json=body, key=None), 401),
+        (await stack.call("POST", "/v1/arbitrate", json=body, key="sk_made_up_0123456789ab"), 401),
+        # the public write key counted against anyone's caps before
+        (await stack.send("/v1/arbitrate", body), 403),
+        (await stack.call("POST", "/v1/arbitrate", json=body, key=user_token("ada")), 403),
+    ]
+    assert [r.status_code for r, _ in refused] == [status for _, status in refused]
     assert await count(engine, "arbitration_decisions") == 0
+
+
+async def test_idempotency_keys_belong_to_their_caller_and_user(
+    stack: Stack, engine: AsyncEngine
+) -> None:
+    for user in ("ada", "bob"):
+        await stack.identify(user, {"email": f"{user}@example.com"})
+    first = await stack.call("POST", "/v1/arbitrate", json=ask("ada", "same", category="service"))
+    assert first.status_code == 200, first.text
+    # the same key for another user, or from another caller, is another request
+    other_user = await stack.call("POST", "/v1/arbitrate", json=ask("bob", "same", priority=99))
+    other_caller = await stack.call(
+        "POST", "/v1/arbitrate", json=ask("ada", "same", priority=99), key=ARBITRATE_ONLY_KEY
+    )
+    assert (other_user.status_code, other_caller.status_code) == (200, 200)
+    again = await stack.call("POST", "/v1/arbitrate", json=ask("ada", "same", category="service"))
+    assert again.json() == first.json()
+    conflict = await stack.call("POST", "/v1/arbitrate", json=ask("ada", "same", priority=99))
+    assert conflict.status_code == 409
+    assert "'same'" in conflict.json()["error"]
+    assert await count(engine, "arbitration_requests") == 3
 
 
 async def test_unsubscribe_bounce_and_complaint_events_become_suppressions(
@@ -139,7 +168,7 @@ async def test_two_journeys_competing_for_one_user(
     # only the cart message went out; the offer was against a loyalty rule and the
     # newsletter lost the conflict window to the cart
     assert [r.json["data"]["metadata"]["journey"] for r in receiver.requests] == ["cart"]
-    logged = (await stack.http.get(f"{stack.api_url}/v1/users/ada/decisions")).json()
+    logged = (await stack.call("GET", "/v1/users/ada/decisions")).json()
     final = {d["journey"]: d for d in logged if d["action"] != "defer"}
     assert final["cart"]["action"] == "send"
     assert final["newsletter"]["action"] == "suppress"
@@ -188,7 +217,7 @@ async def test_workflows_and_api_callers_racing_for_the_last_slots(
     journeys = {f"j{i}": journey(f"j{i}", 50) for i in range(8)}
     stack = await make_stack(journeys, policy=policy)
     await stack.identify("ada", {"email": "ada@example.com"})
-    api_calls = [stack.send("/v1/arbitrate", ask("ada", f"ext-{i}")) for i in range(8)]
+    api_calls = [stack.call("POST", "/v1/arbitrate", json=ask("ada", f"ext-{i}")) for i in range(8)]
     responses = await asyncio.gather(stack.track("ada", "Signed Up"), *api_calls)
     for key in journeys:
         await stack.result(key, "ada")
@@ -206,7 +235,8 @@ async def test_decisions_explain_on_the_command_line(
     from orchestrator.cli import app
 
     await stack.identify("ada", {"email": "ada@example.com", "loyalty_reward_active": True})
-    await stack.send("/v1/arbitrate", ask("ada", "ext-9", tags=["discount"], source="crm"))
+    ext_9 = ask("ada", "ext-9", tags=["discount"], source="crm")
+    await stack.call("POST", "/v1/arbitrate", json=ext_9)
     monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", postgres_url)
     result = await asyncio.to_thread(CliRunner().invoke, app, ["decisions", "explain", "ada"])
     assert result.exit_code == 0, result.output

@@ -15,6 +15,8 @@ from orchestrator.stack.processes import free_port
 
 BIN = Path(sys.executable).parent
 WRITE_KEY = "wk_dev_website_7f3a9c"
+# The example's backend key (examples/retail/orchestrator.yaml), for per-user reads.
+EXAMPLE_SERVER_KEY = "sk_dev_crm_backend_5b0e7c2f9a41d6e3"
 
 
 def processes_using(path: Path) -> list[int]:
@@ -165,7 +167,10 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
     await again.wait_for_line("ready; Ctrl-C stops everything")
     assert any("journey welcome_series" in line and "unchanged" in line for line in again.lines)
     async with httpx.AsyncClient(timeout=30) as http:
-        mine = await http.get(f"http://127.0.0.1:{again.ports['api']}/v1/users/ada/journeys")
+        mine = await http.get(
+            f"http://127.0.0.1:{again.ports['api']}/v1/users/ada/journeys",
+            headers={"authorization": f"Bearer {EXAMPLE_SERVER_KEY}"},
+        )
     assert [j["journey_key"] for j in mine.json()] == ["welcome_series"]
     await again.stop(signal.SIGKILL)
     for _ in range(100):

@@ -12,7 +12,7 @@ from tests.conftest import StackFactory
 from tests.support.db import rows
 from tests.support.receiver import Receiver
 from tests.support.stack import Stack
-from tests.support.workspace import WRITE_KEY
+from tests.support.workspace import user_token
 
 THREE_NOTES = """
 journey: notes
@@ -83,11 +83,10 @@ HEROES = {
 }
 
 
-async def api(stack: Stack, method: str, path: str, **options: Any) -> Any:
-    response = await stack.http.request(
-        method, f"{stack.api_url}{path}", auth=(WRITE_KEY, ""), **options
-    )
-    return response
+async def api(stack: Stack, method: str, path: str, *, user: str = "", **options: Any) -> Any:
+    """Call as the app of the user in the path (or `user`), with that user's token."""
+    user = user or path.split("/")[3]
+    return await stack.call(method, path, key=user_token(user), **options)
 
 
 async def test_the_inbox_lists_unread_first_pages_and_records_reads(

@@ -297,30 +297,30 @@ async def test_the_openapi_document_describes_ingestion(stack: Stack) -> None:
         assert path in document["paths"], path
     batch = document["paths"]["/v1/batch"]["post"]
     assert "batch" in batch["requestBody"]["content"]["application/json"]["schema"]["properties"]
-    assert {"400", "401", "413"} <= set(batch["responses"])
+    assert {"400", "401", "403", "413", "429"} <= set(batch["responses"])
+    assert batch["security"] == [{"writeKey": []}]
 
 
 async def test_read_endpoints(stack: Stack, receiver: Receiver) -> None:
     await stack.track("u1", "Signed Up")
     await receiver.wait_for(lambda rs: len(rs) == 1)
-    journeys = (await stack.http.get(f"{stack.api_url}/v1/journeys")).json()
+    journeys = (await stack.call("GET", "/v1/journeys")).json()
     assert [(j["key"], j["current_version"], j["trigger"]) for j in journeys] == [
         ("welcome", 1, "Signed Up")
     ]
     assert journeys[0]["enrollments"] == {"active": 1}
-    detail_url = f"{stack.api_url}/v1/journeys/welcome"
 
     async def step_recorded() -> bool:
         # The step is recorded once the send activity has returned, after delivery.
-        return bool((await stack.http.get(detail_url)).json()["steps"])
+        return bool((await stack.call("GET", "/v1/journeys/welcome")).json()["steps"])
 
     await eventually(step_recorded)
-    detail = (await stack.http.get(detail_url)).json()
+    detail = (await stack.call("GET", "/v1/journeys/welcome")).json()
     assert [v["version"] for v in detail["versions"]] == [1]
     assert detail["steps"][0]["step"] == "hello"
-    mine = (await stack.http.get(f"{stack.api_url}/v1/users/u1/journeys")).json()
+    mine = (await stack.call("GET", "/v1/users/u1/journeys")).json()
     assert [(m["journey_key"], m["workflow_id"]) for m in mine] == [
         ("welcome", "journey:welcome:u1")
     ]
-    assert (await stack.http.get(f"{stack.api_url}/v1/journeys/nope")).status_code == 404
+    assert (await stack.call("GET", "/v1/journeys/nope")).status_code == 404
     assert (await stack.http.get(f"{stack.api_url}/healthz")).json() == {"status": "ok"}

@@ -11,7 +11,9 @@ from orchestrator.ranking.retail import read_retail
 from orchestrator.ranking.versions import train
 from tests.conftest import StackFactory
 from tests.support.db import rows
-from tests.support.workspace import WRITE_KEY
+from tests.support.workspace import SERVER_KEY
+
+BACKEND = {"authorization": f"Bearer {SERVER_KEY}"}
 
 SLICE = Path(__file__).resolve().parents[1] / "data" / "online_retail_slice.csv.gz"
 NOOP = """
@@ -41,7 +43,7 @@ async def test_rank_answers_from_the_model_or_says_why_not(
     await stack.identify("grace", {"personalization": False})
 
     async def rank(body: dict[str, object]) -> dict[str, object]:
-        response = await stack.send("/v1/rank", body)
+        response = await stack.call("POST", "/v1/rank", json=body)
         assert response.status_code == 200, response.text
         answer: dict[str, object] = response.json()
         return answer
@@ -59,10 +61,11 @@ async def test_rank_answers_from_the_model_or_says_why_not(
     grace = await rank({"user_id": "grace", "slot": "home"})
     assert grace["reason"] == "the user opted out of personalisation"
 
-    bad = await stack.send("/v1/rank", {"user_id": "ada", "slot": "home", "k": 0})
+    bad = await stack.call("POST", "/v1/rank", json={"user_id": "ada", "slot": "home", "k": 0})
     assert bad.status_code == 400
     assert bad.json()["field"] == "k"
-    assert (await stack.send("/v1/rank", {"user_id": "ada"})).json()["field"] == "slot"
+    no_slot = await stack.call("POST", "/v1/rank", json={"user_id": "ada"})
+    assert no_slot.json()["field"] == "slot"
     anonymous = await stack.http.post(
         f"{stack.api_url}/v1/rank", json={"user_id": "a", "slot": "s"}
     )
@@ -79,23 +82,23 @@ async def test_the_catalogue_loads_over_the_api_all_or_nothing(
         {"id": "B2", "name": "Boots", "category": "footwear"},
     ]  # fmt: skip
     loaded = await stack.http.put(
-        f"{stack.api_url}/v1/catalog/items", json={"items": items}, auth=(WRITE_KEY, "")
+        f"{stack.api_url}/v1/catalog/items", json={"items": items}, headers=BACKEND
     )
     assert loaded.status_code == 200, loaded.text
     assert loaded.json() == {"loaded": 2}
     bad = await stack.http.put(
         f"{stack.api_url}/v1/catalog/items",
         json={"items": [{"id": "C3", "name": "Cap"}, {"id": "D4", "name": "", "price": 3}]},
-        auth=(WRITE_KEY, ""),
+        headers=BACKEND,
     )
     assert bad.status_code == 400
-    assert bad.json()["field"] == "items.1.name"
+    assert bad.json()["field"] == "items[1].name"
     typo = await stack.http.put(
         f"{stack.api_url}/v1/catalog/items",
         json={"items": [{"id": "E5", "name": "Scarf", "colour": "red"}]},
-        auth=(WRITE_KEY, ""),
+        headers=BACKEND,
     )
-    assert (typo.status_code, typo.json()["field"]) == (400, "items.0.colour")
+    assert (typo.status_code, typo.json()["field"]) == (400, "items[0].colour")
     stored = await rows(engine, "SELECT id, name, attributes FROM catalog_items ORDER BY id")
     assert stored == [
         {"id": "A1", "name": "Anorak", "attributes": {"colour": "red"}},

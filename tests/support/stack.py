@@ -25,7 +25,7 @@ from orchestrator.settings import Settings
 from orchestrator.stack.servers import serving
 from orchestrator.worker import running_worker
 from orchestrator.workspace import load_workspace
-from tests.support.workspace import WRITE_KEY
+from tests.support.workspace import SERVER_KEY, WRITE_KEY
 from workflows.activities import JourneyStore
 from workflows.messages import JourneyResult, JourneyState
 from workflows.search import workflow_id
@@ -41,7 +41,15 @@ class Stack:
     skip: Callable[[], Awaitable[None]] | None = None
 
     async def send(self, path: str, body: Any, *, key: str = WRITE_KEY) -> httpx.Response:
+        """POST as a source, with its write key."""
         return await self.http.post(f"{self.api_url}{path}", json=body, auth=(key, ""))
+
+    async def call(
+        self, method: str, path: str, *, key: str | None = SERVER_KEY, **kwargs: Any
+    ) -> httpx.Response:
+        """Call the API with a server API key (or a user token) as the bearer."""
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return await self.http.request(method, f"{self.api_url}{path}", headers=headers, **kwargs)
 
     async def track(
         self,
@@ -125,17 +133,25 @@ async def running_stack(
     store: JourneyStore | None = None,
     history_limit: int | None = None,
     skip: Callable[[], Awaitable[None]] | None = None,
+    route_within: float = 60.0,
+    sweep_after: float | None = None,
 ) -> AsyncIterator[Stack]:
-    """Deploy the workspace, serve the API and run a worker on a fresh task queue."""
+    """Deploy the workspace, serve the API and run a worker on a fresh task queue; with
+    `sweep_after`, the API's sweeper routes events left unrouted that long."""
     ws = load_workspace(workspace)
     await deploy_workspace(engine, ws)
     settings = Settings(
-        database_url=database_url, task_queue=f"test-{uuid.uuid4()}", workspace=workspace
+        database_url=database_url,
+        task_queue=f"test-{uuid.uuid4()}",
+        workspace=workspace,
+        # Tests read what a request routed right after it answers (on a busy machine).
+        route_within_seconds=route_within,
+        reroute_after_seconds=sweep_after or 30.0,
     )
     services = build_services(settings, workspace=ws, engine=engine, client=client, clock=clock)
     if history_limit is not None:
         services.router.history_limit = history_limit
-    app = create_app(services, sweep=False)
+    app = create_app(services, sweep=sweep_after is not None)
     try:
         async with (
             serving(app) as url,

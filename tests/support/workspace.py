@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from orchestrator.access import tokens
+from orchestrator.access.credentials import UserTokens
 
 SECRETS = {
     "email": "whsec_SN6HEFrrhJp7Ygw3WCXl9y60mXqXOufBv2Nogw2ifLU=",
@@ -14,6 +18,26 @@ SECRETS = {
     "links": "whsec_S9CnRL0qAzWezb69U1gRtgvCoCKc/k0tmYC66tl6/b0=",
 }
 WRITE_KEY = "wk_test_0123456789"
+# A backend's key with every scope but admin, an admin's, and one that may only arbitrate.
+SERVER_KEY = "sk_test_backend_0123456789abcdef"
+ADMIN_KEY = "sk_test_admin_0123456789abcdef01"
+ARBITRATE_ONLY_KEY = "sk_test_arbitrate_0123456789abcd"
+USER_TOKEN_SECRET = "ut_test_secret_0123456789abcdef0123456789"
+CREDENTIALS = f"""
+api_keys:
+  - name: backend
+    secret: {SERVER_KEY}
+    scopes: [catalog:write, arbitrate, users:read, users:write, journeys:read, ranking,
+             reports:read]
+  - name: ops
+    secret: {ADMIN_KEY}
+    scopes: [admin]
+  - name: sms_gateway
+    secret: {ARBITRATE_ONLY_KEY}
+    scopes: [arbitrate]
+user_tokens:
+  secret: {USER_TOKEN_SECRET}
+"""
 
 TEMPLATES = {
     "hello": """
@@ -45,9 +69,13 @@ def write_workspace(
     policy: str = REACH_EVERYONE,
     config: str = "",
     stored_only: tuple[str, ...] = (),
+    credentials: str = CREDENTIALS,
+    source: str = "",
 ) -> Path:
     """Write a workspace whose channels deliver to `receiver_url/<channel>` (in-app and
-    web channels in `stored_only` have no URL); `config` is appended to orchestrator.yaml."""
+    web channels in `stored_only` have no URL); `source` adds settings to the source,
+    `credentials` (API keys and the user token secret) and `config` are appended to
+    orchestrator.yaml."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "journeys").mkdir(exist_ok=True)
     (root / "templates").mkdir(exist_ok=True)
@@ -57,14 +85,17 @@ def write_workspace(
         + f"    signing_secret: {SECRETS[name]}\n    timeout: 2\n"
         for name in channels
     )
+    source_lines = textwrap.indent(textwrap.dedent(source).strip() + "\n", "    ") if source else ""
     (root / "orchestrator.yaml").write_text(
         f"workspace: test\n"
         f"default_timezone: {default_timezone}\n"
-        f"sources:\n  - name: tests\n    write_key: {WRITE_KEY}\n"
+        f"sources:\n  - name: tests\n    write_key: {WRITE_KEY}\n{source_lines}"
         f"channels:\n{channel_lines}"
         f"webhooks:\n  signing_secret: {SECRETS['hooks']}\n"
         f"links:\n  base_url: http://127.0.0.1:8000\n  signing_secret: {SECRETS['links']}\n"
-        f"sample_profile:\n  traits: {{first_name: Ada}}\n" + textwrap.dedent(config)
+        f"sample_profile:\n  traits: {{first_name: Ada}}\n"
+        + textwrap.dedent(credentials)
+        + textwrap.dedent(config)
     )
     (root / "policy.yaml").write_text(textwrap.dedent(policy).lstrip())
     for name, text in journeys.items():
@@ -72,3 +103,9 @@ def write_workspace(
     for name, text in (templates if templates is not None else TEMPLATES).items():
         (root / "templates" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
     return root
+
+
+def user_token(user_id: str, *, ttl: timedelta = timedelta(hours=1)) -> str:
+    """A token for `user_id`, as the customer's backend would mint it."""
+    config = UserTokens(secret=USER_TOKEN_SECRET)
+    return tokens.mint(config, user_id, ttl=ttl, now=datetime.now(UTC))

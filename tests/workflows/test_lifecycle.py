@@ -182,6 +182,12 @@ async def test_holdout_users_are_recorded_but_get_nothing(
     assert row["converted_at"] is not None
     # and holdout is sticky: a held-out user stays out
     assert len([e for e in await enrollments(engine, "welcome") if e["user_id"] == control]) == 1
+    # the users API points at a workflow only for users who have one
+    mine = (await stack.call("GET", f"/v1/users/{control}/journeys")).json()
+    assert [(j["status"], j["workflow_id"]) for j in mine] == [("holdout", None)]
+    treated = sorted(set(users) - held)[0]
+    theirs = (await stack.call("GET", f"/v1/users/{treated}/journeys")).json()
+    assert theirs[0]["workflow_id"] == f"journey:welcome:{treated}"
 
 
 async def test_users_finish_on_the_version_they_entered(

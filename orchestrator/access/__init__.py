@@ -1,0 +1,1 @@
+"""Who may call what: credentials, user tokens and the audit log."""

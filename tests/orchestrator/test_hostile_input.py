@@ -1,0 +1,154 @@
+"""Input that once gave a 500 (or was stored wrongly) now gets a 400 naming the field,
+and nothing is stored."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import StackFactory
+from tests.orchestrator.test_receipts import post_receipt
+from tests.support.db import count, rows
+from tests.support.stack import Stack
+from tests.workflows.test_steps import WELCOME
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def track(**fields: Any) -> dict[str, Any]:
+    return {"type": "track", "userId": "ada", "event": "Signed Up",
+            "messageId": str(uuid.uuid4()), **fields}  # fmt: skip
+
+
+@pytest.fixture
+async def stack(make_stack: StackFactory) -> Stack:
+    return await make_stack({"welcome": WELCOME})
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/track", track(event="Signed\u0000Up"), "event"),
+        ("/v1/track", track(userId="a\u0000da"), "userId"),
+        ("/v1/track", track(properties={"pl\u0000an": "pro"}), "properties"),
+        ("/v1/track", track(properties={"plan": {"tier": "pr\u0000o"}}), "properties.plan.tier"),
+        ("/v1/identify", {"userId": "ada", "traits": {"name": "A\u0000"}}, "traits.name"),
+        ("/v1/batch", {"batch": [track(), track(properties={"x": ["ok", "\u0000"]})]},
+         "batch[1].properties.x[1]"),
+        ("/v1/track", track(properties=nested(300)), "properties"),
+        ("/v1/track", track(timestamp="2026-11-27T10:00:00+23:59"), "timestamp"),
+        ("/v1/track", track(timestamp="1969-12-31T23:59:59Z"), "timestamp"),
+        ("/v1/identify", {"userId": "ada", "traits": {"email": "ada@example.com\r\nBcc: x@y.z"}},
+         "traits.email"),
+        ("/v1/identify", {"userId": "ada", "traits": {"email": "a@b.com, c@d.com"}},
+         "traits.email"),
+        ("/v1/track", track(context={"traits": {"email": ["ada@example.com"]}}),
+         "context.traits.email"),
+    ],
+    ids=["nul-event", "nul-user", "nul-key", "nul-value", "nul-trait", "nul-in-batch",
+         "depth-300", "offset", "before-1970", "email-crlf", "email-list", "email-not-text"],
+)  # fmt: skip
+async def test_ingestion_refuses_with_the_field(
+    stack: Stack, engine: AsyncEngine, path: str, body: dict[str, Any], field: str
+) -> None:
+    response = await stack.send(path, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"].startswith(field), response.json()
+    assert await count(engine, "events") == 0
+    assert await count(engine, "profiles") == 0
+
+
+@pytest.mark.parametrize("depth", [1_000, 5_000, 200_000])
+async def test_json_deeper_than_parsers_go_is_refused(
+    stack: Stack, engine: AsyncEngine, depth: int
+) -> None:
+    body = '{"userId": "ada", "event": "E", "properties": ' + "[" * depth + "]" * depth + "}"
+    response = await stack.http.post(
+        f"{stack.api_url}/v1/track",
+        content=body,
+        headers={"content-type": "application/json"},
+        auth=("wk_test_0123456789", ""),
+    )
+    assert response.status_code in (400, 413), response.text
+    assert await count(engine, "events") == 0
+
+
+async def test_a_timestamp_far_in_the_future_becomes_the_receive_time(
+    stack: Stack, engine: AsyncEngine
+) -> None:
+    # a number is read as milliseconds since 1970: this one is in the year 5138
+    response = await stack.send("/v1/track", track(timestamp=99999999999999))
+    assert response.status_code == 200, response.text
+    [event] = await rows(engine, "SELECT timestamp, received_at, context FROM events")
+    assert event["timestamp"] == event["received_at"]
+    assert event["context"]["originalTimestamp"].startswith("5138-")
+    # a day's clock skew is kept as sent
+    tomorrow = stack.services.clock() + timedelta(hours=20)
+    await stack.send("/v1/track", track(timestamp=tomorrow.isoformat()))
+    stored = await rows(engine, "SELECT timestamp FROM events ORDER BY id")
+    assert stored[1]["timestamp"] == tomorrow
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "options", "field"),
+    [
+        ("GET", "/v1/users/ada/decisions", {"params": {"limit": -1}}, "limit"),
+        ("GET", "/v1/users/ada/decisions", {"params": {"limit": "many"}}, "limit"),
+        ("GET", "/v1/users/ada/decisions", {"params": {"journey": "w\u0000"}}, "journey"),
+        ("GET", "/v1/users/a%00da/decisions", {}, "user_id"),
+        ("GET", "/v1/users/a%00da/inbox", {}, "user_id"),
+        ("PUT", "/v1/catalog/items", {"json": {"items": [{"id": "A1", "name": "An\u0000orak"}]}},
+         "items[0].name"),
+        ("PUT", "/v1/catalog/items", {"json": {"items": [{"id": "A1", "name": "Anorak",
+                                                          "attributes": nested(100)}]}},
+         "items[0].attributes"),
+        ("PUT", "/v1/catalog/items", {"json": {"items": [{"id": "A1", "name": "Anorak",
+                                                          "url": "javascript:alert(1)"}]}},
+         "items[0].url"),
+        ("POST", "/v1/arbitrate", {"json": {"user_id": "a\u0000", "idempotency_key": "k",
+                                            "channels": ["email"], "category": "service"}},
+         "user_id"),
+        ("POST", "/v1/rank", {"content": b'{"user_id": "ada", "slot": "s"', }, ""),
+        ("GET", "/v1/audit", {"params": {"since": "2026-01-01T00:00:00+23:59"}}, "since"),
+    ],
+    ids=["negative-limit", "text-limit", "nul-query", "nul-path", "nul-path-inbox",
+         "nul-catalogue", "deep-catalogue", "script-url", "nul-arbitrate", "bad-json",
+         "offset-query"],
+)  # fmt: skip
+async def test_management_routes_refuse_with_the_field(
+    stack: Stack, engine: AsyncEngine, method: str, path: str, options: dict[str, Any], field: str
+) -> None:
+    from tests.support.workspace import ADMIN_KEY
+
+    response = await stack.call(method, path, key=ADMIN_KEY, **options)
+    assert response.status_code == 400, response.text
+    if field:
+        assert response.json()["field"].startswith(field), response.json()
+    assert await count(engine, "catalog_items") == 0
+    assert await count(engine, "arbitration_decisions") == 0
+
+
+async def test_a_receipt_with_a_nul_character_is_refused(stack: Stack, engine: AsyncEngine) -> None:
+    data = {"message_id": "m1", "bounce_type": "hard", "reason": "no\u0000such user"}
+    body = {"type": "bounced", "timestamp": "2026-11-27T10:00:00Z", "data": data}
+    response = await post_receipt(stack, "email", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "data.reason"
+    assert await count(engine, "receipts") == 0
+
+
+async def test_an_oversized_management_body_gets_413(stack: Stack, engine: AsyncEngine) -> None:
+    item = {"id": "A", "name": "x" * 1000}
+    body = {"items": [item] * 5000}
+    response = await stack.call("PUT", "/v1/catalog/items", json=body)
+    assert response.status_code == 413
+    assert await count(engine, "catalog_items") == 0
