@@ -7,6 +7,7 @@ their bodies themselves, call `json_checks.problem()` on what they parsed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -68,8 +69,8 @@ class GuardedRoute(APIRoute):
             for name, value in [*request.path_params.items(), *query]:
                 if "\x00" in name or "\x00" in str(value):
                     return refusal(400, "must not contain a NUL character", name)
-            names = [name for name, _ in query]
-            if repeated := next((n for n in names if names.count(n) > 1), None):
+            counts = Counter(name for name, _ in query)
+            if repeated := next((n for n, times in counts.items() if times > 1), None):
                 # Every parameter we take is one value: which one would be meant?
                 return refusal(400, "is given more than once", repeated)
             if not takes_body:

@@ -119,10 +119,11 @@ async def test_a_timestamp_far_in_the_future_becomes_the_receive_time(
          "user_id"),
         ("POST", "/v1/rank", {"content": b'{"user_id": "ada", "slot": "s"', }, ""),
         ("GET", "/v1/audit", {"params": {"since": "2026-01-01T00:00:00+23:59"}}, "since"),
+        ("GET", "/v1/users/ada/decisions", {"params": [("limit", "1"), ("limit", "2")]}, "limit"),
     ],
     ids=["negative-limit", "text-limit", "nul-query", "nul-path", "nul-path-inbox",
          "nul-catalogue", "deep-catalogue", "script-url", "nul-arbitrate", "bad-json",
-         "offset-query"],
+         "offset-query", "repeated-query"],
 )  # fmt: skip
 async def test_management_routes_refuse_with_the_field(
     stack: Stack, engine: AsyncEngine, method: str, path: str, options: dict[str, Any], field: str
