@@ -286,8 +286,14 @@ def _effective_priority(request: SendRequest, state: UserState, policy: Policy) 
 def _conflict_loser(
     request: SendRequest, score: float, state: UserState, policy: Policy, window_end: datetime
 ) -> Check | None:
-    """A failed check if another request in the same window beats this one."""
-    rivals = [p.request for p in state.peers if p.window_end == window_end]
+    """A failed check if another request in the same window beats this one. A rival that
+    could never be sent to this user (no reachable, consented channel; a rule suppresses
+    it) wins nothing: it would hold this one back for no message at all."""
+    rivals = [
+        p.request
+        for p in state.peers
+        if p.window_end == window_end and _deliverable(p.request, state, policy)
+    ]
     best: tuple[float, datetime, str, SendRequest] = (score, request.requested_at, request.key,
                                                       request)  # fmt: skip
     for rival in rivals:
@@ -303,6 +309,22 @@ def _conflict_loser(
         "conflict window", False,
         f"lost to {winner.journey or winner.key} (score {best[0]:g} against {score:g})",
     )  # fmt: skip
+
+
+def _deliverable(request: SendRequest, state: UserState, policy: Policy) -> bool:
+    """Whether some channel of the request could reach the user, caps and time aside."""
+    draft = _apply_rules(request, state, policy)
+    transactional = request.category == "transactional"
+    for channel in draft.channels:
+        needed = policy.reachability.get(channel)
+        if needed and not state.traits.get(needed):
+            continue
+        if _hard_suppressions(request, channel, state, policy, transactional):
+            continue
+        if not transactional and _consent_problem(request, channel, state, policy):
+            continue
+        return True
+    return False
 
 
 def _choose_channel(

@@ -120,7 +120,7 @@ _LOAD = """
       (SELECT coalesce(json_agg(json_build_object(
                 'request', r.request, 'window_end', r.window_end)), '[]')
          FROM arbitration_requests r
-         WHERE r.user_id = $2 AND r.key <> $1 AND r.state <> 'released'
+         WHERE r.user_id = $2 AND r.key <> $1 AND r.state NOT IN ('released', 'suppressed')
            AND r.window_end >= LEAST($4,
                  (SELECT own.window_end FROM arbitration_requests own WHERE own.key = $1))
       ) AS peers

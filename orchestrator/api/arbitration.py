@@ -90,7 +90,9 @@ async def arbitrate(
         )
     now = services.clock()
     key = scoped_key(caller.name, body.user_id, body.idempotency_key)
-    request = body.send_request(key=key, user_id=body.user_id, source=body.source, at=now)
+    # Named for the log and for other requests' "lost to ...": the caller, never its key.
+    source = body.source or f"api:{caller.name}"
+    request = body.send_request(key=key, user_id=body.user_id, source=source, at=now)
     try:
         decision = await services.arbitration.arbitrate(request, now=now)
     except store.IdempotencyConflict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import StackFactory
+from tests.support.clock import ManualClock
 from tests.support.db import count, rows
 from tests.support.receiver import Receiver
 from tests.support.stack import Stack, eventually
@@ -225,6 +227,24 @@ async def test_workflows_and_api_callers_racing_for_the_last_slots(
     assert api_sends + len(receiver.requests) == 2
     sent = await rows(engine, "SELECT count(*) AS n FROM arbitration_requests WHERE state = 'sent'")
     assert sent == [{"n": 2}]
+
+
+async def test_a_loser_learns_who_won_but_not_their_key(make_stack: StackFactory) -> None:
+    clock = ManualClock()
+    stack = await make_stack({"quiet": journey("quiet", 10)}, policy=POLICY, clock=clock)
+    await stack.identify("ada", {"email": "ada@example.com"})
+    mine = ask("ada", "backend-secret-key", priority=80)
+    theirs = ask("ada", "gateway-key", priority=50)
+    assert (await stack.call("POST", "/v1/arbitrate", json=mine)).json()["action"] == "defer"
+    other = await stack.call("POST", "/v1/arbitrate", json=theirs, key=ARBITRATE_ONLY_KEY)
+    assert other.json()["action"] == "defer"
+    clock.advance(timedelta(minutes=11))
+    lost = (await stack.call("POST", "/v1/arbitrate", json=theirs, key=ARBITRATE_ONLY_KEY)).json()
+    assert lost["action"] == "suppress"
+    assert "lost to api:backend" in lost["reason"]
+    assert "backend-secret-key" not in str(lost)
+    won = (await stack.call("POST", "/v1/arbitrate", json=mine)).json()
+    assert (won["action"], won["channel"]) == ("send", "email")
 
 
 async def test_decisions_explain_on_the_command_line(

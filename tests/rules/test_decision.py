@@ -420,6 +420,26 @@ def test_the_highest_score_in_a_window_wins(
         assert "lost to cart" in decision.reason
 
 
+@pytest.mark.parametrize(
+    ("theirs", "traits"),
+    [
+        ({"channels": ("push",)}, {"email": "ada@example.com"}),  # no device tokens
+        ({"channels": ("push",), "tags": ("discount",)}, REACHABLE),  # a rule stops it
+    ],
+    ids=["unreachable", "suppressed-by-rule"],
+)
+def test_a_rival_that_could_never_be_sent_does_not_win(
+    theirs: dict[str, Any], traits: dict[str, Any]
+) -> None:
+    rules = {"rules": [{"name": "no_discounts", "when": "'discount' in message.tags",
+                        "then": "suppress"}]}  # fmt: skip
+    rival = Peer(request(key="rival", journey="cart", priority=99, **theirs), NOW)
+    mine = request(channels=("email",), priority=10)
+    decision = decide(mine, state(traits=traits, peers=[rival], window_end=NOW),
+                      Policy.model_validate({**WINDOWED, **rules}), NOW)  # fmt: skip
+    assert outcome(decision) == ("send", "email")
+
+
 def test_losers_can_be_deferred_and_priority_rules_count() -> None:
     defer = Policy.model_validate({**WINDOWED, "conflicts": {**WINDOWED["conflicts"],
                                    "losers": "defer", "defer_losers_by": "2h"},
