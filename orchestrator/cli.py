@@ -18,7 +18,12 @@ import typer
 from orchestrator.access.cli import audit_log, tokens_app
 from orchestrator.arbitration_cli import decisions_app, policy_app
 from orchestrator.catalog_cli import app as catalog_app
-from orchestrator.cli_settings import DEV_STATE_DIR, command_settings, settings_with_database
+from orchestrator.cli_settings import (
+    DEV_STATE_DIR,
+    command_settings,
+    serving_settings,
+    settings_with_database,
+)
 from orchestrator.journeys_cli import app as journeys_app
 from orchestrator.ranking_cli import app as ranking_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
@@ -115,7 +120,7 @@ def api(log_level: LogLevel = "info") -> None:
     """
     from orchestrator.stack.servers import listening_socket
 
-    settings = settings_with_database()
+    settings = serving_settings()
     _logging(log_level)
     sock = listening_socket(settings.api_host, settings.api_port)
     if settings.api_processes == 1:
@@ -180,7 +185,7 @@ def worker(log_level: LogLevel = "info") -> None:
     from orchestrator.worker import running_worker
     from orchestrator.workspace import load_workspace
 
-    settings = settings_with_database()
+    settings = serving_settings()
     _logging(log_level)
 
     async def work(stop: asyncio.Event) -> None:

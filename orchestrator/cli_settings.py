@@ -8,7 +8,9 @@ import typer
 from pydantic import ValidationError
 
 from orchestrator.settings import Settings
+from orchestrator.sources import InvalidSource
 from orchestrator.stack.postgres import running_url
+from orchestrator.workspace import CONFIG_FILE, load_config, published_secrets
 
 # Where `orchestrator dev` keeps its data unless told otherwise (--state-dir), relative
 # to the directory it was started in; Postgres is in its `postgres` folder.
@@ -50,3 +52,26 @@ def settings_with_database() -> Settings:
 def database_url() -> str:
     """The database a command should use (see `settings_with_database`)."""
     return settings_with_database().require_database_url()
+
+
+def serving_settings() -> Settings:
+    """Settings for `orchestrator api` and `worker`: `settings_with_database`, and in
+    production a workspace holding none of the example's secrets (they are published
+    in this repository, so a copied example would let anyone in); else one line, exit 1."""
+    settings = settings_with_database()
+    if settings.environment != "production":
+        return settings
+    try:
+        published = published_secrets(load_config(settings.workspace))
+    except InvalidSource as exc:
+        typer.echo(f"the workspace {settings.workspace} is invalid:\n{exc}", err=True)
+        raise typer.Exit(1) from None
+    if published:
+        typer.echo(
+            f"refusing to serve in production: {', '.join(published)} in "
+            f"{settings.workspace / CONFIG_FILE} are the example's published secrets; "
+            "set your own (as ${ENV} references)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    return settings

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -172,11 +172,33 @@ def schema(
     model = models[kind]
     document = {"$schema": "https://json-schema.org/draft/2020-12/schema",
                 **model.model_json_schema(schema_generator=DurationDefaults)}  # fmt: skip
+    if kind == "workspace":
+        document = _with_env_references(document)
     text = json.dumps(document, indent=2) + "\n"
     if output is None:
         typer.echo(text, nl=False)
     else:
         output.write_text(text)
+
+
+# `${NAME}` or `${NAME:-default}` somewhere in a string (see workspace.py).
+_ENV_REFERENCE = {"type": "string", "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"}
+
+
+def _with_env_references(schema: Any) -> Any:
+    """orchestrator.yaml's strings may be `${ENV}` references, resolved when it loads:
+    a constrained string (pattern, length) also accepts one."""
+    if isinstance(schema, list):
+        return [_with_env_references(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: _with_env_references(value) for key, value in schema.items()}
+    constrained = {"pattern", "minLength", "maxLength", "format"} & schema.keys()
+    if schema.get("type") == "string" and constrained:
+        kept = {k: v for k, v in schema.items() if k in ("title", "description", "default")}
+        checked = {k: v for k, v in schema.items() if k not in kept}
+        return {**kept, "anyOf": [checked, _ENV_REFERENCE]}
+    return schema
 
 
 @app.command()

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if not self.database_url:
                 raise ValueError("ORCHESTRATOR_DATABASE_URL is required in production")
-            if self.workspace == EXAMPLE_WORKSPACE:
+            if self.workspace.resolve() == EXAMPLE_WORKSPACE:
                 raise ValueError(
                     "ORCHESTRATOR_WORKSPACE must point at your workspace in production, "
                     "not the example (its secrets are public)"

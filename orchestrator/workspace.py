@@ -33,6 +33,7 @@ from channels.signing import secret_key
 from channels.templates import Template
 from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.access.credentials import ApiKey, UserTokens, origins
+from orchestrator.settings import EXAMPLE_WORKSPACE
 from orchestrator.sources import InvalidSource, Problem, Source, load
 from rules.durations import Duration
 from rules.policy import Policy
@@ -371,3 +372,30 @@ def _resolve_env(source: Source, value: Any, loc: list[str | int], problems: lis
         return os.environ[name]
 
     return _ENV_REF.sub(substitute, value)
+
+
+def secrets_of(config: WorkspaceConfig) -> dict[str, str]:
+    """Every secret in the config, by where it is (write keys are public: not secrets)."""
+    found: dict[str, str] = {}
+    for key in config.api_keys:
+        found[f"api_keys.{key.name}.secret"] = key.secret
+        if key.previous_secret:
+            found[f"api_keys.{key.name}.previous_secret"] = key.previous_secret
+    if config.user_tokens is not None:
+        for i, secret in enumerate(config.user_tokens.secrets()):
+            found["user_tokens.secret" if i == 0 else "user_tokens.previous_secret"] = secret
+    for name, endpoint in config.channels.items():
+        for i, secret in enumerate(endpoint.secrets()):
+            found[f"channels.{name}.{'previous_' if i else ''}signing_secret"] = secret
+    if config.webhooks is not None:
+        found["webhooks.signing_secret"] = config.webhooks.signing_secret
+    if config.links.signing_secret is not None:
+        found["links.signing_secret"] = config.links.signing_secret
+    return found
+
+
+def published_secrets(config: WorkspaceConfig) -> list[str]:
+    """Where `config` uses a secret of the example workspace, which this repository
+    publishes (a copied example must not go to production as it is)."""
+    example = set(secrets_of(load_config(EXAMPLE_WORKSPACE)).values())
+    return sorted(where for where, secret in secrets_of(config).items() if secret in example)

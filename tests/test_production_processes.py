@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import httpx
 from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.stack.processes import free_port
+from orchestrator.workspace import load_config, secrets_of
 from tests.support.receiver import Receiver
 from tests.support.stack import terminate_unfinished
 from tests.test_end_to_end import WRITE_KEY
@@ -34,6 +37,23 @@ def children_of(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
+def own_secrets(workspace: Path) -> dict[str, str]:
+    """Replace the example's published secrets with `${ENV}` references, as a production
+    workspace keeps them; return the variables (fresh secrets) by name."""
+    config = workspace / "orchestrator.yaml"
+    text, env = config.read_text(), {}
+    for where, secret in secrets_of(load_config(workspace)).items():
+        name = "PROD_" + where.upper().replace(".", "_")
+        fresh = (
+            "whsec_" + base64.b64encode(os.urandom(32)).decode()
+            if secret.startswith("whsec_")
+            else f"prod_{secrets.token_hex(20)}"
+        )
+        text, env[name] = text.replace(secret, "${" + name + "}"), fresh
+    config.write_text(text)
+    return env
+
+
 async def test_api_and_worker_processes_deliver_a_journey(
     dev_server: WorkflowEnvironment,
     postgres_url: str,
@@ -51,6 +71,17 @@ async def test_api_and_worker_processes_deliver_a_journey(
         "ORCHESTRATOR_API_PORT": str(api_port),
         "ORCHESTRATOR_API_PROCESSES": "2",
         "ORCHESTRATOR_TASK_QUEUE": "production-test",
+    }
+    # A copy of the example, published secrets and all, does not serve in production.
+    for command in ("api", "worker"):
+        code, output = await run(command, env=env)
+        assert code == 1, output
+        assert output.startswith("refusing to serve in production: api_keys.crm_backend.secret")
+        assert len(output.splitlines()) == 1
+    env |= own_secrets(example)
+    receiver.secrets = {
+        channel: env[f"PROD_CHANNELS_{channel.upper()}_SIGNING_SECRET"]
+        for channel in ("email", "push", "in_app", "web")
     }
     assert await run("migrate", env=env) == (0, "database is up to date\n")
     code, output = await run("journeys", "deploy", env=env)

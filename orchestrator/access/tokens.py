@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import jwt
 
 from orchestrator.access.credentials import UserTokens
+from rules.durations import format_duration
 
 ALGORITHM = "HS256"
 # Clocks of the minting backend and ours may differ a little.
@@ -29,7 +30,9 @@ def mint(config: UserTokens, user_id: str, *, ttl: timedelta, now: datetime) -> 
     if not user_id:
         raise ValueError("a user token needs a user id")
     if ttl <= timedelta(0) or ttl > config.max_ttl:
-        raise ValueError(f"the lifetime must be positive and at most {config.max_ttl}")
+        raise ValueError(
+            f"the lifetime must be positive and at most {format_duration(config.max_ttl)}"
+        )
     claims = {"sub": user_id, "iat": int(now.timestamp()), "exp": int((now + ttl).timestamp())}
     return jwt.encode(claims, config.secret, algorithm=ALGORITHM)
 
@@ -62,5 +65,6 @@ def verify(config: UserTokens, token: str, *, now: datetime) -> str:
     if left < -LEEWAY.total_seconds():
         raise InvalidToken("the user token has expired")
     if left > (config.max_ttl + LEEWAY).total_seconds():
-        raise InvalidToken(f"the user token lives longer than the allowed {config.max_ttl}")
+        longest = format_duration(config.max_ttl)
+        raise InvalidToken(f"the user token lives longer than the allowed {longest}")
     return user_id

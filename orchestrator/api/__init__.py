@@ -16,11 +16,12 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.api import (
     arbitration,
@@ -79,7 +80,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
                    health):  # fmt: skip
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(HTTPException, _refused)
+    app.add_exception_handler(StarletteHTTPException, _refused)
     for kind in _UNAVAILABLE:
         app.add_exception_handler(kind, _unavailable)
     app.add_exception_handler(Exception, _failed)
@@ -104,7 +105,9 @@ async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     error = exc.errors()[0]
     loc = [part for part in error["loc"] if part not in ("body", "query", "path")]
-    return JSONResponse({"error": error["msg"], "field": field_name(loc)}, status_code=400)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    field = field_name(loc)
+    return JSONResponse({"error": message, **({"field": field} if field else {})}, 400)
 
 
 def field_name(loc: list[str | int]) -> str:
@@ -116,7 +119,8 @@ def field_name(loc: list[str | int]) -> str:
 
 
 async def _refused(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
+    """Our refusals, and Starlette's own 404 and 405, as JSON with an `error`."""
+    assert isinstance(exc, StarletteHTTPException)
     body = exc.detail if isinstance(exc.detail, dict) else {"error": exc.detail}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

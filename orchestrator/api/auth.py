@@ -146,7 +146,9 @@ def _known(request: Request, services: Services) -> Caller:
     except BadCredentials as exc:
         raise unauthorized(str(exc)) from None
     if caller is None:
-        raise unauthorized("this needs credentials: `Authorization: Bearer <API key>`")
+        raise unauthorized(
+            "this needs credentials: `Authorization: Bearer <API key or user token>`"
+        )
     return caller
 
 

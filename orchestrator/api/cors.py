@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from starlette.datastructures import Headers
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.workspace import WorkspaceConfig
@@ -72,9 +72,9 @@ def _preflight(origin: str, allowed: bool, methods: str, headers: Headers) -> Re
     asked = headers.get("access-control-request-headers", "")
     wanted = {h.strip().lower() for h in asked.split(",")} - {""}
     if not allowed or method not in methods.split(", "):
-        return PlainTextResponse("origin or method not allowed", status_code=403)
+        return JSONResponse({"error": "this origin may not call this route"}, status_code=403)
     if not wanted.issubset(ALLOWED_HEADERS.split(", ")):
-        return PlainTextResponse("request headers not allowed", status_code=403)
+        return JSONResponse({"error": "these request headers are not allowed"}, status_code=403)
     return Response(
         status_code=204,
         headers={

@@ -34,6 +34,9 @@ router = APIRouter(tags=["inbox and placements"], route_class=GuardedRoute, resp
 
 Reader = Annotated[Caller, Depends(own_user_or_key("users:read", audit_as="inbox.read"))]
 Actor = Annotated[Caller, Depends(own_user_or_key("users:write", audit_as="inbox.act"))]
+PlacementActor = Annotated[
+    Caller, Depends(own_user_or_key("users:write", audit_as="placement.act"))
+]
 PlacementReader = Annotated[
     Caller, Depends(own_user_or_key("users:read", audit_as="placement.read"))
 ]
@@ -126,7 +129,7 @@ async def placement(
 )
 async def dismiss_placement(
     services: ServicesDep,
-    _caller: Actor,
+    _caller: PlacementActor,
     placement: str = Placement,
     message_id: str = MessageId,
     user_id: str = UserId,

@@ -280,3 +280,18 @@ async def test_docs_and_health_stay_public(stack: Stack) -> None:
     async with httpx.AsyncClient() as http:
         for path in ("/docs", "/openapi.json", "/healthz", "/readyz"):
             assert (await http.get(stack.api_url + path)).status_code == 200, path
+
+
+async def test_every_refusal_is_json_with_an_error(stack: Stack) -> None:
+    unknown = await stack.http.get(f"{stack.api_url}/v1/nothing-here")
+    wrong_method = await stack.http.delete(f"{stack.api_url}/v1/track")
+    not_an_object = await stack.call("PUT", "/v1/catalog/items", json=[1, 2])
+    preflight = await stack.http.options(
+        f"{stack.api_url}/v1/users/ada/decisions",
+        headers={"origin": "https://elsewhere.example", "access-control-request-method": "GET"},
+    )
+    for response, status in [(unknown, 404), (wrong_method, 405), (not_an_object, 400),
+                             (preflight, 403)]:  # fmt: skip
+        assert response.status_code == status
+        assert isinstance(response.json()["error"], str), response.text
+    assert "Value error" not in not_an_object.text

@@ -115,6 +115,17 @@ def test_the_schema_checks_journey_files_in_editors(workspace: Path) -> None:
         other = runner.invoke(app, ["journeys", "schema", "--kind", kind])
         assert other.exit_code == 0
         assert json.loads(other.stdout)["type"] == "object"
+    # orchestrator.yaml, `${ENV}` references included, checks against its schema
+    config_schema = json.loads(
+        runner.invoke(app, ["journeys", "schema", "--kind", "workspace"]).stdout
+    )
+    config = yaml.load((workspace / "orchestrator.yaml").read_text())
+    jsonschema.validate(config, config_schema)
+    config["api_keys"][0]["secret"] = "short"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(config, config_schema)
+    config["api_keys"][0]["secret"] = "${CRM_BACKEND_KEY}"
+    jsonschema.validate(config, config_schema)
     # the example templates check too, and every default is valid against its own schema
     # (durations as `30d`-style text, not ISO 8601)
     template_schema = json.loads(
