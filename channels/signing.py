@@ -73,7 +73,8 @@ def verify(
         timestamp = int(stamp)
     except ValueError:
         raise SignatureError("webhook-timestamp is not an integer") from None
-    if abs(now.timestamp() - timestamp) > tolerance.total_seconds():
+    # In whole seconds, as ints: a 400-digit timestamp must not overflow a float.
+    if abs(int(now.timestamp()) - timestamp) > tolerance.total_seconds():
         raise SignatureError("webhook-timestamp is outside the tolerance")
     offered = {part for part in given.split(" ") if part.startswith("v1,")}
     for secret in secrets:

@@ -52,7 +52,18 @@ class UnsubscribeLinks:
             raise InvalidLink("the link is malformed") from None
         if not hmac.compare_digest(given, self._mac(payload)):
             raise InvalidLink("the link's signature does not match")
-        user_id, channel, category, message_id = json.loads(payload)
+        # Signed by us, so well formed, unless the secret leaked: check the shape anyway.
+        try:
+            parts = json.loads(payload)
+        except ValueError:
+            raise InvalidLink("the link is malformed") from None
+        if not (
+            isinstance(parts, list)
+            and len(parts) == 4
+            and all(isinstance(p, str) and p and "\x00" not in p for p in parts)
+        ):
+            raise InvalidLink("the link is malformed")
+        user_id, channel, category, message_id = parts
         return Unsubscribe(user_id, channel, category, message_id)
 
     def _mac(self, payload: bytes) -> bytes:

@@ -103,7 +103,9 @@ async def store_events(
         for item, user, route in zip(batch, users, routable, strict=True)
         if item.message_id in new_ids
     ]
-    await _merge_traits(conn, [(user, item.traits) for item, user, _ in fresh])
+    # A group call's traits describe the group (a company's email, say), not the user.
+    await _merge_traits(conn, [(user, item.traits) for item, user, _ in fresh
+                               if item.type != "group"])  # fmt: skip
     await _link_identities(conn, [item for item, _, _ in fresh])
     for item, user, _ in fresh:
         if user is not None and item.type == "track" and item.event is not None:

@@ -18,6 +18,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from channels.base import Rendered
+from orchestrator.json_checks import problem, sane_instant
 from orchestrator.tables import user_messages
 from rules.store import driver_connection
 
@@ -154,9 +155,18 @@ def _cursor(is_read: bool, created_at: datetime, message_id: str) -> str:
 
 
 def _read_cursor(cursor: str) -> tuple[bool, datetime, str]:
+    """The place a cursor names; BadCursor for anything we did not hand out (the cursor
+    comes back from a client, so nothing in it is trusted)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        is_read, created, message_id = json.loads(raw)
-        return bool(is_read), datetime.fromisoformat(created), str(message_id)
-    except (ValueError, TypeError):
+        is_read, created, message_id = orjson.loads(raw)  # refuses lone surrogates
+        if not (
+            isinstance(is_read, bool)
+            and isinstance(created, str)
+            and isinstance(message_id, str)
+            and problem(message_id) is None
+        ):
+            raise ValueError("malformed")
+        return is_read, sane_instant(datetime.fromisoformat(created)), message_id
+    except (ValueError, TypeError):  # orjson's decode error is a ValueError
         raise BadCursor("cursor is not one this API returned") from None

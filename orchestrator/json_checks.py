@@ -7,6 +7,7 @@ nested JSON runs parsers and serialisers out of stack (orjson refuses to seriali
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -16,40 +17,75 @@ from pydantic import AfterValidator
 MAX_DEPTH = 32
 
 
+# A field is named with at most this much of each key (a key can be 100 KB long).
+_SHOWN_KEY = 60
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    """Where a value sits: its container's place and its key or index. The path is
+    spelt out only for the one value reported, so walking costs no strings."""
+
+    parent: _At | None
+    part: str | int
+
+    def field(self, where: str) -> str:
+        parts: list[str | int] = []
+        at: _At | None = self
+        while at is not None:
+            parts.append(at.part)
+            at = at.parent
+        name = where
+        for part in reversed(parts):
+            if isinstance(part, int):
+                name += f"[{part}]"
+            else:
+                shown = part if len(part) <= _SHOWN_KEY else part[:_SHOWN_KEY] + "..."
+                name += f".{shown}" if name else shown
+        return name
+
+
 def problem(value: Any, where: str = "") -> tuple[str, str] | None:
     """The first field of parsed JSON we refuse, as (field, message), or None."""
-    stack: list[tuple[Any, str, int]] = [(value, where, 1)]
+    stack: list[tuple[Any, _At | None, int]] = [(value, None, 1)]
     while stack:
-        item, path, depth = stack.pop()
+        item, at, depth = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return path, "must not contain a NUL character (\\u0000)"
+                return _field(at, where), "must not contain a NUL character (\\u0000)"
             continue
         if not isinstance(item, dict | list):
             continue
         if depth > MAX_DEPTH:
-            return path, f"is nested more than {MAX_DEPTH} levels deep"
-        children: list[tuple[Any, str, int]] = []
+            return _field(at, where), f"is nested more than {MAX_DEPTH} levels deep"
         if isinstance(item, dict):
-            for key, child in item.items():
+            for key in item:
                 if "\x00" in key:
-                    shown = key.replace("\x00", "\\u0000")
-                    return path, f"key '{shown}' must not contain a NUL character"
-                children.append((child, f"{path}.{key}" if path else key, depth + 1))
+                    shown = key[:_SHOWN_KEY].replace("\x00", "\\u0000")
+                    return _field(at, where), f"key '{shown}' must not contain a NUL character"
+            children = [(child, _At(at, key), depth + 1) for key, child in item.items()]
         else:
-            children = [(child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item)]
+            children = [(child, _At(at, i), depth + 1) for i, child in enumerate(item)]
         stack.extend(reversed(children))  # the first problem in document order is reported
     return None
+
+
+def _field(at: _At | None, where: str) -> str:
+    return at.field(where) if at is not None else where
 
 
 # Real time zones lie within these offsets (Postgres refuses wider ones), and nothing we
 # are told about happened before 1970.
 MAX_OFFSET = timedelta(hours=14)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_YEAR = 9000
 
 
 def sane_instant(value: datetime) -> datetime:
     """A timestamp from outside, made aware (UTC if naive); ValueError if it is absurd."""
+    # The year first: near year 1 or 9999, converting to UTC overflows.
+    if not 1970 <= value.year <= LATEST_YEAR:
+        raise ValueError(f"must be between 1970 and {LATEST_YEAR}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     offset = value.utcoffset()

@@ -46,7 +46,7 @@ class ReceiptData(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     message_id: str = Field(min_length=1, description="Our message id (the webhook-id we sent)")
-    occurred_at: datetime | None = Field(default=None, description="Defaults to the timestamp")
+    occurred_at: Instant | None = Field(default=None, description="Defaults to the timestamp")
     bounce_type: Literal["hard", "soft"] | None = None
     url: str | None = Field(default=None, description="What was clicked")
     item_id: str | None = Field(default=None, description="The recommended item clicked")
@@ -102,7 +102,9 @@ async def record_receipt(
 ) -> None:
     """Apply one receipt; raise UnknownMessage or Replayed and change nothing."""
     now = services.clock()
-    at = body.data.occurred_at or body.timestamp
+    # When it happened, as the channel system says; never later than now (a channel
+    # system's clock is no better than a device's, see `tracking.MAX_AHEAD`).
+    at = min(body.data.occurred_at or body.timestamp, now)
 
     async def apply(conn: AsyncConnection) -> list[Incoming]:
         row = (

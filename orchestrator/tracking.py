@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +24,9 @@ MessageType = Literal["track", "identify", "page", "screen", "alias", "group"]
 # A device clock this far ahead is wrong: the event gets the time we received it, and
 # the time it claimed is kept as `context.originalTimestamp`.
 MAX_AHEAD = timedelta(hours=24)
+# The message ids of events the product makes itself (receipts, unsubscribe links, inbox
+# reads: see `receipts`); a source sending one first would void the real event.
+INTERNAL_ID_PREFIXES = ("receipt:", "unsubscribe:", "read:")
 
 
 class BadInput(Exception):
@@ -52,6 +56,15 @@ class TrackingMessage(BaseModel):
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     timestamp: Instant | None = None
+
+    @field_validator("message_id")
+    @classmethod
+    def _not_internal(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(INTERNAL_ID_PREFIXES):
+            raise ValueError(
+                f"ids starting {', '.join(INTERNAL_ID_PREFIXES)} are the product's own"
+            )
+        return value
 
     @field_validator("user_id", "anonymous_id", "previous_id", "group_id", mode="before")
     @classmethod
@@ -117,9 +130,8 @@ def parse_message(
     traits_at = "traits" if msg.traits else "context.traits"
     traits = msg.traits or msg.context.get("traits") or {}
     traits = traits if isinstance(traits, dict) else {}
-    email = traits.get("email")
-    if msg.type != "group" and email is not None and not is_one_address(email):
-        raise BadInput(_at(where, f"{traits_at}.email"), "must be one email address")
+    if msg.type != "group":
+        _check_traits(traits, _at(where, traits_at))
     context, timestamp = msg.context, msg.timestamp or now
     if timestamp > now + MAX_AHEAD:
         context = {**context, "originalTimestamp": timestamp.isoformat()}
@@ -157,6 +169,26 @@ def parse_request(
         parse_message(body, where="", implied_type=implied_type,
                       max_bytes=max_event_bytes, now=now)
     ]  # fmt: skip
+
+
+def _check_traits(traits: dict[str, Any], where: str) -> None:
+    """Traits that channels and policies read must be what they expect."""
+    email = traits.get("email")
+    if email is not None and not is_one_address(email):
+        raise BadInput(f"{where}.email", "must be one email address")
+    timezone = traits.get("timezone")
+    if timezone is not None and not _is_zone(timezone):
+        raise BadInput(f"{where}.timezone", "must be an IANA time zone name, like Europe/Paris")
+
+
+def _is_zone(name: object) -> bool:
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _at(where: str, field: str) -> str:

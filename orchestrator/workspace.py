@@ -157,6 +157,12 @@ class WriteKey(_Config):
         default_factory=list,
         description="Web pages (scheme://host[:port]) whose browsers may send events",
     )
+    server_side: bool = Field(
+        default=False,
+        description="The key stays on your servers: this source's events may change "
+        "consent and suppressions (unsubscribes, bounces, complaints) and report message "
+        "receipts; a public key's may not",
+    )
     rate_limit: RateLimitConfig = Field(
         default_factory=_default_ingestion_limit,
         description="Requests per second this key may make to each API process; beyond it "

@@ -26,10 +26,11 @@ TimeOfDay = Annotated[
 """A local time of day, `HH:MM`."""
 
 
-def zone(name: str | None, default: str) -> ZoneInfo:
-    """The named zone, else the default; an unknown name falls back too."""
+def zone(name: object, default: str) -> ZoneInfo:
+    """The named zone, else the default. A profile's `timezone` trait is whatever some
+    system sent: a name that is unknown, or not text at all, falls back too."""
     for candidate in (name, default, "UTC"):
-        if candidate:
+        if isinstance(candidate, str) and candidate:
             try:
                 return ZoneInfo(candidate)
             except (ZoneInfoNotFoundError, ValueError):

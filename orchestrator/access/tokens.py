@@ -59,9 +59,11 @@ def verify(config: UserTokens, token: str, *, now: datetime) -> str:
     user_id, exp = claims["sub"], claims["exp"]
     if not isinstance(user_id, str) or not user_id or "\x00" in user_id:
         raise InvalidToken("invalid user token: `sub` must name a user")
-    if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+    finite = isinstance(exp, int) or (isinstance(exp, float) and math.isfinite(exp))
+    if isinstance(exp, bool) or not finite:
         raise InvalidToken("invalid user token: `exp` must be a number")
-    left = exp - now.timestamp()  # seconds; a timedelta could overflow on a silly `exp`
+    # Seconds left, kept in range first: a float or timedelta overflows on a silly `exp`.
+    left = min(max(exp, 0), 2**40) - now.timestamp()
     if left < -LEEWAY.total_seconds():
         raise InvalidToken("the user token has expired")
     if left > (config.max_ttl + LEEWAY).total_seconds():

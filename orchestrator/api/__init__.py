@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from orchestrator.api import (
     arbitration,
@@ -73,6 +74,8 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
         summary="Segment-compatible ingestion, journeys, arbitration, receipts, inbox",
         version="0.1.0",
         lifespan=lifespan,
+        # No redirects to the other spelling: they are built from the Host header.
+        redirect_slashes=False,
     )
     app.state.services = services
     app.state.limits = SourceLimits(services.config.sources)
@@ -83,6 +86,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _refused)
     for kind in _UNAVAILABLE:
         app.add_exception_handler(kind, _unavailable)
+    app.add_exception_handler(ClientDisconnect, _gone)
     app.add_exception_handler(Exception, _failed)
     app.add_middleware(Cors, config=services.config)
 
@@ -134,6 +138,12 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
+
+
+async def _gone(request: Request, _exc: Exception) -> JSONResponse:
+    """The client went away mid-request: nobody reads the answer, nothing was stored."""
+    log.info("%s %s: the client disconnected", request.method, request.url.path)
+    return JSONResponse({"error": "the client disconnected"}, status_code=400)
 
 
 async def _failed(request: Request, exc: Exception) -> JSONResponse:

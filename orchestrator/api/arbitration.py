@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from orchestrator.api.auth import Caller, server_key_with
+from orchestrator.api.auth import Caller, record_use, server_key_with
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
 from orchestrator.arbitration import MessageFields, scoped_key, shown_key
@@ -115,9 +115,7 @@ async def arbitrate(
 )
 async def decisions(
     services: ServicesDep,
-    _caller: Annotated[
-        Caller, Depends(server_key_with("users:read", audit_as="users.decisions.read"))
-    ],
+    caller: Annotated[Caller, Depends(server_key_with("users:read"))],
     user_id: str = Path(min_length=1, max_length=200),
     journey: str | None = Query(default=None, min_length=1, max_length=200),
     limit: int = Query(default=200, ge=1, le=1000),
@@ -125,6 +123,7 @@ async def decisions(
     """Why a user did or did not get each message: every decision, newest first."""
     async with services.engine.connect() as conn:
         rows = await store.decisions_for(conn, user_id, journey=journey, limit=limit)
+    await record_use(services, caller, "users.decisions.read", user_id)
     return [
         {
             "key": shown_key(r["key"]),

@@ -49,7 +49,9 @@ async def audit_log(
     actor: str | None = Query(default=None, max_length=200),
     action: str | None = Query(default=None, max_length=100),
     since: Instant | None = None,
-    before: int | None = Query(default=None, ge=1, description="`next_before` of a page"),
+    before: int | None = Query(
+        default=None, ge=1, le=2**63 - 1, description="`next_before` of a page"
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> AuditPage:
     """Entries newest first, a page at a time."""

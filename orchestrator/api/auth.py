@@ -85,17 +85,20 @@ class Caller:
         return audit.Actor(self.kind, self.name, self.client)
 
 
+NO_CREDENTIALS = "this needs credentials: `Authorization: Bearer <API key or user token>`"
+
+
 class BadCredentials(Exception):
     """The Authorization header is there but names nothing we accept."""
 
 
-def _challenge(kind: str) -> dict[str, str]:
+def challenge(kind: str) -> dict[str, str]:
     realm = 'Basic realm="write key"' if kind == "basic" else 'Bearer realm="api"'
     return {"WWW-Authenticate": realm}
 
 
 def unauthorized(message: str, *, scheme: str = "bearer") -> HTTPException:
-    return HTTPException(401, message, headers=_challenge(scheme))
+    return HTTPException(401, message, headers=challenge(scheme))
 
 
 def forbidden(message: str) -> HTTPException:
@@ -106,7 +109,7 @@ def basic_user(value: str) -> str:
     """The user name of HTTP Basic credentials (where Segment's clients put the key)."""
     try:
         user, _, _ = base64.b64decode(value, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # not base64 (or not ASCII), not UTF-8
         raise BadCredentials("malformed Authorization header") from None
     return user
 
@@ -146,9 +149,7 @@ def _known(request: Request, services: Services) -> Caller:
     except BadCredentials as exc:
         raise unauthorized(str(exc)) from None
     if caller is None:
-        raise unauthorized(
-            "this needs credentials: `Authorization: Bearer <API key or user token>`"
-        )
+        raise unauthorized(NO_CREDENTIALS)
     return caller
 
 
@@ -164,7 +165,8 @@ def _scoped(caller: Caller, scope: Scope) -> Caller:
 
 
 async def record_use(services: Services, caller: Caller, action: str, subject: str | None) -> None:
-    """Log one use of a credential on personal data in the audit log."""
+    """Log one use of a credential on personal data in the audit log. Handlers call it
+    once the data is read or changed, so a refused request leaves no entry."""
     async with services.engine.begin() as conn:
         await audit.record(conn, caller.actor, action, subject=subject, now=services.clock())
 
@@ -172,9 +174,8 @@ async def record_use(services: Services, caller: Caller, action: str, subject: s
 Dependency = Callable[..., Coroutine[Any, Any, Caller]]
 
 
-def server_key_with(scope: Scope, *, audit_as: str | None = None) -> Dependency:
-    """A dependency: a server API key with `scope`. With `audit_as`, each use is logged
-    with the route's `user_id` as subject (reads of personal data)."""
+def server_key_with(scope: Scope) -> Dependency:
+    """A dependency: a server API key with `scope`."""
 
     async def check(
         request: Request,
@@ -182,17 +183,14 @@ def server_key_with(scope: Scope, *, audit_as: str | None = None) -> Dependency:
         # Defaults, not annotations: these close over `scope` (annotations are strings).
         _: Any = Security(SERVER_KEY, scopes=[scope]),
     ) -> Caller:
-        caller = _scoped(_known(request, services), scope)
-        if audit_as is not None:
-            await record_use(services, caller, audit_as, request.path_params.get("user_id"))
-        return caller
+        return _scoped(_known(request, services), scope)
 
     return check
 
 
-def own_user_or_key(scope: Scope, *, audit_as: str) -> Dependency:
+def own_user_or_key(scope: Scope) -> Dependency:
     """A dependency for one user's own data (`user_id` in the path): a user token for
-    that user, or a server API key with `scope`. Every use is logged."""
+    that user, or a server API key with `scope`."""
 
     async def check(
         request: Request,
@@ -201,13 +199,11 @@ def own_user_or_key(scope: Scope, *, audit_as: str) -> Dependency:
         _key: Any = Security(SERVER_KEY, scopes=[scope]),
     ) -> Caller:
         caller = _known(request, services)
-        user_id = request.path_params.get("user_id")
         if caller.kind == "user_token":
-            if caller.name != user_id:
+            if caller.name != request.path_params.get("user_id"):
                 raise forbidden("this user token is for another user")
         else:
             _scoped(caller, scope)
-        await record_use(services, caller, audit_as, user_id)
         return caller
 
     return check

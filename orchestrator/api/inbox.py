@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from orchestrator import inbox as store
-from orchestrator.api.auth import Caller, own_user_or_key
+from orchestrator.api.auth import Caller, own_user_or_key, record_use
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
 from orchestrator.receipts import UnknownMessage, record_app_action
@@ -32,14 +32,8 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(tags=["inbox and placements"], route_class=GuardedRoute, responses=_REFUSED)
 
-Reader = Annotated[Caller, Depends(own_user_or_key("users:read", audit_as="inbox.read"))]
-Actor = Annotated[Caller, Depends(own_user_or_key("users:write", audit_as="inbox.act"))]
-PlacementActor = Annotated[
-    Caller, Depends(own_user_or_key("users:write", audit_as="placement.act"))
-]
-PlacementReader = Annotated[
-    Caller, Depends(own_user_or_key("users:read", audit_as="placement.read"))
-]
+Reader = Annotated[Caller, Depends(own_user_or_key("users:read"))]
+Actor = Annotated[Caller, Depends(own_user_or_key("users:write"))]
 
 UserId = Path(min_length=1, max_length=200)
 Placement = Path(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)
@@ -59,7 +53,7 @@ class PlacementContent(BaseModel):
 @router.get("/v1/users/{user_id}/inbox", response_model=InboxPage)
 async def inbox(
     services: ServicesDep,
-    _caller: Reader,
+    caller: Reader,
     user_id: str = UserId,
     limit: int = Query(default=20, ge=1, le=100),
     cursor: str | None = Query(default=None, max_length=500),
@@ -71,11 +65,13 @@ async def inbox(
             )
         except store.BadCursor as exc:
             raise HTTPException(400, {"error": str(exc), "field": "cursor"}) from None
+    await record_use(services, caller, "inbox.read", user_id)
     return InboxPage(messages=page.messages, unread=page.unread, next_cursor=page.next_cursor)
 
 
 async def _act(
     services: ServicesDep,
+    caller: Caller,
     user_id: str,
     message_id: str,
     channel: Literal["in_app", "web"],
@@ -87,6 +83,8 @@ async def _act(
         )
     except UnknownMessage as exc:
         raise HTTPException(404, str(exc)) from None
+    kind = "inbox" if channel == "in_app" else "placement"
+    await record_use(services, caller, f"{kind}.{action}", user_id)
     return Response(status_code=204)
 
 
@@ -96,29 +94,30 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such mes
 
 @router.post("/v1/users/{user_id}/inbox/{message_id}/read", status_code=204, responses=_NOT_FOUND)
 async def read(
-    services: ServicesDep, _caller: Actor, message_id: str = MessageId, user_id: str = UserId
+    services: ServicesDep, caller: Actor, message_id: str = MessageId, user_id: str = UserId
 ) -> Response:
-    return await _act(services, user_id, message_id, "in_app", "read")
+    return await _act(services, caller, user_id, message_id, "in_app", "read")
 
 
 @router.post(
     "/v1/users/{user_id}/inbox/{message_id}/dismiss", status_code=204, responses=_NOT_FOUND
 )
 async def dismiss(
-    services: ServicesDep, _caller: Actor, message_id: str = MessageId, user_id: str = UserId
+    services: ServicesDep, caller: Actor, message_id: str = MessageId, user_id: str = UserId
 ) -> Response:
-    return await _act(services, user_id, message_id, "in_app", "dismiss")
+    return await _act(services, caller, user_id, message_id, "in_app", "dismiss")
 
 
 @router.get("/v1/users/{user_id}/placements/{placement}", response_model=PlacementContent)
 async def placement(
     services: ServicesDep,
-    _caller: PlacementReader,
+    caller: Reader,
     user_id: str = UserId,
     placement: str = Placement,
 ) -> PlacementContent:
     async with services.engine.connect() as conn:
         message = await store.placement(conn, user_id, placement, now=services.clock())
+    await record_use(services, caller, "placement.read", user_id)
     return PlacementContent(placement=placement, message=message)
 
 
@@ -129,9 +128,9 @@ async def placement(
 )
 async def dismiss_placement(
     services: ServicesDep,
-    _caller: PlacementActor,
+    caller: Actor,
     placement: str = Placement,
     message_id: str = MessageId,
     user_id: str = UserId,
 ) -> Response:
-    return await _act(services, user_id, message_id, "web", "dismiss")
+    return await _act(services, caller, user_id, message_id, "web", "dismiss")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from fastapi import Request, Response
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope
 
+from orchestrator.api.auth import NO_CREDENTIALS, BadCredentials, challenge, identify
 from orchestrator.json_checks import problem
 
 # Management bodies (a catalogue batch of 5,000 items) stay well under this.
@@ -57,14 +58,24 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class GuardedRoute(APIRoute):
-    """Refuses NUL characters in the path and query and repeated query parameters, and
-    checks a JSON body (size, syntax, depth, NUL) before FastAPI parses and validates it."""
+    """Refuses a request without a credential it recognises (unless the route is public,
+    `security: []`), then NUL characters in the path and query and repeated query
+    parameters, then checks a JSON body (size, syntax, depth, NUL) before FastAPI parses
+    and validates it. Routes with a JSON body take server API keys only, so nobody else
+    gets as far as having a body parsed. Scopes are the routes' own dependencies'."""
+
+    # Ingestion finds its write key itself (it may be in the body).
+    credentials_first: ClassVar[bool] = True
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
         takes_body = self.body_field is not None
+        public = (self.openapi_extra or {}).get("security") == []
+        check_credentials = self.credentials_first and not public
 
         async def guarded(request: Request) -> Response:
+            if check_credentials and (refused := _unrecognised(request, takes_body)):
+                return refused
             query = request.query_params.multi_items()
             for name, value in [*request.path_params.items(), *query]:
                 if "\x00" in name or "\x00" in str(value):
@@ -89,6 +100,22 @@ class GuardedRoute(APIRoute):
             return await handler(_ReadRequest(request.scope, _replay(body, request), body))
 
         return guarded
+
+
+def _unrecognised(request: Request, takes_body: bool) -> Response | None:
+    try:
+        caller = identify(request, request.app.state.services)
+    except BadCredentials as exc:
+        return _challenge(str(exc))
+    if caller is None:
+        return _challenge(NO_CREDENTIALS)
+    if takes_body and caller.key is None:
+        return refusal(403, "this takes a server API key")
+    return None
+
+
+def _challenge(message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=401, headers=challenge("bearer"))
 
 
 def _replay(body: bytes, request: Request) -> Receive:

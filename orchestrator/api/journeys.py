@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 
-from orchestrator.api.auth import Caller, server_key_with
+from orchestrator.api.auth import Caller, record_use, server_key_with
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
 from orchestrator.services import Services
@@ -26,9 +26,7 @@ router = APIRouter(
     },
 )
 JourneysReader = Annotated[Caller, Depends(server_key_with("journeys:read"))]
-UsersReader = Annotated[
-    Caller, Depends(server_key_with("users:read", audit_as="users.journeys.read"))
-]
+UsersReader = Annotated[Caller, Depends(server_key_with("users:read"))]
 
 
 class JourneySummary(BaseModel):
@@ -176,7 +174,7 @@ async def get_journey(
 @router.get("/v1/users/{user_id}/journeys", response_model=list[UserJourney])
 async def user_journeys(
     services: ServicesDep,
-    _caller: UsersReader,
+    caller: UsersReader,
     user_id: str = Path(min_length=1, max_length=200),
 ) -> list[dict[str, Any]]:
     """Every journey a user entered, newest first, with where they are or why they left."""
@@ -198,6 +196,7 @@ async def user_journeys(
                 .order_by(enrollments.c.entered_at.desc(), enrollments.c.id.desc())
             )
         ).all()
+    await record_use(services, caller, "users.journeys.read", user_id)
     return [
         {
             **r._mapping,

@@ -48,13 +48,13 @@ async def rank(
 ) -> RankAnswer:
     """The same answer a message would get: the model within its deadline, else the
     popularity baseline (timeout, error, low confidence, or a user who opted out)."""
-    await record_use(services, caller, "users.rank", body.user_id)
     async with services.engine.connect() as conn:
         traits = await load_traits(conn, body.user_id)
     wanted = Recommendations(slot=body.slot, k=body.k, exclude_purchased=body.exclude_purchased)
     filled = await services.recommender.recommend(
         body.user_id, traits, wanted, context=body.context
     )
+    await record_use(services, caller, "users.rank", body.user_id)
     return RankAnswer(
         items=filled.items,
         source=filled.source,

@@ -19,17 +19,29 @@ from orchestrator.api.auth import WRITE_KEY, BadCredentials, identify
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute, read_body
 from orchestrator.api.limits import SourceLimits
+from orchestrator.receipts import EVENTS
 from orchestrator.services import Services
-from orchestrator.tracking import BadInput, TrackingMessage, parse_request
+from orchestrator.tracking import BadInput, Incoming, TrackingMessage, parse_request
 from orchestrator.workspace import WriteKey
 
-router = APIRouter(tags=["tracking"], route_class=GuardedRoute)
+
+class IngestionRoute(GuardedRoute):
+    credentials_first = False  # the write key may be in the body: `_ingest` finds it
+
+
+router = APIRouter(tags=["tracking"], route_class=IngestionRoute)
 
 _SINGLE_TYPES = ("track", "identify", "page", "screen", "alias", "group")
+RECEIPT_EVENTS = frozenset(EVENTS.values())
+
+
+_IDS = ("userId", "anonymousId", "previousId", "groupId")
 
 
 def _given(*names: str) -> dict[str, Any]:
-    return {"required": list(names), "properties": {n: {"type": "string"} for n in names}}
+    # Ids may be numbers (taken as their text); the event name is text.
+    kinds = {n: {"type": ["string", "number"] if n in _IDS else "string"} for n in names}
+    return {"required": list(names), "properties": kinds}
 
 
 def _rules(kind: str) -> dict[str, Any]:
@@ -43,6 +55,12 @@ def _rules(kind: str) -> dict[str, Any]:
 def _message_schema(kind: str | None) -> dict[str, Any]:
     """One message on `/v1/<kind>` (its type may be left out), or any message in a batch."""
     base = TrackingMessage.model_json_schema(by_alias=True)
+    for name in _IDS:
+        # Some libraries send numeric ids; they are taken as their text.
+        base["properties"][name] = {
+            "anyOf": [{"type": "string", "minLength": 1, "maxLength": 200}, {"type": "number"},
+                      {"type": "null"}],
+        }  # fmt: skip
     base["properties"]["timestamp"] = {
         "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}, {"type": "null"}],
         "description": "ISO 8601, or seconds (milliseconds above 2e10) since 1970; at most 24 "
@@ -90,6 +108,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise Refused(400, "body is not valid gzip") from None
         if len(body) > limit or inflater.unconsumed_tail:
             raise Refused(413, f"decompressed body is over the {limit}-byte limit")
+        if not inflater.eof or inflater.unused_data:
+            raise Refused(400, "body is not valid gzip: truncated, or followed by other data")
         return body
     return raw
 
@@ -103,6 +123,18 @@ def _source(request: Request, services: Services) -> WriteKey | None:
     if caller is not None and caller.source is None:
         raise Refused(403, "ingestion takes a source's write key (HTTP Basic), not this credential")
     return caller.source if caller else None
+
+
+def _public_may_send(batch: list[Incoming], services: Services, *, batched: bool) -> None:
+    """A public key may not speak for the product or the channel systems: receipt events
+    and events that change consent or suppressions come from server-side sources only."""
+    suppression = services.policy.suppression
+    reserved = {*RECEIPT_EVENTS, *services.policy.consent.unsubscribe_events,
+                *suppression.bounce_events, *suppression.complaint_events}  # fmt: skip
+    for i, item in enumerate(batch):
+        if item.type == "track" and item.event in reserved:
+            field = f"batch[{i}].event" if batched else "event"
+            raise Refused(403, f"only a server-side source may send {item.event!r}", field)
 
 
 def _admit(limits: SourceLimits, source: WriteKey) -> None:
@@ -134,6 +166,8 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
         batch = parse_request(
             body, implied_type=implied_type, max_event_bytes=settings.max_event_bytes, now=now
         )
+        if not source.server_side:
+            _public_may_send(batch, services, batched=implied_type is None)
     except Refused as exc:
         return _error(exc)
     except BadInput as exc:

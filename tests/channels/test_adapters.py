@@ -217,3 +217,19 @@ async def test_the_provider_rate_limit_paces_deliveries(
     assert arrivals[-1] - arrivals[0] >= 0.45
     with pytest.raises(ValueError, match="per_second"):
         RateLimit(per_second=0)
+
+
+WRONG_SHAPES = [b"[1, 2, 3]", b"xx", b'["a", "email", "*"]', b'{"user": "a"}',
+                b'["a\\u0000", "email", "*", "m"]']  # fmt: skip
+
+
+@pytest.mark.parametrize("payload", WRONG_SHAPES)
+def test_a_signed_link_of_the_wrong_shape_is_refused(payload: bytes) -> None:
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    token = f"{b64(payload)}.{b64(LINKS._mac(payload))}"  # as if the secret had leaked
+    with pytest.raises(InvalidLink, match="malformed"):
+        LINKS.read(token)

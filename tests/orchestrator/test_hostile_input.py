@@ -153,3 +153,133 @@ async def test_an_oversized_management_body_gets_413(stack: Stack, engine: Async
     response = await stack.call("PUT", "/v1/catalog/items", json=body)
     assert response.status_code == 413
     assert await count(engine, "catalog_items") == 0
+
+
+async def test_a_public_source_cannot_speak_for_receipts_or_consent(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"welcome": WELCOME}, workspace={"public_source": True})
+    for event in ("message_complained", "message_opened", "Unsubscribed", "message_bounced"):
+        forged = await stack.send("/v1/track", track(userId="victim", event=event))
+        assert (forged.status_code, forged.json()["field"]) == (403, "event"), event
+    in_batch = await stack.send("/v1/batch", {"batch": [track(), track(event="unsubscribed")]})
+    assert (in_batch.status_code, in_batch.json()["field"]) == (403, "batch[1].event")
+    assert await count(engine, "events") == 0
+    assert await count(engine, "suppressions") == 0
+    # what a public source may send still goes in
+    assert (await stack.send("/v1/track", track(userId="victim"))).status_code == 200
+
+
+async def test_the_products_own_event_ids_cannot_be_taken(
+    stack: Stack, engine: AsyncEngine
+) -> None:
+    for taken in ("unsubscribe:msg-1", "read:msg-1", "receipt:email:wh-1"):
+        response = await stack.send("/v1/track", track(messageId=taken))
+        assert (response.status_code, response.json()["field"]) == (400, "messageId"), taken
+    assert await count(engine, "events") == 0
+
+
+async def test_a_group_calls_traits_stay_off_the_users_profile(
+    stack: Stack, engine: AsyncEngine
+) -> None:
+    await stack.identify("ada", {"email": "ada@example.com"})
+    office = {"email": "office@northwind.example", "name": "Northwind"}
+    group = {"userId": "ada", "groupId": "northwind", "traits": office}
+    assert (await stack.send("/v1/group", group)).status_code == 200
+    [profile] = await rows(engine, "SELECT traits FROM profiles WHERE user_id = 'ada'")
+    assert profile["traits"] == {"email": "ada@example.com"}
+
+
+@pytest.mark.parametrize("zone", [123, True, ["Europe/Paris"], "Mars/Olympus_Mons", ""])
+async def test_a_timezone_trait_must_name_a_zone(
+    stack: Stack, engine: AsyncEngine, zone: Any
+) -> None:
+    response = await stack.send("/v1/identify", {"userId": "ada", "traits": {"timezone": zone}})
+    assert (response.status_code, response.json()["field"]) == (400, "traits.timezone")
+    assert await count(engine, "profiles") == 0
+
+
+def test_a_field_name_stays_short_however_long_the_key() -> None:
+    from orchestrator.json_checks import problem
+
+    field, _ = problem({"items": {"k" * 50_000: [0, "\u0000"]}}) or ("", "")
+    assert field.startswith("items.kkkk")
+    assert field.endswith("...[1]")
+    assert len(field) < 100
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        '[false, "2026-01-01T00:00:00+00:00", "a\\u0000b"]',  # NUL
+        '[false, "2026-01-01T00:00:00+00:00", "\\ud800"]',  # a lone surrogate
+        '[false, "0001-01-01T00:00:00+14:00", "x"]',  # before year 1 in UTC
+        '[false, "9999-12-31T23:59:59-14:00", "x"]',  # after year 9999 in UTC
+        '["no", "2026-01-01T00:00:00+00:00", "x"]',
+        '[false, 5, "x"]',
+    ],
+)
+async def test_a_cursor_that_is_not_ours_gets_400(stack: Stack, cursor: str) -> None:
+    import base64
+
+    from tests.support.workspace import user_token
+
+    encoded = base64.urlsafe_b64encode(cursor.encode()).decode().rstrip("=")
+    response = await stack.call(
+        "GET", "/v1/users/ada/inbox", key=user_token("ada"), params={"cursor": encoded}
+    )
+    assert (response.status_code, response.json()["field"]) == (400, "cursor")
+
+
+async def test_refused_reads_leave_no_audit_entry(stack: Stack, engine: AsyncEngine) -> None:
+    from tests.support.workspace import user_token
+
+    refused = [
+        await stack.call("GET", "/v1/users/ada/decisions", params={"limit": -1}),
+        await stack.call("GET", f"/v1/users/{'x' * 6000}/journeys"),
+        await stack.call(
+            "GET", "/v1/users/ada/inbox", key=user_token("ada"), params={"cursor": "bm9wZQ"}
+        ),
+        await stack.call("GET", "/v1/audit", params={"before": 2**63}),
+    ]
+    assert {r.status_code for r in refused} <= {400, 403}
+    entries = await rows(engine, "SELECT action FROM audit_log WHERE action <> 'journeys.deploy'")
+    assert entries == []
+
+
+async def test_malformed_credentials_and_slashes(stack: Stack) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        latin = await http.get(
+            f"{stack.api_url}/v1/journeys", headers={"authorization": b"Basic \xe9"}
+        )
+        slashed = await http.get(f"{stack.api_url}/v1/journeys/", headers={"host": "evil.example"})
+    assert latin.status_code == 401
+    assert (slashed.status_code, "location" in slashed.headers) == (404, False)
+
+
+async def test_gzip_must_be_whole(stack: Stack, engine: AsyncEngine) -> None:
+    import gzip
+    import json
+
+    body = gzip.compress(json.dumps(track()).encode())
+    for broken in (body[:-8], body + b"trailing"):
+        response = await stack.http.post(
+            f"{stack.api_url}/v1/track",
+            content=broken,
+            headers={"content-encoding": "gzip", "content-type": "application/json"},
+            auth=("wk_test_0123456789", ""),
+        )
+        assert response.status_code == 400, response.text
+    assert await count(engine, "events") == 0
+
+
+@pytest.mark.parametrize(
+    "occurred", ["2026-11-27T10:00:00+23:59", "0001-01-01T00:00:00+01:00", "1900-01-01T00:00:00Z"]
+)
+async def test_a_receipts_time_is_checked_like_an_events(stack: Stack, occurred: str) -> None:
+    body = {"type": "delivered", "timestamp": "2026-11-27T10:00:00Z",
+            "data": {"message_id": "m1", "occurred_at": occurred}}  # fmt: skip
+    response = await post_receipt(stack, "email", body)
+    assert (response.status_code, response.json()["field"]) == (400, "data.occurred_at")

@@ -273,7 +273,7 @@ def test_workspace_config_problems_have_positions(tmp_path: Path) -> None:
         load_workspace(root)
     text = str(raised.value)
     assert "orchestrator.yaml:2:19: default_timezone: unknown timezone 'Mars/Olympus'" in text
-    assert "orchestrator.yaml:9:21: channels.email.signing_secret: a signing secret starts" in text
+    assert "orchestrator.yaml:10:21: channels.email.signing_secret: a signing secret starts" in text
     assert "retention: unknown key" in text
 
 

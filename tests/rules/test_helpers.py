@@ -96,6 +96,9 @@ def test_zone_falls_back_to_the_default_then_utc() -> None:
     assert zone(None, "Europe/Paris").key == "Europe/Paris"
     assert zone("Not/AZone", "Europe/Paris").key == "Europe/Paris"
     assert zone("Not/AZone", "Nor/This").key == "UTC"
+    # a trait is whatever some system sent
+    for sent in (123, 1.5, True, ["Europe/Paris"], {"name": "x"}, ""):
+        assert zone(sent, "Europe/Paris").key == "Europe/Paris"
 
 
 def test_variants_are_sticky_and_follow_weights() -> None:

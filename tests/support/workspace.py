@@ -71,6 +71,7 @@ def write_workspace(
     stored_only: tuple[str, ...] = (),
     credentials: str = CREDENTIALS,
     source: str = "",
+    public_source: bool = False,
 ) -> Path:
     """Write a workspace whose channels deliver to `receiver_url/<channel>` (in-app and
     web channels in `stored_only` have no URL); `source` adds settings to the source,
@@ -89,7 +90,9 @@ def write_workspace(
     (root / "orchestrator.yaml").write_text(
         f"workspace: test\n"
         f"default_timezone: {default_timezone}\n"
-        f"sources:\n  - name: tests\n    write_key: {WRITE_KEY}\n{source_lines}"
+        f"sources:\n  - name: tests\n    write_key: {WRITE_KEY}\n"
+        # A backend's key unless a test says otherwise (it may send receipts, suppressions).
+        f"    server_side: {'false' if public_source else 'true'}\n{source_lines}"
         f"channels:\n{channel_lines}"
         f"webhooks:\n  signing_secret: {SECRETS['hooks']}\n"
         f"links:\n  base_url: http://127.0.0.1:8000\n  signing_secret: {SECRETS['links']}\n"
