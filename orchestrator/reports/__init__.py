@@ -1,0 +1,1 @@
+"""Experiment reports: the statistics every report surface reads through."""
