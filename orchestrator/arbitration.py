@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.tables import profiles
 from rules import store
 from rules.decision import Decision, SendRequest
@@ -18,16 +19,25 @@ from rules.policy import Policy
 class Arbitration:
     """Decides under a per-user lock with the user's current profile and contact history."""
 
-    def __init__(self, engine: AsyncEngine, policy: Policy, *, default_timezone: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        policy: Policy,
+        *,
+        default_timezone: str,
+        global_control: GlobalControl | None = None,
+    ) -> None:
         self.engine, self.policy, self.default_timezone = engine, policy, default_timezone
+        self.global_control = global_control
 
     async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
         profile = select(profiles.c.traits).where(profiles.c.user_id == request.user_id)
+        controlled = self.global_control is not None and self.global_control.holds(request.user_id)
         async with self.engine.begin() as conn:
             traits = await store.lock_user(conn, request.user_id, also=profile.scalar_subquery())
             return await store.arbitrate(
                 conn, request, traits=traits or {}, policy=self.policy, now=now,
-                default_timezone=self.default_timezone,
+                default_timezone=self.default_timezone, in_global_control=controlled,
             )  # fmt: skip
 
 

@@ -26,6 +26,8 @@ from temporalio.common import (
 )
 
 from orchestrator.event_store import StoredEvent
+from orchestrator.experiments import assignments
+from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.registry import Snapshot
 from orchestrator.tables import enrollments, installation
 from workflows import search
@@ -62,8 +64,10 @@ async def enroll(
     *,
     fresh: bool,
     snapshot: Snapshot,
+    global_control: GlobalControl | None = None,
 ) -> Entry | None:
-    """Insert the enrollment if the user may enter; on a re-route, find it again.
+    """Insert the enrollment if the user may enter; on a re-route, find it again. The
+    user's holdout and global-control assignments are recorded the first time.
 
     An `Entry` with enrollment id 0 means "entered the control group": no workflow.
     """
@@ -126,6 +130,22 @@ async def enroll(
     ).one_or_none()
     if row is None:
         return None
+    if spec.holdout:
+        await assignments.record(
+            conn, journey_key=deployed.key, version=deployed.version, kind="holdout",
+            experiment_key="holdout", mode="fixed", user_id=event.user_id,
+            enrollment_id=row.id, arm="control" if held_out else "treatment",
+            propensity=(spec.holdout if held_out else 100 - spec.holdout) / 100, at=now,
+        )  # fmt: skip
+    if global_control is not None and global_control.percent > 0:
+        share = global_control.percent / 100
+        controlled = global_control.holds(event.user_id)
+        await assignments.record(
+            conn, journey_key=assignments.WORKSPACE, version=None, kind="global_control",
+            experiment_key="global_control", mode="fixed", user_id=event.user_id,
+            enrollment_id=row.id, arm="control" if controlled else "treatment",
+            propensity=share if controlled else 1 - share, at=now,
+        )  # fmt: skip
     return Entry(deployed, event, 0 if held_out else row.id, row.entered_at)
 
 

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from channels.base import Receipt, Rendered
+from orchestrator.experiments import assignments
+from orchestrator.experiments.assignments import thompson_propensities
 from orchestrator.profiles import merge_traits
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, messages
 from rules import store as arbitration_store
 from rules.store import driver_connection
 from workflows.activities import MessageRecord
 from workflows.assignment import bucket, thompson
-from workflows.messages import ChooseVariantInput, DeployedJourney, ProgressInput, SendInput
+from workflows.messages import (
+    VARIANT_OUTCOME,
+    ChooseVariantInput,
+    DeployedJourney,
+    ProgressInput,
+    SendInput,
+    StepVisit,
+)
 
 _LOAD_TRAITS = "SELECT traits FROM profiles WHERE user_id = $1"
 _PREPARE_SEND = """
@@ -43,32 +53,31 @@ _MARK_SENT = """
 
 
 _ASSIGNED = text(
-    "SELECT variant FROM experiment_assignments"
-    " WHERE journey_key = :j AND experiment_key = :k AND user_id = :u"
-)
-_ASSIGN = text(
-    """
-    INSERT INTO experiment_assignments (journey_key, experiment_key, user_id, variant,
-        enrollment_id)
-    VALUES (:j, :k, :u, :v, :e)
-    ON CONFLICT (journey_key, experiment_key, user_id)
-    DO UPDATE SET variant = EXCLUDED.variant, enrollment_id = EXCLUDED.enrollment_id,
-        assigned_at = now()
-    """
+    "SELECT arm FROM assignments"
+    " WHERE journey_key = :j AND kind = :kind AND experiment_key = :k AND user_id = :u"
 )
 _STATS = """
-    SELECT a.variant, count(*) AS tried, count(*) FILTER (WHERE {success}) AS won
-    FROM experiment_assignments AS a JOIN enrollments AS e ON e.id = a.enrollment_id
-    WHERE a.journey_key = :j AND a.experiment_key = :k
-    GROUP BY a.variant
+    SELECT a.arm, count(*) AS tried, count(*) FILTER (WHERE {success}) AS won
+    FROM assignments AS a JOIN enrollments AS e ON e.id = a.enrollment_id
+    WHERE a.journey_key = :j AND a.kind = :kind AND a.experiment_key = :k
+    GROUP BY a.arm
 """
+# A fixed split's arm, from the experiment step as recorded, with its configured weight.
+_SPLITS = text(
+    """
+    SELECT e.journey_key, e.version, e.user_id, v.spec -> 'steps' AS steps
+    FROM enrollments AS e
+    JOIN journey_versions AS v ON v.journey_key = e.journey_key AND v.version = e.version
+    WHERE e.id = :e
+    """
+)
 # What counts as a success of a bandit variant, for each kind of reward.
 _SUCCESS = {
     "goal": "e.converted_at IS NOT NULL",
     "click": "EXISTS (SELECT 1 FROM messages AS m WHERE m.enrollment_id = e.id"
     " AND m.clicked_at IS NOT NULL)",
     "click_on_variant": "EXISTS (SELECT 1 FROM messages AS m WHERE m.enrollment_id = e.id"
-    " AND m.template = a.variant AND m.clicked_at IS NOT NULL)",
+    " AND m.template = a.arm AND m.clicked_at IS NOT NULL)",
 }
 
 
@@ -92,6 +101,7 @@ class PostgresJourneyStore:
 
     async def record_progress(self, progress: ProgressInput) -> None:
         async with self.engine.begin() as conn:
+            await self._record_splits(conn, progress.enrollment_id, progress.visits)
             if progress.visits:
                 stmt = insert(enrollment_steps).values(
                     [
@@ -197,21 +207,54 @@ class PostgresJourneyStore:
             )
 
     async def choose_variant(self, choice: ChooseVariantInput) -> str:
-        key = {"j": choice.journey_key, "k": choice.experiment_key, "u": choice.user_id}
+        key = {"j": choice.journey_key, "kind": choice.kind, "k": choice.experiment_key,
+               "u": choice.user_id}  # fmt: skip
         async with self.engine.begin() as conn:
             given = await conn.scalar(_ASSIGNED, key)
             if given in choice.variants:
                 return str(given)
             query = text(_STATS.format(success=_SUCCESS[choice.reward]))
             rows = (await conn.execute(query, key)).all()
-            counts = {variant: (int(tried), int(won)) for variant, tried, won in rows}
+            counts = {arm: (int(tried), int(won)) for arm, tried, won in rows}
             stats = [counts.get(v, (0, 0)) for v in choice.variants]
             # Seeded by who and when (the trials so far), so a draw can be reproduced.
             seed = bucket(choice.experiment_key, choice.user_id, str(sum(t for t, _ in stats)))
             pick = thompson(stats, min_share=choice.min_share, rng=random.Random(seed))
-            variant = choice.variants[pick]
-            await conn.execute(_ASSIGN, {**key, "v": variant, "e": choice.enrollment_id})
-        return variant
+            chances = thompson_propensities(stats, min_share=choice.min_share, seed=seed)
+            version = await conn.scalar(
+                select(enrollments.c.version).where(enrollments.c.id == choice.enrollment_id)
+            )
+            await assignments.record(
+                conn, journey_key=choice.journey_key, version=version, kind=choice.kind,
+                experiment_key=choice.experiment_key, mode="bandit", user_id=choice.user_id,
+                enrollment_id=choice.enrollment_id, arm=choice.variants[pick],
+                propensity=chances[pick], at=datetime.now(UTC),
+            )  # fmt: skip
+        return choice.variants[pick]
+
+    async def _record_splits(
+        self, conn: AsyncConnection, enrollment_id: int, visits: Sequence[StepVisit]
+    ) -> None:
+        """A fixed split's assignment, with its weight, once its step is recorded (a
+        bandit's was recorded when it drew; this one then changes nothing)."""
+        chosen = [v for v in visits if v.kind == "experiment" and v.outcome]
+        if not chosen:
+            return
+        row = (await conn.execute(_SPLITS, {"e": enrollment_id})).one_or_none()
+        if row is None:
+            return
+        for visit in chosen:
+            step = (row.steps or {}).get(visit.step, {}).get("experiment")
+            arm = str(visit.outcome).removeprefix(VARIANT_OUTCOME)
+            weights = {v["name"]: v["weight"] for v in (step or {}).get("variants", [])}
+            if arm not in weights:
+                continue
+            await assignments.record(
+                conn, journey_key=row.journey_key, version=row.version, kind="experiment",
+                experiment_key=step["key"], mode="fixed", user_id=row.user_id,
+                enrollment_id=enrollment_id, arm=arm,
+                propensity=weights[arm] / sum(weights.values()), at=visit.at,
+            )  # fmt: skip
 
     async def mark_failed(
         self, message_id: str, *, error: str, status_code: int | None, final: bool

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator.enrollment import Entry, Installation, as_signal, enroll, start_journey
 from orchestrator.event_store import StoredEvent
+from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.profiles import load_traits
 from orchestrator.registry import JourneyRegistry, Snapshot
 from orchestrator.tables import enrollments, events
@@ -82,11 +84,13 @@ class Router:
         default_timezone: str,
         clock: Clock = utc_now,
         history_limit: int = 2000,
+        global_control: GlobalControl | None = None,
     ) -> None:
         self.engine, self.client, self.registry = engine, client, registry
         self.task_queue, self.default_timezone = task_queue, default_timezone
         self.clock, self.history_limit = clock, history_limit
         self.installation = Installation(engine)
+        self.global_control = global_control
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._background: set[asyncio.Task[list[int]]] = set()
         self._away_until = 0.0  # monotonic times
@@ -155,7 +159,8 @@ class Router:
                     context = _context(event, traits, deployed)
                     if not holds(spec.trigger.when, context) or not holds(spec.audience, context):
                         continue
-                entry = await enroll(conn, deployed, event, now, fresh=fresh, snapshot=snapshot)
+                entry = await enroll(conn, deployed, event, now, fresh=fresh, snapshot=snapshot,
+                                     global_control=self.global_control)  # fmt: skip
                 if entry is not None:
                     plan.entered.setdefault(event.id, set()).add(deployed.key)
                     if entry.enrollment_id:
@@ -297,7 +302,7 @@ class Router:
                 await conn.execute(
                     update(enrollments)
                     .where(enrollments.c.id == row.id, enrollments.c.converted_at.is_(None))
-                    .values(converted_at=now)
+                    .values(converted_at=now, conversion_value=revenue(event.properties))
                 )
         signal = as_signal(event)
         for row in rows:
@@ -311,6 +316,17 @@ class Router:
             # The run finished between our read and the signal: nothing is waiting.
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
+
+
+def revenue(properties: dict[str, Any]) -> float | None:
+    """What a goal event says the conversion was worth: `revenue`, else `value`."""
+    for name in ("revenue", "value"):
+        amount = properties.get(name)
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            continue
+        if math.isfinite(amount) and 0 <= amount <= 1e12:
+            return float(amount)
+    return None
 
 
 def _unavailable(outcome: object) -> bool:

@@ -83,8 +83,12 @@ def build_services(
         task_queue=settings.task_queue,
         default_timezone=config.default_timezone,
         clock=clock,
+        global_control=config.control_group(),
     )
-    arbitration = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
+    arbitration = Arbitration(
+        engine, workspace.policy, default_timezone=config.default_timezone,
+        global_control=config.control_group(),
+    )  # fmt: skip
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=50))
     recommender = build_recommender(config.ranking, engine=engine, http=http, clock=clock)
     return Services(

@@ -105,6 +105,8 @@ enrollments = Table(
     Column("end_reason", Text),
     Column("current_step", Text),
     Column("converted_at", DateTime(timezone=True)),
+    # The goal event's `revenue` (or `value`), when it carried one.
+    Column("conversion_value", Float),
     UniqueConstraint("journey_key", "trigger_message_id", name="enrollments_trigger_key"),
     Index("enrollments_user_idx", "journey_key", "user_id", "entered_at"),
     # At most one user-journey in flight: two racing triggers cannot both enter.
@@ -253,18 +255,30 @@ ranking_models = Table(
     ),
 )
 
-# Who got which variant of a bandit experiment: the user keeps it, and conversions
-# (the enrollment's goal, or a click on one of its messages) are counted per variant.
-experiment_assignments = Table(
-    "experiment_assignments",
+# Every randomised choice, once per user and never changed: a holdout, an experiment
+# step's variant, a send's template variant, the global control group. `propensity` is
+# the probability the arm had of being chosen at that moment (a fixed split's weight,
+# the holdout's share, the bandit's chance of drawing it); NULL for choices made before
+# it was logged. Bandits keep their users' picks here and count conversions per arm.
+assignments = Table(
+    "assignments",
     metadata,
-    Column("journey_key", Text, nullable=False),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("journey_key", Text, nullable=False),  # "*" for the global control group
+    Column("version", Integer),
+    # holdout | experiment | template | global_control
+    Column("kind", Text, nullable=False),
     Column("experiment_key", Text, nullable=False),
+    Column("mode", Text, nullable=False),  # fixed | bandit
     Column("user_id", Text, nullable=False),
-    Column("variant", Text, nullable=False),
-    Column("enrollment_id", BigInteger, ForeignKey("enrollments.id"), nullable=False),
+    Column("enrollment_id", BigInteger, ForeignKey("enrollments.id")),
+    Column("arm", Text, nullable=False),
+    Column("propensity", Float),
     Column("assigned_at", DateTime(timezone=True), nullable=False, server_default=_now),
-    PrimaryKeyConstraint("journey_key", "experiment_key", "user_id"),
+    UniqueConstraint(
+        "journey_key", "kind", "experiment_key", "user_id", name="assignments_first_key"
+    ),
+    Index("assignments_arm_idx", "journey_key", "kind", "experiment_key", "arm"),
 )
 
 # This database's random id, made by the migration: message ids are derived in its

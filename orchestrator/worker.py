@@ -134,7 +134,10 @@ async def running_worker(
     # The SDK logs each failed activity attempt here (adding the filter again is a no-op).
     logging.getLogger("temporalio.activity").addFilter(_BRIEF_ACTIVITY_FAILURES)
     config = workspace.config
-    arbiter = Arbitration(engine, workspace.policy, default_timezone=config.default_timezone)
+    arbiter = Arbitration(
+        engine, workspace.policy, default_timezone=config.default_timezone,
+        global_control=config.control_group(),
+    )  # fmt: skip
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(limits=limits) as http, channel_clients(config) as clients:
         deps = build_channel_deps(config, engine=engine, http=http, clock=utc_now)

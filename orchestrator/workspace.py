@@ -33,6 +33,7 @@ from channels.signing import secret_key
 from channels.templates import Template
 from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.access.credentials import ApiKey, UserTokens, origins
+from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.settings import EXAMPLE_WORKSPACE
 from orchestrator.sources import InvalidSource, Problem, Source, load
 from rules.durations import Duration
@@ -214,6 +215,14 @@ class WorkspaceConfig(_Config):
     user_tokens: UserTokens | None = Field(
         default=None, description="Signs the tokens apps use for one user's inbox and placements"
     )
+    global_control: float = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description="Percent of all users kept out of every promotional message of every "
+        "journey, to measure what the journeys together add (transactional and service "
+        "messages still go)",
+    )
     channels: dict[ChannelName, ChannelEndpoint] = Field(default_factory=dict)
     webhooks: WebhookSigning | None = Field(
         default=None, description="Signs requests from journey `webhook` steps"
@@ -270,6 +279,9 @@ class WorkspaceConfig(_Config):
             if public & {key.secret, key.previous_secret}:
                 raise ValueError(f"API key {key.name!r} reuses a source's public write key")
         return self
+
+    def control_group(self) -> GlobalControl:
+        return GlobalControl(self.workspace, self.global_control)
 
     def source_for(self, write_key: str) -> WriteKey | None:
         return next((s for s in self.sources if s.write_key == write_key), None)

@@ -7,6 +7,8 @@ I/O, no clock, no randomness: the same inputs always give the same decision.
 
 The order of checks:
 
+0. The workspace's global control group: its users get no promotional message, so the
+   difference all journeys together make can be measured against them.
 1. CRM and loyalty rules, in policy order: suppress, reroute, require a channel,
    exempt from caps, change priority.
 2. The conflict window (not for transactional messages): the first request opens a
@@ -14,8 +16,9 @@ The order of checks:
    the highest `priority x expected value` wins (ties: earliest request, then key);
    the others are deferred (to compete in a later window) or suppressed as the policy
    says. The winner is chosen on score alone, so every member of a window agrees on it
-   whatever order they are decided in; a winner that then fails a later check means
-   nothing from that window goes out.
+   whatever order they are decided in. A rival that could never be sent to this user
+   (no reachable, consented channel; a rule or the global control group stops it) does
+   not compete.
 3. Channels in fallback order: the first the user is reachable on, not hard
    suppressed, consented, not a cross-channel duplicate and within every cap.
    Transactional messages skip consent, caps and quiet hours but obey the hard
@@ -37,6 +40,7 @@ from rules.policy import Cap, Policy, RequireChannel, Reroute, SetPriority
 
 Action = Literal["send", "defer", "suppress"]
 EVERYTHING = "*"
+GLOBAL_CONTROL = "global control"
 # How the checks of CRM and loyalty rules are named, and what one that did not apply says:
 # `Decision.reason` reads them back from stored decisions, which keep only the checks.
 RULE = "rule "
@@ -129,6 +133,7 @@ class UserState:
     peers: Sequence[Peer] = ()
     window_end: datetime | None = None  # this request's conflict window, once it has one
     default_timezone: str = "UTC"
+    in_global_control: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +184,9 @@ class _Draft:
 
 def decide(request: SendRequest, state: UserState, policy: Policy, now: datetime) -> Decision:
     """The decision for one request; see the module docstring for the order of checks."""
+    if _held_out(request, state):
+        check = Check(GLOBAL_CONTROL, False, "the user is in the workspace's global control group")
+        return Decision("suppress", checks=(check,))
     draft = _apply_rules(request, state, policy)
     checks = draft.checks
     score = draft.priority * request.expected_value
@@ -311,8 +319,14 @@ def _conflict_loser(
     )  # fmt: skip
 
 
+def _held_out(request: SendRequest, state: UserState) -> bool:
+    return state.in_global_control and request.category == "promotional"
+
+
 def _deliverable(request: SendRequest, state: UserState, policy: Policy) -> bool:
     """Whether some channel of the request could reach the user, caps and time aside."""
+    if _held_out(request, state):
+        return False
     draft = _apply_rules(request, state, policy)
     transactional = request.category == "transactional"
     for channel in draft.channels:

@@ -148,6 +148,7 @@ async def arbitrate(
     policy: Policy,
     now: datetime,
     default_timezone: str = "UTC",
+    in_global_control: bool = False,
 ) -> Decision:
     """Decide and record, inside the caller's transaction, after `lock_user`."""
     fingerprint = _fingerprint(request)
@@ -182,6 +183,7 @@ async def arbitrate(
         peers=[Peer(_request_from_json(p["request"]), _time(p["window_end"])) for p in peers],
         window_end=window_end,
         default_timezone=default_timezone,
+        in_global_control=in_global_control,
     )
     decision = decide(request, state, policy, now)
     await _record(conn, request, fingerprint, decision, now)

@@ -21,6 +21,7 @@ from workflows.retries import LOCAL_TIMEOUT, SIDE_EFFECT_RETRY
 from workflows.spec import Experiment, Send
 
 Reward = Literal["goal", "click", "click_on_variant"]
+EXPERIMENT_KEYS_PER_JOURNEY = "experiment-keys-per-journey"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,14 @@ class Choices:
                     experiment.key, names, experiment.min_share, experiment.reward
                 )
             weights = [v.weight for v in experiment.variants]
-            name = drawn or names[pick_variant(experiment.key, self.user_id, weights)]
+            # Keys are scoped by journey, so that the same key in two journeys does not
+            # split users identically (runs before this change keep the old hash).
+            hashed = (
+                f"{self.journey_key}/{experiment.key}"
+                if workflow.patched(EXPERIMENT_KEYS_PER_JOURNEY)
+                else experiment.key
+            )
+            name = drawn or names[pick_variant(hashed, self.user_id, weights)]
             self.assignments[experiment.key] = name
         return name
 
@@ -49,13 +57,21 @@ class Choices:
             return send.template
         if (name := self.assignments.get(variants.key)) is None:
             reward: Reward = "click_on_variant" if variants.reward == "click" else "goal"
-            drawn = await self._draw(variants.key, send.templates, variants.min_share, reward)
+            drawn = await self._draw(
+                variants.key, send.templates, variants.min_share, reward, kind="template"
+            )
             name = drawn or send.template
             self.assignments[variants.key] = name
         return name
 
     async def _draw(
-        self, key: str, names: list[str], min_share: float, reward: Reward
+        self,
+        key: str,
+        names: list[str],
+        min_share: float,
+        reward: Reward,
+        *,
+        kind: Literal["experiment", "template"] = "experiment",
     ) -> str | None:
         try:
             chosen: str = await workflow.execute_local_activity(
@@ -68,6 +84,7 @@ class Choices:
                     variants=names,
                     min_share=min_share,
                     reward=reward,
+                    kind=kind,
                 ),
                 result_type=str,
                 start_to_close_timeout=LOCAL_TIMEOUT,

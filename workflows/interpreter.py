@@ -30,6 +30,7 @@ from workflows.choices import Choices
 from workflows.details import current_details
 from workflows.messages import (
     ENDED,
+    VARIANT_OUTCOME,
     ArbitrateInput,
     ArbitrationResult,
     DeployedJourney,
@@ -193,7 +194,7 @@ class JourneyInterpreter:
             case ExperimentStep(experiment=experiment):
                 name = await self._choices().variant(experiment)
                 variant = next(v for v in experiment.variants if v.name == name)
-                return _Go(variant.next, f"variant {name}")
+                return _Go(variant.next, f"{VARIANT_OUTCOME}{name}")
             case SendStep():
                 return await self._send(step_id, step)
             case UpdateProfileStep(update_profile=update, next=following):

@@ -54,6 +54,10 @@ class EnterSignal(Message):
     )
 
 
+# How an experiment step's visit records the variant drawn: "variant <name>".
+VARIANT_OUTCOME = "variant "
+
+
 class StepVisit(BaseModel):
     step: str
     kind: str
@@ -169,6 +173,8 @@ class ChooseVariantInput(Message):
     min_share: float
     # click_on_variant: a click on a message sent with the variant's template
     reward: Literal["goal", "click", "click_on_variant"]
+    # What is drawn: an experiment step's variant, or a send's template.
+    kind: Literal["experiment", "template"] = "experiment"
 
 
 class SendResult(Message):

@@ -98,8 +98,9 @@ async def test_a_journey_bandit_follows_conversions_and_users_keep_their_variant
             )
             await conn.execute(
                 text(
-                    "INSERT INTO experiment_assignments (journey_key, experiment_key, user_id,"
-                    " variant, enrollment_id) VALUES ('hero', 'hero_copy', :u, :v, :e)"
+                    "INSERT INTO assignments (journey_key, kind, experiment_key, mode, user_id,"
+                    " arm, enrollment_id) VALUES ('hero', 'experiment', 'hero_copy', 'bandit',"
+                    " :u, :v, :e)"
                 ),
                 {"u": f"past-{n}", "v": variant, "e": enrollment},
             )
@@ -110,11 +111,18 @@ async def test_a_journey_bandit_follows_conversions_and_users_keep_their_variant
     given = {
         r["user_id"]: r["variant"]
         for r in await rows(
-            engine, "SELECT user_id, variant FROM experiment_assignments WHERE user_id LIKE 'new-%'"
+            engine, "SELECT user_id, arm AS variant FROM assignments WHERE user_id LIKE 'new-%'"
         )
     }
     assert len(given) == 30
     assert Counter(given.values())["bold"] >= 22  # about 95% expected, 10% floor aside
+    # each draw is logged with the chance it had: bold's is high, plain's near its floor
+    chances = await rows(
+        engine, "SELECT arm, propensity, mode FROM assignments WHERE user_id LIKE 'new-%'"
+    )
+    assert {r["mode"] for r in chances} == {"bandit"}
+    assert all(0.1 <= r["propensity"] <= 0.95 for r in chances)
+    assert min(r["propensity"] for r in chances if r["arm"] == "bold") > 0.8
 
     # a user who comes back keeps their variant, whatever the draws would say now
     await stack.track("new-0", "Visited")
@@ -181,8 +189,9 @@ async def test_a_bandit_picks_among_a_messages_templates_by_their_clicks(
             )  # fmt: skip
             await conn.execute(
                 text(
-                    "INSERT INTO experiment_assignments (journey_key, experiment_key, user_id,"
-                    " variant, enrollment_id) VALUES ('copy', 'subject_test', :u, :t, :e)"
+                    "INSERT INTO assignments (journey_key, kind, experiment_key, mode, user_id,"
+                    " arm, enrollment_id) VALUES ('copy', 'template', 'subject_test', 'bandit',"
+                    " :u, :t, :e)"
                 ),
                 {"u": f"past-{n}", "t": template, "e": enrollment},
             )

@@ -270,7 +270,9 @@ async def test_experiment_assignment_is_sticky_per_user(
 ) -> None:
     stack = await make_stack({"offer": EXPERIMENT})
     users = [f"user-{i}" for i in range(12)]
-    expected = {u: ["control", "discount"][pick_variant("offer_test", u, [1, 1])] for u in users}
+    # keyed by journey and experiment, so another journey's `offer_test` splits apart
+    scoped = "offer/offer_test"
+    expected = {u: ["control", "discount"][pick_variant(scoped, u, [1, 1])] for u in users}
     assert len(set(expected.values())) == 2
     for round_ in range(2):  # re-entering gets the same variant
         for user in users:
@@ -286,6 +288,18 @@ async def test_experiment_assignment_is_sticky_per_user(
     mailed = sorted({r.json["data"]["recipient"]["user_id"] for r in receiver.requests})
     assert mailed == sorted(u for u, v in expected.items() if v == "discount")
     assert len(receiver.requests) == 2 * len(mailed)
+    # each user's assignment is one row, with the arm's configured share, kept from the
+    # first entry
+    logged = await rows(
+        engine,
+        "SELECT user_id, arm, propensity, mode, experiment_key FROM assignments "
+        "WHERE kind = 'experiment' ORDER BY user_id",
+    )
+    assert {r["user_id"]: r["arm"] for r in logged} == expected
+    assert len(logged) == len(users)
+    assert {(r["propensity"], r["mode"], r["experiment_key"]) for r in logged} == {
+        (0.5, "fixed", "offer_test")
+    }
 
 
 WEBHOOK = """

@@ -1,0 +1,1 @@
+"""Experiments: assignments as data, and evaluating other allocations on their logs."""
