@@ -37,6 +37,7 @@ from orchestrator.api import (
 )
 from orchestrator.api.cors import Cors
 from orchestrator.api.limits import SourceLimits
+from orchestrator.reports import api as reports_api
 from orchestrator.services import Services
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.state.services = services
     app.state.limits = SourceLimits(services.config.sources)
     for module in (tracking, arbitration, journeys, receipts, inbox, ranking, catalog, audit,
-                   health):  # fmt: skip
+                   health, reports_api):  # fmt: skip
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _refused)

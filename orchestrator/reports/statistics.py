@@ -56,7 +56,10 @@ def wilson_interval(successes: int, trials: int, *, confidence: float = CONFIDEN
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
-    return Estimate.of(p, max(0.0, centre - half), min(1.0, centre + half))
+    # At 0 or every success the closed form lands a rounding error inside [0, 1].
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return Estimate.of(p, low, high)
 
 
 def mean_interval(arm: ArmTotals, *, confidence: float = CONFIDENCE) -> Estimate:

@@ -1,0 +1,207 @@
+"""`orchestrator report journey|experiment|workspace [--json]`: the reports in a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.reports import service
+from orchestrator.reports.estimates import Estimate
+
+app = typer.Typer(help="What journeys and their experiments did, with the statistics.",
+                  no_args_is_help=True)  # fmt: skip
+Json = Annotated[bool, typer.Option("--json", help="The JSON the API answers")]
+T = TypeVar("T")
+
+
+def _read(work: Callable[[AsyncConnection, float], Awaitable[T]]) -> T:
+    from orchestrator.cli_settings import settings_with_database
+    from orchestrator.database import create_engine
+    from orchestrator.workspace import load_config
+
+    settings = settings_with_database()
+    percent = load_config(settings.workspace).global_control
+
+    async def run() -> T:
+        engine = create_engine(settings.require_database_url(), pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return await work(conn, percent)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except service.UnknownReport as exc:
+        typer.echo(str(exc).strip("'\""), err=True)
+        raise typer.Exit(1) from None
+
+
+def _json(report: Any) -> None:
+    typer.echo(json.dumps(dataclasses.asdict(report), default=str, indent=2))
+
+
+@app.command()
+def experiment(
+    key: Annotated[str, typer.Argument(help="The experiment's key, or `holdout`")],
+    journey: Annotated[
+        str | None, typer.Option(help="The journey (needed when two have the key)")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Arms with their intervals, lift against the control, the sample-ratio check."""
+    now = datetime.now(UTC)
+
+    async def work(conn: AsyncConnection, percent: float) -> service.ExperimentResult:
+        found = journey or await service.journey_of(conn, key)
+        return await service.experiment(conn, journey=found, key=key, now=now)
+
+    result = _read(work)
+    if as_json:
+        _json(result)
+        return
+    for line in experiment_lines(result):
+        typer.echo(line)
+
+
+@app.command("journey")
+def journey_command(key: Annotated[str, typer.Argument()], as_json: Json = False) -> None:
+    """Funnel, holdout, experiments and attribution by channel."""
+    now = datetime.now(UTC)
+
+    async def work(conn: AsyncConnection, percent: float) -> service.JourneyReport:
+        return await service.journey_report(conn, journey=key, now=now)
+
+    report = _read(work)
+    if as_json:
+        _json(report)
+        return
+    typer.echo(f"{report.name} ({report.key} v{report.version}): {report.users} users, "
+               f"{report.converted} converted")  # fmt: skip
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(report.enrollments.items()))
+    typer.echo(f"enrollments: {statuses or 'none'}")
+    typer.echo("\nfunnel")
+    for step in report.funnel:
+        typer.echo(f"  {step.step:<24} {step.kind:<12} {step.users:>7} users")
+    if report.holdout is not None:
+        typer.echo("")
+        for line in experiment_lines(report.holdout):
+            typer.echo(line)
+    for result in report.experiments:
+        typer.echo("")
+        for line in experiment_lines(result):
+            typer.echo(line)
+    if report.attribution:
+        typer.echo("\nby channel    sent  delivered  opened  clicked  first touch  last touch")
+        for c in report.attribution:
+            typer.echo(f"  {c.channel:<10} {c.sent:>5} {c.delivered:>10} {c.opened:>7} "
+                       f"{c.clicked:>8} {c.first_touch:>12} {c.last_touch:>11}")  # fmt: skip
+
+
+@app.command()
+def workspace(as_json: Json = False) -> None:
+    """The global control group against everyone else, and each journey's headline."""
+    now = datetime.now(UTC)
+
+    async def work(conn: AsyncConnection, percent: float) -> service.WorkspaceReport:
+        return await service.workspace_report(conn, global_control=percent, now=now)
+
+    report = _read(work)
+    if as_json:
+        _json(report)
+        return
+    if report.global_control is None:
+        typer.echo("no global control group (set global_control in orchestrator.yaml)")
+    else:
+        for line in experiment_lines(report.global_control):
+            typer.echo(line)
+        typer.echo(f"incremental conversions: {_estimate(report.incremental_conversions)}")
+        typer.echo(f"incremental revenue: {_estimate(report.incremental_revenue)}")
+    typer.echo("\njourney                    users  converted")
+    for headline in report.journeys:
+        typer.echo(f"  {headline.key:<24} {headline.users:>6} {headline.converted:>10}")
+
+
+def experiment_lines(result: service.ExperimentResult) -> list[str]:
+    """An experiment as text: the sample-ratio check first, as the rest depends on it."""
+    name = "holdout" if result.kind == "holdout" else result.key
+    where = "the workspace" if result.journey == "*" else f"journey {result.journey}"
+    lines = [f"{result.kind} {name} in {where} ({result.mode}, control: {result.control}), "
+             f"{result.users} users"]  # fmt: skip
+    if result.bandit is not None:
+        lines.append("  a bandit: each arm's rate had everyone got it, by inverse propensity")
+        for drawn in result.bandit:
+            lines.append(f"  {drawn.arm:<16} {drawn.users:>6} users  {_rate(drawn.hajek)}")
+        if result.users_without_propensity:
+            lines.append(f"  ({result.users_without_propensity} users logged without a "
+                         "propensity are left out)")  # fmt: skip
+        return lines
+    analysis = result.analysis
+    if analysis is None:
+        return [*lines, "  no users yet"]
+    srm = analysis.sample_ratio
+    if srm is not None and srm.p_value is not None:
+        verdict = "MISMATCH: the split is not what was configured; distrust what follows" if (
+            srm.mismatch) else "as configured"  # fmt: skip
+        lines.append(f"  sample ratio: {verdict} (p = {srm.p_value:.3g})")
+    for arm in analysis.arms:
+        rate, revenue = _rate(arm.conversion_rate), _estimate(arm.revenue_per_user)
+        lines.append(f"  {arm.arm:<16} {arm.conversions}/{arm.users} converted  {rate}  "
+                     f"revenue/user {revenue}")  # fmt: skip
+    for c in analysis.comparisons:
+        lift = c.conversion
+        sequential = lift.sequential
+        verdict = "significant" if sequential.significant else "not significant yet"
+        lines.append(f"  {c.arm} vs {c.control}: {_points(lift.absolute)}, relative "
+                     f"{_percent(lift.relative)}, p = {_p(lift.p_value)}")  # fmt: skip
+        lines.append(f"    always valid (look any day): {_points(sequential.difference)}: "
+                     f"{verdict}")  # fmt: skip
+        detectable = lift.minimum_detectable.absolute
+        if detectable is not None:
+            lines.append(f"    detectable now: {100 * detectable:+.1f} points")
+    return lines
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _rate(estimate: Estimate) -> str:
+    if estimate.value is None:
+        return "-"
+    if estimate.low is None or estimate.high is None:
+        return f"{100 * estimate.value:.1f}%"
+    return f"{100 * estimate.value:.1f}% ({100 * estimate.low:.1f} to {100 * estimate.high:.1f})"
+
+
+def _points(estimate: Estimate) -> str:
+    if estimate.value is None:
+        return "-"
+    shown = f"{100 * estimate.value:+.1f} points"
+    if estimate.low is not None and estimate.high is not None:
+        shown += f" ({100 * estimate.low:+.1f} to {100 * estimate.high:+.1f})"
+    return shown
+
+
+def _percent(estimate: Estimate) -> str:
+    if estimate.value is None:
+        return "-"
+    shown = f"{100 * estimate.value:+.0f}%"
+    if estimate.low is not None and estimate.high is not None:
+        shown += f" ({100 * estimate.low:+.0f}% to {100 * estimate.high:+.0f}%)"
+    return shown
+
+
+def _estimate(estimate: Estimate | None) -> str:
+    if estimate is None or estimate.value is None:
+        return "-"
+    if estimate.low is None or estimate.high is None:
+        return f"{estimate.value:.2f}"
+    return f"{estimate.value:.2f} ({estimate.low:.2f} to {estimate.high:.2f})"

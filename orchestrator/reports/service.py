@@ -1,0 +1,473 @@
+"""Reports: what journeys, their experiments and the workspace did, with the statistics.
+
+The CLI, the JSON API and the report pages all call these functions, so they show
+the same numbers. Everything here reads through `store` (SQL) and computes through
+`statistics`, `bandits` and `power` (pure).
+
+    experiment   an experiment step, a send's template variants, a journey's holdout,
+                 or the workspace's global control group: arms with intervals, lift
+                 against the control with fixed-horizon and always-valid tests, the
+                 sample-ratio check (first, as every other number depends on it),
+                 power; bandits by inverse-propensity weighting instead of shares
+    journey      enrollments, the step funnel in journey order, its experiments, and
+                 conversions attributed to channels (first and last touch)
+    workspace    the global control group's result, as incremental conversions and
+                 revenue of all journeys together, and every journey's headline
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.reports import store
+from orchestrator.reports.bandits import BanditArmEstimate, bandit_estimates
+from orchestrator.reports.estimates import ArmTotals, Estimate
+from orchestrator.reports.statistics import (
+    ExperimentReport,
+    SequentialTest,
+    analyse,
+    sequential_test,
+    wilson_interval,
+)
+from orchestrator.tables import assignments, enrollments, journey_versions, journeys
+from workflows.spec import ExperimentStep, Journey, SendStep, step_kind, successors
+
+Kind = Literal["holdout", "experiment", "template", "global_control"]
+# The confidence sequences are tuned for experiments of about this many users (any
+# size stays valid; this is where their intervals are narrowest).
+PLANNING_USERS = 10_000
+# Days of history a timeline shows at most.
+TIMELINE_DAYS = 180
+
+
+class UnknownReport(LookupError):
+    """No such journey or experiment."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmDay:
+    arm: str
+    users: int
+    conversions: int
+    conversion_rate: Estimate
+
+
+@dataclass(frozen=True, slots=True)
+class DayPoint:
+    """Where each arm stood at the end of a day, and the always-valid interval of the
+    first arm against the control then (it may be read every day)."""
+
+    day: date
+    arms: tuple[ArmDay, ...]
+    difference: Estimate | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentResult:
+    journey: str
+    key: str
+    kind: Kind
+    mode: Literal["fixed", "bandit"]
+    control: str
+    shares: dict[str, float] | None  # as configured; None for a bandit
+    users: int
+    analysis: ExperimentReport | None  # fixed splits, holdouts, global control
+    bandit: tuple[BanditArmEstimate, ...] | None  # bandits, by inverse propensity
+    users_without_propensity: int  # logged before propensities were: left out of `bandit`
+    timeline: tuple[DayPoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StepFunnel:
+    step: str
+    kind: str
+    users: int
+    visits: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAttribution:
+    """Messages of one channel, how far they got, and the conversions they preceded."""
+
+    channel: str
+    sent: int
+    delivered: int
+    opened: int
+    clicked: int
+    converted: int  # messages whose enrollment reached its goal after they were sent
+    first_touch: int  # converted enrollments whose first message was on this channel
+    last_touch: int  # ... whose last message before converting was on this channel
+    last_touch_revenue: float
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyReport:
+    key: str
+    name: str
+    version: int
+    users: int
+    enrollments: dict[str, int]  # by status
+    converted: int  # enrollments that reached the goal, held-out ones included
+    funnel: tuple[StepFunnel, ...]
+    holdout: ExperimentResult | None
+    experiments: tuple[ExperimentResult, ...]
+    attribution: tuple[ChannelAttribution, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyLine:
+    key: str
+    name: str
+    users: int
+    converted: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceReport:
+    global_control: ExperimentResult | None
+    incremental_conversions: Estimate | None  # (treated rate - control rate) x treated
+    incremental_revenue: Estimate | None
+    journeys: tuple[JourneyLine, ...]
+
+
+async def experiment(
+    conn: AsyncConnection,
+    *,
+    journey: str,
+    key: str,
+    kind: Kind | None = None,
+    global_control: float = 0,
+    now: datetime,
+) -> ExperimentResult:
+    """One experiment's result. `kind` may be left out when the key names one thing."""
+    spec = await _spec(conn, journey) if journey != "*" else None
+    if kind is None:
+        kind = await _kind_of(conn, spec, journey, key)
+    rows = await store.assigned(conn, journey=journey, kind=kind, key=key)
+    arms, shares, control = _design(spec, kind, key, rows, global_control)
+    bandit = any(r.mode == "bandit" for r in rows)
+    totals = _totals(arms, rows)
+    analysis = None
+    if not bandit and sum(t.users for t in totals) > 0:
+        analysis = analyse(totals, control=control, planning_users=PLANNING_USERS,
+                           shares=[shares[a] for a in arms] if shares else None)  # fmt: skip
+    estimates, untracked = None, 0
+    if bandit:
+        logged = [(r, r.propensity) for r in rows if r.propensity]
+        untracked = len(rows) - len(logged)
+        estimates = bandit_estimates(
+            arms=arms,
+            chosen=[arms.index(r.arm) for r, _ in logged],
+            propensity=[p for _, p in logged],
+            outcome=[1.0 if r.converted else 0.0 for r, _ in logged],
+        )
+    return ExperimentResult(
+        journey=journey,
+        key=key,
+        kind=kind,
+        mode="bandit" if bandit else "fixed",
+        control=control,
+        shares=None if bandit else shares,
+        users=len(rows),
+        analysis=analysis,
+        bandit=estimates,
+        users_without_propensity=untracked,
+        timeline=_timeline(arms, control, rows, now),
+    )
+
+
+async def journey_of(conn: AsyncConnection, key: str) -> str:
+    """The journey whose experiment `key` is (`holdout` needs its journey named)."""
+    found = set(
+        (
+            await conn.execute(
+                select(assignments.c.journey_key)
+                .where(assignments.c.experiment_key == key, assignments.c.journey_key != "*")
+                .distinct()
+            )
+        ).scalars()
+    )
+    for row in await conn.execute(
+        select(journey_versions.c.journey_key, journey_versions.c.spec).join(
+            journeys,
+            (journeys.c.key == journey_versions.c.journey_key)
+            & (journeys.c.current_version == journey_versions.c.version),
+        )
+    ):
+        if any(k == key for _, k in _configured(Journey.model_validate(row.spec))):
+            found.add(row.journey_key)
+    if len(found) != 1:
+        where = f"in {', '.join(sorted(found))}: name one with --journey" if found else "anywhere"
+        raise UnknownReport(f"experiment {key!r} is {where}" if found else f"no experiment {key!r}")
+    return str(found.pop())
+
+
+async def journey_report(
+    conn: AsyncConnection, *, journey: str, global_control: float = 0, now: datetime
+) -> JourneyReport:
+    spec = await _spec(conn, journey)
+    row = (
+        await conn.execute(
+            select(journeys.c.name, journeys.c.current_version).where(journeys.c.key == journey)
+        )
+    ).one()
+    counts = await store.enrollment_counts(conn, journey=journey)
+    steps = {r["step"]: r for r in await store.funnel(conn, journey=journey)}
+    funnel = tuple(
+        StepFunnel(step, step_kind(spec.steps[step]) or "?", steps[step]["users"],
+                   steps[step]["visits"])
+        for step in _journey_order(spec)
+        if step in steps
+    )  # fmt: skip
+    keys = await store.assignment_keys(conn, journey=journey)
+    holdout = None
+    if spec.holdout or any(k["kind"] == "holdout" for k in keys):
+        holdout = await experiment(conn, journey=journey, key="holdout", kind="holdout", now=now)
+    found = {(k["kind"], k["experiment_key"]) for k in keys if k["kind"] != "holdout"}
+    configured = {(kind, key) for kind, key in _configured(spec)}
+    results = [
+        await experiment(conn, journey=journey, key=key, kind=kind, now=now)
+        for kind, key in sorted(configured | found)
+    ]
+    users = await _users(conn, journey)
+    return JourneyReport(
+        key=journey,
+        name=row.name,
+        version=row.current_version,
+        users=users,
+        enrollments={r["status"]: r["enrollments"] for r in counts},
+        converted=sum(r["converted"] for r in counts),
+        funnel=funnel,
+        holdout=holdout,
+        experiments=tuple(results),
+        attribution=_attribution(await store.journey_messages(conn, journey=journey)),
+    )
+
+
+async def workspace_report(
+    conn: AsyncConnection, *, global_control: float, now: datetime
+) -> WorkspaceReport:
+    control = None
+    conversions = revenue = None
+    keys = await store.assignment_keys(conn, journey="*")
+    if global_control or keys:
+        control = await experiment(conn, journey="*", key="global_control",
+                                   kind="global_control", global_control=global_control,
+                                   now=now)  # fmt: skip
+        conversions, revenue = _incremental(control)
+    lines = []
+    for row in await conn.execute(select(journeys.c.key, journeys.c.name).order_by(journeys.c.key)):
+        counts = await store.enrollment_counts(conn, journey=row.key)
+        lines.append(JourneyLine(row.key, row.name, await _users(conn, row.key),
+                                 sum(c["converted"] for c in counts)))  # fmt: skip
+    return WorkspaceReport(control, conversions, revenue, tuple(lines))
+
+
+# ---- design: arms, shares and the control ----------------------------------------------
+
+
+async def _spec(conn: AsyncConnection, journey: str) -> Journey:
+    found = (
+        await conn.execute(
+            select(journey_versions.c.spec)
+            .join(
+                journeys,
+                (journeys.c.key == journey_versions.c.journey_key)
+                & (journeys.c.current_version == journey_versions.c.version),
+            )
+            .where(journeys.c.key == journey)
+        )
+    ).scalar_one_or_none()
+    if found is None:
+        raise UnknownReport(f"no journey {journey!r}")
+    return Journey.model_validate(found)
+
+
+def _configured(spec: Journey) -> list[tuple[Kind, str]]:
+    found: list[tuple[Kind, str]] = []
+    for step in spec.steps.values():
+        if isinstance(step, ExperimentStep):
+            found.append(("experiment", step.experiment.key))
+        elif isinstance(step, SendStep) and step.send.variants is not None:
+            found.append(("template", step.send.variants.key))
+    return found
+
+
+async def _kind_of(conn: AsyncConnection, spec: Journey | None, journey: str, key: str) -> Kind:
+    """What kind of randomised choice `key` names in the journey, if just one."""
+    logged = await store.assignment_keys(conn, journey=journey)
+    kinds: set[Kind] = {k["kind"] for k in logged if k["experiment_key"] == key}
+    if spec is not None:
+        kinds |= {kind for kind, k in _configured(spec) if k == key}
+        if key == "holdout" and spec.holdout:
+            kinds.add("holdout")
+    if len(kinds) != 1:
+        raise UnknownReport(f"no experiment {key!r} in journey {journey!r}")
+    return next(iter(kinds))
+
+
+def _design(
+    spec: Journey | None,
+    kind: Kind,
+    key: str,
+    rows: Sequence[store.Assigned],
+    global_control: float,
+) -> tuple[list[str], dict[str, float] | None, str]:
+    """The arms in order, their configured shares and the control arm."""
+    seen = list(dict.fromkeys(r.arm for r in rows))
+    if kind in ("holdout", "global_control"):
+        percent = spec.holdout if kind == "holdout" and spec else global_control
+        shares = {"control": percent / 100, "treatment": 1 - percent / 100} if percent else None
+        return ["control", "treatment"], shares, "control"
+    arms: list[str] = []
+    shares = None
+    for step in spec.steps.values() if spec else ():
+        if isinstance(step, ExperimentStep) and step.experiment.key == key:
+            weights = {v.name: float(v.weight) for v in step.experiment.variants}
+            arms = list(weights)
+            shares = {a: w / sum(weights.values()) for a, w in weights.items()}
+        elif (
+            isinstance(step, SendStep)
+            and step.send.variants is not None
+            and step.send.variants.key == key
+        ):
+            arms = [step.send.template, *step.send.variants.templates]
+    arms += [a for a in seen if a not in arms]  # arms since removed from the journey
+    if shares is not None and set(arms) != set(shares):
+        shares = None  # the split changed since: no one set of shares to check against
+    control = "control" if "control" in arms else (arms[0] if arms else "control")
+    return arms or ["control"], shares, control
+
+
+def _totals(arms: Sequence[str], rows: Sequence[store.Assigned]) -> list[ArmTotals]:
+    users: dict[str, int] = defaultdict(int)
+    converted: dict[str, int] = defaultdict(int)
+    revenue: dict[str, float] = defaultdict(float)
+    squares: dict[str, float] = defaultdict(float)
+    for r in rows:
+        users[r.arm] += 1
+        converted[r.arm] += r.converted
+        revenue[r.arm] += r.revenue
+        squares[r.arm] += r.revenue * r.revenue
+    return [ArmTotals(a, users[a], converted[a], revenue[a], squares[a]) for a in arms]
+
+
+# ---- timeline, attribution, increments -------------------------------------------------
+
+
+def _timeline(
+    arms: Sequence[str], control: str, rows: Sequence[store.Assigned], now: datetime
+) -> tuple[DayPoint, ...]:
+    if not rows:
+        return ()
+    today = now.astimezone(UTC).date()
+    first = max(min(r.assigned_at for r in rows).astimezone(UTC).date(),
+                today - timedelta(days=TIMELINE_DAYS - 1))  # fmt: skip
+    treatment = next((a for a in arms if a != control), None)
+    # Per arm, when users arrived and when they converted, sorted: a day is two bisects.
+    arrived = {a: sorted(r.assigned_at for r in rows if r.arm == a) for a in arms}
+    converted = {a: sorted(r.converted_at for r in rows if r.arm == a and r.converted_at)
+                 for a in arms}  # fmt: skip
+    points = []
+    for offset in range((today - first).days + 1):
+        day = first + timedelta(days=offset)
+        end = datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC)
+        totals = {
+            a: ArmTotals(a, bisect_left(arrived[a], end), bisect_left(converted[a], end))
+            for a in arms
+        }
+        shown = tuple(
+            ArmDay(a, t.users, t.conversions, wilson_interval(t.conversions, t.users))
+            for a, t in totals.items()
+        )
+        difference = None
+        if treatment is not None and totals[control].users and totals[treatment].users:
+            test: SequentialTest = sequential_test(
+                totals[treatment], totals[control], metric="conversion",
+                planning_users=PLANNING_USERS,
+            )  # fmt: skip
+            difference = test.difference
+        points.append(DayPoint(day, shown, difference))
+    return tuple(points)
+
+
+def _attribution(messages: Sequence[dict[str, Any]]) -> tuple[ChannelAttribution, ...]:
+    counts: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    by_enrollment: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for m in messages:
+        c = counts[m["channel"]]
+        if m["sent_at"] is None:
+            continue
+        c["sent"] += 1
+        for stage in ("delivered", "opened", "clicked"):
+            c[stage] += m[f"{stage}_at"] is not None
+        converted_at = m["converted_at"]
+        if converted_at is not None and m["sent_at"] <= converted_at:
+            c["converted"] += 1
+            by_enrollment[m["enrollment_id"]].append(m)
+    for touched in by_enrollment.values():
+        touched.sort(key=lambda m: m["sent_at"])
+        counts[touched[0]["channel"]]["first_touch"] += 1
+        last = touched[-1]
+        counts[last["channel"]]["last_touch"] += 1
+        counts[last["channel"]]["last_touch_revenue"] += last["conversion_value"] or 0.0
+    return tuple(
+        ChannelAttribution(
+            channel,
+            int(c["sent"]),
+            int(c["delivered"]),
+            int(c["opened"]),
+            int(c["clicked"]),
+            int(c["converted"]),
+            int(c["first_touch"]),
+            int(c["last_touch"]),
+            round(c["last_touch_revenue"], 2),
+        )
+        for channel, c in sorted(counts.items())
+        if c["sent"]
+    )
+
+
+def _incremental(result: ExperimentResult) -> tuple[Estimate | None, Estimate | None]:
+    """What treatment added over the control group, in conversions and revenue."""
+    if result.analysis is None or not result.analysis.comparisons:
+        return None, None
+    [comparison] = result.analysis.comparisons
+    treated = next(a.users for a in result.analysis.arms if a.arm == comparison.arm)
+
+    def scaled(estimate: Estimate) -> Estimate:
+        return Estimate.of(*(None if v is None else v * treated
+                             for v in (estimate.value, estimate.low, estimate.high)))  # fmt: skip
+
+    return scaled(comparison.conversion.absolute), scaled(comparison.revenue.absolute)
+
+
+def _journey_order(spec: Journey) -> list[str]:
+    """Steps from the start, breadth first, as the journey reads."""
+    order, queue = [], [spec.start]
+    while queue:
+        step = queue.pop(0)
+        if step in order or step not in spec.steps:
+            continue
+        order.append(step)
+        queue.extend(successors(spec.steps[step]))
+    return order + sorted(set(spec.steps) - set(order))
+
+
+async def _users(conn: AsyncConnection, journey: str) -> int:
+    return int(
+        await conn.scalar(
+            select(func.count(enrollments.c.user_id.distinct())).where(
+                enrollments.c.journey_key == journey
+            )
+        )
+        or 0
+    )
