@@ -292,3 +292,38 @@ installation = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
     CheckConstraint("singleton", name="installation_one_row"),
 )
+
+# Alerts: one open row per kind and subject until its condition clears.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    # sample_ratio | conversion_drop | delivery_failures | ranking_fallback
+    Column("kind", Text, nullable=False),
+    Column("subject", Text, nullable=False),  # journey, journey/experiment, channel, "ranking"
+    Column("details", JSONB, nullable=False, server_default=_empty),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    Index(
+        "alerts_one_open",
+        "kind",
+        "subject",
+        unique=True,
+        postgresql_where=text("resolved_at IS NULL"),
+    ),
+)
+
+# Ended experiments: their configuration and final results, kept unchanged for audits.
+experiment_archives = Table(
+    "experiment_archives",
+    metadata,
+    Column("journey_key", Text, nullable=False),
+    Column("experiment_key", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=False),
+    Column("ended_by", Text, nullable=False),
+    Column("configuration", JSONB, nullable=False),
+    Column("results", JSONB, nullable=False),
+    PrimaryKeyConstraint("journey_key", "experiment_key"),
+)

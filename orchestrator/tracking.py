@@ -25,8 +25,9 @@ MessageType = Literal["track", "identify", "page", "screen", "alias", "group"]
 # the time it claimed is kept as `context.originalTimestamp`.
 MAX_AHEAD = timedelta(hours=24)
 # The message ids of events the product makes itself (receipts, unsubscribe links, inbox
-# reads: see `receipts`); a source sending one first would void the real event.
-INTERNAL_ID_PREFIXES = ("receipt:", "unsubscribe:", "read:")
+# reads, alerts: see `receipts`, `reports.alerts`); a source sending one first would
+# void the real event.
+INTERNAL_ID_PREFIXES = ("receipt:", "unsubscribe:", "read:", "alert:")
 
 
 class BadInput(Exception):

@@ -203,6 +203,43 @@ class WebhookSigning(_Config):
     signing_secret: SigningSecret
 
 
+class AlertsConfig(_Config):
+    """When to raise an alert, and where to send it besides the event it becomes."""
+
+    url: str | None = Field(
+        default=None, pattern=r"^https?://", description="Receives each alert, signed"
+    )
+    signing_secret: SigningSecret | None = Field(default=None, description="Signs them")
+    user_id: str = Field(
+        default="alerts",
+        min_length=1,
+        description="The user whose `Alert Raised` events a journey can react to",
+    )
+    check_every: Duration = Field(default=timedelta(minutes=15))
+    conversion_drop: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="A journey's conversions per entry over the last day fell by this share "
+        "of the 14 days before (and a binomial test says it is no accident)",
+    )
+    delivery_failure_rate: float = Field(
+        default=0.2, gt=0, le=1, description="Share of a channel's messages failed in an hour"
+    )
+    fallback_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of ranked content filled by the popularity baseline in an hour",
+    )
+
+    @model_validator(mode="after")
+    def _signed(self) -> AlertsConfig:
+        if self.url is not None and self.signing_secret is None:
+            raise ValueError("alerts.signing_secret is required with alerts.url")
+        return self
+
+
 class WorkspaceConfig(_Config):
     """`orchestrator.yaml`."""
 
@@ -215,6 +252,7 @@ class WorkspaceConfig(_Config):
     user_tokens: UserTokens | None = Field(
         default=None, description="Signs the tokens apps use for one user's inbox and placements"
     )
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     global_control: float = Field(
         default=0,
         ge=0,

@@ -37,6 +37,7 @@ from orchestrator.api import (
 )
 from orchestrator.api.cors import Cors
 from orchestrator.api.limits import SourceLimits
+from orchestrator.reports import alerts
 from orchestrator.reports import api as reports_api
 from orchestrator.services import Services
 
@@ -55,18 +56,22 @@ _UNAVAILABLE = (
 
 
 def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
-    """The API over the given services; with `sweep`, unrouted events are retried."""
+    """The API over the given services; with `sweep`, unrouted events are retried and
+    alert conditions checked in the background."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_sweep_forever(services)) if sweep else None
+        tasks = (
+            [asyncio.create_task(_sweep_forever(services)),
+             asyncio.create_task(_check_alerts_forever(services))]
+            if sweep else []
+        )  # fmt: skip
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(*tasks, return_exceptions=True)
             await services.router.close()
             await services.http.aclose()
 
@@ -150,6 +155,17 @@ async def _gone(request: Request, _exc: Exception) -> JSONResponse:
 async def _failed(request: Request, exc: Exception) -> JSONResponse:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+async def _check_alerts_forever(services: Services) -> None:
+    every = services.config.alerts.check_every.total_seconds()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            for finding in await alerts.check(services, now=services.clock()):
+                log.warning("alert: %s", finding.summary)
+        except Exception:
+            log.exception("checking alert conditions failed; will try again")
 
 
 async def _sweep_forever(services: Services) -> None:

@@ -17,6 +17,7 @@ the same numbers. Everything here reads through `store` (SQL) and computes throu
 
 from __future__ import annotations
 
+import dataclasses
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,9 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from pydantic import TypeAdapter
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orchestrator.access import audit
 from orchestrator.reports import store
 from orchestrator.reports.bandits import BanditArmEstimate, bandit_estimates
 from orchestrator.reports.estimates import ArmTotals, Estimate
@@ -37,7 +40,13 @@ from orchestrator.reports.statistics import (
     sequential_test,
     wilson_interval,
 )
-from orchestrator.tables import assignments, enrollments, journey_versions, journeys
+from orchestrator.tables import (
+    assignments,
+    enrollments,
+    experiment_archives,
+    journey_versions,
+    journeys,
+)
 from workflows.spec import ExperimentStep, Journey, SendStep, step_kind, successors
 
 Kind = Literal["holdout", "experiment", "template", "global_control"]
@@ -83,6 +92,7 @@ class ExperimentResult:
     bandit: tuple[BanditArmEstimate, ...] | None  # bandits, by inverse propensity
     users_without_propensity: int  # logged before propensities were: left out of `bandit`
     timeline: tuple[DayPoint, ...]
+    ended_at: datetime | None = None  # an ended experiment's results, as archived then
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,7 @@ class JourneyReport:
     holdout: ExperimentResult | None
     experiments: tuple[ExperimentResult, ...]
     attribution: tuple[ChannelAttribution, ...]
+    alerts: tuple[store.AlertLine, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +147,10 @@ class WorkspaceReport:
     incremental_conversions: Estimate | None  # (treated rate - control rate) x treated
     incremental_revenue: Estimate | None
     journeys: tuple[JourneyLine, ...]
+    alerts: tuple[store.AlertLine, ...]
+
+
+_RESULT = TypeAdapter(ExperimentResult)
 
 
 async def experiment(
@@ -146,9 +161,12 @@ async def experiment(
     kind: Kind | None = None,
     global_control: float = 0,
     now: datetime,
+    timeline: bool = True,
 ) -> ExperimentResult:
     """One experiment's result. `kind` may be left out when the key names one thing."""
-    spec = await _spec(conn, journey) if journey != "*" else None
+    if (ended := await archived(conn, journey=journey, key=key)) is not None:
+        return ended
+    spec = await journey_spec(conn, journey) if journey != "*" else None
     if kind is None:
         kind = await _kind_of(conn, spec, journey, key)
     rows = await store.assigned(conn, journey=journey, kind=kind, key=key)
@@ -180,8 +198,43 @@ async def experiment(
         analysis=analysis,
         bandit=estimates,
         users_without_propensity=untracked,
-        timeline=_timeline(arms, control, rows, now),
+        timeline=_timeline(arms, control, rows, now) if timeline else (),
     )
+
+
+async def end_experiment(
+    conn: AsyncConnection, *, journey: str, key: str, actor: audit.Actor, now: datetime
+) -> ExperimentResult:
+    """Archive an experiment's configuration and results as they are now, unchanged from
+    then on (its report answers the archive); UnknownReport if unknown or ended."""
+    if await archived(conn, journey=journey, key=key) is not None:
+        raise UnknownReport(f"experiment {key!r} of journey {journey!r} has ended already")
+    result = await experiment(conn, journey=journey, key=key, now=now)
+    spec = await journey_spec(conn, journey)
+    steps = {step_id: step.model_dump(mode="json") for step_id, step in spec.steps.items()
+             if _randomises(step, key)}  # fmt: skip
+    ended = dataclasses.replace(result, ended_at=now)
+    await conn.execute(
+        insert(experiment_archives).values(
+            journey_key=journey, experiment_key=key, kind=result.kind, ended_at=now,
+            ended_by=f"{actor.kind}:{actor.name}",
+            configuration={"steps": steps, "holdout": spec.holdout, "shares": result.shares},
+            results=_RESULT.dump_python(ended, mode="json"),
+        )
+    )  # fmt: skip
+    await audit.record(conn, actor, "experiments.end", details={"journey": journey, "key": key},
+                       now=now)  # fmt: skip
+    return ended
+
+
+async def archived(conn: AsyncConnection, *, journey: str, key: str) -> ExperimentResult | None:
+    stored = await conn.scalar(
+        select(experiment_archives.c.results).where(
+            experiment_archives.c.journey_key == journey,
+            experiment_archives.c.experiment_key == key,
+        )
+    )
+    return None if stored is None else _RESULT.validate_python(stored)
 
 
 async def journey_of(conn: AsyncConnection, key: str) -> str:
@@ -202,7 +255,7 @@ async def journey_of(conn: AsyncConnection, key: str) -> str:
             & (journeys.c.current_version == journey_versions.c.version),
         )
     ):
-        if any(k == key for _, k in _configured(Journey.model_validate(row.spec))):
+        if any(k == key for _, k in configured(Journey.model_validate(row.spec))):
             found.add(row.journey_key)
     if len(found) != 1:
         where = f"in {', '.join(sorted(found))}: name one with --journey" if found else "anywhere"
@@ -213,7 +266,7 @@ async def journey_of(conn: AsyncConnection, key: str) -> str:
 async def journey_report(
     conn: AsyncConnection, *, journey: str, global_control: float = 0, now: datetime
 ) -> JourneyReport:
-    spec = await _spec(conn, journey)
+    spec = await journey_spec(conn, journey)
     row = (
         await conn.execute(
             select(journeys.c.name, journeys.c.current_version).where(journeys.c.key == journey)
@@ -232,10 +285,10 @@ async def journey_report(
     if spec.holdout or any(k["kind"] == "holdout" for k in keys):
         holdout = await experiment(conn, journey=journey, key="holdout", kind="holdout", now=now)
     found = {(k["kind"], k["experiment_key"]) for k in keys if k["kind"] != "holdout"}
-    configured = {(kind, key) for kind, key in _configured(spec)}
+    planned = set(configured(spec))
     results = [
         await experiment(conn, journey=journey, key=key, kind=kind, now=now)
-        for kind, key in sorted(configured | found)
+        for kind, key in sorted(planned | found)
     ]
     users = await _users(conn, journey)
     return JourneyReport(
@@ -249,6 +302,7 @@ async def journey_report(
         holdout=holdout,
         experiments=tuple(results),
         attribution=_attribution(await store.journey_messages(conn, journey=journey)),
+        alerts=tuple(await store.open_alerts(conn, subject=journey)),
     )
 
 
@@ -268,13 +322,15 @@ async def workspace_report(
         counts = await store.enrollment_counts(conn, journey=row.key)
         lines.append(JourneyLine(row.key, row.name, await _users(conn, row.key),
                                  sum(c["converted"] for c in counts)))  # fmt: skip
-    return WorkspaceReport(control, conversions, revenue, tuple(lines))
+    return WorkspaceReport(
+        control, conversions, revenue, tuple(lines), tuple(await store.open_alerts(conn))
+    )
 
 
 # ---- design: arms, shares and the control ----------------------------------------------
 
 
-async def _spec(conn: AsyncConnection, journey: str) -> Journey:
+async def journey_spec(conn: AsyncConnection, journey: str) -> Journey:
     found = (
         await conn.execute(
             select(journey_versions.c.spec)
@@ -291,7 +347,16 @@ async def _spec(conn: AsyncConnection, journey: str) -> Journey:
     return Journey.model_validate(found)
 
 
-def _configured(spec: Journey) -> list[tuple[Kind, str]]:
+def _randomises(step: Any, key: str) -> bool:
+    """Whether the step draws for experiment `key` (an experiment, a template test)."""
+    if isinstance(step, ExperimentStep):
+        return step.experiment.key == key
+    if isinstance(step, SendStep) and step.send.variants is not None:
+        return step.send.variants.key == key
+    return False
+
+
+def configured(spec: Journey) -> list[tuple[Kind, str]]:
     found: list[tuple[Kind, str]] = []
     for step in spec.steps.values():
         if isinstance(step, ExperimentStep):
@@ -306,7 +371,7 @@ async def _kind_of(conn: AsyncConnection, spec: Journey | None, journey: str, ke
     logged = await store.assignment_keys(conn, journey=journey)
     kinds: set[Kind] = {k["kind"] for k in logged if k["experiment_key"] == key}
     if spec is not None:
-        kinds |= {kind for kind, k in _configured(spec) if k == key}
+        kinds |= {kind for kind, k in configured(spec) if k == key}
         if key == "holdout" and spec.holdout:
             kinds.add("holdout")
     if len(kinds) != 1:

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.tables import alerts
 
 _ASSIGNED = text(
     """
@@ -99,3 +101,26 @@ async def enrollment_counts(conn: AsyncConnection, *, journey: str) -> list[dict
 async def journey_messages(conn: AsyncConnection, *, journey: str) -> list[dict[str, Any]]:
     """Every message of the journey with its receipts' times and its enrollment's goal."""
     return [dict(r._mapping) for r in await conn.execute(_MESSAGES, {"journey": journey})]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertLine:
+    """An open alert, as reports show it."""
+
+    kind: str
+    subject: str
+    summary: str
+    opened_at: datetime
+
+
+async def open_alerts(conn: AsyncConnection, *, subject: str | None = None) -> list[AlertLine]:
+    """Open alerts (about a journey, its experiments included, when `subject` is one)."""
+    query = select(alerts).where(alerts.c.resolved_at.is_(None)).order_by(alerts.c.opened_at)
+    if subject is not None:
+        query = query.where(
+            (alerts.c.subject == subject) | alerts.c.subject.startswith(f"{subject}/")
+        )
+    return [
+        AlertLine(r.kind, r.subject, str(r.details.get("summary", r.kind)), r.opened_at)
+        for r in await conn.execute(query)
+    ]

@@ -1,0 +1,215 @@
+"""Alerts: conditions worth a person's attention, raised once, resolved when they clear.
+
+    sample_ratio        an experiment, holdout or the global control group whose split is
+                        not what was configured (p < 0.001): its results cannot be trusted
+    conversion_drop     a journey's conversions per entry over the last day fell by
+                        `conversion_drop` or more against the 14 days before, and a
+                        binomial test says chance is an unlikely cause (p < 0.01)
+    delivery_failures   a channel failed more than `delivery_failure_rate` of its messages
+                        in the last hour
+    ranking_fallback    the popularity baseline filled more than `fallback_share` of the
+                        ranked content of the last hour
+
+Rates need at least `MIN_VOLUME` messages or entries. A new alert becomes an `Alert
+Raised` event of `alerts.user_id` (a journey can react to it) and, with `alerts.url`,
+a Standard Webhooks-signed POST; when its condition clears, an `Alert Resolved` event.
+The API checks every `alerts.check_every`; with several API processes one checks at a
+time (a Postgres advisory lock).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from scipy import stats  # type: ignore[import-untyped]
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from channels.delivery import SignedPoster
+from orchestrator.reports import service
+from orchestrator.tables import alerts
+from orchestrator.tracking import Incoming
+
+if TYPE_CHECKING:
+    from orchestrator.services import Services
+
+log = logging.getLogger(__name__)
+
+MIN_VOLUME = 20
+RAISED, RESOLVED = "Alert Raised", "Alert Resolved"
+# A conversion drop is only called when chance is this unlikely to explain it.
+DROP_P_VALUE = 0.01
+
+_CONVERSIONS = text(
+    """
+    SELECT journey_key,
+        count(*) FILTER (WHERE entered_at >= :since) AS recent_entries,
+        count(*) FILTER (WHERE converted_at >= :since) AS recent_conversions,
+        count(*) FILTER (WHERE entered_at < :since) AS entries,
+        count(*) FILTER (WHERE converted_at >= :baseline AND converted_at < :since) AS conversions
+    FROM enrollments WHERE entered_at >= :baseline OR converted_at >= :baseline
+    GROUP BY journey_key
+    """
+)
+_FAILURES = text(
+    """
+    SELECT channel, count(*) AS finished, count(*) FILTER (WHERE status = 'failed') AS failed
+    FROM messages WHERE created_at >= :since AND status <> 'sending'
+    GROUP BY channel
+    """
+)
+_FALLBACK = text(
+    """
+    SELECT count(*) AS filled,
+        count(*) FILTER (WHERE content_source ->> 'source' = 'baseline') AS baseline
+    FROM messages WHERE created_at >= :since AND content_source IS NOT NULL
+    """
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    subject: str
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+async def findings(conn: AsyncConnection, services: Services, *, now: datetime) -> list[Finding]:
+    """Every alert condition that holds now."""
+    config = services.config.alerts
+    found = await _sample_ratios(conn, services.config.global_control, now=now)
+    day, fortnight, hour = (
+        now - timedelta(days=1),
+        now - timedelta(days=15),
+        now - timedelta(hours=1),
+    )
+    for row in await conn.execute(_CONVERSIONS, {"since": day, "baseline": fortnight}):
+        if row.entries < MIN_VOLUME or row.recent_entries < MIN_VOLUME or not row.conversions:
+            continue
+        before = row.conversions / row.entries
+        recent = row.recent_conversions / row.recent_entries
+        test = stats.binomtest(row.recent_conversions, row.recent_entries, before,
+                               alternative="less")  # fmt: skip
+        if recent <= (1 - config.conversion_drop) * before and test.pvalue < DROP_P_VALUE:
+            found.append(Finding(
+                "conversion_drop", row.journey_key,
+                f"{row.journey_key}: conversions per entry fell to {100 * recent:.1f}% over the "
+                f"last day from {100 * before:.1f}% (p = {test.pvalue:.2g})",
+                {"recent": recent, "before": before, "p_value": float(test.pvalue)},
+            ))  # fmt: skip
+    for row in await conn.execute(_FAILURES, {"since": hour}):
+        if row.finished >= MIN_VOLUME and row.failed > config.delivery_failure_rate * row.finished:
+            found.append(Finding(
+                "delivery_failures", row.channel,
+                f"{row.channel}: {row.failed} of {row.finished} messages failed in the last hour",
+                {"failed": row.failed, "finished": row.finished},
+            ))  # fmt: skip
+    filled = (await conn.execute(_FALLBACK, {"since": hour})).one()
+    if filled.filled >= MIN_VOLUME and filled.baseline > config.fallback_share * filled.filled:
+        found.append(Finding(
+            "ranking_fallback", "ranking",
+            f"ranking: the popularity baseline filled {filled.baseline} of {filled.filled} "
+            "messages' ranked content in the last hour",
+            {"baseline": filled.baseline, "filled": filled.filled},
+        ))  # fmt: skip
+    return found
+
+
+async def _sample_ratios(
+    conn: AsyncConnection, global_control: float, *, now: datetime
+) -> list[Finding]:
+    found = []
+    subjects: list[tuple[str, str]] = [("*", "global_control")] if global_control else []
+    for row in await conn.execute(text("SELECT key FROM journeys WHERE active ORDER BY key")):
+        spec = await service.journey_spec(conn, row.key)
+        if spec.holdout:
+            subjects.append((row.key, "holdout"))
+        subjects += [(row.key, key) for kind, key in service.configured(spec)
+                     if kind == "experiment"]  # fmt: skip
+    for journey, key in subjects:
+        result = await service.experiment(
+            conn, journey=journey, key=key, global_control=global_control, now=now, timeline=False
+        )
+        srm = result.analysis.sample_ratio if result.analysis else None
+        if srm is not None and srm.mismatch:
+            subject = "global_control" if journey == "*" else f"{journey}/{key}"
+            found.append(Finding(
+                "sample_ratio", subject,
+                f"{subject}: users per arm {list(srm.observed)} do not match the configured "
+                f"split (p = {srm.p_value:.2g}); its results cannot be trusted",
+                {"observed": list(srm.observed), "expected": list(srm.expected),
+                 "p_value": srm.p_value},
+            ))  # fmt: skip
+    return found
+
+
+async def check(services: Services, *, now: datetime) -> list[Finding]:
+    """Raise what newly holds, resolve what cleared; return the newly raised. One API
+    process at a time (the others return nothing)."""
+    raised: list[tuple[int, Finding]] = []
+    cleared: list[dict[str, Any]] = []
+    async with services.engine.begin() as conn:
+        if not await conn.scalar(text("SELECT pg_try_advisory_xact_lock(hashtext('alerts'))")):
+            return []
+        holding = await findings(conn, services, now=now)
+        open_ = {(r.kind, r.subject): r for r in await conn.execute(
+            select(alerts).where(alerts.c.resolved_at.is_(None)))}  # fmt: skip
+        for finding in holding:
+            known = open_.get((finding.kind, finding.subject))
+            if known is not None:
+                await conn.execute(update(alerts).where(alerts.c.id == known.id)
+                                   .values(seen_at=now, details=finding.details))  # fmt: skip
+                continue
+            alert_id = await conn.scalar(
+                insert(alerts)
+                .values(kind=finding.kind, subject=finding.subject, opened_at=now, seen_at=now,
+                        details={"summary": finding.summary, **finding.details})
+                .returning(alerts.c.id)
+            )  # fmt: skip
+            raised.append((int(alert_id), finding))
+        held = {(f.kind, f.subject) for f in holding}
+        for key, row in open_.items():
+            if key not in held:
+                await conn.execute(update(alerts).where(alerts.c.id == row.id)
+                                   .values(resolved_at=now))  # fmt: skip
+                cleared.append({"id": row.id, "kind": row.kind, "subject": row.subject})
+    events = [_event(services, f"alert:{i}:raised", RAISED, _properties(i, f), now)
+              for i, f in raised]  # fmt: skip
+    events += [_event(services, f"alert:{c['id']}:resolved", RESOLVED, c, now) for c in cleared]
+    if events:
+        await services.ingest(events, source="alerts", now=now)
+    for alert_id, finding in raised:
+        await _post(services, alert_id, finding, now)
+    return [finding for _, finding in raised]
+
+
+def _properties(alert_id: int, finding: Finding) -> dict[str, Any]:
+    return {"id": alert_id, "kind": finding.kind, "subject": finding.subject,
+            "summary": finding.summary, **finding.details}  # fmt: skip
+
+
+def _event(
+    services: Services, message_id: str, name: str, properties: dict[str, Any], now: datetime
+) -> Incoming:
+    return Incoming(
+        message_id=message_id, type="track", event=name,
+        user_id=services.config.alerts.user_id, anonymous_id=None, previous_id=None,
+        properties=properties, traits={}, context={}, timestamp=now,
+    )  # fmt: skip
+
+
+async def _post(services: Services, alert_id: int, finding: Finding, now: datetime) -> None:
+    config = services.config.alerts
+    if config.url is None or config.signing_secret is None:
+        return
+    poster = SignedPoster(url=config.url, secrets=[config.signing_secret], client=services.http)
+    payload = {"type": "alert.raised", "timestamp": now.isoformat(),
+               "data": _properties(alert_id, finding)}  # fmt: skip
+    try:
+        await poster.post(payload, msg_id=f"alert_{alert_id}")
+    except Exception as exc:  # the alert stands in the reports and as an event regardless
+        log.warning("alert %s could not be posted to %s: %s", alert_id, config.url, exc)
