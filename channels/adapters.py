@@ -55,6 +55,7 @@ class WebhookChannel:
             filled = await self.recommender.recommend(
                 request.user_id, user, request.recommendations,
                 context={"event": request.context.get("event") or {}},
+                message_id=request.message_id,
             )  # fmt: skip
             context = {**context, "recommendations": filled.items}
             source = filled.record()

@@ -6,6 +6,9 @@ non-personalised baseline behind it.
     Recommender   asks the model within its deadline; a timeout, an error, low
                   confidence or a user who opted out of personalisation gets the
                   popularity baseline, and the answer says which source filled it
+    explore       with a small probability per position after the first, shows an
+                  item the model ranked lower instead, and logs each shown item's
+                  propensity, so logged messages can evaluate other rankings offline
 
 RankingError
 └── raised by a Ranker that could not answer (the Recommender falls back)
@@ -14,6 +17,8 @@ RankingError
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
 import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal, Protocol
@@ -93,6 +98,59 @@ class Catalog(Protocol):
         ...
 
 
+class Shown(BaseModel):
+    """One shown item: where, its score, and the chance the logging policy put it there."""
+
+    model_config = ConfigDict(frozen=True)
+
+    item_id: str
+    position: int = Field(ge=0, description="0 is the top")
+    score: float
+    propensity: float = Field(gt=0, le=1)
+    explored: bool = False
+    replaced: str | None = Field(default=None, description="The model's item it displaced")
+
+
+# Items the model is asked for beyond k when exploring, and the most an exploration
+# pool holds (the model's items beyond the top k, else popular catalogue items).
+EXPLORATION_POOL = 20
+
+
+def explore(
+    ranked: Sequence[ScoredItem],
+    pool: Sequence[ScoredItem],
+    *,
+    rate: float,
+    rng: random.Random,
+) -> list[Shown]:
+    """The items to show, best first, each with the probability that this policy put it
+    at its position: the top item always stays; each later position j independently
+    shows, with probability `rate`, the j-th item of a uniformly shuffled `pool` (so
+    any pool item lands there with probability rate / len(pool)), else the ranked item
+    (probability 1 - rate). Positions past the pool's size are never explored. `pool`
+    must not share items with `ranked`."""
+    order = list(pool)
+    rng.shuffle(order)
+    shown = []
+    for position, item in enumerate(ranked):
+        candidate = order[position - 1] if 0 < position <= len(order) and rate > 0 else None
+        if candidate is not None and rng.random() < rate:
+            chosen, propensity, replaced = candidate, rate / len(order), item.item_id
+        else:
+            chosen, propensity, replaced = item, 1.0 if candidate is None else 1 - rate, None
+        shown.append(
+            Shown(
+                item_id=chosen.item_id,
+                position=position,
+                score=chosen.score,
+                propensity=propensity,
+                explored=replaced is not None,
+                replaced=replaced,
+            )
+        )
+    return shown
+
+
 class Filled(BaseModel):
     """The recommendations a message shows, and where they came from."""
 
@@ -103,20 +161,33 @@ class Filled(BaseModel):
     reason: str
     model: str | None = None
     confidence: float | None = None
+    slot: str | None = None
+    exploration: float = Field(default=0.0, description="The exploration rate in force")
+    shown: list[Shown] = Field(default_factory=list, description="`items`, as logged")
+    pool: list[str] = Field(default_factory=list, description="What exploration drew from")
 
     def record(self) -> dict[str, Any]:
-        """What the message stores about its content (not the items themselves)."""
+        """What the message stores about its content (not the items themselves): the
+        source, and per shown item its position, score and propensity, so that the
+        log can evaluate other rankings (`orchestrator ranking evaluate-logs`)."""
         return {
             "source": self.source,
             "reason": self.reason,
             "model": self.model,
             "confidence": self.confidence,
             "items": [item["id"] for item in self.items],
+            "slot": self.slot,
+            "exploration": self.exploration,
+            "shown": [s.model_dump(exclude_none=True) for s in self.shown],
+            "pool": self.pool,
         }
 
 
 class Recommender:
-    """Fills a message's recommendations from the model, or the baseline when it must."""
+    """Fills a message's recommendations from the model, or the baseline when it must;
+    with `exploration` above 0, model-filled messages sometimes show lower-ranked items
+    (see `explore`), drawn by a generator seeded from the message id, so that a retry
+    shows the same items."""
 
     def __init__(
         self,
@@ -126,10 +197,14 @@ class Recommender:
         deadline: float = 0.008,
         min_confidence: float = 0.2,
         personalization_trait: str = "personalization",
+        exploration: float = 0.0,
     ) -> None:
+        if not 0 <= exploration <= 0.5:
+            raise ValueError("exploration is a probability of at most 0.5")
         self.catalog, self.model = catalog, model
         self.deadline, self.min_confidence = deadline, min_confidence
         self.personalization_trait = personalization_trait
+        self.exploration = exploration
         self._abandoned: set[asyncio.Future[Ranking]] = set()
 
     async def recommend(
@@ -139,17 +214,23 @@ class Recommender:
         wanted: Recommendations,
         *,
         context: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
     ) -> Filled:
+        """The items for one message. Only a message (`message_id`, which seeds the draws,
+        so a retry shows the same items) explores: its content, and so what it showed
+        with which chance, is logged; an answer to anyone else is the model's own."""
+        exploration = self.exploration if message_id is not None else 0.0
         await self.catalog.ready()
         exclude = await self.catalog.purchased(user_id) if wanted.exclude_purchased else set()
         if traits.get(self.personalization_trait) is False:
-            return self._baseline(wanted.k, exclude, "the user opted out of personalisation")
+            return self._baseline(wanted, exclude, "the user opted out of personalisation")
         if self.model is None:
-            return self._baseline(wanted.k, exclude, "no ranking model is configured")
+            return self._baseline(wanted, exclude, "no ranking model is configured")
         request = RankRequest(
             user_id=user_id,
             slot=wanted.slot,
-            k=wanted.k,
+            # Exploring draws from what the model ranks below the top k: ask for more.
+            k=min(100, wanted.k + EXPLORATION_POOL) if exploration else wanted.k,
             exclude=sorted(exclude),
             context=dict(context or {}),
         )
@@ -163,50 +244,81 @@ class Recommender:
             self._abandoned.add(asking)
             asking.add_done_callback(self._forget)
             return self._baseline(
-                wanted.k, exclude, f"the model did not answer within {self.deadline * 1000:g} ms"
+                wanted, exclude, f"the model did not answer within {self.deadline * 1000:g} ms"
             )
         try:
             ranking = asking.result()
         except Exception as exc:  # any failure of the model means the baseline answers
             elapsed = (time.perf_counter() - started) * 1000
             return self._baseline(
-                wanted.k, exclude, f"no answer from the model after {elapsed:.1f} ms: {exc}"
+                wanted, exclude, f"no answer from the model after {elapsed:.1f} ms: {exc}"
             )
         if ranking.confidence < self.min_confidence:
             return self._baseline(
-                wanted.k,
+                wanted,
                 exclude,
                 f"the model's confidence {ranking.confidence:.2f} is under {self.min_confidence}",
             )
-        wanted_ids = [i.item_id for i in ranking.items if i.item_id not in exclude]
-        items = self.catalog.describe(wanted_ids)[: wanted.k]
+        scores: dict[str, float] = {}
+        for scored in ranking.items:
+            if scored.item_id not in exclude:
+                scores.setdefault(scored.item_id, scored.score)
+        described = {item["id"]: item for item in self.catalog.describe(list(scores))}
+        ranked = [ScoredItem(item_id=i, score=s) for i, s in scores.items() if i in described]
+        top, pool = ranked[: wanted.k], ranked[wanted.k : wanted.k + EXPLORATION_POOL]
         reason = "ranked by the model"
-        if len(items) < wanted.k:
+        if len(top) < wanted.k:
             # The model knew too few available items: top up with popular ones.
-            shown = exclude | {item["id"] for item in items}
-            extra = self.catalog.popular(wanted.k - len(items), shown)
-            items += self.catalog.describe([i.item_id for i in extra])
+            extra = self._available(wanted.k - len(top), exclude, top, described)
+            top += extra
             reason = f"ranked by the model, {len(extra)} popular item(s) added"
+        if exploration and not pool:
+            pool = self._available(EXPLORATION_POOL, exclude, top, described)
+        seed = hashlib.sha256((message_id or "").encode()).digest()[:8]
+        shown = explore(top, pool, rate=exploration, rng=random.Random(int.from_bytes(seed)))
         return Filled(
-            items=items,
+            items=[described[s.item_id] for s in shown],
             source="model",
             reason=reason,
             model=ranking.model,
             confidence=ranking.confidence,
+            slot=wanted.slot,
+            exploration=exploration,
+            shown=shown,
+            pool=[p.item_id for p in pool] if exploration else [],
         )
+
+    def _available(
+        self,
+        k: int,
+        exclude: Collection[str],
+        taken: Sequence[ScoredItem],
+        described: dict[str, dict[str, Any]],
+    ) -> list[ScoredItem]:
+        """Up to k popular items, not excluded nor taken, added to `described`."""
+        popular = self.catalog.popular(k, {*exclude, *(t.item_id for t in taken)})
+        described.update((i["id"], i) for i in self.catalog.describe([p.item_id for p in popular]))
+        return [p for p in popular if p.item_id in described]
 
     def _forget(self, late: asyncio.Future[Ranking]) -> None:
         self._abandoned.discard(late)
         if not late.cancelled():
             late.exception()  # retrieved, so asyncio does not log it as lost
 
-    def _baseline(self, k: int, exclude: Collection[str], reason: str) -> Filled:
-        popular = self.catalog.popular(k, exclude)
+    def _baseline(self, wanted: Recommendations, exclude: Collection[str], reason: str) -> Filled:
+        popular = self.catalog.popular(wanted.k, exclude)
+        items = self.catalog.describe([i.item_id for i in popular])
+        scores = {p.item_id: p.score for p in popular}
         return Filled(
-            items=self.catalog.describe([i.item_id for i in popular]),
+            items=items,
             source="baseline",
             reason=reason,
             model="popularity",
+            slot=wanted.slot,
+            shown=[
+                Shown(item_id=item["id"], position=n, score=scores[item["id"]], propensity=1.0)
+                for n, item in enumerate(items)
+            ],
         )
 
 

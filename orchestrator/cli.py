@@ -24,6 +24,7 @@ from orchestrator.cli_settings import (
     serving_settings,
     settings_with_database,
 )
+from orchestrator.experiments.cli import app as experiments_app
 from orchestrator.journeys_cli import app as journeys_app
 from orchestrator.ranking_cli import app as ranking_app
 from orchestrator.reports.cli import app as report_app
@@ -39,6 +40,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(ranking_app, name="ranking")
+app.add_typer(experiments_app, name="experiments")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(report_app, name="report")
 app.command("audit")(audit_log)

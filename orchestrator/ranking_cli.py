@@ -1,10 +1,12 @@
-"""`orchestrator ranking evaluate`: the built-in model against popularity and EASE, offline."""
+"""`orchestrator ranking ...`: train, list, activate and schedule versions; evaluate the
+built-in model offline against popularity and EASE, and a version on logged messages."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -186,3 +188,105 @@ def schedule(
 
     asyncio.run(work())
     typer.echo(f"retraining every {every} on task queue '{settings.task_queue}'")
+
+
+@app.command("evaluate-logs")
+def evaluate_logs(
+    version: Annotated[int, typer.Argument(help="A stored version (orchestrator ranking list)")],
+    since: Annotated[str, typer.Option(help="Messages sent within this long, e.g. 30d")] = "30d",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Estimate the clicks on recommended items per message VERSION would have had if it
+    had ranked the slots that logged messages filled (ranking IPS with a 95% bootstrap
+    interval), next to what the logged policy got. Items the version puts where the
+    logged model did not count only if exploration (`ranking.exploration`) was on."""
+    from orchestrator.database import create_engine
+    from orchestrator.journeys_cli import root_for
+    from orchestrator.ranking.logged import VersionOnLogs, evaluate_version
+    from orchestrator.ranking.versions import VersionError
+    from orchestrator.workspace import load_config
+    from rules.durations import DurationError, parse_duration
+
+    try:
+        window = parse_duration(since)
+    except DurationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    url = database_url()
+    events = load_config(root_for([], None)).ranking.popularity_events
+    start = datetime.now(UTC) - window
+
+    async def work() -> VersionOnLogs:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await evaluate_version(engine, version=version, since=start, events=events)
+        finally:
+            await engine.dispose()
+
+    try:
+        found = asyncio.run(work())
+    except VersionError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    result, estimate = found.result, found.result.estimate
+    if as_json:
+        figures = {
+            "version": version,
+            "since": start.isoformat(),
+            "messages": found.messages,
+            "left_out": {
+                "undelivered": found.undelivered,
+                "baseline": found.baseline,
+                "unlogged": found.unlogged,
+            },
+            "impressions": result.impressions,
+            "exploring": result.exploring,
+            "shown": result.shown,
+            "clicks": result.clicks,
+            "observed": result.observed,
+            "matched": result.matched,
+            "target_slots": result.target_slots,
+            "supported": result.supported,
+            "estimate": {
+                "estimator": estimate.estimator,
+                "value": estimate.value,
+                "low": estimate.low,
+                "high": estimate.high,
+                "resamples": estimate.resamples,
+            },
+        }
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    typer.echo(
+        f"{found.messages:,} messages with ranked content since {start:%Y-%m-%d %H:%M} UTC; "
+        f"left out: {found.baseline:,} filled by the baseline, {found.unlogged:,} logged "
+        f"without shown items, {found.undelivered:,} not sent"
+    )
+    typer.echo(
+        f"usable: {result.impressions:,} impressions ({result.shown:,} shown items, "
+        f"{result.clicks:,} clicked), {result.exploring:,} of them with exploration on"
+    )
+    if not result.impressions:
+        typer.echo("nothing to estimate from")
+        return
+    share = result.supported / result.target_slots if result.target_slots else 0.0
+    typer.echo(
+        f"the version's (item, position) pairs the logged policy could have shown: "
+        f"{result.supported:,} of {result.target_slots:,} ({share:.0%}); "
+        f"shown where the version puts them: {result.matched:,}"
+    )
+    typer.echo(f"logged policy: {result.observed:.4f} clicks on recommended items per message")
+    value = "n/a" if estimate.value is None else f"{estimate.value:.4f}"
+    interval = (
+        f"95% interval {estimate.low:.4f} to {estimate.high:.4f}"
+        if estimate.low is not None and estimate.high is not None
+        else "no interval"
+    )
+    typer.echo(f"version {version} (ranking IPS): {value} ({interval})")
+    if result.supported < result.target_slots:
+        typer.echo(
+            f"note: the {result.target_slots - result.supported:,} pairs the logged policy "
+            "could not have shown count for nothing, so this underestimates the version "
+            "(exploration reaches items the model ranked below the top k, at positions "
+            "after the first)"
+        )

@@ -124,6 +124,13 @@ class RankingConfig(_Config):
         default=8, gt=0, le=10_000, description="After this, the baseline answers instead"
     )
     min_confidence: float = Field(default=0.2, ge=0, le=1)
+    exploration: float = Field(
+        default=0,
+        ge=0,
+        le=0.5,
+        description="The chance, per position after the first of a model-filled message, "
+        "of showing an item the model ranked lower; each shown item's chance is logged",
+    )
     personalization_trait: str = Field(
         default="personalization", description="`false` in this trait opts a user out"
     )

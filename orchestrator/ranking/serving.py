@@ -104,4 +104,5 @@ def build_recommender(
         deadline=deadline,
         min_confidence=ranking.min_confidence,
         personalization_trait=ranking.personalization_trait,
+        exploration=ranking.exploration,
     )

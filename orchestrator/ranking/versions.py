@@ -164,6 +164,16 @@ async def _active(engine: AsyncEngine) -> tuple[int, HybridModel] | None:
     return (row.version, HybridModel.load(row.artifact)) if row else None
 
 
+async def stored_model(conn: AsyncConnection, version: int) -> HybridModel:
+    """Version `version` as trained, whatever its status."""
+    blob = await conn.scalar(
+        select(ranking_models.c.artifact).where(ranking_models.c.version == version)
+    )
+    if blob is None:
+        raise VersionError(f"there is no version {version}")
+    return await asyncio.to_thread(HybridModel.load, bytes(blob))
+
+
 async def activate(engine: AsyncEngine, version: int) -> None:
     """Make `version` the live one (a rollback is activating an older version)."""
     async with engine.begin() as conn:

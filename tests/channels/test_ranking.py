@@ -7,7 +7,9 @@ HTTP server on loopback.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from channels.ranking import HttpRanker, Recommendations, Recommender
+from channels.ranking import (
+    EXPLORATION_POOL,
+    HttpRanker,
+    Recommendations,
+    Recommender,
+    ScoredItem,
+    explore,
+)
 from orchestrator.catalog import CatalogCache, CatalogFileError, load_items, read_items
 from tests.support.db import count
 from tests.support.model import ModelServer, running_model
@@ -192,3 +201,125 @@ async def test_the_model_is_used_again_after_a_burst_of_missed_deadlines(
         patient = recommender(catalog, model, http, deadline=1.0)
         again = await patient.recommend("u9", {}, WANT)
     assert (again.source, [i["id"] for i in again.items][:2]) == ("model", ["C", "E"]), again.reason
+
+
+def scored(*ids: str) -> list[ScoredItem]:
+    return [ScoredItem(item_id=i, score=1.0 - n / 10) for n, i in enumerate(ids)]
+
+
+@pytest.mark.parametrize(
+    ("ranked", "pool", "rate", "explorable"),
+    [
+        (("A", "B", "C"), ("D", "E", "F"), 0.0, []),  # exploration off
+        (("A", "B", "C"), (), 0.5, []),  # nothing to explore with
+        (("A", "B", "C"), ("D", "E", "F"), 0.5, [1, 2]),  # never the top position
+        (("A", "B", "C", "D"), ("E",), 0.3, [1]),  # not past the pool's size
+    ],
+)
+def test_exploration_swaps_positions_after_the_first_and_logs_their_chances(
+    ranked: tuple[str, ...], pool: tuple[str, ...], rate: float, explorable: list[int]
+) -> None:
+    for seed in range(200):
+        shown = explore(scored(*ranked), scored(*pool), rate=rate, rng=random.Random(seed))
+        assert [s.position for s in shown] == list(range(len(ranked)))
+        assert len({s.item_id for s in shown}) == len(ranked)
+        for s in shown:
+            if s.position not in explorable:
+                assert (s.item_id, s.propensity, s.explored) == (ranked[s.position], 1.0, False)
+            elif s.explored:
+                assert s.item_id in pool
+                assert s.replaced == ranked[s.position]
+                assert s.propensity == pytest.approx(rate / len(pool))
+            else:
+                assert (s.item_id, s.propensity) == (ranked[s.position], 1 - rate)
+
+
+def test_the_logged_propensities_are_how_often_each_item_lands_at_each_position() -> None:
+    ranked, pool, rate, draws = scored("A", "B", "C"), scored("D", "E", "F", "G"), 0.3, 20_000
+    seen: Counter[tuple[str, int]] = Counter()
+    logged: dict[tuple[str, int], float] = {}
+    for seed in range(draws):
+        for s in explore(ranked, pool, rate=rate, rng=random.Random(seed)):
+            seen[s.item_id, s.position] += 1
+            logged[s.item_id, s.position] = s.propensity
+    assert set(seen) == {("A", 0), *((i, p) for i in "BCDEFG" for p in (1, 2))} - {
+        ("C", 1),
+        ("B", 2),
+    }
+    for key, n in seen.items():
+        share, chance = n / draws, logged[key]
+        # within four standard errors of the logged chance (fixed seeds: no flakiness)
+        assert abs(share - chance) < 4 * (chance * (1 - chance) / draws) ** 0.5 + 1e-9, key
+
+
+async def test_exploring_shows_lower_ranked_items_the_same_way_for_the_same_message(
+    catalog: CatalogCache, model: ModelServer
+) -> None:
+    model.items = ["C", "E", "A", "B", "D"]
+    want = Recommendations(slot="cart_upsell", k=2)
+    async with httpx.AsyncClient() as http:
+        ranker = HttpRanker(url=model.url, client=http, timeout=0.5)
+        exploring = Recommender(catalog=catalog, model=ranker, deadline=0.5, exploration=0.5)
+        fills = [
+            await exploring.recommend("u9", {}, want, message_id=f"msg-{n % 20}") for n in range(40)
+        ]
+    # the model is asked for more than k, to explore among what it ranks lower
+    assert {r["k"] for r in model.requests} == {2 + EXPLORATION_POOL}
+    # a retry (the same message id) shows the same items, in the same order
+    assert [f.record() for f in fills[:20]] == [f.record() for f in fills[20:]]
+    records = [f.record() for f in fills[:20]]
+    assert all(r["items"][0] == "C" for r in records)  # the top item stays
+    explored = [r["shown"][1] for r in records if r["shown"][1]["explored"]]
+    assert 0 < len(explored) < 20
+    for record in records:
+        assert record["exploration"] == 0.5
+        assert record["pool"] == ["A", "B", "D"]
+        assert record["items"] == [s["item_id"] for s in record["shown"]]
+        top, second = record["shown"]
+        assert top == {"item_id": "C", "position": 0, "score": 1.0, "propensity": 1.0,
+                       "explored": False}  # fmt: skip
+        if second["explored"]:
+            assert second["item_id"] in "ABD"
+            assert (second["replaced"], second["propensity"]) == ("E", pytest.approx(0.5 / 3))
+        else:
+            assert (second["item_id"], second["propensity"]) == ("E", 0.5)
+    # shown items are the catalogue's, with their details
+    assert {i["id"]: i["name"] for i in fills[0].items}["C"] == "Cap"
+
+
+async def test_exploration_draws_from_the_catalogue_when_the_model_ranks_no_more(
+    catalog: CatalogCache, model: ModelServer
+) -> None:
+    model.items = ["C", "E"]
+    want = Recommendations(slot="cart_upsell", k=2)
+    async with httpx.AsyncClient() as http:
+        ranker = HttpRanker(url=model.url, client=http, timeout=0.5)
+        exploring = Recommender(catalog=catalog, model=ranker, deadline=0.5, exploration=0.5)
+        records = [
+            (await exploring.recommend("u9", {}, want, message_id=f"m{n}")).record()
+            for n in range(30)
+        ]
+        # an answer that is not a message (POST /v1/rank) is not logged, so never explores
+        answers = [
+            (await exploring.recommend("u9", {}, want, context={"event": {"n": n}})).record()
+            for n in range(10)
+        ]
+    # the popular items not shown (B, D, A by popularity) are the pool
+    assert {tuple(r["pool"]) for r in records} == {("B", "D", "A")}
+    assert {r["shown"][1]["item_id"] for r in records} == {"E", "B", "D", "A"}
+    assert {tuple(s["item_id"] for s in a["shown"]) for a in answers} == {("C", "E")}
+    assert {a["exploration"] for a in answers} == {0.0}
+
+
+async def test_the_baseline_logs_its_items_as_certain_and_exploration_is_bounded(
+    catalog: CatalogCache,
+) -> None:
+    async with httpx.AsyncClient() as http:
+        record = (await recommender(catalog, None, http).recommend("u9", {}, WANT)).record()
+    assert record["exploration"] == 0.0
+    assert [(s["item_id"], s["position"], s["propensity"]) for s in record["shown"]] == [
+        ("B", 0, 1.0), ("D", 1, 1.0), ("A", 2, 1.0)
+    ]  # fmt: skip
+    assert record["shown"][0]["score"] == 1.0  # the most popular
+    with pytest.raises(ValueError, match=r"at most 0\.5"):
+        Recommender(catalog=catalog, exploration=0.6)

@@ -71,19 +71,22 @@ async def test_the_global_control_group_measures_all_journeys_together(
     assert "incremental conversions" in shown.stdout
 
 
-async def test_an_ended_experiment_keeps_its_results_unchanged(make_stack: StackFactory) -> None:
+async def test_an_ended_experiment_keeps_its_results_unchanged(
+    make_stack: StackFactory, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stack = await make_stack({"offer": OFFER})
     for user in USERS[:20]:
         await stack.track(user, "Browsed")
-    now = stack.services.clock()
-    async with stack.services.engine.begin() as conn:
-        ended = await service.end_experiment(
-            conn, journey="offer", key="discount_test", actor=Actor("cli", "ada"), now=now
-        )
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", postgres_url)
+    shown = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["experiments", "end", "offer", "discount_test"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "ended discount_test of offer" in shown.stdout
     url = "/v1/reports/journeys/offer/experiments/discount_test"
     before = (await stack.call("GET", url)).json()
     assert before["ended_at"] is not None
-    assert sum(a["users"] for a in before["analysis"]["arms"]) == ended.users
+    assert sum(a["users"] for a in before["analysis"]["arms"]) == before["users"] > 0
     # more users arrive; the archived report does not move
     for user in USERS[20:]:
         await stack.track(user, "Browsed")
@@ -93,9 +96,15 @@ async def test_an_ended_experiment_keeps_its_results_unchanged(make_stack: Stack
         stack.services.engine,
         "SELECT ended_by, configuration -> 'steps' ? 'split' AS kept FROM experiment_archives",
     )
-    assert archived == [{"ended_by": "cli:ada", "kept": True}]
+    assert [(a["ended_by"].startswith("cli:"), a["kept"]) for a in archived] == [(True, True)]
+    again = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["experiments", "end", "offer", "discount_test"]
+    )
+    assert again.exit_code == 1
+    assert "ended already" in again.output
     async with stack.services.engine.begin() as conn:
         with pytest.raises(service.UnknownReport, match="ended already"):
             await service.end_experiment(
-                conn, journey="offer", key="discount_test", actor=Actor("cli", "ada"), now=now
-            )
+                conn, journey="offer", key="discount_test", actor=Actor("cli", "ada"),
+                now=stack.services.clock(),
+            )  # fmt: skip
