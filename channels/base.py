@@ -90,9 +90,14 @@ class Channel(Protocol):
     async def deliver(self, rendered: Rendered, *, idempotency_key: str) -> Receipt: ...
 
 
+# The traits that say where a message goes (ingestion takes them from server-side
+# sources only: whoever sets them receives the user's messages).
+ADDRESSES = ("email", "phone", "device_tokens")
+
+
 def recipient(user_id: str, user: Mapping[str, Any]) -> dict[str, Any]:
     """The addressing traits a channel system needs, and nothing else from the profile."""
-    wanted = ("email", "phone", "device_tokens", "locale", "timezone")
+    wanted = (*ADDRESSES, "locale", "timezone")
     return {"user_id": user_id, **{k: user[k] for k in wanted if user.get(k) is not None}}
 
 

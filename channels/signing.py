@@ -35,6 +35,10 @@ def secret_key(secret: str) -> bytes:
     return key
 
 
+# Ids are kept (receipts refuse a replayed one), so they are bounded.
+MAX_ID_LENGTH = 200
+
+
 def signature(secret: str, *, msg_id: str, timestamp: int, body: bytes) -> str:
     """The `v1,<base64>` signature of one message."""
     content = f"{msg_id}.{timestamp}.".encode() + body
@@ -69,6 +73,8 @@ def verify(
     given = headers.get("webhook-signature")
     if not msg_id or not stamp or not given:
         raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
+    if len(msg_id) > MAX_ID_LENGTH:
+        raise SignatureError(f"webhook-id is longer than {MAX_ID_LENGTH} characters")
     try:
         timestamp = int(stamp)
     except ValueError:

@@ -37,8 +37,8 @@ class CatalogItem(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(min_length=1)
-    name: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=1000)
     url: str | None = None
     image: str | None = None
     price: float | None = Field(default=None, ge=0)
@@ -145,9 +145,9 @@ PURCHASE_LINES = """
 """
 _POPULARITY = text(
     f"""
-    SELECT product ->> 'product_id' AS item_id, count(*) AS n
+    SELECT product ->> 'product_id' AS item_id, count(DISTINCT e.user_id) AS n
     FROM {PURCHASE_LINES}
-    WHERE e.event = ANY(:events) AND e.timestamp >= :since
+    WHERE e.event = ANY(:events) AND e.type = 'track' AND e.timestamp >= :since
     GROUP BY 1
     """
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from orchestrator.tables import identities
 from orchestrator.tracking import Incoming
 from rules.policy import Policy
 from rules.store import suppress
+from workflows.spec import Category, ChannelName
 
 # One statement for the whole batch, whatever its size: the rows travel as one JSON
 # document that Postgres unpacks, so the statement is prepared once and no per-row
@@ -36,6 +37,10 @@ _INSERT = text(
     RETURNING id, message_id
     """
 ).bindparams(bindparam("received_at", type_=DateTime(timezone=True)))
+
+
+CHANNELS = frozenset(channel.value for channel in ChannelName)
+CATEGORIES = frozenset(category.value for category in Category)
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,12 @@ async def store_events(
     Returns the new events that need routing, in request order; the others are
     stored as already routed so the sweeper never looks at them.
     """
-    # The same message id twice in one request counts once, like a retry.
+    # Message ids are the source's own: the same id from another source is another
+    # message (a public key must not void a server's event by sending its id first).
+    # The same id twice in one request counts once, like a retry.
     unique: dict[str, Incoming] = {}
     for item in batch:
-        unique.setdefault(item.message_id, item)
+        unique.setdefault(item.message_id, replace(item, message_id=f"{source}/{item.message_id}"))
     batch = list(unique.values())
     if not batch:
         return []
@@ -93,6 +100,9 @@ async def store_events(
         }
         for item, user, route in zip(batch, users, routable, strict=True)
     ]
+    # Inserted in id order, so two requests with the same ids cannot deadlock on the
+    # unique index; what they return stays in request order.
+    rows.sort(key=lambda row: str(row["message_id"]))
     inserted = await conn.execute(
         _INSERT,
         {"source": source, "received_at": received_at, "rows": orjson.dumps(rows).decode()},
@@ -142,11 +152,17 @@ async def _record_suppression(
         conn,
         user_id,
         reason=reason,
-        channel=str(props.get("channel") or "*"),
-        category=str(props.get("category") or "*") if reason == "unsubscribe" else "*",
+        channel=_known(props.get("channel"), CHANNELS),
+        category=_known(props.get("category"), CATEGORIES) if reason == "unsubscribe" else "*",
         source=item.message_id,
         now=now,
     )
+
+
+def _known(value: Any, known: frozenset[str]) -> str:
+    """A channel or category the stop can apply to; anything else stops them all (a
+    consent-safe reading of an unsubscribe from an unknown list)."""
+    return value if isinstance(value, str) and value in known else "*"
 
 
 async def _linked_users(conn: AsyncConnection, batch: Sequence[Incoming]) -> dict[str, str]:

@@ -46,28 +46,37 @@ class _At:
 
 
 def problem(value: Any, where: str = "") -> tuple[str, str] | None:
-    """The first field of parsed JSON we refuse, as (field, message), or None."""
+    """A field of parsed JSON we refuse (the shallowest first), as (field, message).
+
+    Linear in the size of the document, and cheap per value: scalars are checked where
+    they stand, and only containers (to be walked later) carry their place."""
     stack: list[tuple[Any, _At | None, int]] = [(value, None, 1)]
     while stack:
         item, at, depth = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return _field(at, where), "must not contain a NUL character (\\u0000)"
+                return _field(at, where), NUL
             continue
         if not isinstance(item, dict | list):
             continue
         if depth > MAX_DEPTH:
             return _field(at, where), f"is nested more than {MAX_DEPTH} levels deep"
-        if isinstance(item, dict):
-            for key in item:
-                if "\x00" in key:
-                    shown = key[:_SHOWN_KEY].replace("\x00", "\\u0000")
-                    return _field(at, where), f"key '{shown}' must not contain a NUL character"
-            children = [(child, _At(at, key), depth + 1) for key, child in item.items()]
-        else:
-            children = [(child, _At(at, i), depth + 1) for i, child in enumerate(item)]
-        stack.extend(reversed(children))  # the first problem in document order is reported
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        nested: list[tuple[Any, _At | None, int]] = []
+        for part, child in pairs:
+            if isinstance(part, str) and "\x00" in part:
+                shown = part[:_SHOWN_KEY].replace("\x00", "\\u0000")
+                return _field(at, where), f"key '{shown}' must not contain a NUL character"
+            if isinstance(child, str):
+                if "\x00" in child:
+                    return _field(_At(at, part), where), NUL
+            elif isinstance(child, dict | list):
+                nested.append((child, _At(at, part), depth + 1))
+        stack.extend(reversed(nested))  # the first problem in document order is reported
     return None
+
+
+NUL = "must not contain a NUL character (\\u0000)"
 
 
 def _field(at: _At | None, where: str) -> str:

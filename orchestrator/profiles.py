@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import Text, func, literal, literal_column, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -18,6 +18,16 @@ async def load_traits(conn: AsyncConnection, user_id: str) -> dict[str, Any]:
     return dict(traits or {})
 
 
+# A profile is read on every routed event and every message: it stays small. (Each
+# message is at most 32 KB; without a bound, many would pile up in one profile.)
+MAX_TRAITS = 500
+MAX_PROFILE_BYTES = 256 * 1024
+
+
+class ProfileTooLarge(ValueError):
+    """The traits would make the profile larger than a profile may be; nothing changed."""
+
+
 async def merge_traits(
     conn: AsyncConnection,
     user_id: str,
@@ -25,15 +35,28 @@ async def merge_traits(
     set: Mapping[str, Any],
     unset: Sequence[str] = (),
 ) -> None:
-    """Set traits (later values win) and remove others, creating the profile if new."""
+    """Set traits (later values win) and remove others, creating the profile if new;
+    ProfileTooLarge (the caller's transaction then stores nothing) past the bounds."""
     merged = profiles.c.traits.op("||")(literal(dict(set), JSONB))
     for key in unset:
         merged = merged.op("-")(literal(key))
-    await conn.execute(
-        insert(profiles)
-        .values(user_id=user_id, traits=dict(set))
-        .on_conflict_do_update(
-            index_elements=[profiles.c.user_id],
-            set_={"traits": merged, "updated_at": func.now()},
+    traits = profiles.c.traits
+    size = (
+        await conn.execute(
+            insert(profiles)
+            .values(user_id=user_id, traits=dict(set))
+            .on_conflict_do_update(
+                index_elements=[profiles.c.user_id],
+                set_={"traits": merged, "updated_at": func.now()},
+            )
+            .returning(
+                literal_column("(SELECT count(*) FROM jsonb_object_keys(profiles.traits))"),
+                func.octet_length(traits.cast(Text)),
+            )
         )
-    )
+    ).one()
+    if size[0] > MAX_TRAITS or size[1] > MAX_PROFILE_BYTES:
+        raise ProfileTooLarge(
+            f"user {user_id!r}'s profile would hold {size[0]} traits in {size[1]} bytes; "
+            f"a profile holds at most {MAX_TRAITS} traits and {MAX_PROFILE_BYTES} bytes"
+        )

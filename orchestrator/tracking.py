@@ -24,10 +24,6 @@ MessageType = Literal["track", "identify", "page", "screen", "alias", "group"]
 # A device clock this far ahead is wrong: the event gets the time we received it, and
 # the time it claimed is kept as `context.originalTimestamp`.
 MAX_AHEAD = timedelta(hours=24)
-# The message ids of events the product makes itself (receipts, unsubscribe links, inbox
-# reads, alerts: see `receipts`, `reports.alerts`); a source sending one first would
-# void the real event.
-INTERNAL_ID_PREFIXES = ("receipt:", "unsubscribe:", "read:", "alert:")
 
 
 class BadInput(Exception):
@@ -57,15 +53,6 @@ class TrackingMessage(BaseModel):
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     timestamp: Instant | None = None
-
-    @field_validator("message_id")
-    @classmethod
-    def _not_internal(cls, value: str | None) -> str | None:
-        if value is not None and value.startswith(INTERNAL_ID_PREFIXES):
-            raise ValueError(
-                f"ids starting {', '.join(INTERNAL_ID_PREFIXES)} are the product's own"
-            )
-        return value
 
     @field_validator("user_id", "anonymous_id", "previous_id", "group_id", mode="before")
     @classmethod

@@ -32,7 +32,7 @@ from pydantic import (
 from channels.signing import secret_key
 from channels.templates import Template
 from channels.unsubscribe import UnsubscribeLinks
-from orchestrator.access.credentials import ApiKey, UserTokens, origins
+from orchestrator.access.credentials import ApiKey, RateLimitConfig, UserTokens, origins
 from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.settings import EXAMPLE_WORKSPACE
 from orchestrator.sources import InvalidSource, Problem, Source, load
@@ -56,11 +56,6 @@ def _check_secret(value: str) -> str:
 
 
 SigningSecret = Annotated[str, AfterValidator(_check_secret)]
-
-
-class RateLimitConfig(_Config):
-    per_second: float = Field(gt=0, description="Average requests per second to the provider")
-    burst: int = Field(default=1, ge=1, description="Requests allowed at once")
 
 
 class ChannelEndpoint(_Config):
@@ -175,6 +170,11 @@ class WriteKey(_Config):
         default_factory=_default_ingestion_limit,
         description="Requests per second this key may make to each API process; beyond it "
         "the answer is 429 with Retry-After",
+    )
+    client_rate_limit: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(per_second=50, burst=200),
+        description="A public key's requests per second from one address (a server-side "
+        "source has only `rate_limit`)",
     )
 
     @field_validator("allowed_origins")

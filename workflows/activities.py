@@ -270,7 +270,10 @@ class JourneyActivities:
             values = render(update.set, update.context)
         except RenderError as exc:
             raise _failure(exc) from exc
-        await self.store.update_traits(update.user_id, set=values, unset=update.unset)
+        try:
+            await self.store.update_traits(update.user_id, set=values, unset=update.unset)
+        except ValueError as exc:  # the store refuses the values (a profile grown too large)
+            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
 
     @activity.defn(name="call_webhook")
     async def call_webhook(self, call: WebhookInput) -> WebhookResult:

@@ -40,6 +40,13 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RateLimitConfig(_Config):
+    """A token bucket: requests per second on average, and how many at once."""
+
+    per_second: float = Field(gt=0, description="Average requests per second")
+    burst: int = Field(default=1, ge=1, description="Requests allowed at once")
+
+
 def _matches(presented: str, secrets: tuple[str | None, ...]) -> bool:
     # Compare with every secret, in constant time, so timing tells nothing about which.
     given = presented.encode()
@@ -77,6 +84,10 @@ class UserTokens(_Config):
     )
     allowed_origins: list[str] = Field(
         default_factory=list, description="Web pages that may call the API with a user token"
+    )
+    rate_limit: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(per_second=10, burst=50),
+        description="One user's calls per second with their tokens, per API process",
     )
 
     @field_validator("allowed_origins")

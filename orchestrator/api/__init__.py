@@ -36,7 +36,7 @@ from orchestrator.api import (
     tracking,
 )
 from orchestrator.api.cors import Cors
-from orchestrator.api.limits import SourceLimits
+from orchestrator.api.limits import Limits
 from orchestrator.reports import alerts
 from orchestrator.reports import api as reports_api
 from orchestrator.services import Services
@@ -84,7 +84,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.services = services
-    app.state.limits = SourceLimits(services.config.sources)
+    app.state.limits = Limits(services.config)
     for module in (tracking, arbitration, journeys, receipts, inbox, ranking, catalog, audit,
                    health, reports_api):  # fmt: skip
         app.include_router(module.router)

@@ -202,6 +202,9 @@ def own_user_or_key(scope: Scope) -> Dependency:
         if caller.kind == "user_token":
             if caller.name != request.path_params.get("user_id"):
                 raise forbidden("this user token is for another user")
+            if wait := request.app.state.limits.user(caller.name):
+                raise HTTPException(429, "too many calls for this user: wait and try again",
+                                    headers={"Retry-After": str(wait)})  # fmt: skip
         else:
             _scoped(caller, scope)
         return caller

@@ -59,8 +59,8 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 class GuardedRoute(APIRoute):
     """Refuses a request without a credential it recognises (unless the route is public,
-    `security: []`), then NUL characters in the path and query and repeated query
-    parameters, then checks a JSON body (size, syntax, depth, NUL) before FastAPI parses
+    `security: []`), then NUL characters in the path and query, repeated and unknown
+    query parameters, then checks a JSON body (size, syntax, depth, NUL) before FastAPI parses
     and validates it. Routes with a JSON body take server API keys only, so nobody else
     gets as far as having a body parsed. Scopes are the routes' own dependencies'."""
 
@@ -72,6 +72,7 @@ class GuardedRoute(APIRoute):
         takes_body = self.body_field is not None
         public = (self.openapi_extra or {}).get("security") == []
         check_credentials = self.credentials_first and not public
+        known = _query_names(self.dependant)
 
         async def guarded(request: Request) -> Response:
             if check_credentials and (refused := _unrecognised(request, takes_body)):
@@ -81,9 +82,14 @@ class GuardedRoute(APIRoute):
                 if "\x00" in name or "\x00" in str(value):
                     return refusal(400, "must not contain a NUL character", name)
             counts = Counter(name for name, _ in query)
-            if repeated := next((n for n, times in counts.items() if times > 1), None):
+            if (repeated := next((n for n, t in counts.items() if t > 1), None)) is not None:
                 # Every parameter we take is one value: which one would be meant?
-                return refusal(400, "is given more than once", repeated)
+                return refusal(400, f"query parameter {repeated!r} is given more than once",
+                               repeated)  # fmt: skip
+            if (unknown := next((n for n in counts if n not in known), None)) is not None:
+                # A misspelt filter would otherwise be ignored, and the answer misread.
+                message = "is not a parameter of this route" if unknown else "has no name"
+                return refusal(400, f"query parameter {unknown!r} {message}", unknown)
             if not takes_body:
                 return await handler(request)
             body = await read_body(request, MAX_JSON_BODY)
@@ -100,6 +106,14 @@ class GuardedRoute(APIRoute):
             return await handler(_ReadRequest(request.scope, _replay(body, request), body))
 
         return guarded
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters a route (its dependencies included) takes."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
 
 
 def _unrecognised(request: Request, takes_body: bool) -> Response | None:

@@ -15,10 +15,12 @@ import orjson
 from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse
 
+from channels.base import ADDRESSES
 from orchestrator.api.auth import WRITE_KEY, BadCredentials, identify
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute, read_body
-from orchestrator.api.limits import SourceLimits
+from orchestrator.api.limits import Limits
+from orchestrator.profiles import ProfileTooLarge
 from orchestrator.receipts import EVENTS
 from orchestrator.services import Services
 from orchestrator.tracking import BadInput, Incoming, TrackingMessage, parse_request
@@ -126,29 +128,38 @@ def _source(request: Request, services: Services) -> WriteKey | None:
 
 
 def _public_may_send(batch: list[Incoming], services: Services, *, batched: bool) -> None:
-    """A public key may not speak for the product or the channel systems: receipt events
-    and events that change consent or suppressions come from server-side sources only."""
-    suppression = services.policy.suppression
-    reserved = {*RECEIPT_EVENTS, *services.policy.consent.unsubscribe_events,
+    """A public key may not speak for the product or the channel systems, nor decide who
+    gets messages: receipt events, events that change consent or suppressions, and the
+    traits that say where messages go or whether they may (consent, do-not-contact,
+    email address, device tokens) come from server-side sources only."""
+    policy = services.policy
+    suppression = policy.suppression
+    reserved = {*RECEIPT_EVENTS, *policy.consent.unsubscribe_events,
                 *suppression.bounce_events, *suppression.complaint_events}  # fmt: skip
+    protected = {policy.consent.trait, suppression.do_not_contact_trait, *ADDRESSES,
+                 *(trait for trait in policy.reachability.values() if trait)}  # fmt: skip
     for i, item in enumerate(batch):
+        at = f"batch[{i}]." if batched else ""
         if item.type == "track" and item.event in reserved:
-            field = f"batch[{i}].event" if batched else "event"
-            raise Refused(403, f"only a server-side source may send {item.event!r}", field)
+            raise Refused(403, f"only a server-side source may send {item.event!r}", f"{at}event")
+        if item.type != "group" and (taken := sorted(protected & item.traits.keys())):
+            message = f"only a server-side source may set the trait {taken[0]!r}"
+            raise Refused(403, message, f"{at}traits.{taken[0]}")
 
 
-def _admit(limits: SourceLimits, source: WriteKey) -> None:
-    if wait := limits.retry_after(source):
+def _admit(limits: Limits, source: WriteKey, request: Request) -> None:
+    client = request.client.host if request.client else None
+    if wait := limits.source(source, client):
         raise Refused(429, f"source {source.name!r} is over its rate limit", retry_after=wait)
 
 
 async def _ingest(request: Request, services: Services, implied_type: str | None) -> JSONResponse:
     settings = services.settings
-    limits: SourceLimits = request.app.state.limits
+    limits: Limits = request.app.state.limits
     try:
         source = _source(request, services)
         if source is not None:
-            _admit(limits, source)
+            _admit(limits, source, request)
         raw = await _read_body(request, settings.max_request_bytes)
         try:
             body = orjson.loads(raw)
@@ -161,7 +172,7 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
             source = services.config.source_for(key)
             if source is None:
                 raise Refused(401, "unknown write key")
-            _admit(limits, source)
+            _admit(limits, source, request)
         now = services.clock()
         batch = parse_request(
             body, implied_type=implied_type, max_event_bytes=settings.max_event_bytes, now=now
@@ -172,7 +183,10 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
         return _error(exc)
     except BadInput as exc:
         return _error(Refused(exc.status, exc.message, exc.field))
-    await services.ingest(batch, source=source.name, now=now)
+    try:
+        await services.ingest(batch, source=source.name, now=now)
+    except ProfileTooLarge as exc:
+        return _error(Refused(400, str(exc), "traits"))
     return JSONResponse({"success": True})
 
 

@@ -97,9 +97,10 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                 running_worker(client, workspace=workspace, engine=engine,
                                task_queue=settings.task_queue),
             ):  # fmt: skip
-                _banner(
-                    api_url, temporal, sink_url, database_url, workspace.config.sources[0].write_key
-                )
+                # A backend's key: an identify with an email address is a server's to send.
+                sources = workspace.config.sources
+                key = next((s for s in sources if s.server_side), sources[0]).write_key
+                _banner(api_url, temporal, sink_url, database_url, key)
                 for item in deployed:
                     say(f"  journey {item.key:<24} v{item.version:<3} {item.change}")
                 say("\nready; Ctrl-C stops everything\n")

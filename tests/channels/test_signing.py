@@ -33,6 +33,7 @@ def test_rotation_signs_with_both_secrets() -> None:
         ({"webhook-signature": None}, "missing"),
         ({"webhook-timestamp": "soon"}, "not an integer"),
         ({"webhook-timestamp": "1" + "0" * 400}, "outside the tolerance"),
+        ({"webhook-id": "w" * 3000}, "longer than 200"),
         ({"webhook-timestamp": "-" + "9" * 400}, "outside the tolerance"),
         ({"webhook-id": "msg_other"}, "no signature matches"),
     ],

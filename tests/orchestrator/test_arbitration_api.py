@@ -145,13 +145,17 @@ async def test_unsubscribe_bounce_and_complaint_events_become_suppressions(
     await stack.track("ada", "message_bounced", {"channel": "push", "type": "soft"})
     await stack.track("ada", "message_bounced", {"channel": "push", "type": "hard"})
     await stack.track("ada", "message_complained", {"channel": "email"})
-    stored = await rows(engine, "SELECT reason, channel, category FROM suppressions "
-                                "WHERE user_id = 'ada' ORDER BY reason")  # fmt: skip
+    # a channel or category no message has stops them all, rather than nothing
+    await stack.track("bob", "Unsubscribed", {"channel": {"x": [1, 2]}, "category": "x" * 3000})
+    stored = await rows(engine, "SELECT user_id, reason, channel, category FROM suppressions "
+                                "ORDER BY user_id, reason")  # fmt: skip
     assert stored == [
-        {"reason": "bounce", "channel": "push", "category": "*"},
-        {"reason": "complaint", "channel": "email", "category": "*"},
-        {"reason": "unsubscribe", "channel": "email", "category": "promotional"},
-    ]
+        {"user_id": "ada", "reason": "bounce", "channel": "push", "category": "*"},
+        {"user_id": "ada", "reason": "complaint", "channel": "email", "category": "*"},
+        {"user_id": "ada", "reason": "unsubscribe", "channel": "email",
+         "category": "promotional"},
+        {"user_id": "bob", "reason": "unsubscribe", "channel": "*", "category": "*"},
+    ]  # fmt: skip
 
 
 async def test_two_journeys_competing_for_one_user(

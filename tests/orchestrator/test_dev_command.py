@@ -14,7 +14,8 @@ import httpx
 from orchestrator.stack.processes import free_port
 
 BIN = Path(sys.executable).parent
-WRITE_KEY = "wk_dev_website_7f3a9c"
+# The example backend's key: it may set email addresses (a public key may not).
+WRITE_KEY = "wk_dev_backend_c04b6d"
 # The example's backend key (examples/retail/orchestrator.yaml), for per-user reads.
 EXAMPLE_SERVER_KEY = "sk_dev_crm_backend_5b0e7c2f9a41d6e3"
 

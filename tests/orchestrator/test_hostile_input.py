@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import StackFactory
@@ -120,10 +121,12 @@ async def test_a_timestamp_far_in_the_future_becomes_the_receive_time(
         ("POST", "/v1/rank", {"content": b'{"user_id": "ada", "slot": "s"', }, ""),
         ("GET", "/v1/audit", {"params": {"since": "2026-01-01T00:00:00+23:59"}}, "since"),
         ("GET", "/v1/users/ada/decisions", {"params": [("limit", "1"), ("limit", "2")]}, "limit"),
+        ("GET", "/v1/users/ada/decisions", {"params": {"limt": "5"}}, "limt"),
+        ("GET", "/v1/audit?=", {}, ""),
     ],
     ids=["negative-limit", "text-limit", "nul-query", "nul-path", "nul-path-inbox",
          "nul-catalogue", "deep-catalogue", "script-url", "nul-arbitrate", "bad-json",
-         "offset-query", "repeated-query"],
+         "offset-query", "repeated-query", "unknown-query", "nameless-query"],
 )  # fmt: skip
 async def test_management_routes_refuse_with_the_field(
     stack: Stack, engine: AsyncEngine, method: str, path: str, options: dict[str, Any], field: str
@@ -164,19 +167,44 @@ async def test_a_public_source_cannot_speak_for_receipts_or_consent(
         assert (forged.status_code, forged.json()["field"]) == (403, "event"), event
     in_batch = await stack.send("/v1/batch", {"batch": [track(), track(event="unsubscribed")]})
     assert (in_batch.status_code, in_batch.json()["field"]) == (403, "batch[1].event")
+    # nor set the traits that decide where messages go, or whether they may
+    protected = [
+        ("do_not_contact", True),
+        ("consent", {"email": False}),
+        ("email", "attacker@evil.example"),
+        ("device_tokens", ["mine"]),
+    ]
+    for trait, value in protected:
+        body = {"userId": "victim", "traits": {"plan": "pro", trait: value}}
+        refused = await stack.send("/v1/identify", body)
+        assert (refused.status_code, refused.json()["field"]) == (403, f"traits.{trait}")
+        in_context = track(userId="victim", context={"traits": {trait: value}})
+        via_context = await stack.send("/v1/track", in_context)
+        assert via_context.status_code == 403
     assert await count(engine, "events") == 0
     assert await count(engine, "suppressions") == 0
+    assert await count(engine, "profiles") == 0
     # what a public source may send still goes in
     assert (await stack.send("/v1/track", track(userId="victim"))).status_code == 200
 
 
-async def test_the_products_own_event_ids_cannot_be_taken(
-    stack: Stack, engine: AsyncEngine
-) -> None:
-    for taken in ("unsubscribe:msg-1", "read:msg-1", "receipt:email:wh-1"):
-        response = await stack.send("/v1/track", track(messageId=taken))
-        assert (response.status_code, response.json()["field"]) == (400, "messageId"), taken
-    assert await count(engine, "events") == 0
+async def test_message_ids_are_each_sources_own(stack: Stack, engine: AsyncEngine) -> None:
+    # the product's own ids (a one-click unsubscribe's) and another source's are apart
+    first = await stack.send("/v1/track", track(messageId="unsubscribe:msg-1", event="E"))
+    assert first.status_code == 200
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO events (message_id, source, type, event, user_id, timestamp,"
+                " received_at, routed_at) VALUES ('other/m-2', 'other', 'track', 'E', 'ada',"
+                " now(), now(), now())"
+            )
+        )
+    second = await stack.send("/v1/track", track(messageId="m-2", event="E"))
+    assert second.status_code == 200
+    stored = await rows(engine, "SELECT message_id FROM events ORDER BY message_id")
+    assert [r["message_id"] for r in stored] == ["other/m-2", "tests/m-2",
+                                                  "tests/unsubscribe:msg-1"]  # fmt: skip
 
 
 async def test_a_group_calls_traits_stay_off_the_users_profile(

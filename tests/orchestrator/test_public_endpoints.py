@@ -152,3 +152,46 @@ async def test_the_preflight_a_browser_sends(browser_stack: Any) -> None:
         headers={"origin": other.rstrip("/")},
     )  # fmt: skip
     assert "access-control-allow-origin" not in plain.headers
+
+
+async def test_one_sender_cannot_spend_a_public_keys_budget(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack(
+        {"welcome": WELCOME},
+        workspace={"public_source": True, "source": "client_rate_limit: {per_second: 1, burst: 3}"},
+    )
+
+    async def send(n: int, client: str) -> int:
+        response = await stack.http.post(
+            f"{stack.api_url}/v1/track",
+            json=event(n),
+            auth=(WRITE_KEY, ""),
+            headers={"x-forwarded-for": client},  # as a proxy in front of the API says
+        )
+        return response.status_code
+
+    flood = [await send(n, "203.0.113.9") for n in range(10)]
+    assert flood.count(200) <= 4
+    assert flood.count(429) >= 6
+    # a visitor elsewhere is not held back by the flood
+    assert await send(100, "198.51.100.7") == 200
+    assert await count(engine, "events") == flood.count(200) + 1
+
+
+async def test_one_users_token_is_rate_limited(make_stack: StackFactory) -> None:
+    credentials = CREDENTIALS.replace(
+        "user_tokens:\n", "user_tokens:\n  rate_limit: {per_second: 1, burst: 2}\n"
+    )
+    stack = await make_stack({"welcome": WELCOME}, workspace={"credentials": credentials})
+    token = user_token("ada")
+    answers = [(await stack.call("GET", "/v1/users/ada/inbox", key=token)) for _ in range(6)]
+    statuses = [a.status_code for a in answers]
+    assert statuses[:2] == [200, 200]
+    assert 429 in statuses
+    limited = answers[statuses.index(429)]
+    assert int(limited.headers["retry-after"]) >= 1
+    # another user's app is not held back
+    assert (
+        await stack.call("GET", "/v1/users/bob/inbox", key=user_token("bob"))
+    ).status_code == 200
