@@ -1,4 +1,5 @@
-"""`orchestrator experiments evaluate-policy`: another allocation, judged on the logs."""
+"""`orchestrator experiments plan | evaluate-policy | end`: how many users an experiment
+needs, another allocation judged on the logs, and archiving an experiment's results."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import typer
 from orchestrator.cli_settings import database_url
 
 app = typer.Typer(
-    help="Experiments: judging other allocations on their logs, ending them.",
+    help="Experiments: planning their size, judging other allocations on their logs, ending them.",
     no_args_is_help=True,
 )
 
@@ -20,6 +21,27 @@ LABELS = {"ips": "IPS", "snips": "SNIPS", "doubly_robust": "doubly robust"}
 
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+@app.command("plan")
+def plan(
+    rate: Annotated[float, typer.Option(help="The conversion rate now: 0.05 for 5%")],
+    lift: Annotated[float, typer.Option(help="The relative lift to find: 0.1 for +10%")],
+    arms: Annotated[int, typer.Option(min=2, help="Arms, the control included")] = 2,
+) -> None:
+    """Users an experiment needs to find a lift in conversion (two-sided test at 95%
+    confidence, found 80% of the time), as its report's power section counts them."""
+    from orchestrator.reports.power import POWER, users_per_arm_for_rate
+
+    if not 0 < rate < 1:
+        raise typer.BadParameter("must be between 0 and 1 (0.05 for 5%)", param_hint="--rate")
+    needed = users_per_arm_for_rate(rate, lift)
+    if needed is None:
+        raise typer.BadParameter(f"{rate} x (1 + lift) must be another rate between 0 and 1",
+                                 param_hint="--lift")  # fmt: skip
+    typer.echo(f"{needed:,} users per arm, {needed * arms:,} in all, to find {rate:.2%} -> "
+               f"{rate * (1 + lift):.2%} ({lift:+.0%}) {POWER:.0%} of the time at 95% "
+               "confidence, read once at that size")  # fmt: skip
 
 
 @app.command("evaluate-policy")

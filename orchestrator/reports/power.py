@@ -24,6 +24,8 @@ from orchestrator.reports.estimates import (
 )
 
 POWER = 0.8
+# The relative lifts in conversion a report says the users needed for.
+PLANNED_LIFTS = (0.05, 0.10, 0.20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +111,23 @@ def users_per_arm_for_mean(
         return None
     z = critical_z(1 - alpha) + float(special.ndtri(power))
     return math.ceil(2 * z * z * baseline_sd * baseline_sd / (delta * delta))
+
+
+@dataclass(frozen=True, slots=True)
+class UsersNeeded:
+    relative_lift: float  # of the conversion rate, 0.1 for +10%
+    users_per_arm: int | None  # None when the control's rate is undefined, 0, or too high
+
+
+def users_needed(
+    control: ArmTotals, *, lifts: tuple[float, ...] = PLANNED_LIFTS,
+    alpha: float = 1 - CONFIDENCE, power: float = POWER,
+) -> tuple[UsersNeeded, ...]:  # fmt: skip
+    """Users per arm to detect each relative lift over the control's conversion rate so
+    far: how long an experiment has to run for the effect that matters."""
+    rate = control.conversions / control.users if control.users else None
+    return tuple(
+        UsersNeeded(lift, None if rate is None else
+                    users_per_arm_for_rate(rate, lift, alpha=alpha, power=power))
+        for lift in lifts
+    )  # fmt: skip

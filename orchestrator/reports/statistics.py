@@ -38,7 +38,13 @@ from orchestrator.reports.estimates import (
     finite,
     moments,
 )
-from orchestrator.reports.power import POWER, DetectableEffect, minimum_detectable_effect
+from orchestrator.reports.power import (
+    POWER,
+    DetectableEffect,
+    UsersNeeded,
+    minimum_detectable_effect,
+    users_needed,
+)
 
 SRM_THRESHOLD = 0.001
 
@@ -227,7 +233,8 @@ def sequential_test(
     se = √(s₁²/n₁ + s₀²/n₀), the fixed-horizon standard error. rho comes from
     `sequence_rho(planning_users)`, where `planning_users` is the two arms' users
     together at the look that matters most (the planned end). The guarantee is
-    asymptotic: it holds as users grow, not with a handful per arm."""
+    asymptotic: it holds as users grow, not with a handful per arm. For conversion the
+    interval is cut to [-1, 1], where a difference of rates lies (which keeps coverage)."""
     rho = sequence_rho(planning_users, confidence=confidence)
     n1, m1, v1 = moments(treatment, metric)
     n0, m0, v0 = moments(control, metric)
@@ -235,7 +242,10 @@ def sequential_test(
         return SequentialTest(Estimate(None), False, planning_users, rho)
     d = m1 - m0
     half = math.sqrt(v1 / n1 + v0 / n0) * sequence_multiplier(n1 + n0, rho, confidence=confidence)
-    interval = Estimate.of(d, d - half, d + half)
+    low, high = d - half, d + half
+    if metric == "conversion":  # a difference of rates lies in [-1, 1]: clipping keeps coverage
+        low, high = max(-1.0, low), min(1.0, high)
+    interval = Estimate.of(d, low, high)
     significant = (
         interval.low is not None
         and interval.high is not None
@@ -342,6 +352,7 @@ class ExperimentReport:
     arms: tuple[ArmSummary, ...]
     comparisons: tuple[Comparison, ...]
     sample_ratio: SampleRatioCheck | None  # None without configured shares
+    users_needed: tuple[UsersNeeded, ...] = ()  # per arm, for lifts over the control's rate
 
 
 def analyse(
@@ -383,4 +394,5 @@ def analyse(
     if shares is not None:
         srm = sample_ratio_mismatch([a.users for a in arms], shares, threshold=srm_threshold)
     summaries = tuple(summarise(a, confidence=confidence) for a in arms)
-    return ExperimentReport(control, summaries, comparisons, srm)
+    needed = users_needed(base, alpha=1 - confidence, power=power)
+    return ExperimentReport(control, summaries, comparisons, srm, needed)

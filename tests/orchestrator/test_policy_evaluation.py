@@ -395,3 +395,20 @@ async def test_a_sends_template_variants_are_judged_by_clicks_on_their_own_messa
     ]  # fmt: skip
     # copy_b's clickers are users 1 and 3, each drawn with a chance of 0.8
     assert found.report.ips.value == pytest.approx(2 / 0.8 / 8)
+
+
+def test_plan_says_how_many_users_an_experiment_needs() -> None:
+    from orchestrator.reports.power import users_per_arm_for_rate
+
+    result = CliRunner().invoke(app, ["experiments", "plan", "--rate", "0.05", "--lift", "0.1",
+                                      "--arms", "3"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    per_arm = users_per_arm_for_rate(0.05, 0.1)
+    assert per_arm is not None
+    assert result.stdout.startswith(f"{per_arm:,} users per arm, {3 * per_arm:,} in all")
+    for bad in (["--rate", "5", "--lift", "0.1"], ["--rate", "0.05", "--lift", "0"],
+                ["--rate", "0.6", "--lift", "1"], ["--rate", "0.05", "--lift", "0.1",
+                                                   "--arms", "1"]):  # fmt: skip
+        refused = CliRunner().invoke(app, ["experiments", "plan", *bad])
+        assert refused.exit_code == 2, (bad, refused.output)
+        assert "Invalid value" in refused.output

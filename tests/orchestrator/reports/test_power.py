@@ -12,6 +12,7 @@ from scipy import stats  # type: ignore[import-untyped]
 from orchestrator.reports.estimates import ArmTotals
 from orchestrator.reports.power import (
     minimum_detectable_effect,
+    users_needed,
     users_per_arm_for_mean,
     users_per_arm_for_rate,
 )
@@ -70,3 +71,15 @@ def test_minimum_detectable_effect_for_revenue_and_edges() -> None:
     assert nothing.relative is None
     flat = minimum_detectable_effect(arm(100, 0), treatment_users=100, metric="revenue")
     assert flat.absolute is None
+
+
+def test_users_needed_for_lifts_over_the_controls_rate() -> None:
+    control = ArmTotals("control", 1000, 50)
+    needed = users_needed(control, lifts=(0.1, 1.0))
+    assert [n.relative_lift for n in needed] == [0.1, 1.0]
+    assert [n.users_per_arm for n in needed] == [
+        users_per_arm_for_rate(0.05, 0.1),
+        435,  # 5% to 10%, as in Fleiss's table
+    ]
+    assert users_needed(ArmTotals("control", 0, 0))[0].users_per_arm is None
+    assert users_needed(ArmTotals("control", 100, 0))[0].users_per_arm is None  # 0% stays 0%

@@ -251,6 +251,17 @@ def test_sequential_interval_is_the_papers_boundary() -> None:
     assert got.difference.low < fixed.low
 
 
+def test_sequential_interval_of_rates_stays_within_one_hundred_points() -> None:
+    """Few users make the confidence sequence wide; a difference of rates cannot leave
+    [-1, 1], so neither does its interval."""
+    got = sequential_test(arm(13, 13, "b"), arm(19, 8, "a"), metric="conversion",
+                          planning_users=10_000)  # fmt: skip
+    assert got.difference.value == pytest.approx(13 / 13 - 8 / 19)
+    assert got.difference.low is not None
+    assert got.difference.low >= -1.0
+    assert got.difference.high == 1.0
+
+
 def test_looking_every_day_does_not_inflate_false_positives() -> None:
     """A/A tests looked at 20 times: the confidence sequence keeps its promise, the
     repeated fixed-horizon test does not."""
