@@ -13,7 +13,7 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.reports import service
-from orchestrator.reports.estimates import Estimate
+from orchestrator.reports.formats import amount, p_value, points, rate, relative, with_interval
 
 app = typer.Typer(help="What journeys and their experiments did, with the statistics.",
                   no_args_is_help=True)  # fmt: skip
@@ -122,8 +122,9 @@ def workspace(as_json: Json = False) -> None:
     else:
         for line in experiment_lines(report.global_control):
             typer.echo(line)
-        typer.echo(f"incremental conversions: {_estimate(report.incremental_conversions)}")
-        typer.echo(f"incremental revenue: {_estimate(report.incremental_revenue)}")
+        conversions = with_interval(report.incremental_conversions, amount)
+        typer.echo(f"incremental conversions: {conversions}")
+        typer.echo(f"incremental revenue: {with_interval(report.incremental_revenue, amount)}")
     typer.echo("\njourney                    users  converted")
     for headline in report.journeys:
         typer.echo(f"  {headline.key:<24} {headline.users:>6} {headline.converted:>10}")
@@ -138,7 +139,8 @@ def experiment_lines(result: service.ExperimentResult) -> list[str]:
     if result.bandit is not None:
         lines.append("  a bandit: each arm's rate had everyone got it, by inverse propensity")
         for drawn in result.bandit:
-            lines.append(f"  {drawn.arm:<16} {drawn.users:>6} users  {_rate(drawn.hajek)}")
+            estimate = with_interval(drawn.hajek, rate)
+            lines.append(f"  {drawn.arm:<16} {drawn.users:>6} users  {estimate}")
         if result.users_without_propensity:
             lines.append(f"  ({result.users_without_propensity} users logged without a "
                          "propensity are left out)")  # fmt: skip
@@ -150,58 +152,26 @@ def experiment_lines(result: service.ExperimentResult) -> list[str]:
     if srm is not None and srm.p_value is not None:
         verdict = "MISMATCH: the split is not what was configured; distrust what follows" if (
             srm.mismatch) else "as configured"  # fmt: skip
-        lines.append(f"  sample ratio: {verdict} (p = {srm.p_value:.3g})")
+        lines.append(f"  sample ratio: {verdict} (p = {p_value(srm.p_value)})")
     for arm in analysis.arms:
-        rate, revenue = _rate(arm.conversion_rate), _estimate(arm.revenue_per_user)
-        lines.append(f"  {arm.arm:<16} {arm.conversions}/{arm.users} converted  {rate}  "
-                     f"revenue/user {revenue}")  # fmt: skip
+        lines.append(f"  {arm.arm:<16} {arm.conversions}/{arm.users} converted  "
+                     f"{with_interval(arm.conversion_rate, rate)}  "
+                     f"revenue/user {with_interval(arm.revenue_per_user, amount)}")  # fmt: skip
     for c in analysis.comparisons:
         lift = c.conversion
         sequential = lift.sequential
         verdict = "significant" if sequential.significant else "not significant yet"
-        lines.append(f"  {c.arm} vs {c.control}: {_points(lift.absolute)}, relative "
-                     f"{_percent(lift.relative)}, p = {_p(lift.p_value)}")  # fmt: skip
-        lines.append(f"    always valid (look any day): {_points(sequential.difference)}: "
-                     f"{verdict}")  # fmt: skip
+        fixed = with_interval(lift.absolute, points, " points")
+        lift_shown = with_interval(lift.relative, relative)
+        lines.append(f"  {c.arm} vs {c.control}: {fixed}, relative {lift_shown}, "
+                     f"p = {p_value(lift.p_value)}")  # fmt: skip
+        always = with_interval(sequential.difference, points, " points")
+        lines.append(f"    always valid (look any day): {always}: {verdict}")
         detectable = lift.minimum_detectable.absolute
         if detectable is not None:
-            lines.append(f"    detectable now: {100 * detectable:+.1f} points")
+            lines.append(f"    detectable now: {points(detectable)} points")
+    needed = [f"{relative(n.relative_lift)}: {n.users_per_arm:,}" for n in analysis.users_needed
+              if n.users_per_arm is not None]  # fmt: skip
+    if needed:
+        lines.append(f"  users per arm to find a lift over {result.control}: {', '.join(needed)}")
     return lines
-
-
-def _p(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
-
-
-def _rate(estimate: Estimate) -> str:
-    if estimate.value is None:
-        return "-"
-    if estimate.low is None or estimate.high is None:
-        return f"{100 * estimate.value:.1f}%"
-    return f"{100 * estimate.value:.1f}% ({100 * estimate.low:.1f} to {100 * estimate.high:.1f})"
-
-
-def _points(estimate: Estimate) -> str:
-    if estimate.value is None:
-        return "-"
-    shown = f"{100 * estimate.value:+.1f} points"
-    if estimate.low is not None and estimate.high is not None:
-        shown += f" ({100 * estimate.low:+.1f} to {100 * estimate.high:+.1f})"
-    return shown
-
-
-def _percent(estimate: Estimate) -> str:
-    if estimate.value is None:
-        return "-"
-    shown = f"{100 * estimate.value:+.0f}%"
-    if estimate.low is not None and estimate.high is not None:
-        shown += f" ({100 * estimate.low:+.0f}% to {100 * estimate.high:+.0f}%)"
-    return shown
-
-
-def _estimate(estimate: Estimate | None) -> str:
-    if estimate is None or estimate.value is None:
-        return "-"
-    if estimate.low is None or estimate.high is None:
-        return f"{estimate.value:.2f}"
-    return f"{estimate.value:.2f} ({estimate.low:.2f} to {estimate.high:.2f})"

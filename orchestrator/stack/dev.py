@@ -100,7 +100,10 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                 # A backend's key: an identify with an email address is a server's to send.
                 sources = workspace.config.sources
                 key = next((s for s in sources if s.server_side), sources[0]).write_key
-                _banner(api_url, temporal, sink_url, database_url, key)
+                reader = next((k for k in workspace.config.api_keys if k.allows("reports:read")),
+                              None)  # fmt: skip
+                _banner(api_url, temporal, sink_url, database_url, key,
+                        reader.secret if reader else None)  # fmt: skip
                 for item in deployed:
                     say(f"  journey {item.key:<24} v{item.version:<3} {item.change}")
                 say("\nready; Ctrl-C stops everything\n")
@@ -140,13 +143,20 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def _banner(
-    api_url: str, temporal: TemporalDevServer, sink_url: str, database_url: str, write_key: str
+    api_url: str,
+    temporal: TemporalDevServer,
+    sink_url: str,
+    database_url: str,
+    write_key: str,
+    report_key: str | None,
 ) -> None:
     namespace_ui = f"{temporal.ui_url}/namespaces/default/workflows"
+    reports = f"  (password {report_key}, any user name)" if report_key else ""
     say(
         "\n"
         f"  API            {api_url}\n"
         f"  OpenAPI docs   {api_url}/docs\n"
+        f"  Reports        {api_url}/reports/{reports}\n"
         f"  Temporal UI    {namespace_ui}\n"
         f"  Temporal gRPC  {temporal.address}\n"
         f"  Webhook sink   {sink_url}  (messages are printed below)\n"

@@ -149,6 +149,12 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
             assert ui.status_code == 200
             docs = await http.get(f"{api}/docs")
             assert docs.status_code == 200
+            # the report pages open with the password the banner prints
+            [reports] = [line.split() for line in dev.lines if line.strip().startswith("Reports ")]
+            assert reports[1] == f"{api}/reports/"
+            page = await http.get(reports[1], auth=("anyone", reports[3].rstrip(",")))
+            assert page.status_code == 200
+            assert "welcome_series" in page.text
         assert processes_using(state)  # postgres and temporal are running
     finally:
         code = await dev.stop(signal.SIGINT)
