@@ -302,7 +302,11 @@ class Router:
                 await conn.execute(
                     update(enrollments)
                     .where(enrollments.c.id == row.id, enrollments.c.converted_at.is_(None))
-                    .values(converted_at=now, conversion_value=revenue(event.properties))
+                    .values(
+                        converted_at=now,
+                        conversion_value=revenue(event.properties),
+                        conversion_event_id=event.id,
+                    )
                 )
         signal = as_signal(event)
         for row in rows:

@@ -105,10 +105,25 @@ enrollments = Table(
     Column("end_reason", Text),
     Column("current_step", Text),
     Column("converted_at", DateTime(timezone=True)),
-    # The goal event's `revenue` (or `value`), when it carried one.
+    # The goal event's `revenue` (or `value`), when it carried one, and the event (one
+    # event converts every enrollment waiting for it: revenue counts it once).
     Column("conversion_value", Float),
+    Column("conversion_event_id", BigInteger),
     UniqueConstraint("journey_key", "trigger_message_id", name="enrollments_trigger_key"),
     Index("enrollments_user_idx", "journey_key", "user_id", "entered_at"),
+    # Reports and alerts: a user's conversions, the last day's entries and conversions.
+    Index(
+        "enrollments_converted_user_idx",
+        "user_id",
+        "id",
+        postgresql_where=text("converted_at IS NOT NULL"),
+    ),
+    Index(
+        "enrollments_converted_at_idx",
+        "converted_at",
+        postgresql_where=text("converted_at IS NOT NULL"),
+    ),
+    Index("enrollments_entered_at_idx", "entered_at"),
     # At most one user-journey in flight: two racing triggers cannot both enter.
     Index(
         "enrollments_one_active",
@@ -165,6 +180,7 @@ messages = Table(
     Column("complained_at", DateTime(timezone=True)),
     Column("unsubscribed_at", DateTime(timezone=True)),
     Index("messages_user_idx", "user_id", "created_at"),
+    Index("messages_created_at_idx", "created_at"),  # alerts: the last hour's messages
 )
 
 # Receipts as the channel systems sent them; the key refuses a replayed webhook-id.

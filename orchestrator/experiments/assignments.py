@@ -87,12 +87,14 @@ def thompson_propensities(
     """The probability that `workflows.assignment.thompson` draws each arm given these
     (trials, successes): the exploration floor's even share, plus the rest times each
     arm's chance of the highest Beta(1 + successes, 1 + failures) draw, estimated by
-    Monte Carlo."""
+    Monte Carlo; never zero."""
     arms = len(stats)
     rng = np.random.default_rng(seed)
     won = np.array([w for _, w in stats], dtype=float)
     lost = np.array([max(0, t - w) for t, w in stats], dtype=float)
     draws = rng.beta(1 + won, 1 + lost, size=(PROPENSITY_DRAWS, arms))
-    best = np.bincount(draws.argmax(axis=1), minlength=arms) / PROPENSITY_DRAWS
+    # One more, imaginary draw shared evenly: an arm the Monte Carlo never saw win still
+    # has a chance above zero (it can be drawn for real, and 1/0 has no weight).
+    best = (np.bincount(draws.argmax(axis=1), minlength=arms) + 1 / arms) / (PROPENSITY_DRAWS + 1)
     floor = min_share * arms
     return [float(min_share + (1 - floor) * share) for share in best]

@@ -9,10 +9,10 @@ estimated from the logged assignments (`orchestrator experiments evaluate-policy
     evaluate_policy  the two together, for the command line
 
 The unit is the user, as in the reports: each assigned user counts once, in the arm of
-their first assignment, with reward 1 if an enrollment of theirs in the journey from
-the assigning one on reached the goal (`goal`), or had a message clicked (`click`; for
-a send's template variants, a message of one of those templates). Users assigned
-before propensities were logged are left out, and counted.
+their first assignment, with reward 1 if the assigning enrollment reached the goal
+(`goal`), or had a message clicked (`click`; for a send's template variants, a message
+of one of those templates). Users assigned before propensities were logged are left
+out, and counted. Which experiment a key names, and its arms, are the reports'.
 
 EvaluationError
 └── an unknown journey, experiment or arm, or a policy that does not parse
@@ -27,9 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orchestrator.reports import service
 from orchestrator.reports.offpolicy import (
     CONFIDENCE,
     RESAMPLES,
@@ -37,11 +38,9 @@ from orchestrator.reports.offpolicy import (
     OffPolicyReport,
     evaluate,
 )
-from orchestrator.tables import journey_versions, journeys
 
 Reward = Literal["goal", "click"]
 Kind = Literal["experiment", "template", "holdout"]
-HOLDOUT_ARMS = ("control", "treatment")
 
 
 class EvaluationError(Exception):
@@ -118,78 +117,35 @@ _ASSIGNED = """
     WHERE a.journey_key = :journey AND a.kind = :kind AND a.experiment_key = :key
     ORDER BY a.id
 """
-# An enrollment of the user in the journey, from the assigning one on.
-_LATER = (
-    "e.journey_key = a.journey_key AND e.user_id = a.user_id"
-    " AND e.id >= coalesce(a.enrollment_id, 0)"
-)
+# The assigning enrollment's outcome, as the reports and the bandit itself count it.
 _OUTCOMES: dict[Reward, str] = {
-    "goal": f"SELECT 1 FROM enrollments AS e WHERE {_LATER} AND e.converted_at IS NOT NULL",
-    "click": f"SELECT 1 FROM messages AS m JOIN enrollments AS e ON e.id = m.enrollment_id"
-    f" WHERE {_LATER} AND m.clicked_at IS NOT NULL"
+    "goal": "SELECT 1 FROM enrollments AS e WHERE e.id = a.enrollment_id"
+    " AND e.converted_at IS NOT NULL",
+    "click": "SELECT 1 FROM messages AS m WHERE m.enrollment_id = a.enrollment_id"
+    " AND m.clicked_at IS NOT NULL"
     " AND (a.kind <> 'template' OR m.template = ANY(CAST(:arms AS text[])))",
 }
-_KINDS = text(
-    "SELECT DISTINCT kind, experiment_key FROM assignments"
-    " WHERE journey_key = :journey AND kind IN ('experiment', 'template', 'holdout')"
-)
-
-
-def _configured(spec: dict[str, Any]) -> dict[str, tuple[Kind, list[str]]]:
-    """The journey's experiments as stored (a deployed spec): key -> kind and arms."""
-    found: dict[str, tuple[Kind, list[str]]] = {}
-    if spec.get("holdout"):
-        found["holdout"] = ("holdout", list(HOLDOUT_ARMS))
-    for step in (spec.get("steps") or {}).values():
-        if not isinstance(step, dict):
-            continue
-        experiment = step.get("experiment")
-        send = step.get("send")
-        if isinstance(experiment, dict):
-            names = [v["name"] for v in experiment.get("variants", [])]
-            found[experiment["key"]] = ("experiment", names)
-        elif isinstance(send, dict) and isinstance(send.get("variants"), dict):
-            variants = send["variants"]
-            found[variants["key"]] = ("template", [send["template"], *variants["templates"]])
-    return found
 
 
 async def load_log(
     conn: AsyncConnection, *, journey: str, experiment: str, reward: Reward
 ) -> ExperimentLog:
     """Every user assigned in the experiment, with the propensity and their outcome."""
-    current = (
-        await conn.execute(
-            select(journey_versions.c.spec)
-            .join(
-                journeys,
-                (journeys.c.key == journey_versions.c.journey_key)
-                & (journeys.c.current_version == journey_versions.c.version),
-            )
-            .where(journeys.c.key == journey)
-        )
-    ).scalar_one_or_none()
-    if current is None:
-        known = (await conn.execute(select(journeys.c.key).order_by(journeys.c.key))).scalars()
-        raise EvaluationError(f"unknown journey {journey!r} (known: {', '.join(known)})")
-    configured = _configured(current)
-    logged = {key: kind for kind, key in await conn.execute(_KINDS, {"journey": journey})}
-    if experiment in configured:
-        kind, arms = configured[experiment]
-    elif experiment in logged:
-        kind, arms = logged[experiment], []
-    else:
-        names = sorted({*configured, *logged})
-        raise EvaluationError(
-            f"journey {journey!r} has no experiment {experiment!r} (known: {', '.join(names)})"
-        )
+    try:
+        spec = await service.journey_spec(conn, journey)
+        kind = await service.kind_of(conn, spec, journey, experiment)
+    except service.UnknownReport as exc:
+        raise EvaluationError(exc.args[0]) from None
+    if kind == "global_control":
+        raise EvaluationError("the global control group has no allocation to change")
+    configured, _, _ = service.design(spec, kind, experiment, (), global_control=0)
     query = text(_ASSIGNED.format(outcome=_OUTCOMES[reward]))
-    params = {"journey": journey, "kind": kind, "key": experiment, "arms": arms}
+    params = {"journey": journey, "kind": kind, "key": experiment, "arms": configured}
     rows = tuple(
         LoggedRow(arm, propensity, mode, 1.0 if won else 0.0)
         for arm, propensity, mode, won in await conn.execute(query, params)
     )
-    arms += [a for a in dict.fromkeys(r.arm for r in rows) if a not in arms]
+    arms, _, _ = service.design(spec, kind, experiment, [r.arm for r in rows], global_control=0)
     return ExperimentLog(journey, experiment, kind, tuple(arms), rows)
 
 
@@ -235,7 +191,7 @@ def estimate(
     propensity for the arm it got; the rest is spread over the other arms as they were
     logged (only the doubly robust estimate reads it)."""
     arms = list(log.arms)
-    used = [r for r in log.rows if r.propensity is not None]
+    used = [r for r in log.rows if r.propensity is not None and r.propensity > 0]
     chosen = np.array([arms.index(r.arm) for r in used], dtype=np.int64)
     propensity = np.array([r.propensity for r in used], dtype=float)
     reward_ = np.array([r.reward for r in used], dtype=float)

@@ -3,14 +3,18 @@
     sample_ratio        an experiment, holdout or the global control group whose split is
                         not what was configured (p < 0.001): its results cannot be trusted
     conversion_drop     a journey's conversions per entry over the last day fell by
-                        `conversion_drop` or more against the 14 days before, and a
-                        binomial test says chance is an unlikely cause (p < 0.01)
+                        `conversion_drop` or more against the 14 days before, and chance
+                        is an unlikely cause (p < 0.01: the two periods' conversions
+                        compared as Poisson counts with their entries as exposure, by
+                        the conditional binomial test)
     delivery_failures   a channel failed more than `delivery_failure_rate` of its messages
                         in the last hour
     ranking_fallback    the popularity baseline filled more than `fallback_share` of the
                         ranked content of the last hour
 
-Rates need at least `MIN_VOLUME` messages or entries. A new alert becomes an `Alert
+Rates need at least `MIN_VOLUME` messages or entries. Each kind is checked on its own
+(a savepoint each): one that fails is logged and its open alerts stay as they are,
+while the others are raised and resolved as usual. A new alert becomes an `Alert
 Raised` event of `alerts.user_id` (a journey can react to it) and, with `alerts.url`,
 a Standard Webhooks-signed POST; when its condition clears, an `Alert Resolved` event.
 The API checks every `alerts.check_every`; with several API processes one checks at a
@@ -20,6 +24,7 @@ time (a Postgres advisory lock).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -48,7 +53,7 @@ _CONVERSIONS = text(
     SELECT journey_key,
         count(*) FILTER (WHERE entered_at >= :since) AS recent_entries,
         count(*) FILTER (WHERE converted_at >= :since) AS recent_conversions,
-        count(*) FILTER (WHERE entered_at < :since) AS entries,
+        count(*) FILTER (WHERE entered_at >= :baseline AND entered_at < :since) AS entries,
         count(*) FILTER (WHERE converted_at >= :baseline AND converted_at < :since) AS conversions
     FROM enrollments WHERE entered_at >= :baseline OR converted_at >= :baseline
     GROUP BY journey_key
@@ -78,64 +83,99 @@ class Finding:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-async def findings(conn: AsyncConnection, services: Services, *, now: datetime) -> list[Finding]:
-    """Every alert condition that holds now."""
+async def findings(
+    conn: AsyncConnection, services: Services, *, now: datetime
+) -> tuple[list[Finding], set[str]]:
+    """Every alert condition that holds now, and the kinds that could be checked."""
     config = services.config.alerts
-    found = await _sample_ratios(conn, services.config.global_control, now=now)
-    day, fortnight, hour = (
-        now - timedelta(days=1),
-        now - timedelta(days=15),
-        now - timedelta(hours=1),
-    )
-    for row in await conn.execute(_CONVERSIONS, {"since": day, "baseline": fortnight}):
+    checks: dict[str, Callable[[], Awaitable[list[Finding]]]] = {
+        "sample_ratio": lambda: _sample_ratios(conn, services.config.global_control, now=now),
+        "conversion_drop": lambda: _conversion_drops(conn, config.conversion_drop, now=now),
+        "delivery_failures": lambda: _delivery_failures(
+            conn, config.delivery_failure_rate, now=now
+        ),
+        "ranking_fallback": lambda: _ranking_fallback(conn, config.fallback_share, now=now),
+    }
+    found: list[Finding] = []
+    checked: set[str] = set()
+    for kind, run in checks.items():
+        try:
+            async with conn.begin_nested():
+                found += await run()
+        except Exception:
+            log.exception("the %s alert check failed; its open alerts stay as they are", kind)
+            continue
+        checked.add(kind)
+    return found, checked
+
+
+async def _conversion_drops(conn: AsyncConnection, drop: float, *, now: datetime) -> list[Finding]:
+    found = []
+    params = {"since": now - timedelta(days=1), "baseline": now - timedelta(days=15)}
+    for row in await conn.execute(_CONVERSIONS, params):
         if row.entries < MIN_VOLUME or row.recent_entries < MIN_VOLUME or not row.conversions:
             continue
         before = row.conversions / row.entries
         recent = row.recent_conversions / row.recent_entries
-        test = stats.binomtest(row.recent_conversions, row.recent_entries, before,
-                               alternative="less")  # fmt: skip
-        if recent <= (1 - config.conversion_drop) * before and test.pvalue < DROP_P_VALUE:
+        # Given all conversions of both periods, the recent ones are binomial with the
+        # recent period's share of the entries when the rate per entry has not changed.
+        exposure = row.recent_entries / (row.recent_entries + row.entries)
+        test = stats.binomtest(row.recent_conversions, row.recent_conversions + row.conversions,
+                               exposure, alternative="less")  # fmt: skip
+        if recent <= (1 - drop) * before and test.pvalue < DROP_P_VALUE:
             found.append(Finding(
                 "conversion_drop", row.journey_key,
                 f"{row.journey_key}: conversions per entry fell to {100 * recent:.1f}% over the "
                 f"last day from {100 * before:.1f}% (p = {test.pvalue:.2g})",
                 {"recent": recent, "before": before, "p_value": float(test.pvalue)},
             ))  # fmt: skip
-    for row in await conn.execute(_FAILURES, {"since": hour}):
-        if row.finished >= MIN_VOLUME and row.failed > config.delivery_failure_rate * row.finished:
+    return found
+
+
+async def _delivery_failures(conn: AsyncConnection, rate: float, *, now: datetime) -> list[Finding]:
+    found = []
+    for row in await conn.execute(_FAILURES, {"since": now - timedelta(hours=1)}):
+        if row.finished >= MIN_VOLUME and row.failed > rate * row.finished:
             found.append(Finding(
                 "delivery_failures", row.channel,
                 f"{row.channel}: {row.failed} of {row.finished} messages failed in the last hour",
                 {"failed": row.failed, "finished": row.finished},
             ))  # fmt: skip
-    filled = (await conn.execute(_FALLBACK, {"since": hour})).one()
-    if filled.filled >= MIN_VOLUME and filled.baseline > config.fallback_share * filled.filled:
-        found.append(Finding(
-            "ranking_fallback", "ranking",
-            f"ranking: the popularity baseline filled {filled.baseline} of {filled.filled} "
-            "messages' ranked content in the last hour",
-            {"baseline": filled.baseline, "filled": filled.filled},
-        ))  # fmt: skip
     return found
+
+
+async def _ranking_fallback(conn: AsyncConnection, share: float, *, now: datetime) -> list[Finding]:
+    filled = (await conn.execute(_FALLBACK, {"since": now - timedelta(hours=1)})).one()
+    if filled.filled < MIN_VOLUME or filled.baseline <= share * filled.filled:
+        return []
+    return [Finding(
+        "ranking_fallback", "ranking",
+        f"ranking: the popularity baseline filled {filled.baseline} of {filled.filled} "
+        "messages' ranked content in the last hour",
+        {"baseline": filled.baseline, "filled": filled.filled},
+    )]  # fmt: skip
 
 
 async def _sample_ratios(
     conn: AsyncConnection, global_control: float, *, now: datetime
 ) -> list[Finding]:
+    """Every running split (ended ones keep their archived results and raise nothing)."""
     found = []
-    subjects: list[tuple[str, str]] = [("*", "global_control")] if global_control else []
+    subjects: list[tuple[str, service.Kind, str]] = []
+    if global_control:
+        subjects.append(("*", "global_control", "global_control"))
     for row in await conn.execute(text("SELECT key FROM journeys WHERE active ORDER BY key")):
         spec = await service.journey_spec(conn, row.key)
         if spec.holdout:
-            subjects.append((row.key, "holdout"))
-        subjects += [(row.key, key) for kind, key in service.configured(spec)
+            subjects.append((row.key, "holdout", "holdout"))
+        subjects += [(row.key, kind, key) for kind, key in service.configured(spec)
                      if kind == "experiment"]  # fmt: skip
-    for journey, key in subjects:
-        result = await service.experiment(
-            conn, journey=journey, key=key, global_control=global_control, now=now, timeline=False
-        )
+    for journey, kind, key in subjects:
+        result = await service.experiment(conn, journey=journey, key=key, kind=kind,
+                                          global_control=global_control, now=now,
+                                          timeline=False)  # fmt: skip
         srm = result.analysis.sample_ratio if result.analysis else None
-        if srm is not None and srm.mismatch:
+        if result.ended_at is None and srm is not None and srm.mismatch:
             subject = "global_control" if journey == "*" else f"{journey}/{key}"
             found.append(Finding(
                 "sample_ratio", subject,
@@ -155,7 +195,7 @@ async def check(services: Services, *, now: datetime) -> list[Finding]:
     async with services.engine.begin() as conn:
         if not await conn.scalar(text("SELECT pg_try_advisory_xact_lock(hashtext('alerts'))")):
             return []
-        holding = await findings(conn, services, now=now)
+        holding, checked = await findings(conn, services, now=now)
         open_ = {(r.kind, r.subject): r for r in await conn.execute(
             select(alerts).where(alerts.c.resolved_at.is_(None)))}  # fmt: skip
         for finding in holding:
@@ -173,7 +213,7 @@ async def check(services: Services, *, now: datetime) -> list[Finding]:
             raised.append((int(alert_id), finding))
         held = {(f.kind, f.subject) for f in holding}
         for key, row in open_.items():
-            if key not in held:
+            if key not in held and row.kind in checked:
                 await conn.execute(update(alerts).where(alerts.c.id == row.id)
                                    .values(resolved_at=now))  # fmt: skip
                 cleared.append({"id": row.id, "kind": row.kind, "subject": row.subject})
@@ -181,7 +221,7 @@ async def check(services: Services, *, now: datetime) -> list[Finding]:
               for i, f in raised]  # fmt: skip
     events += [_event(services, f"alert:{c['id']}:resolved", RESOLVED, c, now) for c in cleared]
     if events:
-        await services.ingest(events, source="alerts", now=now)
+        await services.ingest(events, source="product:alerts", now=now)
     for alert_id, finding in raised:
         await _post(services, alert_id, finding, now)
     return [finding for _, finding in raised]

@@ -65,6 +65,9 @@ async def experiment(
     intervals, lift, the sample-ratio check, power, and each day's standing."""
     async with services.engine.connect() as conn:
         try:
-            return await service.experiment(conn, journey=key, key=experiment, now=services.clock())
+            return await service.experiment(
+                conn, journey=key, key=experiment, now=services.clock(),
+                global_control=services.config.global_control,
+            )  # fmt: skip
         except service.UnknownReport as exc:
             raise HTTPException(404, str(exc)) from None

@@ -40,7 +40,7 @@ def _read(work: Callable[[AsyncConnection, float], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except service.UnknownReport as exc:
-        typer.echo(str(exc).strip("'\""), err=True)
+        typer.echo(exc.args[0], err=True)
         raise typer.Exit(1) from None
 
 
@@ -61,7 +61,8 @@ def experiment(
 
     async def work(conn: AsyncConnection, percent: float) -> service.ExperimentResult:
         found = journey or await service.journey_of(conn, key)
-        return await service.experiment(conn, journey=found, key=key, now=now)
+        return await service.experiment(conn, journey=found, key=key, now=now,
+                                        global_control=percent)  # fmt: skip
 
     result = _read(work)
     if as_json:
@@ -132,10 +133,16 @@ def workspace(as_json: Json = False) -> None:
 
 def experiment_lines(result: service.ExperimentResult) -> list[str]:
     """An experiment as text: the sample-ratio check first, as the rest depends on it."""
-    name = "holdout" if result.kind == "holdout" else result.key
     where = "the workspace" if result.journey == "*" else f"journey {result.journey}"
-    lines = [f"{result.kind} {name} in {where} ({result.mode}, control: {result.control}), "
+    named = result.kind in ("experiment", "template")
+    title = f"{result.kind} {result.key}" if named else result.kind.replace("_", " ")
+    lines = [f"{title} in {where} ({result.mode}, control: {result.control}), "
              f"{result.users} users"]  # fmt: skip
+    if result.ended_at is not None:
+        lines.append(f"  ended {result.ended_at:%Y-%m-%d %H:%M} UTC: its results as archived then")
+    if result.users_earlier_split:
+        lines.append(f"  ({result.users_earlier_split} more assigned under an earlier split are "
+                     "left out)")  # fmt: skip
     if result.bandit is not None:
         lines.append("  a bandit: each arm's rate had everyone got it, by inverse propensity")
         for drawn in result.bandit:

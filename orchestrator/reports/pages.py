@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import jinja2
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Security
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security.http import HTTPBase
 from markupsafe import Markup
 from starlette.requests import HTTPConnection
@@ -171,6 +171,16 @@ router = APIRouter(
 )
 
 
+@router.get(
+    "/reports",
+    summary="To the workspace's report page",
+    responses={308: {"description": "Redirects to `/reports/`"}},
+)
+async def index_without_slash(_caller: Reader) -> Response:
+    """`/reports/`, for an address typed without its slash."""
+    return RedirectResponse("/reports/", status_code=308)
+
+
 @router.get("/reports/", summary="Report page: the workspace")
 async def index(request: Request, services: ServicesDep, _caller: Reader) -> Response:
     """The global control group's result, as incremental conversions and revenue, and
@@ -218,8 +228,9 @@ async def experiment(
     async with services.engine.connect() as conn:
         try:
             result = await service.experiment(
-                conn, journey=key, key=experiment, now=services.clock()
-            )
+                conn, journey=key, key=experiment, now=services.clock(),
+                global_control=services.config.global_control,
+            )  # fmt: skip
         except service.UnknownReport as exc:
             return refusal(request, 404, str(exc))
     return page("experiment.html", result=result, view=experiment_view(result))

@@ -18,6 +18,7 @@ the same numbers. Everything here reads through `store` (SQL) and computes throu
 from __future__ import annotations
 
 import dataclasses
+import math
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.access import audit
@@ -37,12 +38,12 @@ from orchestrator.reports.statistics import (
     ExperimentReport,
     SequentialTest,
     analyse,
+    pair_planning_users,
     sequential_test,
     wilson_interval,
 )
 from orchestrator.tables import (
     assignments,
-    enrollments,
     experiment_archives,
     journey_versions,
     journeys,
@@ -93,6 +94,9 @@ class ExperimentResult:
     users_without_propensity: int  # logged before propensities were: left out of `bandit`
     timeline: tuple[DayPoint, ...]
     ended_at: datetime | None = None  # an ended experiment's results, as archived then
+    # Assigned under an earlier split (their arm's logged chance is not its share now):
+    # left out, as pooling users of two splits would compare unlike groups.
+    users_earlier_split: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +129,7 @@ class JourneyReport:
     version: int
     users: int
     enrollments: dict[str, int]  # by status
-    converted: int  # enrollments that reached the goal, held-out ones included
+    converted: int  # users who reached the goal, held-out ones included
     funnel: tuple[StepFunnel, ...]
     holdout: ExperimentResult | None
     experiments: tuple[ExperimentResult, ...]
@@ -168,10 +172,14 @@ async def experiment(
         return ended
     spec = await journey_spec(conn, journey) if journey != "*" else None
     if kind is None:
-        kind = await _kind_of(conn, spec, journey, key)
+        kind = await kind_of(conn, spec, journey, key)
     rows = await store.assigned(conn, journey=journey, kind=kind, key=key)
-    arms, shares, control = _design(spec, kind, key, rows, global_control)
+    arms, shares, control = design(spec, kind, key, [r.arm for r in rows], global_control)
     bandit = any(r.mode == "bandit" for r in rows)
+    earlier = 0
+    if shares and not bandit:
+        current = [r for r in rows if _under(shares, r)]
+        earlier, rows = len(rows) - len(current), current
     totals = _totals(arms, rows)
     analysis = None
     if not bandit and sum(t.users for t in totals) > 0:
@@ -179,11 +187,13 @@ async def experiment(
                            shares=[shares[a] for a in arms] if shares else None)  # fmt: skip
     estimates, untracked = None, 0
     if bandit:
-        logged = [(r, r.propensity) for r in rows if r.propensity]
+        # Rows logged before propensities were (or as zero, by an older version) cannot
+        # be weighted: left out and counted.
+        logged = [(r, r.propensity) for r in rows if r.propensity is not None and r.propensity > 0]
         untracked = len(rows) - len(logged)
         estimates = bandit_estimates(
             arms=arms,
-            chosen=[arms.index(r.arm) for r, _ in logged],
+            chosen=[r.arm for r, _ in logged],
             propensity=[p for _, p in logged],
             outcome=[1.0 if r.converted else 0.0 for r, _ in logged],
         )
@@ -198,7 +208,8 @@ async def experiment(
         analysis=analysis,
         bandit=estimates,
         users_without_propensity=untracked,
-        timeline=_timeline(arms, control, rows, now) if timeline else (),
+        timeline=_timeline(arms, control, rows, shares, now) if timeline else (),
+        users_earlier_split=earlier,
     )
 
 
@@ -290,14 +301,14 @@ async def journey_report(
         await experiment(conn, journey=journey, key=key, kind=kind, now=now)
         for kind, key in sorted(planned | found)
     ]
-    users = await _users(conn, journey)
+    users, converted = await store.user_counts(conn, journey=journey)
     return JourneyReport(
         key=journey,
         name=row.name,
         version=row.current_version,
         users=users,
-        enrollments={r["status"]: r["enrollments"] for r in counts},
-        converted=sum(r["converted"] for r in counts),
+        enrollments=counts,
+        converted=converted,
         funnel=funnel,
         holdout=holdout,
         experiments=tuple(results),
@@ -319,9 +330,8 @@ async def workspace_report(
         conversions, revenue = _incremental(control)
     lines = []
     for row in await conn.execute(select(journeys.c.key, journeys.c.name).order_by(journeys.c.key)):
-        counts = await store.enrollment_counts(conn, journey=row.key)
-        lines.append(JourneyLine(row.key, row.name, await _users(conn, row.key),
-                                 sum(c["converted"] for c in counts)))  # fmt: skip
+        lines.append(JourneyLine(row.key, row.name,
+                                 *await store.user_counts(conn, journey=row.key)))  # fmt: skip
     return WorkspaceReport(
         control, conversions, revenue, tuple(lines), tuple(await store.open_alerts(conn))
     )
@@ -343,7 +353,8 @@ async def journey_spec(conn: AsyncConnection, journey: str) -> Journey:
         )
     ).scalar_one_or_none()
     if found is None:
-        raise UnknownReport(f"no journey {journey!r}")
+        known = (await conn.execute(select(journeys.c.key).order_by(journeys.c.key))).scalars()
+        raise UnknownReport(f"no journey {journey!r} (known: {', '.join(known) or 'none'})")
     return Journey.model_validate(found)
 
 
@@ -366,7 +377,7 @@ def configured(spec: Journey) -> list[tuple[Kind, str]]:
     return found
 
 
-async def _kind_of(conn: AsyncConnection, spec: Journey | None, journey: str, key: str) -> Kind:
+async def kind_of(conn: AsyncConnection, spec: Journey | None, journey: str, key: str) -> Kind:
     """What kind of randomised choice `key` names in the journey, if just one."""
     logged = await store.assignment_keys(conn, journey=journey)
     kinds: set[Kind] = {k["kind"] for k in logged if k["experiment_key"] == key}
@@ -375,19 +386,24 @@ async def _kind_of(conn: AsyncConnection, spec: Journey | None, journey: str, ke
         if key == "holdout" and spec.holdout:
             kinds.add("holdout")
     if len(kinds) != 1:
-        raise UnknownReport(f"no experiment {key!r} in journey {journey!r}")
+        known = {k["experiment_key"] for k in logged}
+        if spec is not None:
+            known |= {k for _, k in configured(spec)} | ({"holdout"} if spec.holdout else set())
+        raise UnknownReport(f"no experiment {key!r} in journey {journey!r} "
+                            f"(known: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
     return next(iter(kinds))
 
 
-def _design(
+def design(
     spec: Journey | None,
     kind: Kind,
     key: str,
-    rows: Sequence[store.Assigned],
+    logged: Sequence[str],
     global_control: float,
 ) -> tuple[list[str], dict[str, float] | None, str]:
-    """The arms in order, their configured shares and the control arm."""
-    seen = list(dict.fromkeys(r.arm for r in rows))
+    """The arms in order (configured ones, then any only in the `logged` arms), their
+    configured shares and the control arm."""
+    seen = list(dict.fromkeys(logged))
     if kind in ("holdout", "global_control"):
         percent = spec.holdout if kind == "holdout" and spec else global_control
         shares = {"control": percent / 100, "treatment": 1 - percent / 100} if percent else None
@@ -412,6 +428,12 @@ def _design(
     return arms or ["control"], shares, control
 
 
+def _under(shares: dict[str, float], row: store.Assigned) -> bool:
+    """Whether the user was assigned under this split: their arm's logged chance is its
+    share (rows logged before chances were are taken as they are)."""
+    return row.propensity is None or math.isclose(row.propensity, shares.get(row.arm, -1))
+
+
 def _totals(arms: Sequence[str], rows: Sequence[store.Assigned]) -> list[ArmTotals]:
     users: dict[str, int] = defaultdict(int)
     converted: dict[str, int] = defaultdict(int)
@@ -429,8 +451,15 @@ def _totals(arms: Sequence[str], rows: Sequence[store.Assigned]) -> list[ArmTota
 
 
 def _timeline(
-    arms: Sequence[str], control: str, rows: Sequence[store.Assigned], now: datetime
+    arms: Sequence[str],
+    control: str,
+    rows: Sequence[store.Assigned],
+    shares: dict[str, float] | None,
+    now: datetime,
 ) -> tuple[DayPoint, ...]:
+    """Each day's cumulative totals per arm, and the always-valid difference of the first
+    other arm against the control (tuned as `analyse` tunes it, so the last day's is the
+    lift table's). A conversion before its user's assignment counts from the assignment."""
     if not rows:
         return ()
     today = now.astimezone(UTC).date()
@@ -439,8 +468,14 @@ def _timeline(
     treatment = next((a for a in arms if a != control), None)
     # Per arm, when users arrived and when they converted, sorted: a day is two bisects.
     arrived = {a: sorted(r.assigned_at for r in rows if r.arm == a) for a in arms}
-    converted = {a: sorted(r.converted_at for r in rows if r.arm == a and r.converted_at)
+    converted = {a: sorted(max(r.converted_at, r.assigned_at) for r in rows
+                           if r.arm == a and r.converted_at)
                  for a in arms}  # fmt: skip
+    planning = PLANNING_USERS
+    if treatment is not None:
+        weights = [shares[a] for a in arms] if shares else [1.0] * len(arms)
+        planning = pair_planning_users(PLANNING_USERS, weights, arms.index(treatment),
+                                       arms.index(control))  # fmt: skip
     points = []
     for offset in range((today - first).days + 1):
         day = first + timedelta(days=offset)
@@ -457,7 +492,7 @@ def _timeline(
         if treatment is not None and totals[control].users and totals[treatment].users:
             test: SequentialTest = sequential_test(
                 totals[treatment], totals[control], metric="conversion",
-                planning_users=PLANNING_USERS,
+                planning_users=planning,
             )  # fmt: skip
             difference = test.difference
         points.append(DayPoint(day, shown, difference))
@@ -525,14 +560,3 @@ def _journey_order(spec: Journey) -> list[str]:
         order.append(step)
         queue.extend(successors(spec.steps[step]))
     return order + sorted(set(spec.steps) - set(order))
-
-
-async def _users(conn: AsyncConnection, journey: str) -> int:
-    return int(
-        await conn.scalar(
-            select(func.count(enrollments.c.user_id.distinct())).where(
-                enrollments.c.journey_key == journey
-            )
-        )
-        or 0
-    )

@@ -70,12 +70,12 @@ def wilson_interval(successes: int, trials: int, *, confidence: float = CONFIDEN
 
 def mean_interval(arm: ArmTotals, *, confidence: float = CONFIDENCE) -> Estimate:
     """Revenue per user with a normal interval, mean ± z·s/√n (s from Σy and Σy²;
-    no interval for fewer than two users)."""
+    no interval for fewer than two users), cut at zero: revenue is never negative."""
     n, mean, variance = moments(arm, "revenue")
     if mean is None or variance is None:
         return Estimate.of(mean)
     half = critical_z(confidence) * math.sqrt(variance / n)
-    return Estimate.of(mean, mean - half, mean + half)
+    return Estimate.of(mean, max(0.0, mean - half), mean + half)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +355,13 @@ class ExperimentReport:
     users_needed: tuple[UsersNeeded, ...] = ()  # per arm, for lifts over the control's rate
 
 
+def pair_planning_users(
+    planning_users: int, weights: Sequence[float], arm: int, control: int
+) -> int:
+    """The part of an experiment's planned users that two of its arms get (by `weights`)."""
+    return max(1, round(planning_users * (weights[arm] + weights[control]) / sum(weights)))
+
+
 def analyse(
     arms: Sequence[ArmTotals],
     *,
@@ -378,16 +385,17 @@ def analyse(
     if len(weights) != len(arms):
         raise ValueError("one share per arm")
     base = arms[names.index(control)]
-    base_weight = weights[names.index(control)]
     comparisons = tuple(
         compare(
             arm,
             base,
             confidence=confidence,
             power=power,
-            planning_users=max(1, round(planning_users * (w + base_weight) / sum(weights))),
+            planning_users=pair_planning_users(
+                planning_users, weights, names.index(arm.arm), names.index(control)
+            ),
         )
-        for arm, w in zip(arms, weights, strict=True)
+        for arm in arms
         if arm.arm != control
     )
     srm = None

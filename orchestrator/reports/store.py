@@ -2,8 +2,15 @@
 messages of a journey with their receipts and the conversions they preceded.
 
 The unit of analysis is the user: each assigned user counts once, in the arm of their
-first assignment, and is converted if any enrollment of theirs in the journey (for the
-global control group, in any journey) from the assigning one on reached its goal.
+first assignment. What became of them is measured the same way in every arm:
+
+    holdout, experiment, template   the assigning enrollment's goal, within its window
+                                    from entry (a held-out user re-entering, or a treated
+                                    one kept in the journey longer, gets no more chances)
+    global control                  every goal of every journey the user entered from
+                                    the assigning enrollment on; revenue counts each
+                                    converting event once, however many journeys it
+                                    converted
 """
 
 from __future__ import annotations
@@ -20,16 +27,31 @@ from orchestrator.tables import alerts
 _ASSIGNED = text(
     """
     SELECT a.user_id, a.arm, a.propensity, a.mode, a.assigned_at,
-        coalesce(bool_or(e.converted_at IS NOT NULL), false) AS converted,
-        min(e.converted_at) AS converted_at,
-        coalesce(sum(e.conversion_value) FILTER (WHERE e.converted_at IS NOT NULL), 0)
-            AS revenue
-    FROM assignments AS a
-    LEFT JOIN enrollments AS e ON e.user_id = a.user_id
-        AND (a.journey_key = '*' OR e.journey_key = a.journey_key)
-        AND e.id >= coalesce(a.enrollment_id, 0)
+        e.converted_at IS NOT NULL AS converted, e.converted_at,
+        coalesce(e.conversion_value, 0) AS revenue
+    FROM assignments AS a LEFT JOIN enrollments AS e ON e.id = a.enrollment_id
     WHERE a.journey_key = :journey AND a.kind = :kind AND a.experiment_key = :key
-    GROUP BY a.id
+    ORDER BY a.assigned_at, a.id
+    """
+)
+_ASSIGNED_ANYWHERE = text(
+    """
+    SELECT a.user_id, a.arm, a.propensity, a.mode, a.assigned_at,
+        o.converted_at IS NOT NULL AS converted, o.converted_at,
+        coalesce(o.revenue, 0) AS revenue
+    FROM assignments AS a
+    LEFT JOIN LATERAL (
+        SELECT min(c.converted_at) AS converted_at, sum(c.conversion_value) AS revenue
+        FROM (
+            SELECT DISTINCT ON (coalesce(e.conversion_event_id, -e.id))
+                e.converted_at, e.conversion_value
+            FROM enrollments AS e
+            WHERE e.user_id = a.user_id AND e.converted_at IS NOT NULL
+                AND e.id >= a.enrollment_id
+            ORDER BY coalesce(e.conversion_event_id, -e.id)
+        ) AS c
+    ) AS o ON true
+    WHERE a.journey_key = :journey AND a.kind = :kind AND a.experiment_key = :key
     ORDER BY a.assigned_at, a.id
     """
 )
@@ -49,9 +71,15 @@ _FUNNEL = text(
 )
 _ENROLLMENTS = text(
     """
-    SELECT status, count(*) AS enrollments, count(DISTINCT user_id) AS users,
-        count(converted_at) AS converted
+    SELECT status, count(*) AS enrollments
     FROM enrollments WHERE journey_key = :journey GROUP BY status
+    """
+)
+_USERS = text(
+    """
+    SELECT count(DISTINCT user_id) AS users,
+        count(DISTINCT user_id) FILTER (WHERE converted_at IS NOT NULL) AS converted
+    FROM enrollments WHERE journey_key = :journey
     """
 )
 _MESSAGES = text(
@@ -82,7 +110,8 @@ class Assigned:
 async def assigned(conn: AsyncConnection, *, journey: str, kind: str, key: str) -> list[Assigned]:
     """Every user assigned in this experiment (holdout, global control), first first."""
     params = {"journey": journey, "kind": kind, "key": key}
-    return [Assigned(**row._mapping) for row in await conn.execute(_ASSIGNED, params)]
+    query = _ASSIGNED_ANYWHERE if kind == "global_control" else _ASSIGNED
+    return [Assigned(**row._mapping) for row in await conn.execute(query, params)]
 
 
 async def assignment_keys(conn: AsyncConnection, *, journey: str) -> list[dict[str, Any]]:
@@ -94,8 +123,16 @@ async def funnel(conn: AsyncConnection, *, journey: str) -> list[dict[str, Any]]
     return [dict(r._mapping) for r in await conn.execute(_FUNNEL, {"journey": journey})]
 
 
-async def enrollment_counts(conn: AsyncConnection, *, journey: str) -> list[dict[str, Any]]:
-    return [dict(r._mapping) for r in await conn.execute(_ENROLLMENTS, {"journey": journey})]
+async def enrollment_counts(conn: AsyncConnection, *, journey: str) -> dict[str, int]:
+    """Enrollments by status."""
+    rows = await conn.execute(_ENROLLMENTS, {"journey": journey})
+    return {r.status: int(r.enrollments) for r in rows}
+
+
+async def user_counts(conn: AsyncConnection, *, journey: str) -> tuple[int, int]:
+    """Users who entered the journey, and those of them who reached its goal."""
+    row = (await conn.execute(_USERS, {"journey": journey})).one()
+    return int(row.users), int(row.converted)
 
 
 async def journey_messages(conn: AsyncConnection, *, journey: str) -> list[dict[str, Any]]:

@@ -143,8 +143,8 @@ def verdict(c: Comparison, srm: SampleRatio) -> Verdict:
                        "planned size. The always-valid interval still includes zero: keep "
                        "it running.")  # fmt: skip
     detectable = lift.minimum_detectable.absolute
-    unnoticed = (f" With the users so far, a change smaller than about "
-                 f"{points(detectable)} points would likely go unnoticed."
+    unnoticed = (f" With the users so far, even the one-look test would likely miss a "
+                 f"change smaller than about {points(detectable)} points."
                  if detectable is not None else "")  # fmt: skip
     return Verdict("inconclusive", f"No difference shown yet ({change}): the always-valid "
                                    f"interval includes zero.{unnoticed}")  # fmt: skip

@@ -134,6 +134,7 @@ def test_thompson_propensities(
     chances = thompson_propensities(stats, min_share=min_share, seed=7)
     assert chances == pytest.approx(expected, abs=0.02)
     assert sum(chances) == pytest.approx(1.0)
+    assert min(chances) > 0  # a drawn arm always has a weight
 
 
 def test_thompson_propensities_match_the_sampler() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.deploy import deploy_workspace
 from orchestrator.experiments.evaluation import EvaluationError, evaluate_policy, parse_policy
+from orchestrator.reports import service
 from orchestrator.workspace import load_workspace
 from tests.conftest import StackFactory
 from tests.orchestrator.test_receipts import post_receipt, receipt
@@ -188,9 +190,9 @@ async def test_a_fixed_split_run_by_the_product_is_evaluated_from_its_log(
 
     for args, error in [
         (("--journey", "nope", "--experiment", "x", "--policy", "logged"),
-         "unknown journey 'nope' (known: offer)"),
+         "no journey 'nope' (known: offer)"),
         (("--journey", "offer", "--experiment", "nope", "--policy", "logged"),
-         "journey 'offer' has no experiment 'nope' (known: discount_test)"),
+         "no experiment 'nope' in journey 'offer' (known: discount_test)"),
         (("--journey", "offer", "--experiment", "discount_test", "--policy", "always:gold"),
          "unknown arm 'gold' (arms: control, discount)"),
         (("--journey", "offer", "--experiment", "discount_test", "--policy", "most:control"),
@@ -252,6 +254,21 @@ async def test_a_bandit_is_evaluated_from_its_draws_leaving_out_rows_without_a_p
     assert found.report.ips.effective_sample_size == pytest.approx(
         sum(weights) ** 2 / sum(w * w for w in weights)
     )
+    # the report weighs the same draws the same way
+    async with engine.connect() as conn:
+        report = await service.experiment(conn, journey="hero", key="hero_copy",
+                                          now=datetime.now(UTC))  # fmt: skip
+    assert (report.mode, report.users_without_propensity) == ("bandit", 40)
+    assert report.bandit is not None
+    for arm in report.bandit:
+        mine = [d for d in drawn if d["arm"] == arm.arm]
+        assert arm.users == len(mine)
+        if mine:
+            hajek = sum(d["won"] / d["propensity"] for d in mine) / sum(
+                1 / d["propensity"] for d in mine
+            )
+            assert arm.hajek.value == pytest.approx(hajek)
+    assert sum(arm.users for arm in report.bandit) == 30
 
 
 SIMULATED = """

@@ -160,3 +160,43 @@ async def test_a_collapse_in_conversions_is_an_alert(
     raised = await alerts.check(stack.services, now=now)
     assert [(f.kind, f.subject) for f in raised] == [("conversion_drop", "offer")]
     assert "fell to 3.3%" in raised[0].summary
+
+
+async def test_conversions_outnumbering_the_days_entries_stop_no_check(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    """Yesterday's conversions come from entries of the days before: more of them than
+    of the day's entries must not break the conversion check, nor the checks after it."""
+    clock = ManualClock()
+    stack = await make_stack({"offer": SPLIT}, clock=clock)
+    now = clock()
+    async with engine.begin() as conn:
+        for n in range(100):  # entered in the fortnight, many converting in the last day
+            entered = now - timedelta(days=2 + n % 10)
+            converted = now - timedelta(hours=2) if n < 30 else None
+            await conn.execute(
+                text(
+                    "INSERT INTO enrollments (journey_key, version, user_id, status,"
+                    " trigger_message_id, entered_at, converted_at) VALUES ('offer', 1, :u,"
+                    " 'completed', :u, :e, :c)"
+                ),
+                {"u": f"old-{n}", "e": entered, "c": converted},
+            )
+        for n in range(20):  # the day's entries, and failing messages
+            await conn.execute(
+                text(
+                    "INSERT INTO enrollments (journey_key, version, user_id, status,"
+                    " trigger_message_id, entered_at) VALUES ('offer', 1, :u, 'active', :u, :e)"
+                ),
+                {"u": f"new-{n}", "e": now - timedelta(hours=3)},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (id, journey_key, version, user_id, step, channel,"
+                    " template, status, created_at) VALUES (:id, 'offer', 1, :u, 's', 'email',"
+                    " 't', 'failed', :at)"
+                ),
+                {"id": f"m-{n}", "u": f"new-{n}", "at": now - timedelta(minutes=5)},
+            )
+    raised = await alerts.check(stack.services, now=now)
+    assert [(f.kind, f.subject) for f in raised] == [("delivery_failures", "email")]

@@ -141,6 +141,18 @@ async def test_the_command_line_shows_the_same_numbers(
     assert "holdout" in journey
     assert "split" in journey
 
+    def refused(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["report", *args])
+        assert result.exit_code == 1, result.output
+        return str(result.stderr).strip()
+
+    assert await asyncio.to_thread(refused, "journey", "nosuch") == (
+        "no journey 'nosuch' (known: offer)"
+    )
+    assert await asyncio.to_thread(refused, "experiment", "nosuch", "--journey", "offer") == (
+        "no experiment 'nosuch' in journey 'offer' (known: discount_test, holdout)"
+    )
+
 
 async def test_reports_need_the_reports_scope(stack: Stack) -> None:
     refused = await stack.call("GET", "/v1/reports/journeys/offer", key=ARBITRATE_ONLY_KEY)

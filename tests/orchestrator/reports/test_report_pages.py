@@ -287,6 +287,7 @@ async def test_empty_journeys_render_and_only_a_reports_key_opens_the_pages(
         token = await http.get(url, headers={"authorization": f"Bearer {user_token('ada')}"})
         bearer = await http.get(url, headers={"authorization": f"Bearer {SERVER_KEY}"})
         as_browser = await http.get(url, headers={"accept": "text/html,*/*;q=0.8"})
+        bare = await http.get(f"{stack.api_url}/reports", headers=basic("m", SERVER_KEY))
         document = (await http.get(f"{stack.api_url}/openapi.json")).json()
     for refused in (nothing, wrong):
         assert refused.status_code == 401
@@ -296,6 +297,7 @@ async def test_empty_journeys_render_and_only_a_reports_key_opens_the_pages(
     assert "lacks scope reports:read" in unscoped.json()["error"]
     assert bearer.status_code == 200
     assert bearer.headers["content-type"].startswith("text/html")
+    assert (bare.status_code, bare.headers["location"]) == (308, "/reports/")
     policy = bearer.headers["content-security-policy"]
     assert "default-src 'none'" in policy
     assert "script-src" not in policy

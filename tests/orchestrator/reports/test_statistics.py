@@ -135,6 +135,9 @@ def test_revenue_lift_and_welch_test_from_per_user_values() -> None:
     per_user = mean_interval(one)
     half = Z * treated.std(ddof=1) / math.sqrt(4000)
     assert close(per_user, m1, m1 - half, m1 + half, tol=1e-9)
+    # a few big spenders among many who spend nothing: the interval stops at zero
+    few = ArmTotals("few", 3, 1, 24.0, 24.0**2)
+    assert mean_interval(few) == Estimate(8.0, 0.0, pytest.approx(8.0 + Z * math.sqrt(192 / 3)))
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,7 @@ async def test_an_ended_experiment_keeps_its_results_unchanged(
     )
     assert shown.exit_code == 0, shown.output
     assert "ended discount_test of offer" in shown.stdout
+    assert "  ended 20" in shown.stdout  # the report says so, with when
     url = "/v1/reports/journeys/offer/experiments/discount_test"
     before = (await stack.call("GET", url)).json()
     assert before["ended_at"] is not None
@@ -92,6 +93,8 @@ async def test_an_ended_experiment_keeps_its_results_unchanged(
         await stack.track(user, "Browsed")
     after = (await stack.call("GET", url)).json()
     assert after == before
+    journey = await stack.call("GET", "/reports/journeys/offer")
+    assert 'data-metric="ended-at"' in journey.text  # the journey page marks it ended
     archived = await rows(
         stack.services.engine,
         "SELECT ended_by, configuration -> 'steps' ? 'split' AS kept FROM experiment_archives",
