@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(wildcard */__init__.py)
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/orchestrator dev
+	$(BIN)/orchestrator dev $(ARGS)
 
 test: lint browser
 	$(BIN)/python -m pytest

@@ -173,7 +173,12 @@ def _serve_api(settings: Settings, sock: socket.socket) -> None:
     async def work(stop: asyncio.Event) -> None:
         async with (
             open_services(settings) as services,
-            serving(create_app(services), sock=sock, log_level="info") as url,
+            serving(
+                create_app(services),
+                sock=sock,
+                log_level="info",
+                forwarded_allow_ips=settings.forwarded_allow_ips,
+            ) as url,
         ):
             typer.echo(f"API on {url} (docs at {url}/docs), pid {os.getpid()}")
             await stop.wait()

@@ -72,6 +72,8 @@ async def store_events(
     """
     # Message ids are the source's own: the same id from another source is another
     # message (a public key must not void a server's event by sending its id first).
+    # The product's own sources (`receipts:email`, `links:unsubscribe`, `product:alerts`)
+    # have a colon, which a workspace's source names cannot.
     # The same id twice in one request counts once, like a retry.
     unique: dict[str, Incoming] = {}
     for item in batch:

@@ -207,7 +207,7 @@ async def record_unsubscribe(services: Services, what: Unsubscribe) -> None:
         event_id = f"unsubscribe:{what.message_id}"
         return [_event(event_id, "unsubscribed", what.user_id, props, now)]
 
-    await services.ingest([], source="unsubscribe", now=now, first=apply)
+    await services.ingest([], source="links:unsubscribe", now=now, first=apply)
 
 
 async def record_app_action(

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_processes: int = Field(default=1, ge=1, le=64, description="API processes sharing the port")
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Proxies whose X-Forwarded-For names the client (comma-separated, `*`: any)",
+    )
     # Ingestion limits, as Segment's: 32 KB per event, 500 KB per request.
     max_event_bytes: int = 32 * 1024
     max_request_bytes: int = 500 * 1024

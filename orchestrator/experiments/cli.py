@@ -156,7 +156,7 @@ def end(
     try:
         result = asyncio.run(work())
     except service.UnknownReport as exc:
-        typer.echo(str(exc).strip("'\""), err=True)
+        typer.echo(exc.args[0], err=True)
         raise typer.Exit(1) from None
     typer.echo(f"ended {experiment} of {journey}; its results as archived:")
     for line in experiment_lines(result):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -60,6 +61,11 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
     except InvalidSource as exc:
         say(f"the workspace {options.workspace} is invalid:\n{exc}")
         sys.exit(1)
+    if busy := _ports_in_use(options):
+        flag, port = busy[0]
+        say(f"port {port} is in use (another `make run`?): stop what holds it, or pass "
+            f"{flag} with a free port (make run ARGS=\"{flag} ...\")")  # fmt: skip
+        sys.exit(1)
     state = options.state_dir.resolve()
     postgres = EmbeddedPostgres(state / "postgres", port=options.postgres_port)
     temporal = TemporalDevServer(
@@ -100,8 +106,10 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                 # A backend's key: an identify with an email address is a server's to send.
                 sources = workspace.config.sources
                 key = next((s for s in sources if s.server_side), sources[0]).write_key
-                reader = next((k for k in workspace.config.api_keys if k.allows("reports:read")),
-                              None)  # fmt: skip
+                keys = workspace.config.api_keys  # the narrowest key that opens the reports
+                reader = next((k for k in keys if k.scopes == ["reports:read"]), None) or next(
+                    (k for k in keys if k.allows("reports:read")), None
+                )
                 _banner(api_url, temporal, sink_url, database_url, key,
                         reader.secret if reader else None)  # fmt: skip
                 for item in deployed:
@@ -140,6 +148,24 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _ports_in_use(options: DevOptions) -> list[tuple[str, int]]:
+    """The ports we were given that something on 127.0.0.1 already listens on."""
+    wanted = [("--api-port", options.api_port), ("--temporal-port", options.temporal_port),
+              ("--ui-port", options.ui_port), ("--sink-port", options.sink_port),
+              ("--postgres-port", options.postgres_port)]  # fmt: skip
+    busy = []
+    for flag, port in wanted:
+        if not port:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append((flag, port))
+    return busy
 
 
 def _banner(

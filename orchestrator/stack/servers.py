@@ -40,14 +40,18 @@ async def serving(
     port: int = 0,
     log_level: str = "warning",
     sock: socket.socket | None = None,
+    forwarded_allow_ips: str = "127.0.0.1",
 ) -> AsyncIterator[str]:
     """Serve `app` until the block exits; yields its base URL (port 0 picks a free one).
 
-    With `sock`, serve on that already-listening socket instead of binding.
+    With `sock`, serve on that already-listening socket instead of binding. Requests from
+    `forwarded_allow_ips` (the load balancer) are taken to come from the client their
+    X-Forwarded-For names: per-client rate limits count that client.
     """
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False
-    )
+        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False,
+        proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips,
+    )  # fmt: skip
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock] if sock else None))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -185,3 +186,22 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.1)
     assert processes_using(state) == []
+
+
+async def test_a_port_in_use_is_one_line_naming_the_option(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        others = [str(free_port()) for _ in range(3)]
+        code, out, err = await command(
+            "dev", "--state-dir", str(tmp_path / "state"), "--api-port", str(port),
+            "--temporal-port", others[0], "--ui-port", others[1], "--sink-port", others[2],
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert code == 1, err
+    assert out.splitlines() == [
+        f"port {port} is in use (another `make run`?): stop what holds it, or pass "
+        f'--api-port with a free port (make run ARGS="--api-port ...")'
+    ]
+    assert not (tmp_path / "state").exists()  # nothing was started
