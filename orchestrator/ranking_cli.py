@@ -158,7 +158,11 @@ def list_versions() -> None:
         finally:
             await engine.dispose()
 
-    for row in asyncio.run(work()):
+    trained = asyncio.run(work())
+    if not trained:
+        typer.echo("no versions yet: `orchestrator ranking train` makes one (until then the "
+                   "popularity baseline answers)")  # fmt: skip
+    for row in trained:
         typer.echo(
             f"v{row['version']:<4} {row['status']:<9} {row['window_start']:%Y-%m-%d} to "
             f"{row['window_end']:%Y-%m-%d}  {row['purchases']:>9,} purchases  {row['reason']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -144,6 +145,15 @@ async def test_training_from_stored_events_uses_the_catalogue(engine: AsyncEngin
     assert trained.status in ("active", "rejected")
     with pytest.raises(VersionError, match="not enough purchases"):
         await train(engine, purchases[:3], items, source="events")
+
+
+async def test_an_empty_list_says_how_to_make_a_version(
+    engine: AsyncEngine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", postgres_url)
+    listed = await asyncio.to_thread(CliRunner().invoke, app, ["ranking", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.startswith("no versions yet: `orchestrator ranking train` makes one")
 
 
 def test_the_command_line_trains_lists_and_activates(
