@@ -218,62 +218,6 @@ def evaluate(
     return OffPolicyReport(estimate(0, "ips"), estimate(1, "snips"), dr)
 
 
-def ips(
-    *,
-    chosen: ArrayLike,
-    propensity: ArrayLike,
-    reward: ArrayLike,
-    target: ArrayLike,
-    rng: np.random.Generator,
-    resamples: int = RESAMPLES,
-    confidence: float = CONFIDENCE,
-) -> OffPolicyEstimate:
-    """Inverse propensity scoring, (1/n) Σ target(Aᵢ)/pᵢ · rᵢ, with a bootstrap interval."""
-    return evaluate(
-        chosen=chosen, propensity=propensity, reward=reward, target=target, rng=rng,
-        resamples=resamples, confidence=confidence,
-    ).ips  # fmt: skip
-
-
-def snips(
-    *,
-    chosen: ArrayLike,
-    propensity: ArrayLike,
-    reward: ArrayLike,
-    target: ArrayLike,
-    rng: np.random.Generator,
-    resamples: int = RESAMPLES,
-    confidence: float = CONFIDENCE,
-) -> OffPolicyEstimate:
-    """Self-normalised IPS, Σ wᵢrᵢ / Σ wᵢ: slightly biased, far steadier with big weights."""
-    return evaluate(
-        chosen=chosen, propensity=propensity, reward=reward, target=target, rng=rng,
-        resamples=resamples, confidence=confidence,
-    ).snips  # fmt: skip
-
-
-def doubly_robust(
-    *,
-    chosen: ArrayLike,
-    propensity: ArrayLike,
-    reward: ArrayLike,
-    target: ArrayLike,
-    predictions: ArrayLike,
-    rng: np.random.Generator,
-    resamples: int = RESAMPLES,
-    confidence: float = CONFIDENCE,
-) -> OffPolicyEstimate:
-    """Doubly robust: the reward model's value of the target, corrected by the weighted
-    residuals of the logged rows; unbiased if either the propensities or the model are
-    right, and lower-variance than IPS when the model is good."""
-    report = evaluate(
-        chosen=chosen, propensity=propensity, reward=reward, target=target, rng=rng,
-        predictions=predictions, resamples=resamples, confidence=confidence,
-    )  # fmt: skip
-    assert report.doubly_robust is not None  # predictions were given
-    return report.doubly_robust
-
-
 def ranking_target_probability(
     *,
     impression: Sequence[Hashable],

@@ -12,12 +12,9 @@ from scipy import stats  # type: ignore[import-untyped]
 from orchestrator.reports.offpolicy import (
     OffPolicyEstimate,
     always,
-    doubly_robust,
     evaluate,
-    ips,
     ranking_ips,
     ranking_target_probability,
-    snips,
     split,
 )
 
@@ -76,9 +73,10 @@ def simulated() -> dict[tuple[str, str], list[OffPolicyEstimate]]:
                                   ("doubly_robust", good.doubly_robust)]:  # fmt: skip
                 out.setdefault((key, name), []).append(estimate)
         # a reward model that is wrong everywhere: doubly robust must still be unbiased
-        wrong = doubly_robust(chosen=log.chosen, propensity=log.propensity, reward=log.reward,
-                              target=PERSONAL[log.kind], predictions=RATES[log.kind] * 1.5 + 0.02,
-                              rng=rng, resamples=RESAMPLES)  # fmt: skip
+        wrong = evaluate(chosen=log.chosen, propensity=log.propensity, reward=log.reward,
+                         target=PERSONAL[log.kind], predictions=RATES[log.kind] * 1.5 + 0.02,
+                         rng=rng, resamples=RESAMPLES).doubly_robust  # fmt: skip
+        assert wrong is not None
         out.setdefault(("doubly_robust_wrong_model", "personal"), []).append(wrong)
     return out
 
@@ -128,12 +126,12 @@ def test_estimates_by_hand() -> None:
     assert report.ips.rows == 4
     assert report.ips.resamples == 50
     shares = split([1, 1, 2])  # 1/4, 1/4, 1/2: weights 0.5, 1, 0.5, 2
-    got = ips(chosen=chosen, propensity=propensity, reward=reward, target=shares, rng=rng)
-    assert got.value == pytest.approx((0.5 * 1 + 2 * 1) / 4)
-    got = snips(chosen=chosen, propensity=propensity, reward=reward, target=shares, rng=rng)
-    assert got.value == pytest.approx(2.5 / 4.0)
-    got = doubly_robust(chosen=chosen, propensity=propensity, reward=reward, target=shares,
+    by_split = evaluate(chosen=chosen, propensity=propensity, reward=reward, target=shares,
                         predictions=np.zeros((4, 3)), rng=rng)  # fmt: skip
+    assert by_split.ips.value == pytest.approx((0.5 * 1 + 2 * 1) / 4)
+    assert by_split.snips.value == pytest.approx(2.5 / 4.0)
+    got = by_split.doubly_robust
+    assert got is not None
     assert got.value == pytest.approx((0.5 * 1 + 2 * 1) / 4)
     assert got.value is not None
     assert got.low is not None
@@ -145,8 +143,9 @@ def test_the_same_seed_gives_the_same_interval() -> None:
     log = simulate(np.random.default_rng(3), 500)
 
     def run(seed: int) -> OffPolicyEstimate:
-        return ips(chosen=log.chosen, propensity=log.propensity, reward=log.reward,
-                   target=always(2, 3), rng=np.random.default_rng(seed), resamples=200)  # fmt: skip
+        return evaluate(chosen=log.chosen, propensity=log.propensity, reward=log.reward,
+                        target=always(2, 3), rng=np.random.default_rng(seed),
+                        resamples=200).ips  # fmt: skip
 
     assert run(1) == run(1)
     assert run(1).value == run(2).value
