@@ -137,7 +137,7 @@ def end(
 
     from orchestrator.access.audit import command_line
     from orchestrator.database import create_engine
-    from orchestrator.reports import service
+    from orchestrator.reports import design, service
     from orchestrator.reports.cli import experiment_lines
 
     url = database_url()
@@ -155,7 +155,7 @@ def end(
 
     try:
         result = asyncio.run(work())
-    except service.UnknownReport as exc:
+    except design.UnknownReport as exc:
         typer.echo(exc.args[0], err=True)
         raise typer.Exit(1) from None
     typer.echo(f"ended {experiment} of {journey}; its results as archived:")

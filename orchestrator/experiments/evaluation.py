@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orchestrator.reports import service
+from orchestrator.reports import design
 from orchestrator.reports.offpolicy import (
     CONFIDENCE,
     RESAMPLES,
@@ -132,20 +132,20 @@ async def load_log(
 ) -> ExperimentLog:
     """Every user assigned in the experiment, with the propensity and their outcome."""
     try:
-        spec = await service.journey_spec(conn, journey)
-        kind = await service.kind_of(conn, spec, journey, experiment)
-    except service.UnknownReport as exc:
+        spec = await design.journey_spec(conn, journey)
+        kind = await design.kind_of(conn, spec, journey, experiment)
+    except design.UnknownReport as exc:
         raise EvaluationError(exc.args[0]) from None
     if kind == "global_control":
         raise EvaluationError("the global control group has no allocation to change")
-    configured, _, _ = service.design(spec, kind, experiment, (), global_control=0)
+    configured, _, _ = design.design(spec, kind, experiment, (), global_control=0)
     query = text(_ASSIGNED.format(outcome=_OUTCOMES[reward]))
     params = {"journey": journey, "kind": kind, "key": experiment, "arms": configured}
     rows = tuple(
         LoggedRow(arm, propensity, mode, 1.0 if won else 0.0)
         for arm, propensity, mode, won in await conn.execute(query, params)
     )
-    arms, _, _ = service.design(spec, kind, experiment, [r.arm for r in rows], global_control=0)
+    arms, _, _ = design.design(spec, kind, experiment, [r.arm for r in rows], global_control=0)
     return ExperimentLog(journey, experiment, kind, tuple(arms), rows)
 
 

@@ -34,7 +34,7 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels.delivery import SignedPoster
-from orchestrator.reports import service
+from orchestrator.reports import design, service
 from orchestrator.tables import alerts
 from orchestrator.tracking import Incoming
 
@@ -161,14 +161,14 @@ async def _sample_ratios(
 ) -> list[Finding]:
     """Every running split (ended ones keep their archived results and raise nothing)."""
     found = []
-    subjects: list[tuple[str, service.Kind, str]] = []
+    subjects: list[tuple[str, design.Kind, str]] = []
     if global_control:
         subjects.append(("*", "global_control", "global_control"))
     for row in await conn.execute(text("SELECT key FROM journeys WHERE active ORDER BY key")):
-        spec = await service.journey_spec(conn, row.key)
+        spec = await design.journey_spec(conn, row.key)
         if spec.holdout:
             subjects.append((row.key, "holdout", "holdout"))
-        subjects += [(row.key, kind, key) for kind, key in service.configured(spec)
+        subjects += [(row.key, kind, key) for kind, key in design.configured(spec)
                      if kind == "experiment"]  # fmt: skip
     for journey, kind, key in subjects:
         result = await service.experiment(conn, journey=journey, key=key, kind=kind,

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 from orchestrator.api.auth import Caller, server_key_with
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
-from orchestrator.reports import service
+from orchestrator.reports import design, service
 
 router = APIRouter(
     tags=["reports"],
@@ -47,7 +47,7 @@ async def journey(services: ServicesDep, _caller: Reader, key: str = Path(max_le
     async with services.engine.connect() as conn:
         try:
             return await service.journey_report(conn, journey=key, now=services.clock())
-        except service.UnknownReport as exc:
+        except design.UnknownReport as exc:
             raise HTTPException(404, str(exc)) from None
 
 
@@ -69,5 +69,5 @@ async def experiment(
                 conn, journey=key, key=experiment, now=services.clock(),
                 global_control=services.config.global_control,
             )  # fmt: skip
-        except service.UnknownReport as exc:
+        except design.UnknownReport as exc:
             raise HTTPException(404, str(exc)) from None

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.reports import service
+from orchestrator.reports import design, service
 from orchestrator.reports.formats import amount, p_value, points, rate, relative, with_interval
 
 app = typer.Typer(help="What journeys and their experiments did, with the statistics.",
@@ -39,7 +39,7 @@ def _read(work: Callable[[AsyncConnection, float], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except service.UnknownReport as exc:
+    except design.UnknownReport as exc:
         typer.echo(exc.args[0], err=True)
         raise typer.Exit(1) from None
 
@@ -60,7 +60,7 @@ def experiment(
     now = datetime.now(UTC)
 
     async def work(conn: AsyncConnection, percent: float) -> service.ExperimentResult:
-        found = journey or await service.journey_of(conn, key)
+        found = journey or await design.journey_of(conn, key)
         return await service.experiment(conn, journey=found, key=key, now=now,
                                         global_control=percent)  # fmt: skip
 

@@ -38,7 +38,7 @@ from orchestrator.access.credentials import Scope, server_key
 from orchestrator.api.auth import SERVER_KEY, BadCredentials, Caller, identify
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute, Handler
-from orchestrator.reports import charts, formats, service
+from orchestrator.reports import charts, design, formats, service
 from orchestrator.reports.power import POWER
 from orchestrator.reports.views import KINDS, experiment_view
 from orchestrator.services import Services
@@ -201,7 +201,7 @@ async def journey(
     async with services.engine.connect() as conn:
         try:
             report = await service.journey_report(conn, journey=key, now=services.clock())
-        except service.UnknownReport as exc:
+        except design.UnknownReport as exc:
             return refusal(request, 404, str(exc))
     widest = max((s.users for s in report.funnel), default=0)
     return page(
@@ -231,7 +231,7 @@ async def experiment(
                 conn, journey=key, key=experiment, now=services.clock(),
                 global_control=services.config.global_control,
             )  # fmt: skip
-        except service.UnknownReport as exc:
+        except design.UnknownReport as exc:
             return refusal(request, 404, str(exc))
     return page("experiment.html", result=result, view=experiment_view(result))
 

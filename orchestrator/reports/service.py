@@ -33,6 +33,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orchestrator.access import audit
 from orchestrator.reports import store
 from orchestrator.reports.bandits import BanditArmEstimate, bandit_estimates
+from orchestrator.reports.design import (
+    Kind,
+    UnknownReport,
+    configured,
+    design,
+    journey_order,
+    journey_spec,
+    kind_of,
+    randomises,
+)
 from orchestrator.reports.estimates import ArmTotals, Estimate
 from orchestrator.reports.statistics import (
     ExperimentReport,
@@ -43,23 +53,16 @@ from orchestrator.reports.statistics import (
     wilson_interval,
 )
 from orchestrator.tables import (
-    assignments,
     experiment_archives,
-    journey_versions,
     journeys,
 )
-from workflows.spec import ExperimentStep, Journey, SendStep, step_kind, successors
+from workflows.spec import step_kind
 
-Kind = Literal["holdout", "experiment", "template", "global_control"]
 # The confidence sequences are tuned for experiments of about this many users (any
 # size stays valid; this is where their intervals are narrowest).
 PLANNING_USERS = 10_000
 # Days of history a timeline shows at most.
 TIMELINE_DAYS = 180
-
-
-class UnknownReport(LookupError):
-    """No such journey or experiment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +226,7 @@ async def end_experiment(
     result = await experiment(conn, journey=journey, key=key, now=now)
     spec = await journey_spec(conn, journey)
     steps = {step_id: step.model_dump(mode="json") for step_id, step in spec.steps.items()
-             if _randomises(step, key)}  # fmt: skip
+             if randomises(step, key)}  # fmt: skip
     ended = dataclasses.replace(result, ended_at=now)
     await conn.execute(
         insert(experiment_archives).values(
@@ -248,32 +251,6 @@ async def archived(conn: AsyncConnection, *, journey: str, key: str) -> Experime
     return None if stored is None else _RESULT.validate_python(stored)
 
 
-async def journey_of(conn: AsyncConnection, key: str) -> str:
-    """The journey whose experiment `key` is (`holdout` needs its journey named)."""
-    found = set(
-        (
-            await conn.execute(
-                select(assignments.c.journey_key)
-                .where(assignments.c.experiment_key == key, assignments.c.journey_key != "*")
-                .distinct()
-            )
-        ).scalars()
-    )
-    for row in await conn.execute(
-        select(journey_versions.c.journey_key, journey_versions.c.spec).join(
-            journeys,
-            (journeys.c.key == journey_versions.c.journey_key)
-            & (journeys.c.current_version == journey_versions.c.version),
-        )
-    ):
-        if any(k == key for _, k in configured(Journey.model_validate(row.spec))):
-            found.add(row.journey_key)
-    if len(found) != 1:
-        where = f"in {', '.join(sorted(found))}: name one with --journey" if found else "anywhere"
-        raise UnknownReport(f"experiment {key!r} is {where}" if found else f"no experiment {key!r}")
-    return str(found.pop())
-
-
 async def journey_report(
     conn: AsyncConnection, *, journey: str, global_control: float = 0, now: datetime
 ) -> JourneyReport:
@@ -288,7 +265,7 @@ async def journey_report(
     funnel = tuple(
         StepFunnel(step, step_kind(spec.steps[step]) or "?", steps[step]["users"],
                    steps[step]["visits"])
-        for step in _journey_order(spec)
+        for step in journey_order(spec)
         if step in steps
     )  # fmt: skip
     keys = await store.assignment_keys(conn, journey=journey)
@@ -335,97 +312,6 @@ async def workspace_report(
     return WorkspaceReport(
         control, conversions, revenue, tuple(lines), tuple(await store.open_alerts(conn))
     )
-
-
-# ---- design: arms, shares and the control ----------------------------------------------
-
-
-async def journey_spec(conn: AsyncConnection, journey: str) -> Journey:
-    found = (
-        await conn.execute(
-            select(journey_versions.c.spec)
-            .join(
-                journeys,
-                (journeys.c.key == journey_versions.c.journey_key)
-                & (journeys.c.current_version == journey_versions.c.version),
-            )
-            .where(journeys.c.key == journey)
-        )
-    ).scalar_one_or_none()
-    if found is None:
-        known = (await conn.execute(select(journeys.c.key).order_by(journeys.c.key))).scalars()
-        raise UnknownReport(f"no journey {journey!r} (known: {', '.join(known) or 'none'})")
-    return Journey.model_validate(found)
-
-
-def _randomises(step: Any, key: str) -> bool:
-    """Whether the step draws for experiment `key` (an experiment, a template test)."""
-    if isinstance(step, ExperimentStep):
-        return step.experiment.key == key
-    if isinstance(step, SendStep) and step.send.variants is not None:
-        return step.send.variants.key == key
-    return False
-
-
-def configured(spec: Journey) -> list[tuple[Kind, str]]:
-    found: list[tuple[Kind, str]] = []
-    for step in spec.steps.values():
-        if isinstance(step, ExperimentStep):
-            found.append(("experiment", step.experiment.key))
-        elif isinstance(step, SendStep) and step.send.variants is not None:
-            found.append(("template", step.send.variants.key))
-    return found
-
-
-async def kind_of(conn: AsyncConnection, spec: Journey | None, journey: str, key: str) -> Kind:
-    """What kind of randomised choice `key` names in the journey, if just one."""
-    logged = await store.assignment_keys(conn, journey=journey)
-    kinds: set[Kind] = {k["kind"] for k in logged if k["experiment_key"] == key}
-    if spec is not None:
-        kinds |= {kind for kind, k in configured(spec) if k == key}
-        if key == "holdout" and spec.holdout:
-            kinds.add("holdout")
-    if len(kinds) != 1:
-        known = {k["experiment_key"] for k in logged}
-        if spec is not None:
-            known |= {k for _, k in configured(spec)} | ({"holdout"} if spec.holdout else set())
-        raise UnknownReport(f"no experiment {key!r} in journey {journey!r} "
-                            f"(known: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
-    return next(iter(kinds))
-
-
-def design(
-    spec: Journey | None,
-    kind: Kind,
-    key: str,
-    logged: Sequence[str],
-    global_control: float,
-) -> tuple[list[str], dict[str, float] | None, str]:
-    """The arms in order (configured ones, then any only in the `logged` arms), their
-    configured shares and the control arm."""
-    seen = list(dict.fromkeys(logged))
-    if kind in ("holdout", "global_control"):
-        percent = spec.holdout if kind == "holdout" and spec else global_control
-        shares = {"control": percent / 100, "treatment": 1 - percent / 100} if percent else None
-        return ["control", "treatment"], shares, "control"
-    arms: list[str] = []
-    shares = None
-    for step in spec.steps.values() if spec else ():
-        if isinstance(step, ExperimentStep) and step.experiment.key == key:
-            weights = {v.name: float(v.weight) for v in step.experiment.variants}
-            arms = list(weights)
-            shares = {a: w / sum(weights.values()) for a, w in weights.items()}
-        elif (
-            isinstance(step, SendStep)
-            and step.send.variants is not None
-            and step.send.variants.key == key
-        ):
-            arms = [step.send.template, *step.send.variants.templates]
-    arms += [a for a in seen if a not in arms]  # arms since removed from the journey
-    if shares is not None and set(arms) != set(shares):
-        shares = None  # the split changed since: no one set of shares to check against
-    control = "control" if "control" in arms else (arms[0] if arms else "control")
-    return arms or ["control"], shares, control
 
 
 def _under(shares: dict[str, float], row: store.Assigned) -> bool:
@@ -548,15 +434,3 @@ def _incremental(result: ExperimentResult) -> tuple[Estimate | None, Estimate | 
                              for v in (estimate.value, estimate.low, estimate.high)))  # fmt: skip
 
     return scaled(comparison.conversion.absolute), scaled(comparison.revenue.absolute)
-
-
-def _journey_order(spec: Journey) -> list[str]:
-    """Steps from the start, breadth first, as the journey reads."""
-    order, queue = [], [spec.start]
-    while queue:
-        step = queue.pop(0)
-        if step in order or step not in spec.steps:
-            continue
-        order.append(step)
-        queue.extend(successors(spec.steps[step]))
-    return order + sorted(set(spec.steps) - set(order))

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from orchestrator.access.audit import Actor
 from orchestrator.cli import app as cli
 from orchestrator.experiments.assignments import GlobalControl
-from orchestrator.reports import service
+from orchestrator.reports import design, service
 from tests.conftest import StackFactory
 from tests.orchestrator.reports.test_journey_reports import OFFER
 from tests.support.db import rows
@@ -106,7 +106,7 @@ async def test_an_ended_experiment_keeps_its_results_unchanged(
     assert again.exit_code == 1
     assert "ended already" in again.output
     async with stack.services.engine.begin() as conn:
-        with pytest.raises(service.UnknownReport, match="ended already"):
+        with pytest.raises(design.UnknownReport, match="ended already"):
             await service.end_experiment(
                 conn, journey="offer", key="discount_test", actor=Actor("cli", "ada"),
                 now=stack.services.clock(),
