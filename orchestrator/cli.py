@@ -206,6 +206,7 @@ def worker(log_level: LogLevel = "info") -> None:
                 workspace=load_workspace(settings.workspace),
                 engine=engine,
                 task_queue=settings.task_queue,
+                upkeep=True,
             ):
                 typer.echo(f"worker polling task queue '{settings.task_queue}'")
                 await stop.wait()

@@ -11,11 +11,12 @@ from typing import Any, Literal
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.access import audit
+from orchestrator.segments.definitions import Definitions
 from orchestrator.sources import InvalidSource
-from orchestrator.tables import journey_versions, journeys
+from orchestrator.tables import journey_versions, journeys, segment_definitions
 from orchestrator.validation import CheckedJourney, check_workspace
 from orchestrator.workspace import Workspace
 
@@ -40,8 +41,16 @@ def content_of(checked: CheckedJourney) -> tuple[dict[str, Any], dict[str, Any],
     return spec, templates, hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# How the traits and segments of a deploy are listed beside its journeys.
+DEFINITIONS = "traits+segments"
+
+
 async def deploy(
-    engine: AsyncEngine, checked: Sequence[CheckedJourney], *, actor: audit.Actor | None = None
+    engine: AsyncEngine,
+    checked: Sequence[CheckedJourney],
+    *,
+    definitions: Definitions | None = None,
+    actor: audit.Actor | None = None,
 ) -> list[Deployed]:
     """Store new versions of changed journeys and retire journeys no longer in the workspace.
 
@@ -109,6 +118,8 @@ async def deploy(
                 )
             )
             results.append(Deployed(key, version, "new" if current is None else "updated"))
+        if definitions is not None and (done := await _deploy_definitions(conn, definitions)):
+            results.append(done)
         deployed_keys = {item.journey.journey for item in checked}
         for key, row in latest.items():
             if key not in deployed_keys and row.active:
@@ -121,7 +132,8 @@ async def deploy(
         who, now = actor or audit.command_line(), datetime.now(UTC)
         for result in results:
             if result.change != "unchanged":
-                details = {"journey": result.key, "version": result.version,
+                what = "definitions" if result.key == DEFINITIONS else "journey"
+                details = {what: result.key, "version": result.version,
                            "change": result.change}  # fmt: skip
                 await audit.record(conn, who, "journeys.deploy", details=details, now=now)
     return results
@@ -132,4 +144,31 @@ async def deploy_workspace(engine: AsyncEngine, workspace: Workspace) -> list[De
     checked, problems = check_workspace(workspace)
     if problems:
         raise InvalidSource(problems)
-    return await deploy(engine, checked)
+    return await deploy(engine, checked, definitions=workspace.definitions)
+
+
+async def _deploy_definitions(conn: AsyncConnection, definitions: Definitions) -> Deployed | None:
+    """A new version of the traits and segments when they changed (the refresher then
+    brings every user to it: a backfill)."""
+    newest = (
+        await conn.execute(
+            select(segment_definitions.c.version, segment_definitions.c.content_hash)
+            .order_by(segment_definitions.c.version.desc())
+            .limit(1)
+        )
+    ).one_or_none()
+    digest = definitions.digest()
+    if newest is not None and newest.content_hash == digest:
+        return Deployed(DEFINITIONS, newest.version, "unchanged")
+    if newest is None and not definitions:
+        return None  # a workspace that never had any
+    version = 1 if newest is None else newest.version + 1
+    await conn.execute(
+        insert(segment_definitions).values(
+            version=version,
+            definitions=definitions.as_json(),
+            sources=definitions.sources,
+            content_hash=digest,
+        )
+    )
+    return Deployed(DEFINITIONS, version, "new" if newest is None else "updated")

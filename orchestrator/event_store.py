@@ -44,6 +44,14 @@ CATEGORIES = frozenset(category.value for category in Category)
 
 
 @dataclass(frozen=True)
+class Stored:
+    """What a batch added: the events to route, and every new message with its user."""
+
+    routable: list[StoredEvent]
+    fresh: list[tuple[Incoming, str | None]]
+
+
+@dataclass(frozen=True)
 class StoredEvent:
     """A newly stored event that journeys may need to hear about."""
 
@@ -63,12 +71,12 @@ async def store_events(
     received_at: datetime,
     snapshot: Snapshot,
     policy: Policy,
-) -> list[StoredEvent]:
+) -> Stored:
     """Insert new events (a retried message id changes nothing) and apply their traits and
     the suppressions they announce (unsubscribes, hard bounces, complaints).
 
-    Returns the new events that need routing, in request order; the others are
-    stored as already routed so the sweeper never looks at them.
+    Returns the new messages, and those that need routing in request order; the
+    others are stored as already routed so the sweeper never looks at them.
     """
     # Message ids are the source's own: the same id from another source is another
     # message (a public key must not void a server's event by sending its id first).
@@ -80,10 +88,10 @@ async def store_events(
         unique.setdefault(item.message_id, replace(item, message_id=f"{source}/{item.message_id}"))
     batch = list(unique.values())
     if not batch:
-        return []
+        return Stored([], [])
     linked = await _linked_users(conn, batch)
     users = [item.user_id or linked.get(item.anonymous_id or "") for item in batch]
-    routable = [
+    routes = [
         item.type == "track" and user is not None and snapshot.routes(item.event)
         for item, user in zip(batch, users, strict=True)
     ]
@@ -100,7 +108,7 @@ async def store_events(
             "timestamp": item.timestamp,
             "routable": route,
         }
-        for item, user, route in zip(batch, users, routable, strict=True)
+        for item, user, route in zip(batch, users, routes, strict=True)
     ]
     # Inserted in id order, so two requests with the same ids cannot deadlock on the
     # unique index; what they return stays in request order.
@@ -112,7 +120,7 @@ async def store_events(
     new_ids = {message_id: event_id for event_id, message_id in inserted.all()}
     fresh = [
         (item, user, route)
-        for item, user, route in zip(batch, users, routable, strict=True)
+        for item, user, route in zip(batch, users, routes, strict=True)
         if item.message_id in new_ids
     ]
     # A group call's traits describe the group (a company's email, say), not the user.
@@ -122,7 +130,7 @@ async def store_events(
     for item, user, _ in fresh:
         if user is not None and item.type == "track" and item.event is not None:
             await _record_suppression(conn, item, user, policy, received_at)
-    return [
+    routable = [
         StoredEvent(
             id=new_ids[item.message_id],
             message_id=item.message_id,
@@ -134,6 +142,7 @@ async def store_events(
         for item, user, route in fresh
         if route and user is not None
     ]
+    return Stored(routable, [(item, user) for item, user, _ in fresh])
 
 
 async def _record_suppression(

@@ -80,8 +80,14 @@ def edges(journey: Journey) -> list[Edge]:
 
 
 def trigger_label(journey: Journey) -> str:
-    when = f" when {journey.trigger.when}" if journey.trigger.when else ""
-    return f"on {journey.trigger.event}{when}"
+    trigger = journey.trigger
+    if trigger.audience is not None:
+        schedule = trigger.audience.schedule
+        when = f"at {schedule.at.isoformat()}" if schedule.at else f"cron {schedule.cron}"
+        return f"everyone in {trigger.audience.segment}, {when}"
+    segment = f" ({trigger.segment})" if trigger.segment else ""
+    when = f" when {trigger.when}" if trigger.when else ""
+    return f"on {trigger.event}{segment}{when}"
 
 
 def mermaid(journey: Journey) -> str:

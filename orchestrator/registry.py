@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orchestrator.tables import journey_versions, journeys
+from orchestrator.segments.definitions import Current, Definitions
+from orchestrator.tables import journey_versions, journeys, segment_definitions
 from workflows.messages import DeployedJourney
 
 
@@ -26,6 +27,10 @@ class Snapshot:
     # deployed, since a user finishes on the version they entered).
     interested: dict[str, set[str]] = field(default_factory=dict)
     versions: dict[tuple[str, int], DeployedJourney] = field(default_factory=dict)
+    # The computed traits and segments in force.
+    computed: Current = field(default_factory=Current)
+    # Current versions of active journeys that enter a segment's members on a schedule.
+    audiences: list[DeployedJourney] = field(default_factory=list)
 
     def routes(self, event: str | None) -> bool:
         """Whether an event needs routing at all (most do not, and never touch Temporal)."""
@@ -66,6 +71,7 @@ class JourneyRegistry:
                         select(
                             func.count(), func.max(journeys.c.updated_at),
                             func.sum(journeys.c.current_version),
+                            select(func.max(segment_definitions.c.version)).scalar_subquery(),
                         )
                     )
                 ).one()
@@ -81,15 +87,28 @@ class JourneyRegistry:
                         journeys.c.active,
                     ).join(journeys, journeys.c.key == journey_versions.c.journey_key)
                 )
-                self._snapshot = _index(rows.all())
+                newest = (
+                    await conn.execute(
+                        select(segment_definitions.c.version, segment_definitions.c.definitions)
+                        .order_by(segment_definitions.c.version.desc())
+                        .limit(1)
+                    )
+                ).one_or_none()
+                computed = (
+                    Current(newest.version, Definitions.from_json(newest.definitions))
+                    if newest is not None
+                    else Current()
+                )
+                self._snapshot = _index(rows.all(), computed)
                 self._fingerprint = fingerprint
         self._checked_at = self.clock()
 
 
-def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any]]) -> Snapshot:
+def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any]], computed: Current) -> Snapshot:
     by_trigger: dict[str, list[DeployedJourney]] = defaultdict(list)
     interested: dict[str, set[str]] = defaultdict(set)
     versions: dict[tuple[str, int], DeployedJourney] = {}
+    audiences: list[DeployedJourney] = []
     for row in rows:
         deployed = DeployedJourney.model_validate(
             {
@@ -102,8 +121,12 @@ def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any]]) -> Snapshot:
         versions[(deployed.key, deployed.version)] = deployed
         for name in deployed.spec.interesting_events():
             interested[name].add(deployed.key)
+        trigger = deployed.spec.trigger.event
         if row.active and row.version == row.current_version:
-            by_trigger[deployed.spec.trigger.event].append(deployed)
+            if trigger is not None:
+                by_trigger[trigger].append(deployed)
+            else:
+                audiences.append(deployed)
     for journeys_list in by_trigger.values():
         journeys_list.sort(key=lambda j: (-j.spec.priority, j.key))
-    return Snapshot(dict(by_trigger), dict(interested), versions)
+    return Snapshot(dict(by_trigger), dict(interested), versions, computed, audiences)

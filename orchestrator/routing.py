@@ -37,6 +37,7 @@ from orchestrator.tables import enrollments, events
 from rules.expressions import context, holds
 from workflows import search
 from workflows.messages import DeployedJourney, EventSignal
+from workflows.spec import in_segment
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +154,12 @@ class Router:
             traits: dict[str, Any] | None = None
             for deployed in snapshot.by_trigger.get(event.name, []):
                 spec = deployed.spec
+                if not in_segment(spec.trigger.segment, event.properties):
+                    continue
                 if spec.trigger.when or spec.audience:
                     if traits is None:
                         traits = await load_traits(conn, event.user_id)
-                    context = _context(event, traits, deployed)
+                    context = journey_context(event, traits, deployed)
                     if not holds(spec.trigger.when, context) or not holds(spec.audience, context):
                         continue
                 entry = await enroll(conn, deployed, event, now, fresh=fresh, snapshot=snapshot,
@@ -289,6 +292,7 @@ class Router:
                     deployed is None
                     or goal is None
                     or goal.event != event.name
+                    or not in_segment(goal.segment, event.properties)
                     or row.converted_at is not None
                     or now - row.entered_at > goal.within
                 ):
@@ -297,7 +301,7 @@ class Router:
                     traits = (
                         traits if traits is not None else await load_traits(conn, event.user_id)
                     )
-                    if not holds(goal.where, _context(event, traits, deployed)):
+                    if not holds(goal.where, journey_context(event, traits, deployed)):
                         continue
                 await conn.execute(
                     update(enrollments)
@@ -340,7 +344,7 @@ def _unavailable(outcome: object) -> bool:
     )
 
 
-def _context(
+def journey_context(
     event: StoredEvent, traits: dict[str, Any], deployed: DeployedJourney
 ) -> dict[str, Any]:
     journey = {"key": deployed.key, "version": deployed.version, "name": deployed.spec.name}

@@ -19,6 +19,7 @@ from orchestrator.event_store import store_events
 from orchestrator.ranking.serving import build_recommender
 from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Clock, Router, utc_now
+from orchestrator.segments.keeper import follow_events
 from orchestrator.settings import Settings
 from orchestrator.temporal import connect
 from orchestrator.tracking import Incoming
@@ -61,7 +62,11 @@ class Services:
             stored = await store_events(
                 conn, batch, source=source, received_at=now, snapshot=snapshot, policy=self.policy
             )
-            plan = await self.router.plan(conn, stored, snapshot, fresh=True)
+            # Computed traits and segments follow the events in the same transaction.
+            routable = await follow_events(
+                conn, stored, snapshot=snapshot, policy=self.policy, now=now
+            )
+            plan = await self.router.plan(conn, routable, snapshot, fresh=True)
         # Stored is accepted: a routing failure is retried by the sweeper, not the client.
         await self.router.route(plan, snapshot, within=self.settings.route_within_seconds)
 

@@ -343,3 +343,71 @@ experiment_archives = Table(
     Column("results", JSONB, nullable=False),
     PrimaryKeyConstraint("journey_key", "experiment_key"),
 )
+
+# ---- computed traits and segments (orchestrator.segments) ------------------------
+
+# Each deploy of traits.yaml and segments.yaml that changed them; the newest is in force.
+# A backfill brings every user to it (`backfill_cursor`: the last user done).
+segment_definitions = Table(
+    "segment_definitions",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("definitions", JSONB, nullable=False),
+    Column("sources", JSONB, nullable=False, server_default=_empty),
+    Column("content_hash", Text, nullable=False),
+    Column("deployed_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("backfill_cursor", Text),
+    Column("backfilled_at", DateTime(timezone=True)),
+)
+
+# Per user: each computed trait's state and value, the segments they are in, and when
+# a value next changes with no event (the refresher's work list).
+computed_profiles = Table(
+    "computed_profiles",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("version", Integer, nullable=False, server_default=text("0")),
+    Column("state", JSONB, nullable=False, server_default=_empty),
+    Column("values", JSONB, nullable=False, server_default=_empty),
+    Column("changed_at", JSONB, nullable=False, server_default=_empty),
+    Column("segments", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("computed_at", DateTime(timezone=True)),
+    Column("next_at", DateTime(timezone=True)),
+    Index("computed_profiles_due_idx", "next_at", postgresql_where=text("next_at IS NOT NULL")),
+)
+
+# Membership over time: a row per stay in a segment; `exited_at` NULL while inside.
+segment_memberships = Table(
+    "segment_memberships",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("segment_key", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("entered_at", DateTime(timezone=True), nullable=False),
+    Column("exited_at", DateTime(timezone=True)),
+    Index(
+        "segment_memberships_current_key",
+        "segment_key",
+        "user_id",
+        unique=True,
+        postgresql_where=text("exited_at IS NULL"),
+    ),
+    Index("segment_memberships_entered_idx", "segment_key", "entered_at"),
+    Index("segment_memberships_exited_idx", "segment_key", "exited_at"),
+)
+
+# One run of an audience journey: every member of its segment at `scheduled_for`.
+audience_runs = Table(
+    "audience_runs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("journey_key", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("segment_key", Text, nullable=False),
+    Column("scheduled_for", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("members", Integer),
+    Column("entered", Integer, nullable=False, server_default=text("0")),
+    UniqueConstraint("journey_key", "scheduled_for", name="audience_runs_once"),
+)

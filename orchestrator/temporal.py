@@ -16,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from workflows import search
 from workflows.journey import JourneyWorkflow
 from workflows.retraining import RetrainRanking
+from workflows.segments import AudienceRun, SegmentUpkeep
 
 # Jinja2 compiles conditions lazily (importing inside functions) and keeps a cache
 # behind a lock; it is deterministic, so it is shared with the sandbox, not reloaded.
@@ -60,7 +61,7 @@ def journey_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyWorkflow, RetrainRanking],
+        workflows=[JourneyWorkflow, RetrainRanking, SegmentUpkeep, AudienceRun],
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
         **options,

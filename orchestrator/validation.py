@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from croniter import croniter  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from channels.templates import (
@@ -110,6 +111,7 @@ def check_journey(source: Source, workspace: Workspace) -> tuple[Journey | None,
             for step_id, step in journey.steps.items()
             if isinstance(step, WebhookStep) and workspace.config.webhooks is None
         ),
+        *_segment_problems(source, journey, workspace),
     ]
     return (None if problems else journey), problems
 
@@ -268,7 +270,7 @@ def _template_problems(
     examples = sample.recommendations
     context = {
         "user": user_context(sample.user_id, sample.traits),
-        "event": event_context(journey.trigger.event, sample.event),
+        "event": event_context(journey.trigger.event or "Audience Run", sample.event),
         "journey": {"key": journey.journey, "name": journey.name, "version": 0},
         "recommendations": [examples[i % len(examples)] for i in range(items)],
     }
@@ -294,6 +296,43 @@ def _template_problems(
             continue
         for over in limit_problems(channel, rendered):
             yield source.problem([channel, over.field], f"with the sample profile, {over.reason}")
+
+
+def _segment_problems(source: Source, journey: Journey, workspace: Workspace) -> Iterator[Problem]:
+    """Segments a journey names must be in segments.yaml; cron schedules must parse;
+    computed traits are not a journey's to set."""
+    definitions = workspace.definitions
+    trigger = journey.trigger
+    named: list[tuple[Loc, str | None]] = [
+        (("trigger", "segment"), trigger.segment),
+        (("goal", "segment"), journey.goal.segment if journey.goal else None),
+    ]
+    named += [(("exit_on", i, "segment"), m.segment) for i, m in enumerate(journey.exit_on)]
+    named += [
+        (("steps", step_id, "wait_for", "segment"), step.wait_for.segment)
+        for step_id, step in journey.steps.items()
+        if isinstance(step, WaitForStep)
+    ]
+    if trigger.audience is not None:
+        named.append((("trigger", "audience", "segment"), trigger.audience.segment))
+        cron = trigger.audience.schedule.cron
+        if cron is not None and not croniter.is_valid(cron):
+            yield source.problem(["trigger", "audience", "schedule", "cron"],
+                                 f"{cron!r} is not a cron schedule")  # fmt: skip
+    known = ", ".join(sorted(definitions.segments)) or "none: add segments.yaml"
+    for loc, key in named:
+        if key is not None and key not in definitions.segments:
+            yield source.problem(loc, f"unknown segment '{key}' (known: {known})")
+    for step_id, step in journey.steps.items():
+        if isinstance(step, UpdateProfileStep):
+            update = step.update_profile
+            for name in sorted(definitions.traits.keys() & {*update.set, *update.unset}):
+                where = "set" if name in update.set else "unset"
+                yield source.problem(
+                    ["steps", step_id, "update_profile", where, name],
+                    f"'{name}' is a computed trait (traits.yaml): events change it, not journeys",
+                    key=True,
+                )
 
 
 def _inline_template_problems(source: Source, journey: Journey) -> Iterator[Problem]:

@@ -21,6 +21,9 @@ from orchestrator.inbox import PostgresMessageBox
 from orchestrator.journey_store import PostgresJourneyStore
 from orchestrator.ranking.schedule import RankingActivities
 from orchestrator.ranking.serving import build_recommender
+from orchestrator.registry import JourneyRegistry
+from orchestrator.routing import Router
+from orchestrator.segments.upkeep import SegmentActivities, start_upkeep
 from orchestrator.temporal import journey_worker
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
@@ -128,9 +131,14 @@ async def running_worker(
     engine: AsyncEngine,
     task_queue: str,
     store: JourneyStore | None = None,
+    upkeep: bool = False,
     **options: Any,
 ) -> AsyncIterator[Worker]:
-    """Run a worker until the block exits; `store` overrides the Postgres store."""
+    """Run a worker until the block exits; `store` overrides the Postgres store.
+
+    `upkeep` also starts the task queue's `SegmentUpkeep` workflow (if it is not running
+    yet): production workers and `orchestrator dev` do; tests that travel in time start
+    it themselves when they want it, since it wakes at least every `refresh_every`."""
     # The SDK logs each failed activity attempt here (adding the filter again is a no-op).
     logging.getLogger("temporalio.activity").addFilter(_BRIEF_ACTIVITY_FAILURES)
     config = workspace.config
@@ -150,10 +158,23 @@ async def running_worker(
             deps=deps,
         )
         ranking = RankingActivities(engine, events=config.ranking.popularity_events)
+        router = Router(
+            engine=engine, client=client, registry=JourneyRegistry(engine), task_queue=task_queue,
+            default_timezone=config.default_timezone, global_control=config.control_group(),
+        )  # fmt: skip
+        segments = SegmentActivities(
+            engine=engine, client=client, router=router, policy=workspace.policy,
+            task_queue=task_queue, default_timezone=config.default_timezone,
+        )  # fmt: skip
         async with journey_worker(
             client,
             task_queue=task_queue,
-            activities=[*activities.all(), ranking.train_ranking_model],
+            activities=[*activities.all(), ranking.train_ranking_model, *segments.all()],
             **options,
         ) as worker:
-            yield worker
+            if upkeep:
+                await start_upkeep(client, task_queue, every=config.segments.refresh_every)
+            try:
+                yield worker
+            finally:
+                await router.close()

@@ -3,6 +3,8 @@
     orchestrator.yaml    credentials, channel endpoints and secrets, default timezone
     policy.yaml          the contact policy: caps, quiet hours, consent, rules (optional)
     journeys/*.yaml      one journey per file
+    traits.yaml          computed traits (optional)
+    segments.yaml        segments over traits (optional)
     templates/*.yaml     one message per file, a section per channel
 
 String values in `orchestrator.yaml` may name environment variables as `${NAME}`, so
@@ -34,6 +36,7 @@ from channels.templates import Template
 from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.access.credentials import ApiKey, RateLimitConfig, UserTokens, origins
 from orchestrator.experiments.assignments import GlobalControl
+from orchestrator.segments.definitions import Definitions, load_definitions
 from orchestrator.settings import EXAMPLE_WORKSPACE
 from orchestrator.sources import InvalidSource, Problem, Source, load
 from rules.durations import Duration
@@ -247,6 +250,16 @@ class AlertsConfig(_Config):
         return self
 
 
+class SegmentsConfig(_Config):
+    """How computed traits and segments keep up with time passing."""
+
+    refresh_every: Duration = Field(
+        default=timedelta(minutes=1),
+        description="A value that changes with time (a window, days since) is computed "
+        "again at most this long after it changed",
+    )
+
+
 class WorkspaceConfig(_Config):
     """`orchestrator.yaml`."""
 
@@ -275,6 +288,7 @@ class WorkspaceConfig(_Config):
     links: Links = Field(default_factory=Links)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     sample_profile: SampleProfile = Field(default_factory=SampleProfile)
+    segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
 
     @field_validator("default_timezone")
     @classmethod
@@ -342,6 +356,7 @@ class Workspace:
     journey_files: list[Path] = field(default_factory=list)
     templates: dict[str, Template] = field(default_factory=dict)
     template_sources: dict[str, Source] = field(default_factory=dict)
+    definitions: Definitions = field(default_factory=Definitions)
 
     def display(self, path: Path) -> str:
         try:
@@ -411,10 +426,15 @@ def load_workspace(root: Path) -> Workspace:
             problems.extend(exc.problems)
         except ValidationError as exc:
             problems.extend(source.problems_from(exc))
+    definitions = Definitions()
+    try:
+        definitions = load_definitions(root)
+    except InvalidSource as exc:
+        problems.extend(exc.problems)
     if problems or config is None:
         raise InvalidSource(problems)
     journeys = sorted((root / "journeys").glob("*.yaml"))
-    return Workspace(root, config, policy, journeys, templates, template_sources)
+    return Workspace(root, config, policy, journeys, templates, template_sources, definitions)
 
 
 def _resolve_env(source: Source, value: Any, loc: list[str | int], problems: list[Problem]) -> Any:

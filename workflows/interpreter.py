@@ -64,6 +64,7 @@ from workflows.spec import (
     WaitStep,
     WaitUntil,
     WebhookStep,
+    in_segment,
     step_kind,
 )
 
@@ -360,7 +361,7 @@ class JourneyInterpreter:
         return None
 
     async def _matches(self, match: EventMatch | WaitFor, event: EventSignal) -> bool:
-        if event.name != match.event:
+        if event.name != match.event or not in_segment(match.segment, event.properties):
             return False
         if match.where is None:
             return True

@@ -9,9 +9,10 @@ is reported at its line.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -67,11 +68,89 @@ class Category(StrEnum):
     service = "service"
 
 
-class Trigger(Strict):
-    """The event that enters a user into the journey, and an optional condition on it."""
+SEGMENT_EVENTS = ("Segment Entered", "Segment Exited")
 
-    event: str = Field(min_length=1, max_length=200)
+
+_Matching = TypeVar("_Matching", bound=BaseModel)
+
+
+def _segment_event(model: _Matching) -> _Matching:
+    """`segment` names which segment's entries or exits an event match counts."""
+    segment, event = getattr(model, "segment", None), getattr(model, "event", None)
+    if segment is not None and event not in SEGMENT_EVENTS:
+        raise ValueError(f"`segment` goes with event {' or '.join(map(repr, SEGMENT_EVENTS))}")
+    return model
+
+
+def in_segment(segment: str | None, properties: dict[str, Any]) -> bool:
+    """Whether a segment event is about `segment` (any event is, when it names none)."""
+    return segment is None or properties.get("segment") == segment
+
+
+class Schedule(Strict):
+    """When an audience journey runs: once, or on a cron schedule, in the workspace's
+    time zone unless it names another."""
+
+    at: datetime | None = Field(default=None, description="Once, at this local date and time")
+    cron: str | None = Field(
+        default=None, description="Five cron fields: minute hour day month weekday",
+        examples=["0 9 * * MON"],
+    )  # fmt: skip
+    timezone: str | None = Field(default=None, description="IANA name; default: the workspace's")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Schedule:
+        if (self.at is None) == (self.cron is None):
+            raise ValueError("give `at` (once) or `cron` (repeating)")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"{self.cron!r} is not a cron schedule of five fields")
+        if self.timezone is not None:
+            _check_zone(self.timezone)
+        return self
+
+
+def _rate(value: Any) -> Any:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*", value)
+        if not match:
+            raise ValueError(f"{value!r} is not a rate: write it like 500/s, 100/m or 1000/h")
+        return float(match.group(1)) / {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+    return value
+
+
+Rate = Annotated[
+    float,
+    BeforeValidator(_rate),
+    Field(gt=0, le=100_000),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?/(s|m|h)$", "examples": ["500/s"]}),
+]
+
+
+class Audience(Strict):
+    """Enter every member of a segment when the schedule says, at a bounded rate."""
+
+    segment: str = Field(pattern=IDENTIFIER)
+    schedule: Schedule
+    entry_rate: Rate = Field(default=100.0, description="Users entered per second at most")
+
+
+class Trigger(Strict):
+    """What enters a user: an event (with an optional condition on it; a segment's
+    entries with `segment`), or being in a segment when an audience journey runs."""
+
+    event: str | None = Field(default=None, min_length=1, max_length=200)
+    segment: str | None = Field(default=None, pattern=IDENTIFIER)
     when: Condition | None = None
+    audience: Audience | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Trigger:
+        if (self.event is None) == (self.audience is None):
+            raise ValueError("give `event` (users enter when it happens) or `audience`")
+        if self.audience is not None and self.when is not None:
+            raise ValueError("an audience trigger has no event for `when`: use `audience:` "
+                             "at the top of the journey")  # fmt: skip
+        return _segment_event(self)
 
 
 class ReEntryAfter(Strict):
@@ -82,10 +161,16 @@ ReEntry = Literal["never", "always"] | ReEntryAfter
 
 
 class EventMatch(Strict):
-    """An event by name, optionally with a condition over it and the user."""
+    """An event by name, optionally with a condition over it and the user (and, for a
+    segment's entries and exits, which segment)."""
 
     event: str = Field(min_length=1, max_length=200)
+    segment: str | None = Field(default=None, pattern=IDENTIFIER)
     where: Condition | None = None
+
+    @model_validator(mode="after")
+    def _segment(self) -> EventMatch:
+        return _segment_event(self)
 
 
 def _event_match(value: Any) -> Any:
@@ -117,15 +202,17 @@ class WaitUntil(Strict):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        if value == "user":
-            return value
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        return value if value == "user" else _check_zone(value)
 
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r}") from None
-        return value
+
+def _check_zone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {value!r}") from None
+    return value
 
 
 def _wait_form(value: Any) -> str:
@@ -147,10 +234,15 @@ class WaitStep(Strict):
 
 class WaitFor(Strict):
     event: str = Field(min_length=1, max_length=200)
+    segment: str | None = Field(default=None, pattern=IDENTIFIER)
     where: Condition | None = None
     timeout: Duration
     on_event: StepId
     on_timeout: StepId
+
+    @model_validator(mode="after")
+    def _segment(self) -> WaitFor:
+        return _segment_event(self)
 
 
 class WaitForStep(Strict):
@@ -410,6 +502,18 @@ class Journey(Strict):
     goal: Goal | None = None
     start: StepId
     steps: dict[Annotated[str, Field(pattern=IDENTIFIER)], Step] = Field(min_length=1)
+
+    def segments(self) -> set[str]:
+        """The segments this journey names (trigger, audience, exits, goal, waits)."""
+        found = {self.trigger.segment, *(m.segment for m in self.exit_on)}
+        if self.trigger.audience is not None:
+            found.add(self.trigger.audience.segment)
+        if self.goal is not None:
+            found.add(self.goal.segment)
+        for step in self.steps.values():
+            if isinstance(step, WaitForStep):
+                found.add(step.wait_for.segment)
+        return {s for s in found if s is not None}
 
     def interesting_events(self) -> set[str]:
         """Events a running user of this journey must hear about (not the trigger)."""

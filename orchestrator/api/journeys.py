@@ -111,7 +111,8 @@ async def _summaries(services: Services, key: str | None = None) -> list[dict[st
             "name": r.name,
             "current_version": r.current_version,
             "active": r.active,
-            "trigger": r.spec["trigger"]["event"],
+            "trigger": r.spec["trigger"].get("event")
+            or f"audience {r.spec['trigger']['audience']['segment']}",
             "enrollments": by_key.get(r.key, {}),
             "converted": converted.get(r.key, 0),
             "spec": r.spec,

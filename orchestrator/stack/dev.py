@@ -101,7 +101,7 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                 serving(create_sink(workspace.config, receipts_to=api_url),
                         port=options.sink_port) as sink_url,
                 running_worker(client, workspace=workspace, engine=engine,
-                               task_queue=settings.task_queue),
+                               task_queue=settings.task_queue, upkeep=True),
             ):  # fmt: skip
                 # A backend's key: an identify with an email address is a server's to send.
                 sources = workspace.config.sources

@@ -135,9 +135,11 @@ async def running_stack(
     skip: Callable[[], Awaitable[None]] | None = None,
     route_within: float = 60.0,
     sweep_after: float | None = None,
+    upkeep: bool = False,
 ) -> AsyncIterator[Stack]:
     """Deploy the workspace, serve the API and run a worker on a fresh task queue; with
-    `sweep_after`, the API's sweeper routes events left unrouted that long."""
+    `sweep_after`, the API's sweeper routes events left unrouted that long; `upkeep`
+    starts the workflow that keeps computed traits current as time passes."""
     ws = load_workspace(workspace)
     await deploy_workspace(engine, ws)
     settings = Settings(
@@ -156,12 +158,20 @@ async def running_stack(
         async with (
             serving(app) as url,
             running_worker(
-                client, workspace=ws, engine=engine, task_queue=settings.task_queue, store=store
-            ),
+                client,
+                workspace=ws,
+                engine=engine,
+                task_queue=settings.task_queue,
+                store=store,
+                upkeep=upkeep,
+            ),  # fmt: skip
             httpx.AsyncClient(timeout=30) as http,
         ):
             yield Stack(url, http, services, client, workspace, skip)
     finally:
+        if upkeep:
+            with contextlib.suppress(RPCError):
+                await client.get_workflow_handle(f"segments:{settings.task_queue}").terminate()
         await terminate_unfinished(client, engine)
 
 

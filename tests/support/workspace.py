@@ -72,11 +72,12 @@ def write_workspace(
     credentials: str = CREDENTIALS,
     source: str = "",
     public_source: bool = False,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Write a workspace whose channels deliver to `receiver_url/<channel>` (in-app and
     web channels in `stored_only` have no URL); `source` adds settings to the source,
     `credentials` (API keys and the user token secret) and `config` are appended to
-    orchestrator.yaml."""
+    orchestrator.yaml; `files` are more workspace files (traits.yaml, segments.yaml)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "journeys").mkdir(exist_ok=True)
     (root / "templates").mkdir(exist_ok=True)
@@ -105,6 +106,8 @@ def write_workspace(
         (root / "journeys" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
     for name, text in (templates if templates is not None else TEMPLATES).items():
         (root / "templates" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
+    for name, text in (files or {}).items():
+        (root / name).write_text(textwrap.dedent(text).lstrip())
     return root
 
 

@@ -1,0 +1,341 @@
+"""Keeping each user's computed traits and segments current, in the caller's transaction.
+
+Ingestion calls `keep_current` with the events it just stored (their traits apply
+incrementally) and the users whose sent traits changed; the refresher calls it for
+users whose values change with time (`next_at` passed) or who were computed under
+older definitions (the backfill). Either way, per user and in user order:
+
+1. lock the user's `computed_profiles` row (creating it), so two transactions that
+   touch one user apply their events one after the other;
+2. bring each trait's state up to date: fold in the new events, or rebuild it from
+   the stored events when its definition changed since it was computed;
+3. write the values into the profile's traits, where conditions, templates, the
+   ranking model and the profile API read them like any trait;
+4. evaluate the segments over the profile and record each entry and exit, which
+   become `Segment Entered` / `Segment Exited` events the caller stores and routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, literal_column, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.event_store import Stored, StoredEvent, store_events
+from orchestrator.profiles import load_traits, merge_traits
+from orchestrator.registry import Snapshot
+from orchestrator.segments import aggregates
+from orchestrator.segments.definitions import (
+    SEGMENT_ENTERED,
+    SEGMENT_EXITED,
+    Current,
+    Definitions,
+    Trait,
+)
+from orchestrator.tables import computed_profiles, events, segment_memberships
+from orchestrator.tracking import Incoming
+from rules.expressions import evaluate, event_context, holds, user_context
+from rules.policy import Policy
+
+SOURCE = "product:segments"
+
+
+@dataclass(frozen=True)
+class Happened:
+    """A stored event, as the traits read it."""
+
+    user_id: str
+    name: str
+    properties: Mapping[str, Any]
+    at: datetime
+
+
+async def follow_events(
+    conn: AsyncConnection, stored: Stored, *, snapshot: Snapshot, policy: Policy, now: datetime
+) -> list[StoredEvent]:
+    """The events to route after a batch: its own, and the segment entries and exits it
+    caused (stored here, like any event, from the product's own source)."""
+    happened, users = users_to_keep(snapshot.computed, stored.fresh)
+    if not users:
+        return stored.routable
+    changes = await keep_current(conn, snapshot.computed, users, now, happened=happened)
+    return stored.routable + await store_changes(
+        conn, changes, snapshot=snapshot, policy=policy, now=now
+    )
+
+
+async def store_changes(
+    conn: AsyncConnection,
+    changes: Sequence[Incoming],
+    *,
+    snapshot: Snapshot,
+    policy: Policy,
+    now: datetime,
+) -> list[StoredEvent]:
+    """Store segment entry and exit events; return those journeys need routed."""
+    if not changes:
+        return []
+    stored = await store_events(
+        conn, changes, source=SOURCE, received_at=now, snapshot=snapshot, policy=policy
+    )
+    return stored.routable
+
+
+def users_to_keep(
+    current: Current, fresh: Iterable[tuple[Incoming, str | None]]
+) -> tuple[dict[str, list[Happened]], set[str]]:
+    """From newly stored messages: the events each user's traits read, and every user
+    whose profile needs computing again (those, and those whose sent traits changed)."""
+    definitions = current.definitions
+    if not definitions:
+        return {}, set()
+    names = definitions.events()
+    readers = bool(definitions.segments) or any(
+        t.expression is not None for t in definitions.traits.values()
+    )
+    happened: dict[str, list[Happened]] = {}
+    users: set[str] = set()
+    for item, user in fresh:
+        if user is None:
+            continue
+        if item.type == "track" and item.event in names:
+            happened.setdefault(user, []).append(
+                Happened(user, item.event, item.properties, item.timestamp)
+            )
+            users.add(user)
+        elif item.traits and (readers or definitions.traits.keys() & item.traits.keys()):
+            users.add(user)
+    return happened, users
+
+
+async def keep_current(
+    conn: AsyncConnection,
+    current: Current,
+    users: Iterable[str],
+    now: datetime,
+    *,
+    happened: Mapping[str, Sequence[Happened]] | None = None,
+) -> list[Incoming]:
+    """Compute the users' traits and segments again (see the module); return the
+    segment entry and exit events to store."""
+    changes: list[Incoming] = []
+    for user_id in sorted(set(users)):  # a fixed order: no deadlocks between requests
+        changes += await _keep_user(conn, current, user_id, now, (happened or {}).get(user_id, ()))
+    return changes
+
+
+async def _keep_user(
+    conn: AsyncConnection,
+    current: Current,
+    user_id: str,
+    now: datetime,
+    happened: Sequence[Happened],
+) -> list[Incoming]:
+    definitions = current.definitions
+    row = (
+        await conn.execute(
+            insert(computed_profiles)
+            .values(user_id=user_id)
+            .on_conflict_do_update(
+                index_elements=[computed_profiles.c.user_id],
+                set_={"user_id": literal_column("excluded.user_id")},  # locks the row
+            )
+            .returning(
+                computed_profiles.c.state,
+                computed_profiles.c["values"],
+                computed_profiles.c.changed_at,
+                computed_profiles.c.segments,
+            )
+        )
+    ).one()
+    at = now.timestamp()
+    states: dict[str, Any] = {}
+    for name, trait in definitions.traits.items():
+        if trait.expression is not None:
+            continue
+        state = row.state.get(name)
+        digest = trait.digest()
+        if state is None or state.get("h") != digest:
+            state = await rebuild(conn, trait, user_id, now)  # includes this batch's events
+        else:
+            for event in happened:
+                if counts(trait, event):
+                    state = aggregates.apply(trait, state, event.at.timestamp(), event.name,
+                                             event.properties)  # fmt: skip
+        state = aggregates.prune(trait, state, at) or {}
+        states[name] = {**state, "h": digest}
+
+    traits = await load_traits(conn, user_id)
+    values: dict[str, Any] = {}
+    for name, trait in definitions.traits.items():
+        if trait.expression is not None:
+            values[name] = _expression(trait.expression, user_id, {**traits, **values})
+        else:
+            values[name] = aggregates.value(trait, states[name], at)
+    values = {k: v for k, v in values.items() if v is not None}
+
+    # Computed values win over sent traits of the same name; a trait no longer defined
+    # (or without a value) leaves the profile.
+    dropped = (set(row.values) | definitions.traits.keys()) - values.keys()
+    to_set = {k: v for k, v in values.items() if traits.get(k, _ABSENT) != v}
+    to_unset = sorted(k for k in dropped if k in traits)
+    if to_set or to_unset:
+        await merge_traits(conn, user_id, set=to_set, unset=to_unset)
+        traits = {k: v for k, v in {**traits, **to_set}.items() if k not in to_unset}
+
+    stamp = now.isoformat()
+    changed_at = {
+        k: (row.changed_at.get(k, stamp) if row.values.get(k, _ABSENT) == v else stamp)
+        for k, v in values.items()
+    }
+    member_of = _segments(definitions, user_id, traits)
+    before = set(row.segments)
+    entered, exited = sorted(member_of - before), sorted(before - member_of)
+    upcoming = [
+        aggregates.next_change(trait, states[name], at)
+        for name, trait in definitions.traits.items()
+        if name in states
+    ]
+    due = min((t for t in upcoming if t is not None), default=None)
+    await conn.execute(
+        update(computed_profiles)
+        .where(computed_profiles.c.user_id == user_id)
+        .values(
+            version=current.version,
+            state=states,
+            values=values,
+            changed_at=changed_at,
+            segments=sorted(member_of),
+            computed_at=now,
+            next_at=datetime.fromtimestamp(due, UTC) if due is not None else None,
+        )
+    )
+    return await _record_changes(conn, user_id, entered, exited, now)
+
+
+_ABSENT = object()
+
+
+def counts(trait: Trait, event: Happened) -> bool:
+    """Whether `trait` reads this event (its name, and its `where` if it has one)."""
+    if event.name not in trait.events():
+        return False
+    where = trait.over.where if trait.over is not None else None
+    if where is None:
+        return True
+    context = {"event": event_context(event.name, event.properties, event.at.isoformat())}
+    return holds(where, context)
+
+
+async def rebuild(
+    conn: AsyncConnection, trait: Trait, user_id: str, now: datetime
+) -> dict[str, Any]:
+    """A trait's state from the user's stored events (a new or changed definition)."""
+    query = (
+        select(events.c.event, events.c.properties, events.c.timestamp)
+        .where(
+            events.c.user_id == user_id,
+            events.c.type == "track",
+            events.c.event.in_(sorted(trait.events())),
+        )
+        .order_by(events.c.timestamp, events.c.id)
+    )
+    if trait.over is not None and trait.over.window is not None:
+        query = query.where(events.c.timestamp > now - trait.over.window)
+    state: dict[str, Any] = {}
+    for name, properties, timestamp in await conn.execute(query):
+        event = Happened(user_id, name, properties, timestamp)
+        if counts(trait, event):
+            state = aggregates.apply(trait, state, timestamp.timestamp(), name, properties)
+    return state
+
+
+def _expression(source: str, user_id: str, traits: Mapping[str, Any]) -> Any:
+    try:
+        result = evaluate(source, {"user": user_context(user_id, traits)})
+    except Exception:
+        return None  # like a condition: an error (a division by zero, say) is no value
+    if result is None or type(result).__name__ in ("Missing", "Undefined"):
+        return None
+    return result if isinstance(result, str | int | float | bool | list | dict) else str(result)
+
+
+def _segments(definitions: Definitions, user_id: str, traits: Mapping[str, Any]) -> set[str]:
+    context = {"user": user_context(user_id, traits)}
+    return {key for key, segment in definitions.segments.items() if holds(segment.when, context)}
+
+
+async def _record_changes(
+    conn: AsyncConnection, user_id: str, entered: list[str], exited: list[str], now: datetime
+) -> list[Incoming]:
+    """Membership rows for each entry and exit, and the events that announce them."""
+    changes: list[Incoming] = []
+    for key in exited:
+        stay = await conn.scalar(
+            update(segment_memberships)
+            .where(
+                segment_memberships.c.segment_key == key,
+                segment_memberships.c.user_id == user_id,
+                segment_memberships.c.exited_at.is_(None),
+            )
+            .values(exited_at=now)
+            .returning(segment_memberships.c.id)
+        )
+        if stay is not None:
+            changes.append(_announce(SEGMENT_EXITED, key, user_id, stay, now))
+    for key in entered:
+        stay = await conn.scalar(
+            insert(segment_memberships)
+            .values(segment_key=key, user_id=user_id, entered_at=now)
+            .on_conflict_do_nothing()
+            .returning(segment_memberships.c.id)
+        )
+        if stay is not None:
+            changes.append(_announce(SEGMENT_ENTERED, key, user_id, stay, now))
+    return changes
+
+
+def _announce(name: str, key: str, user_id: str, stay: int, now: datetime) -> Incoming:
+    side = "entered" if name == SEGMENT_ENTERED else "exited"
+    return Incoming(
+        message_id=f"{key}/{stay}/{side}",
+        type="track",
+        event=name,
+        user_id=user_id,
+        anonymous_id=None,
+        previous_id=None,
+        properties={"segment": key},
+        traits={},
+        context={},
+        timestamp=now,
+    )
+
+
+async def due_users(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
+    """Users whose values change by `now` with no event, locked for this transaction
+    (another refresher skips them)."""
+    rows = await conn.execute(
+        select(computed_profiles.c.user_id)
+        .where(computed_profiles.c.next_at <= now)
+        .order_by(computed_profiles.c.next_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [user for (user,) in rows]
+
+
+async def touch(conn: AsyncConnection, user_id: str, now: datetime) -> None:
+    """Ask for the user to be computed again soon (a journey step changed their traits)."""
+    await conn.execute(
+        insert(computed_profiles)
+        .values(user_id=user_id, next_at=now)
+        .on_conflict_do_update(
+            index_elements=[computed_profiles.c.user_id],
+            set_={"next_at": func.least(computed_profiles.c.next_at, now)},
+        )
+    )
