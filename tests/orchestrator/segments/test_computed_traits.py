@@ -241,6 +241,6 @@ async def test_each_kind_of_trait_matches_a_brute_force_computation_as_time_pass
     at = clock.now - timedelta(minutes=5)
     history["u1"].append({"event": "Order Completed", "properties": {"revenue": 12.5},
                           "at": at.timestamp()})  # fmt: skip
-    await stack.send("/v1/track", {"userId": "u1", "event": "Order Completed",
-                                   "properties": {"revenue": 12.5}, "timestamp": at.isoformat()})  # fmt: skip
+    order = {"userId": "u1", "event": "Order Completed", "properties": {"revenue": 12.5}}
+    await stack.send("/v1/track", {**order, "timestamp": at.isoformat()})
     await _check(engine, traits, history, clock.now.timestamp())
