@@ -51,10 +51,11 @@ class MessageFields(BaseModel):
     )
     category: Literal["promotional", "transactional", "service"]
     priority: int = Field(default=50, ge=0, le=100)
+    # Strict: `true` is not a number (lax pydantic would read it as 1.0).
     value: float | None = Field(
-        default=None, ge=0, le=1e9, description="Expected value of the message"
+        default=None, ge=0, le=1e9, strict=True, description="Expected value of the message"
     )
-    propensity: float | None = Field(default=None, ge=0, le=1)
+    propensity: float | None = Field(default=None, ge=0, le=1, strict=True)
     tags: list[str] = Field(default_factory=list)
     template: str | None = None
     content_key: str | None = Field(default=None, description="For cross-channel de-duplication")

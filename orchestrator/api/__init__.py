@@ -40,6 +40,7 @@ from orchestrator.api.limits import Limits
 from orchestrator.reports import alerts
 from orchestrator.reports import api as reports_api
 from orchestrator.reports import pages as report_pages
+from orchestrator.segments import api as segments_api
 from orchestrator.services import Services
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.state.services = services
     app.state.limits = Limits(services.config)
     for module in (tracking, arbitration, journeys, receipts, inbox, ranking, catalog, audit,
-                   health, reports_api, report_pages):  # fmt: skip
+                   health, reports_api, report_pages, segments_api):  # fmt: skip
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _refused)

@@ -129,6 +129,74 @@ async def keep_current(
     return changes
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A user's traits and segments under some definitions, at some time."""
+
+    states: dict[str, Any]  # each aggregate's state, with its definition's digest
+    values: dict[str, Any]  # the computed traits that have a value
+    traits: dict[str, Any]  # the whole profile, sent and computed traits
+    segments: set[str]
+    next_at: datetime | None  # the next change with no event
+
+
+async def evaluate_user(
+    conn: AsyncConnection,
+    definitions: Definitions,
+    user_id: str,
+    *,
+    traits: Mapping[str, Any],
+    states: Mapping[str, Any],
+    computed: Mapping[str, Any],
+    happened: Sequence[Happened],
+    now: datetime,
+) -> Evaluation:
+    """From the stored profile (`traits`), aggregate `states` and `computed` values: fold
+    `happened` into the states (rebuilding from stored events a trait whose definition
+    changed), compute every value and the segments. Writes nothing."""
+    at = now.timestamp()
+    new_states: dict[str, Any] = {}
+    for name, trait in definitions.traits.items():
+        if trait.expression is not None:
+            continue
+        state = states.get(name)
+        digest = trait.digest()
+        if state is None or state.get("h") != digest:
+            state = await rebuild(conn, trait, user_id, now)  # includes this batch's events
+        else:
+            for event in happened:
+                if counts(trait, event):
+                    state = aggregates.apply(trait, state, event.at.timestamp(), event.name,
+                                             event.properties)  # fmt: skip
+        state = aggregates.prune(trait, state, at) or {}
+        new_states[name] = {**state, "h": digest}
+
+    values: dict[str, Any] = {}
+    for name, trait in definitions.traits.items():
+        if trait.expression is not None:
+            values[name] = _expression(trait.expression, user_id, {**traits, **values})
+        else:
+            values[name] = aggregates.value(trait, new_states[name], at)
+    values = {k: v for k, v in values.items() if v is not None}
+    # Computed values win over sent traits of the same name; a trait no longer defined
+    # (or without a value) leaves the profile.
+    dropped = (set(computed) | definitions.traits.keys()) - values.keys()
+    profile = {k: v for k, v in {**traits, **values}.items() if k not in dropped}
+    upcoming = [
+        aggregates.next_change(trait, new_states[name], at)
+        for name, trait in definitions.traits.items()
+        if name in new_states
+    ]
+    due = min((t for t in upcoming if t is not None), default=None)
+    return Evaluation(
+        states=new_states,
+        values=values,
+        traits=profile,
+        segments=_segments(definitions, user_id, profile),
+        next_at=datetime.fromtimestamp(due, UTC) if due is not None else None,
+    )
+
+
 async def _keep_user(
     conn: AsyncConnection,
     current: Current,
@@ -136,7 +204,6 @@ async def _keep_user(
     now: datetime,
     happened: Sequence[Happened],
 ) -> list[Incoming]:
-    definitions = current.definitions
     row = (
         await conn.execute(
             insert(computed_profiles)
@@ -153,69 +220,38 @@ async def _keep_user(
             )
         )
     ).one()
-    at = now.timestamp()
-    states: dict[str, Any] = {}
-    for name, trait in definitions.traits.items():
-        if trait.expression is not None:
-            continue
-        state = row.state.get(name)
-        digest = trait.digest()
-        if state is None or state.get("h") != digest:
-            state = await rebuild(conn, trait, user_id, now)  # includes this batch's events
-        else:
-            for event in happened:
-                if counts(trait, event):
-                    state = aggregates.apply(trait, state, event.at.timestamp(), event.name,
-                                             event.properties)  # fmt: skip
-        state = aggregates.prune(trait, state, at) or {}
-        states[name] = {**state, "h": digest}
-
-    traits = await load_traits(conn, user_id)
-    values: dict[str, Any] = {}
-    for name, trait in definitions.traits.items():
-        if trait.expression is not None:
-            values[name] = _expression(trait.expression, user_id, {**traits, **values})
-        else:
-            values[name] = aggregates.value(trait, states[name], at)
-    values = {k: v for k, v in values.items() if v is not None}
-
-    # Computed values win over sent traits of the same name; a trait no longer defined
-    # (or without a value) leaves the profile.
-    dropped = (set(row.values) | definitions.traits.keys()) - values.keys()
-    to_set = {k: v for k, v in values.items() if traits.get(k, _ABSENT) != v}
-    to_unset = sorted(k for k in dropped if k in traits)
+    before = await load_traits(conn, user_id)
+    found = await evaluate_user(
+        conn, current.definitions, user_id, traits=before,
+        states=row.state, computed=row.values, happened=happened, now=now,
+    )  # fmt: skip
+    to_set = {k: v for k, v in found.values.items() if before.get(k, _ABSENT) != v}
+    to_unset = sorted(before.keys() - found.traits.keys())
     if to_set or to_unset:
         await merge_traits(conn, user_id, set=to_set, unset=to_unset)
-        traits = {k: v for k, v in {**traits, **to_set}.items() if k not in to_unset}
 
     stamp = now.isoformat()
     changed_at = {
         k: (row.changed_at.get(k, stamp) if row.values.get(k, _ABSENT) == v else stamp)
-        for k, v in values.items()
+        for k, v in found.values.items()
     }
-    member_of = _segments(definitions, user_id, traits)
-    before = set(row.segments)
-    entered, exited = sorted(member_of - before), sorted(before - member_of)
-    upcoming = [
-        aggregates.next_change(trait, states[name], at)
-        for name, trait in definitions.traits.items()
-        if name in states
-    ]
-    due = min((t for t in upcoming if t is not None), default=None)
+    was = set(row.segments)
     await conn.execute(
         update(computed_profiles)
         .where(computed_profiles.c.user_id == user_id)
         .values(
             version=current.version,
-            state=states,
-            values=values,
+            state=found.states,
+            values=found.values,
             changed_at=changed_at,
-            segments=sorted(member_of),
+            segments=sorted(found.segments),
             computed_at=now,
-            next_at=datetime.fromtimestamp(due, UTC) if due is not None else None,
+            next_at=found.next_at,
         )
     )
-    return await _record_changes(conn, user_id, entered, exited, now)
+    return await _record_changes(
+        conn, user_id, sorted(found.segments - was), sorted(was - found.segments), now
+    )
 
 
 _ABSENT = object()
