@@ -6,11 +6,10 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.experiments.assignments import GlobalControl
-from orchestrator.tables import profiles
+from orchestrator.profiles import whole_profile
 from rules import store
 from rules.decision import Decision, SendRequest
 from rules.policy import Policy
@@ -31,10 +30,10 @@ class Arbitration:
         self.global_control = global_control
 
     async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
-        profile = select(profiles.c.traits).where(profiles.c.user_id == request.user_id)
+        profile = whole_profile(request.user_id)
         controlled = self.global_control is not None and self.global_control.holds(request.user_id)
         async with self.engine.begin() as conn:
-            traits = await store.lock_user(conn, request.user_id, also=profile.scalar_subquery())
+            traits = await store.lock_user(conn, request.user_id, also=profile)
             return await store.arbitrate(
                 conn, request, traits=traits or {}, policy=self.policy, now=now,
                 default_timezone=self.default_timezone, in_global_control=controlled,

@@ -28,6 +28,7 @@ from orchestrator.experiments.cli import app as experiments_app
 from orchestrator.journeys_cli import app as journeys_app
 from orchestrator.ranking_cli import app as ranking_app
 from orchestrator.reports.cli import app as report_app
+from orchestrator.segments.cli import segments_app, traits_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
 
 app = typer.Typer(
@@ -43,6 +44,8 @@ app.add_typer(ranking_app, name="ranking")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(report_app, name="report")
+app.add_typer(segments_app, name="segments")
+app.add_typer(traits_app, name="traits")
 app.command("audit")(audit_log)
 
 

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from channels.base import Receipt, Rendered
 from orchestrator.experiments import assignments
 from orchestrator.experiments.assignments import thompson_propensities
-from orchestrator.profiles import merge_traits
+from orchestrator.profiles import WHOLE_PROFILE_SQL, merge_traits
+from orchestrator.segments.keeper import touch
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, messages
 from rules import store as arbitration_store
 from rules.store import driver_connection
@@ -30,12 +31,12 @@ from workflows.messages import (
     StepVisit,
 )
 
-_LOAD_TRAITS = "SELECT traits FROM profiles WHERE user_id = $1"
-_PREPARE_SEND = """
-    SELECT m.status, m.channel, m.status_code, m.error, m.content, p.traits
+_LOAD_TRAITS = "SELECT " + WHOLE_PROFILE_SQL.format(n=1)
+_PREPARE_SEND = f"""
+    SELECT m.status, m.channel, m.status_code, m.error, m.content,
+           {WHOLE_PROFILE_SQL.format(n=2)} AS traits
     FROM (SELECT 1) AS one
     LEFT JOIN messages AS m ON m.id = $1
-    LEFT JOIN profiles AS p ON p.user_id = $2
 """
 _CLAIM_MESSAGE = """
     INSERT INTO messages (id, enrollment_id, journey_key, version, user_id, step, channel,
@@ -98,6 +99,8 @@ class PostgresJourneyStore:
     ) -> None:
         async with self.engine.begin() as conn:
             await merge_traits(conn, user_id, set=set, unset=unset)
+            # Segments over these traits follow at the upkeep's next round.
+            await touch(conn, user_id, datetime.now(UTC))
 
     async def record_progress(self, progress: ProgressInput) -> None:
         async with self.engine.begin() as conn:

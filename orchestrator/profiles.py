@@ -1,19 +1,49 @@
-"""User profiles: traits merged from identify calls, event context and journey steps."""
+"""User profiles: traits merged from identify calls, event context and journey steps, and
+overlaid with the computed traits (`orchestrator.segments`) wherever they are read."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Text, func, literal, literal_column, select
+from sqlalchemy import ScalarSelect, Text, func, literal, literal_column, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.tables import profiles
+from orchestrator.tables import computed_profiles, profiles
+
+_EMPTY = literal({}, JSONB)
+
+
+def whole_profile(user_id: Any) -> ScalarSelect[Any]:
+    """A user's traits as conditions, templates and rules read them: the sent traits with
+    the computed ones over them (a computed trait's value wins over a sent trait of the
+    same name). One JSON object; `{}` for a user we know nothing of."""
+    sent = select(profiles.c.traits).where(profiles.c.user_id == user_id).scalar_subquery()
+    computed = (
+        select(computed_profiles.c["values"])
+        .where(computed_profiles.c.user_id == user_id)
+        .scalar_subquery()
+    )
+    return select(
+        func.coalesce(sent, _EMPTY).op("||")(func.coalesce(computed, _EMPTY))
+    ).scalar_subquery()
+
+
+# The same, for the worker's statements that go straight to the driver ($n: the user id).
+WHOLE_PROFILE_SQL = (
+    "(coalesce((SELECT traits FROM profiles WHERE user_id = ${n}), '{{}}'::jsonb)"
+    " || coalesce((SELECT \"values\" FROM computed_profiles WHERE user_id = ${n}), '{{}}'::jsonb))"
+)
 
 
 async def load_traits(conn: AsyncConnection, user_id: str) -> dict[str, Any]:
-    """A user's traits; an unknown user has none."""
+    """A user's traits, sent and computed; an unknown user has none."""
+    return dict(await conn.scalar(select(whole_profile(user_id))) or {})
+
+
+async def sent_traits(conn: AsyncConnection, user_id: str) -> dict[str, Any]:
+    """Only the traits sent by identify calls, events' context and journey steps."""
     traits = await conn.scalar(select(profiles.c.traits).where(profiles.c.user_id == user_id))
     return dict(traits or {})
 

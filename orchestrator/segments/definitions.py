@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
-from datetime import timedelta
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Annotated, Any
@@ -141,27 +141,11 @@ class Trait(_Strict):
     def _exactly_one_kind(cls, data: Any) -> Any:
         if isinstance(data, dict):
             given = [k for k in KINDS if data.get(k) is not None]
+            if not given and set(data) - set(cls.model_fields):
+                return data  # a misspelt kind: "unknown key" says more
             if len(given) != 1:
                 raise ValueError("a trait needs exactly one of: " + ", ".join(KINDS))
         return data
-
-    @model_validator(mode="after")
-    def _fits_kind(self) -> Trait:
-        kind = self.kind
-        if kind not in AGGREGATES:
-            return self
-        needs_property, window, half_life = AGGREGATES[kind]
-        over = self.over
-        assert over is not None
-        if needs_property and over.property is None:
-            raise ValueError(f"`{kind}` needs the `property` it aggregates")
-        if not needs_property and over.property is not None:
-            raise ValueError(f"`{kind}` takes no `property`")
-        if over.window is not None and not window:
-            raise ValueError(f"`{kind}` takes no `window`: it reads every event")
-        if over.half_life is not None and not half_life:
-            raise ValueError(f"`{kind}` takes no `half_life`")
-        return self
 
     @property
     def kind(self) -> str:
@@ -186,19 +170,11 @@ class Trait(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class TraitsFile(_Strict):
-    traits: dict[Annotated[str, Field(pattern=IDENTIFIER)], Trait] = Field(default_factory=dict)
-
-
 class Segment(_Strict):
     """Users for whom `when` holds, over their traits (sent and computed)."""
 
     description: str = ""
     when: UserExpression
-
-
-class SegmentsFile(_Strict):
-    segments: dict[Annotated[str, Field(pattern=IDENTIFIER)], Segment] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -257,21 +233,18 @@ def load_definitions(root: Path) -> Definitions:
     """The workspace's traits and segments (none when the files are absent); raise
     InvalidSource with every problem at its position."""
     problems: list[Problem] = []
+    sources: dict[str, str] = {}
     traits: dict[str, Trait] = {}
     segments: dict[str, Segment] = {}
-    sources: dict[str, str] = {}
-    traits_source = _load(root / TRAITS_FILE, problems)
-    if traits_source is not None:
-        sources[TRAITS_FILE] = traits_source.text
-        parsed = _validate(traits_source, TraitsFile, problems)
-        if isinstance(parsed, TraitsFile):
-            traits = _ordered(traits_source, parsed.traits, problems)
-    segments_source = _load(root / SEGMENTS_FILE, problems)
-    if segments_source is not None:
-        sources[SEGMENTS_FILE] = segments_source.text
-        parsed_segments = _validate(segments_source, SegmentsFile, problems)
-        if isinstance(parsed_segments, SegmentsFile):
-            segments = dict(parsed_segments.segments)
+    if (source := _load(root / TRAITS_FILE, problems)) is not None:
+        sources[TRAITS_FILE] = source.text
+        found = _entries(source, "traits", Trait, problems)
+        traits = _ordered(source, {k: v for k, v in found.items() if isinstance(v, Trait)},
+                          problems)  # fmt: skip
+    if (source := _load(root / SEGMENTS_FILE, problems)) is not None:
+        sources[SEGMENTS_FILE] = source.text
+        found = _entries(source, "segments", Segment, problems)
+        segments = {k: v for k, v in found.items() if isinstance(v, Segment)}
     if problems:
         raise InvalidSource(problems)
     return Definitions(traits, segments, sources)
@@ -287,17 +260,58 @@ def _load(path: Path, problems: list[Problem]) -> Source | None:
         return None
 
 
-def _validate(source: Source, model: type[BaseModel], problems: list[Problem]) -> BaseModel | None:
-    if source.data is None:
-        return model()
-    if not isinstance(source.data, dict):
-        problems.append(source.problem([], "must be a mapping"))
-        return None
-    try:
-        return model.model_validate(source.data)
-    except ValidationError as exc:
-        problems.extend(source.problems_from(exc))
-        return None
+def _entries(
+    source: Source, section: str, model: type[BaseModel], problems: list[Problem]
+) -> dict[str, BaseModel]:
+    """Each entry of the file's one section, validated on its own so that every broken
+    entry is reported, not only the first."""
+    data = source.data if source.data is not None else {section: {}}
+    if not isinstance(data, dict) or set(data) - {section}:
+        extra = sorted(set(data) - {section}) if isinstance(data, dict) else []
+        loc: list[str | int] = [extra[0]] if extra else []
+        problems.append(source.problem(loc, f"the file holds one mapping, `{section}:`",
+                                       key=bool(extra)))  # fmt: skip
+        return {}
+    entries = data.get(section) or {}
+    if not isinstance(entries, dict):
+        problems.append(source.problem([section], "must be a mapping of names"))
+        return {}
+    valid: dict[str, BaseModel] = {}
+    for name, raw in entries.items():
+        if not isinstance(name, str) or not re.match(IDENTIFIER, name):
+            message = "a name is lowercase letters, digits and _, starting with a letter"
+            problems.append(source.problem([section, name], message, key=True))
+            continue
+        try:
+            valid[name] = model.model_validate(raw if raw is not None else {})
+        except ValidationError as exc:
+            problems.extend(source.problems_from(exc, prefix=[section, name]))
+            continue
+        entry = valid[name]
+        wrong = _kind_problems(entry) if isinstance(entry, Trait) else []
+        for loc, message in wrong:
+            problems.append(source.problem([section, name, *loc], message))
+        if wrong:
+            del valid[name]
+    return valid
+
+
+def _kind_problems(trait: Trait) -> list[tuple[list[str | int], str]]:
+    """What an aggregate's kind cannot take, at the key that gives it."""
+    kind, over = trait.kind, trait.over
+    if kind not in AGGREGATES or over is None:
+        return []
+    needs_property, window, half_life = AGGREGATES[kind]
+    found: list[tuple[list[str | int], str]] = []
+    if needs_property and over.property is None:
+        found.append(([kind], f"`{kind}` needs the `property` it aggregates"))
+    if not needs_property and over.property is not None:
+        found.append(([kind, "property"], f"`{kind}` takes no `property`"))
+    if over.window is not None and not window:
+        found.append(([kind, "window"], f"`{kind}` takes no `window`: it reads every event"))
+    if over.half_life is not None and not half_life:
+        found.append(([kind, "half_life"], f"`{kind}` takes no `half_life`"))
+    return found
 
 
 def _ordered(source: Source, traits: dict[str, Trait], problems: list[Problem]) -> dict[str, Trait]:
@@ -324,8 +338,3 @@ def _ordered(source: Source, traits: dict[str, Trait], problems: list[Problem]) 
         )
         return traits
     return {name: traits[name] for name in order}
-
-
-def horizon(trait: Trait) -> timedelta | None:
-    """How far back a trait reads (None: every event)."""
-    return trait.over.window if trait.over is not None else None

@@ -9,8 +9,9 @@ older definitions (the backfill). Either way, per user and in user order:
    touch one user apply their events one after the other;
 2. bring each trait's state up to date: fold in the new events, or rebuild it from
    the stored events when its definition changed since it was computed;
-3. write the values into the profile's traits, where conditions, templates, the
-   ranking model and the profile API read them like any trait;
+3. store the values, which every reader of a profile overlays on the sent traits
+   (`profiles.whole_profile`): conditions, templates, rules, the ranking model and
+   the profile API read them like any trait;
 4. evaluate the segments over the profile and record each entry and exit, which
    become `Segment Entered` / `Segment Exited` events the caller stores and routes.
 """
@@ -27,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.event_store import Stored, StoredEvent, store_events
-from orchestrator.profiles import load_traits, merge_traits
+from orchestrator.profiles import sent_traits
 from orchestrator.registry import Snapshot
 from orchestrator.segments import aggregates
 from orchestrator.segments.definitions import (
@@ -147,13 +148,12 @@ async def evaluate_user(
     *,
     traits: Mapping[str, Any],
     states: Mapping[str, Any],
-    computed: Mapping[str, Any],
     happened: Sequence[Happened],
     now: datetime,
 ) -> Evaluation:
-    """From the stored profile (`traits`), aggregate `states` and `computed` values: fold
-    `happened` into the states (rebuilding from stored events a trait whose definition
-    changed), compute every value and the segments. Writes nothing."""
+    """From the sent `traits` and the stored aggregate `states`: fold `happened` into the
+    states (rebuilding from stored events a trait whose definition changed), compute
+    every value and the segments. Writes nothing."""
     at = now.timestamp()
     new_states: dict[str, Any] = {}
     for name, trait in definitions.traits.items():
@@ -178,10 +178,7 @@ async def evaluate_user(
         else:
             values[name] = aggregates.value(trait, new_states[name], at)
     values = {k: v for k, v in values.items() if v is not None}
-    # Computed values win over sent traits of the same name; a trait no longer defined
-    # (or without a value) leaves the profile.
-    dropped = (set(computed) | definitions.traits.keys()) - values.keys()
-    profile = {k: v for k, v in {**traits, **values}.items() if k not in dropped}
+    profile = {**traits, **values}  # as readers see it (see `profiles.whole_profile`)
     upcoming = [
         aggregates.next_change(trait, new_states[name], at)
         for name, trait in definitions.traits.items()
@@ -220,16 +217,10 @@ async def _keep_user(
             )
         )
     ).one()
-    before = await load_traits(conn, user_id)
     found = await evaluate_user(
-        conn, current.definitions, user_id, traits=before,
-        states=row.state, computed=row.values, happened=happened, now=now,
+        conn, current.definitions, user_id, traits=await sent_traits(conn, user_id),
+        states=row.state, happened=happened, now=now,
     )  # fmt: skip
-    to_set = {k: v for k, v in found.values.items() if before.get(k, _ABSENT) != v}
-    to_unset = sorted(before.keys() - found.traits.keys())
-    if to_set or to_unset:
-        await merge_traits(conn, user_id, set=to_set, unset=to_unset)
-
     stamp = now.isoformat()
     changed_at = {
         k: (row.changed_at.get(k, stamp) if row.values.get(k, _ABSENT) == v else stamp)

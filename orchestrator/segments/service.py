@@ -118,7 +118,7 @@ async def members(
 async def profile(conn: AsyncConnection, user_id: str) -> dict[str, Any] | None:
     """A user's traits, each computed trait with when it was computed and last changed,
     and the segments they are in since when; None for a user we know nothing of."""
-    traits = await conn.scalar(select(profiles.c.traits).where(profiles.c.user_id == user_id))
+    sent = await conn.scalar(select(profiles.c.traits).where(profiles.c.user_id == user_id))
     row = (
         await conn.execute(
             select(
@@ -128,7 +128,7 @@ async def profile(conn: AsyncConnection, user_id: str) -> dict[str, Any] | None:
             ).where(computed_profiles.c.user_id == user_id)
         )
     ).one_or_none()
-    if traits is None and row is None:
+    if sent is None and row is None:
         return None
     m = segment_memberships.c
     stays = await conn.execute(
@@ -145,7 +145,7 @@ async def profile(conn: AsyncConnection, user_id: str) -> dict[str, Any] | None:
         }  # fmt: skip
     return {
         "user_id": user_id,
-        "traits": traits or {},
+        "traits": {**(sent or {}), **(row.values if row is not None else {})},
         "computed": computed,
         "segments": [{"key": s.segment_key, "entered_at": s.entered_at} for s in stays],
     }
@@ -193,7 +193,7 @@ async def preview(
         total += 1
         found = await evaluate_user(
             conn, definitions, row.user_id, traits=row.traits or {}, states=row.state or {},
-            computed=row.values or {}, happened=(), now=now,
+            happened=(), now=now,
         )  # fmt: skip
         was = set(row.segments or [])
         for key in found.segments:

@@ -21,7 +21,7 @@ from orchestrator.event_store import StoredEvent
 from orchestrator.profiles import load_traits
 from orchestrator.registry import Snapshot
 from orchestrator.routing import Router, journey_context
-from orchestrator.segments.keeper import keep_current, store_changes
+from orchestrator.segments.keeper import due_users, keep_current, store_changes
 from orchestrator.tables import (
     audience_runs,
     computed_profiles,
@@ -98,14 +98,7 @@ class SegmentActivities:
     async def _compute_due(self, snapshot: Snapshot, now: datetime) -> int:
         """Users whose values change by now with no event."""
         async with self.engine.begin() as conn:
-            rows = await conn.execute(
-                select(computed_profiles.c.user_id)
-                .where(computed_profiles.c.next_at <= now)
-                .order_by(computed_profiles.c.user_id)
-                .limit(BATCH)
-                .with_for_update(skip_locked=True)
-            )
-            users = [user for (user,) in rows]
+            users = await due_users(conn, now, BATCH)
             if not users:
                 return 0
             routable = await self._keep(conn, snapshot, users, now)

@@ -33,7 +33,7 @@ def workspace(tmp_path: Path) -> Path:
 def test_validate_accepts_the_example(workspace: Path) -> None:
     result = runner.invoke(app, ["journeys", "validate", str(workspace / "journeys")])
     assert result.exit_code == 0, result.output
-    assert "3 journey file(s) valid" in result.stderr
+    assert "4 journey file(s) valid" in result.stderr
 
 
 def test_validate_prints_every_problem_with_its_position(
@@ -69,7 +69,7 @@ def test_validate_without_paths_checks_the_workspace(
     monkeypatch.chdir(workspace / "journeys")  # the workspace at or above the directory
     result = runner.invoke(app, ["journeys", "validate"])
     assert result.exit_code == 0, result.output
-    assert result.stderr == "3 journey file(s) valid in ..\n"
+    assert result.stderr == "4 journey file(s) valid in ..\n"
     path = workspace / "journeys" / "win_back.yaml"
     path.write_text(path.read_text().replace("timeout: 14d", "timeout: fortnight"))
     result = runner.invoke(app, ["journeys", "validate"])
@@ -82,7 +82,7 @@ def test_validate_without_paths_checks_the_workspace(
     monkeypatch.chdir(elsewhere)  # in no workspace: the one dev runs, the example
     result = runner.invoke(app, ["journeys", "validate"])
     assert result.exit_code == 0, result.output
-    assert result.stderr.endswith("3 journey file(s) valid in " + os.path.relpath(EXAMPLE) + "\n")
+    assert result.stderr.endswith("4 journey file(s) valid in " + os.path.relpath(EXAMPLE) + "\n")
     monkeypatch.setenv("ORCHESTRATOR_WORKSPACE", str(workspace))  # or the one it names
     result = runner.invoke(app, ["journeys", "validate"])
     assert result.exit_code == 1
@@ -177,11 +177,15 @@ async def test_deploy_versions_only_what_changed(
 
     assert sorted(await asyncio.to_thread(deploy)) == [
         ("cart_abandonment", "v1", "new"),
+        ("traits+segments", "v1", "new"),
+        ("weekly_newsletter", "v1", "new"),
         ("welcome_series", "v1", "new"),
         ("win_back", "v1", "new"),
     ]
     assert sorted(await asyncio.to_thread(deploy)) == [
         ("cart_abandonment", "v1", "unchanged"),
+        ("traits+segments", "v1", "unchanged"),
+        ("weekly_newsletter", "v1", "unchanged"),
         ("welcome_series", "v1", "unchanged"),
         ("win_back", "v1", "unchanged"),
     ]
@@ -191,6 +195,8 @@ async def test_deploy_versions_only_what_changed(
     (workspace / "journeys" / "cart_abandonment.yaml").unlink()
     assert sorted(await asyncio.to_thread(deploy)) == [
         ("cart_abandonment", "v1", "retired"),
+        ("traits+segments", "v1", "unchanged"),
+        ("weekly_newsletter", "v1", "unchanged"),
         ("welcome_series", "v1", "unchanged"),
         ("win_back", "v2", "updated"),
     ]
@@ -201,6 +207,7 @@ async def test_deploy_versions_only_what_changed(
     )
     assert [(r["journey_key"], r["version"]) for r in stored] == [
         ("cart_abandonment", 1),
+        ("weekly_newsletter", 1),
         ("welcome_series", 1),
         ("win_back", 1),
         ("win_back", 2),
@@ -218,12 +225,13 @@ async def test_deploy_versions_only_what_changed(
     assert result.exit_code == 1
     assert "journeys/welcome_series.yaml:" in result.stdout
     assert "nothing was deployed" in result.stderr
-    assert len(await rows(engine, "SELECT 1 FROM journey_versions")) == 4
+    assert len(await rows(engine, "SELECT 1 FROM journey_versions")) == 5
 
     listed = await asyncio.to_thread(runner.invoke, app, ["journeys", "list"])
     assert listed.exit_code == 0
     assert [line.split()[:3] for line in listed.stdout.splitlines()[1:]] == [
         ["cart_abandonment", "v1", "retired"],
+        ["weekly_newsletter", "v1", "active"],
         ["welcome_series", "v1", "active"],
         ["win_back", "v2", "active"],
     ]

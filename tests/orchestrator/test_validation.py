@@ -295,6 +295,7 @@ def test_the_example_workspace_is_valid() -> None:
     assert problems == []
     assert sorted(c.journey.journey for c in checked) == [
         "cart_abandonment",
+        "weekly_newsletter",
         "welcome_series",
         "win_back",
     ]

@@ -62,5 +62,6 @@ async def test_entering_a_segment_starts_a_journey_and_leaving_it_exits(
         {"event": "Segment Entered", "properties": {"segment": "active_cart"}},
         {"event": "Segment Exited", "properties": {"segment": "active_cart"}},
     ]
-    [profile] = await rows(engine, "SELECT traits FROM profiles WHERE user_id = 'u1'")
+    profile = (await stack.call("GET", "/v1/users/u1")).json()
     assert profile["traits"] == {"orders_count": 1, "cart_adds_1h": 1}
+    assert profile["segments"] == []
