@@ -54,6 +54,23 @@ async def register_search_attributes(client: Client, namespace: str) -> None:
             raise
 
 
+def segments_queue(task_queue: str) -> str:
+    """The queue of the workflows that move segments (upkeep, audience runs): their own,
+    so that their next step never waits behind thousands of journeys' tasks."""
+    return f"{task_queue}.segments"
+
+
+def segments_worker(client: Client, *, task_queue: str, activities: Sequence[Any]) -> Worker:
+    """A worker for `segments_queue(task_queue)`: upkeep and audience runs."""
+    return Worker(
+        client,
+        task_queue=segments_queue(task_queue),
+        workflows=[SegmentUpkeep, AudienceRun],
+        activities=activities,
+        workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
+    )
+
+
 def journey_worker(
     client: Client, *, task_queue: str, activities: Sequence[Any], **options: Any
 ) -> Worker:
@@ -61,7 +78,7 @@ def journey_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyWorkflow, RetrainRanking, SegmentUpkeep, AudienceRun],
+        workflows=[JourneyWorkflow, RetrainRanking],
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
         **options,

@@ -24,7 +24,7 @@ from orchestrator.ranking.serving import build_recommender
 from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Router
 from orchestrator.segments.upkeep import SegmentActivities, start_upkeep
-from orchestrator.temporal import journey_worker
+from orchestrator.temporal import journey_worker, segments_worker
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
 
@@ -166,12 +166,15 @@ async def running_worker(
             engine=engine, client=client, router=router, policy=workspace.policy,
             task_queue=task_queue, default_timezone=config.default_timezone,
         )  # fmt: skip
-        async with journey_worker(
-            client,
-            task_queue=task_queue,
-            activities=[*activities.all(), ranking.train_ranking_model, *segments.all()],
-            **options,
-        ) as worker:
+        async with (
+            journey_worker(
+                client,
+                task_queue=task_queue,
+                activities=[*activities.all(), ranking.train_ranking_model],
+                **options,
+            ) as worker,
+            segments_worker(client, task_queue=task_queue, activities=segments.all()),
+        ):
             if upkeep:
                 await start_upkeep(client, task_queue, every=config.segments.refresh_every)
             try:

@@ -77,6 +77,8 @@ class AudienceResult(_Message):
 ROUNDS_PER_RUN = 500
 PAGES_PER_RUN = 500
 MIN_PAUSE = timedelta(seconds=1)
+# A worker that dies mid-activity is noticed this soon, and another takes the work over.
+HEARTBEAT = timedelta(seconds=10)
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
 
@@ -90,6 +92,7 @@ class SegmentUpkeep:
                 UpkeepRequest(now=workflow.now()),
                 result_type=UpkeepResult,
                 start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=HEARTBEAT,
                 retry_policy=_RETRY,
                 summary="compute again the users whose traits change by now; start due runs",
             )
@@ -125,6 +128,7 @@ class AudienceRun:
                 ),
                 result_type=PageResult,
                 start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=HEARTBEAT,
                 retry_policy=_RETRY,
                 summary=f"enter up to {size} members of {input.segment} after {after!r}",
             )

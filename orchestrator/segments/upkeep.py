@@ -31,6 +31,7 @@ from orchestrator.tables import (
     segment_definitions,
     segment_memberships,
 )
+from orchestrator.temporal import segments_queue
 from rules.expressions import holds
 from rules.policy import Policy
 from workflows.segments import (
@@ -81,6 +82,7 @@ class SegmentActivities:
         computed, more = 0, False
         deadline = asyncio.get_running_loop().time() + BUDGET.total_seconds()
         while asyncio.get_running_loop().time() < deadline:
+            activity.heartbeat()
             done = await self._compute_due(snapshot, now)
             done += await self._backfill(snapshot, now)
             computed += done
@@ -140,7 +142,19 @@ class SegmentActivities:
                     )
                 ).scalars()
             )
-            routable = await self._keep(conn, snapshot, users, now) if users else []
+            # Users that ingestion computed under this version since need nothing.
+            current_already = set(
+                (
+                    await conn.execute(
+                        select(computed_profiles.c.user_id).where(
+                            computed_profiles.c.user_id.in_(users),
+                            computed_profiles.c.version == current.version,
+                        )
+                    )
+                ).scalars()
+            )
+            stale = [user for user in users if user not in current_already]
+            routable = await self._keep(conn, snapshot, stale, now) if stale else []
             await conn.execute(
                 update(segment_definitions)
                 .where(segment_definitions.c.version == current.version)
@@ -153,7 +167,7 @@ class SegmentActivities:
         await self.router.execute(plan, snapshot)
         if len(users) < BATCH:
             log.info("traits and segments version %d: every user computed", current.version)
-        return len(users)
+        return len(stale) or (1 if users else 0)  # more pages may follow
 
     async def _keep(
         self, conn: AsyncConnection, snapshot: Snapshot, users: list[str], now: datetime
@@ -205,7 +219,7 @@ class SegmentActivities:
                         entry_rate=audience.entry_rate,
                     ),
                     id=audience_workflow_id(deployed.key, due),
-                    task_queue=self.task_queue,
+                    task_queue=segments_queue(self.task_queue),
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                     static_summary=f"{deployed.spec.name}: everyone in {audience.segment}"[:200],
@@ -260,7 +274,6 @@ class SegmentActivities:
                 if entry is not None and entry.enrollment_id:
                     entries.append(entry)
         await self._start(entries)
-        activity.heartbeat()
         return PageResult(
             last=members[-1] if members else page.after,
             members=len(members),
@@ -274,6 +287,7 @@ class SegmentActivities:
 
         async def one(entry: Entry) -> None:
             async with gate:
+                activity.heartbeat()
                 await start_journey(
                     self.client, entry, task_queue=self.task_queue,
                     default_timezone=self.default_timezone,
@@ -316,7 +330,7 @@ async def start_upkeep(client: Client, task_queue: str, *, every: timedelta) -> 
         "SegmentUpkeep",
         UpkeepInput(every=every),
         id=f"segments:{task_queue}",
-        task_queue=task_queue,
+        task_queue=segments_queue(task_queue),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary="keeps computed traits and segments current as time passes",
     )
