@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from bench.harness import WRITE_KEY, BenchStack, bench_stack
 from bench.http_load import Connection
-from orchestrator.enrollment import Entry, start_journey
+from orchestrator.enrollment import Entry, Installation, start_journey
 from orchestrator.event_store import StoredEvent
 from orchestrator.registry import JourneyRegistry
 from orchestrator.tables import enrollments
@@ -79,12 +79,13 @@ async def enroll_for_bare(stack: BenchStack, users: list[str]) -> list[Entry]:
 
 async def bare(stack: BenchStack, entries: list[Entry], concurrency: int) -> None:
     queue = list(reversed(entries))
+    installation = await Installation(stack.engine).id()
 
     async def client() -> None:
         while queue:
             await start_journey(
                 stack.client, queue.pop(), task_queue=stack.task_queue,
-                default_timezone="UTC", history_limit=2000,
+                default_timezone="UTC", history_limit=2000, installation_id=installation,
             )  # fmt: skip
 
     await asyncio.gather(*(client() for _ in range(concurrency)))

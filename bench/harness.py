@@ -44,13 +44,19 @@ class BenchStack:
     engine: AsyncEngine
     client: Client
     task_queue: str
+    workspace: Path
     worker: subprocess.Popen[bytes]
     api: subprocess.Popen[bytes]
     temporal: TemporalDevServer
 
 
 def write_workspace(
-    root: Path, *, receiver_url: str, journeys: dict[str, str], config: str = ""
+    root: Path,
+    *,
+    receiver_url: str,
+    journeys: dict[str, str],
+    config: str = "",
+    files: dict[str, str] | None = None,
 ) -> Path:
     (root / "journeys").mkdir(parents=True)
     (root / "templates").mkdir()
@@ -68,6 +74,8 @@ def write_workspace(
     )
     for name, text in journeys.items():
         (root / "journeys" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
+    for name, text in (files or {}).items():
+        (root / name).write_text(textwrap.dedent(text).lstrip())
     return root
 
 
@@ -79,13 +87,15 @@ async def bench_stack(
     worker: bool = True,
     api_processes: int = 1,
     config: str = "",
+    files: dict[str, str] | None = None,
     environment: dict[str, str] | None = None,
 ) -> AsyncIterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
         state = Path(tmp)
         workspace = write_workspace(
-            state / "workspace", receiver_url=receiver_url, journeys=journeys, config=config
-        )
+            state / "workspace", receiver_url=receiver_url, journeys=journeys, config=config,
+            files=files,
+        )  # fmt: skip
         postgres = EmbeddedPostgres(state / "postgres")
         temporal = TemporalDevServer(
             state_dir=state / "temporal", port=free_port(), ui_port=free_port()
@@ -124,7 +134,9 @@ async def bench_stack(
             api_url = f"http://127.0.0.1:{api_port}"
             await _wait_http(f"{api_url}/healthz")
             client = await connect(temporal.address)
-            yield BenchStack(api_url, database_url, engine, client, "bench", work, api, temporal)
+            yield BenchStack(
+                api_url, database_url, engine, client, "bench", workspace, work, api, temporal
+            )
             await engine.dispose()
         finally:
             for process in processes:
