@@ -7,12 +7,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orchestrator.segments.definitions import Current, Definitions
+from orchestrator.segments.definitions import Current, deployed
 from orchestrator.tables import journey_versions, journeys, segment_definitions
 from workflows.messages import DeployedJourney
 
@@ -29,8 +30,9 @@ class Snapshot:
     versions: dict[tuple[str, int], DeployedJourney] = field(default_factory=dict)
     # The computed traits and segments in force.
     computed: Current = field(default_factory=Current)
-    # Current versions of active journeys that enter a segment's members on a schedule.
-    audiences: list[DeployedJourney] = field(default_factory=list)
+    # Current versions of active journeys that enter a segment's members on a schedule,
+    # with when each was deployed.
+    audiences: list[tuple[DeployedJourney, datetime]] = field(default_factory=list)
 
     def routes(self, event: str | None) -> bool:
         """Whether an event needs routing at all (most do not, and never touch Temporal)."""
@@ -85,30 +87,19 @@ class JourneyRegistry:
                         journey_versions.c.templates,
                         journeys.c.current_version,
                         journeys.c.active,
+                        journey_versions.c.deployed_at,
                     ).join(journeys, journeys.c.key == journey_versions.c.journey_key)
                 )
-                newest = (
-                    await conn.execute(
-                        select(segment_definitions.c.version, segment_definitions.c.definitions)
-                        .order_by(segment_definitions.c.version.desc())
-                        .limit(1)
-                    )
-                ).one_or_none()
-                computed = (
-                    Current(newest.version, Definitions.from_json(newest.definitions))
-                    if newest is not None
-                    else Current()
-                )
-                self._snapshot = _index(rows.all(), computed)
+                self._snapshot = _index(rows.all(), await deployed(conn))
                 self._fingerprint = fingerprint
         self._checked_at = self.clock()
 
 
-def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any]], computed: Current) -> Snapshot:
+def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any, Any]], computed: Current) -> Snapshot:
     by_trigger: dict[str, list[DeployedJourney]] = defaultdict(list)
     interested: dict[str, set[str]] = defaultdict(set)
     versions: dict[tuple[str, int], DeployedJourney] = {}
-    audiences: list[DeployedJourney] = []
+    audiences: list[tuple[DeployedJourney, datetime]] = []
     for row in rows:
         deployed = DeployedJourney.model_validate(
             {
@@ -126,7 +117,7 @@ def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any]], computed: Current)
             if trigger is not None:
                 by_trigger[trigger].append(deployed)
             else:
-                audiences.append(deployed)
+                audiences.append((deployed, row.deployed_at))
     for journeys_list in by_trigger.values():
         journeys_list.sort(key=lambda j: (-j.spec.priority, j.key))
     return Snapshot(dict(by_trigger), dict(interested), versions, computed, audiences)

@@ -392,6 +392,8 @@ segment_memberships = Table(
         unique=True,
         postgresql_where=text("exited_at IS NULL"),
     ),
+    # Members at a time, in user order (audience runs page through them).
+    Index("segment_memberships_user_idx", "segment_key", "user_id"),
     Index("segment_memberships_entered_idx", "segment_key", "entered_at"),
     Index("segment_memberships_exited_idx", "segment_key", "exited_at"),
 )

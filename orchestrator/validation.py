@@ -22,6 +22,7 @@ from orchestrator.sources import InvalidSource, Loc, Problem, Source, load
 from orchestrator.workspace import Workspace
 from rules.expressions import event_context, user_context
 from workflows.spec import (
+    AUDIENCE_EVENT,
     BranchStep,
     ExperimentStep,
     Journey,
@@ -270,7 +271,7 @@ def _template_problems(
     examples = sample.recommendations
     context = {
         "user": user_context(sample.user_id, sample.traits),
-        "event": event_context(journey.trigger.event or "Audience Run", sample.event),
+        "event": event_context(journey.trigger.event or AUDIENCE_EVENT, sample.event),
         "journey": {"key": journey.journey, "name": journey.name, "version": 0},
         "recommendations": [examples[i % len(examples)] for i in range(items)],
     }

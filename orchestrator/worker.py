@@ -165,6 +165,7 @@ async def running_worker(
         segments = SegmentActivities(
             engine=engine, client=client, router=router, policy=workspace.policy,
             task_queue=task_queue, default_timezone=config.default_timezone,
+            refresh_every=config.segments.refresh_every,
         )  # fmt: skip
         async with (
             journey_worker(

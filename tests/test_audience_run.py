@@ -178,7 +178,8 @@ async def test_a_daily_audience_run_goes_through_holdouts_and_caps(
     journey = audience_journey(f'{{cron: "0 {nine.hour} * * *"}}', TELL, re_entry="always")
     stack = await make_stack(
         {"announce": journey}, policy=REACH_EVERYONE + CAPPED,
-        workspace={"files": {"segments.yaml": SEGMENTS}, "stored_only": ("in_app",)},
+        workspace={"files": {"segments.yaml": SEGMENTS}, "stored_only": ("in_app",),
+                   "config": "segments: {refresh_every: 6h}\n"},
     )  # fmt: skip
     users = [f"p{i:03d}" for i in range(200)]
 

@@ -28,7 +28,6 @@ class _Message(BaseModel):
 
 class UpkeepInput(_Message):
     every: timedelta = timedelta(minutes=1)
-    rounds: int = 0  # done in earlier runs (continue-as-new)
 
 
 class UpkeepRequest(_Message):
@@ -40,6 +39,7 @@ class UpkeepResult(_Message):
     started_runs: int
     more: bool  # work is left that was due now
     next_at: datetime | None  # the next time something falls due
+    every: timedelta | None = None  # the workspace's `segments.refresh_every` now
 
 
 class AudienceInput(_Message):
@@ -98,11 +98,11 @@ class SegmentUpkeep:
             )
             if result.more:
                 continue
-            wake = workflow.now() + input.every
+            wake = workflow.now() + (result.every or input.every)
             if result.next_at is not None:
                 wake = min(wake, result.next_at)
             await workflow.sleep(max(wake - workflow.now(), MIN_PAUSE))
-        workflow.continue_as_new(UpkeepInput(every=input.every, rounds=input.rounds + 1))
+        workflow.continue_as_new(input)
 
 
 @workflow.defn(name="AudienceRun")

@@ -69,6 +69,8 @@ class Category(StrEnum):
 
 
 SEGMENT_EVENTS = ("Segment Entered", "Segment Exited")
+# What an audience journey's users enter on (their `event` in conditions and templates).
+AUDIENCE_EVENT = "Audience Run"
 
 
 _Matching = TypeVar("_Matching", bound=BaseModel)
@@ -502,18 +504,6 @@ class Journey(Strict):
     goal: Goal | None = None
     start: StepId
     steps: dict[Annotated[str, Field(pattern=IDENTIFIER)], Step] = Field(min_length=1)
-
-    def segments(self) -> set[str]:
-        """The segments this journey names (trigger, audience, exits, goal, waits)."""
-        found = {self.trigger.segment, *(m.segment for m in self.exit_on)}
-        if self.trigger.audience is not None:
-            found.add(self.trigger.audience.segment)
-        if self.goal is not None:
-            found.add(self.goal.segment)
-        for step in self.steps.values():
-            if isinstance(step, WaitForStep):
-                found.add(step.wait_for.segment)
-        return {s for s in found if s is not None}
 
     def interesting_events(self) -> set[str]:
         """Events a running user of this journey must hear about (not the trigger)."""

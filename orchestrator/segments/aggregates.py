@@ -171,8 +171,8 @@ def next_change(trait: Trait, state: State | None, now: float) -> float | None:
             return None
         return float(last + (max(0, math.floor((now - last) / DAY)) + 1) * DAY)
     if over.half_life is not None:
-        if trait.kind == "most_frequent":
-            return None  # every value decays alike: the most frequent stays so
+        if trait.kind in ("most_frequent", "average"):
+            return None  # every weight decays alike: the value does not change
         current = _decayed_value("sum" if trait.kind == "sum" else "count", state, now,
                                  over.half_life.total_seconds())  # fmt: skip
         if not current or abs(current) < NEGLIGIBLE:

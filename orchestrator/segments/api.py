@@ -13,6 +13,7 @@ from orchestrator.api.auth import Caller, record_use, server_key_with
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
 from orchestrator.segments import service
+from orchestrator.segments.definitions import deployed
 from workflows.spec import IDENTIFIER
 
 router = APIRouter(
@@ -58,7 +59,7 @@ class Member(BaseModel):
 class ComputedValue(BaseModel):
     value: Any
     computed_at: datetime | None
-    changed_at: str | None = Field(description="When the value last changed")
+    changed_at: datetime | None = Field(description="When the value last changed")
 
 
 class Stay(BaseModel):
@@ -118,7 +119,7 @@ async def segment_members(
     """Who was in the segment at a time, in user order; each read is audited."""
     now = services.clock()
     async with services.engine.connect() as conn:
-        known = sorted(s["key"] for s in await service.summaries(conn, now))
+        known = sorted((await deployed(conn)).definitions.segments)
         if key not in known:
             listed = ", ".join(known) or "none deployed"
             raise HTTPException(404, {"error": f"no segment {key!r} (known: {listed})"})

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.segments import service
-from orchestrator.segments.definitions import Current
+from orchestrator.segments.definitions import Current, deployed
 
 segments_app = typer.Typer(help="Segments: who is in them, since when, and previews.",
                            no_args_is_help=True)  # fmt: skip
@@ -132,15 +132,15 @@ def list_traits() -> None:
     from orchestrator.tables import segment_definitions
 
     async def work(conn: AsyncConnection) -> tuple[Current, Any]:
-        deployed = await service.current(conn)
+        in_force = await deployed(conn)
         row = (
             await conn.execute(
-                select(segment_definitions).where(segment_definitions.c.version == deployed.version)
+                select(segment_definitions).where(segment_definitions.c.version == in_force.version)
             )
         ).one_or_none()
-        return deployed, row
+        return in_force, row
 
-    deployed, row = _read(work)
+    in_force, row = _read(work)
     if row is None:
         typer.echo(
             "no computed traits deployed: add traits.yaml and run `orchestrator journeys deploy`"
@@ -153,8 +153,8 @@ def list_traits() -> None:
         if row.backfill_cursor
         else "backfill not started"
     )
-    typer.echo(f"version {deployed.version}, deployed {row.deployed_at:%Y-%m-%d %H:%M}: {state}")
-    for name, trait in deployed.definitions.traits.items():
+    typer.echo(f"version {in_force.version}, deployed {row.deployed_at:%Y-%m-%d %H:%M}: {state}")
+    for name, trait in in_force.definitions.traits.items():
         over = trait.over
         detail = (
             trait.expression

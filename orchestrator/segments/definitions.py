@@ -33,16 +33,18 @@ from typing import Annotated, Any
 from jinja2 import nodes
 from jinja2.parser import Parser
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.sources import InvalidSource, Problem, Source, load
+from orchestrator.tables import segment_definitions
 from rules.durations import Duration
 from rules.expressions import ENVIRONMENT, condition_over
-from workflows.spec import IDENTIFIER
+from workflows.spec import IDENTIFIER, SEGMENT_EVENTS
 
 TRAITS_FILE = "traits.yaml"
 SEGMENTS_FILE = "segments.yaml"
-SEGMENT_ENTERED = "Segment Entered"
-SEGMENT_EXITED = "Segment Exited"
+SEGMENT_ENTERED, SEGMENT_EXITED = SEGMENT_EVENTS
 # `user.id` and `user.traits` are the profile's own; a trait cannot take those names.
 RESERVED = frozenset({"id", "traits"})
 
@@ -208,7 +210,9 @@ class Definitions:
     def from_json(cls, data: dict[str, Any], sources: dict[str, str] | None = None) -> Definitions:
         traits = {k: Trait.model_validate(v) for k, v in data.get("traits", {}).items()}
         segments = {k: Segment.model_validate(v) for k, v in data.get("segments", {}).items()}
-        return cls(traits, segments, sources or {})
+        # JSONB keeps no key order: put each expression after what it reads again.
+        ordered = {name: traits[name] for name in evaluation_order(traits)}
+        return cls(ordered, segments, sources or {})
 
 
 @dataclass(frozen=True)
@@ -219,14 +223,33 @@ class Current:
     definitions: Definitions = field(default_factory=Definitions)
 
 
+async def deployed(conn: AsyncConnection, version: int | None = None) -> Current:
+    """The traits and segments of a deployed version (default: the newest, in force)."""
+    query = select(segment_definitions.c.version, segment_definitions.c.definitions)
+    if version is not None:
+        query = query.where(segment_definitions.c.version == version)
+    found = (
+        await conn.execute(query.order_by(segment_definitions.c.version.desc()).limit(1))
+    ).one_or_none()
+    if found is None:
+        return Current()
+    return Current(found.version, Definitions.from_json(found.definitions))
+
+
 def user_names(expression: str) -> set[str]:
-    """The `user.<name>` attributes an expression reads."""
+    """The `user.<name>` and `user["name"]` attributes an expression reads."""
     node = Parser(ENVIRONMENT, expression, state="variable").parse_expression()
-    return {
-        n.attr
-        for n in [node, *node.find_all(nodes.Getattr)]
-        if isinstance(n, nodes.Getattr) and isinstance(n.node, nodes.Name) and n.node.name == "user"
-    }
+    found = set()
+    for n in [node, *node.find_all((nodes.Getattr, nodes.Getitem))]:
+        if not isinstance(n, nodes.Getattr | nodes.Getitem):
+            continue
+        if not isinstance(n.node, nodes.Name) or n.node.name != "user":
+            continue
+        if isinstance(n, nodes.Getattr):
+            found.add(n.attr)
+        elif isinstance(n.arg, nodes.Const):
+            found.add(str(n.arg.value))
+    return found
 
 
 def load_definitions(root: Path) -> Definitions:
@@ -299,6 +322,9 @@ def _entries(
 def _kind_problems(trait: Trait) -> list[tuple[list[str | int], str]]:
     """What an aggregate's kind cannot take, at the key that gives it."""
     kind, over = trait.kind, trait.over
+    if trait.events() & set(SEGMENT_EVENTS):
+        # Segments are made of traits: a trait made of segments would chase itself.
+        return [([kind], "traits do not read segment entries and exits")]
     if kind not in AGGREGATES or over is None:
         return []
     needs_property, window, half_life = AGGREGATES[kind]
@@ -314,22 +340,28 @@ def _kind_problems(trait: Trait) -> list[tuple[list[str | int], str]]:
     return found
 
 
-def _ordered(source: Source, traits: dict[str, Trait], problems: list[Problem]) -> dict[str, Trait]:
-    """Traits with each expression after the computed traits it reads; loops are problems."""
-    for name in sorted(RESERVED & traits.keys()):
-        problems.append(source.problem(["traits", name], f"'{name}' is the profile's own name",
-                                       key=True))  # fmt: skip
+def evaluation_order(traits: dict[str, Trait]) -> list[str]:
+    """Trait names with each expression after the computed traits it reads (CycleError
+    when expressions read each other in a loop)."""
     graph = {
         name: {used for used in user_names(t.expression) if used in traits and used != name}
         if t.expression is not None
         else set()
         for name, t in traits.items()
     }
+    return list(TopologicalSorter(graph).static_order())
+
+
+def _ordered(source: Source, traits: dict[str, Trait], problems: list[Problem]) -> dict[str, Trait]:
+    """Traits with each expression after the computed traits it reads; loops are problems."""
+    for name in sorted(RESERVED & traits.keys()):
+        problems.append(source.problem(["traits", name], f"'{name}' is the profile's own name",
+                                       key=True))  # fmt: skip
     for name, trait in traits.items():
         if trait.expression is not None and name in user_names(trait.expression):
             problems.append(source.problem(["traits", name, "expression"], "reads itself"))
     try:
-        order = list(TopologicalSorter(graph).static_order())
+        order = evaluation_order(traits)
     except CycleError as exc:
         cycle = exc.args[1]
         path = " -> ".join(cycle)

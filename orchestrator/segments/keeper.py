@@ -18,6 +18,7 @@ older definitions (the backfill). Either way, per user and in user order:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,8 +38,13 @@ from orchestrator.segments.definitions import (
     Current,
     Definitions,
     Trait,
+    deployed,
 )
-from orchestrator.tables import computed_profiles, events, segment_memberships
+from orchestrator.tables import (
+    computed_profiles,
+    events,
+    segment_memberships,
+)
 from orchestrator.tracking import Incoming
 from rules.expressions import evaluate, event_context, holds, user_context
 from rules.policy import Policy
@@ -210,6 +216,7 @@ async def _keep_user(
                 set_={"user_id": literal_column("excluded.user_id")},  # locks the row
             )
             .returning(
+                computed_profiles.c.version,
                 computed_profiles.c.state,
                 computed_profiles.c["values"],
                 computed_profiles.c.changed_at,
@@ -217,6 +224,10 @@ async def _keep_user(
             )
         )
     ).one()
+    if row.version > current.version:
+        # A newer deploy's backfill got here first (this process's snapshot is a moment
+        # old): compute under the definitions the row already follows.
+        current = await deployed(conn, row.version)
     found = await evaluate_user(
         conn, current.definitions, user_id, traits=await sent_traits(conn, user_id),
         states=row.state, happened=happened, now=now,
@@ -287,9 +298,21 @@ def _expression(source: str, user_id: str, traits: Mapping[str, Any]) -> Any:
         result = evaluate(source, {"user": user_context(user_id, traits)})
     except Exception:
         return None  # like a condition: an error (a division by zero, say) is no value
-    if result is None or type(result).__name__ in ("Missing", "Undefined"):
-        return None
-    return result if isinstance(result, str | int | float | bool | list | dict) else str(result)
+    return _plain(result)
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON can hold: a missing attribute or a non-finite number (inside a list
+    or an object too) is None, and so is anything that is not data."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return None  # Missing, Undefined and other objects
 
 
 def _segments(definitions: Definitions, user_id: str, traits: Mapping[str, Any]) -> set[str]:

@@ -11,33 +11,18 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.segments.definitions import Current, Definitions
+from orchestrator.segments.definitions import Definitions, deployed
 from orchestrator.segments.keeper import evaluate_user
 from orchestrator.tables import (
     computed_profiles,
     events,
     profiles,
-    segment_definitions,
     segment_memberships,
 )
 
 
 class UnknownSegment(LookupError):
     """No segment of that key is deployed; the message lists those that are."""
-
-
-async def current(conn: AsyncConnection) -> Current:
-    """The traits and segments in force (the newest deployed version)."""
-    row = (
-        await conn.execute(
-            select(segment_definitions.c.version, segment_definitions.c.definitions)
-            .order_by(segment_definitions.c.version.desc())
-            .limit(1)
-        )
-    ).one_or_none()
-    if row is None:
-        return Current()
-    return Current(row.version, Definitions.from_json(row.definitions))
 
 
 def _member_at(at: datetime) -> Any:
@@ -47,7 +32,7 @@ def _member_at(at: datetime) -> Any:
 
 async def summaries(conn: AsyncConnection, now: datetime) -> list[dict[str, Any]]:
     """Every deployed segment: its condition, members now, entries and exits in 24 hours."""
-    deployed = await current(conn)
+    in_force = await deployed(conn)
     m = segment_memberships.c
     day = now - timedelta(days=1)
     counts = {
@@ -70,7 +55,7 @@ async def summaries(conn: AsyncConnection, now: datetime) -> list[dict[str, Any]
             "entered_24h": counts[key].entered_24h if key in counts else 0,
             "exited_24h": counts[key].exited_24h if key in counts else 0,
         }
-        for key, segment in deployed.definitions.segments.items()
+        for key, segment in in_force.definitions.segments.items()
     ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from croniter import croniter  # type: ignore[import-untyped]
@@ -43,11 +43,10 @@ from workflows.segments import (
     UpkeepRequest,
     UpkeepResult,
 )
-from workflows.spec import Schedule
+from workflows.spec import AUDIENCE_EVENT, Schedule
 
 log = logging.getLogger(__name__)
 
-AUDIENCE_EVENT = "Audience Run"
 # A run missed by up to this much (the workers were down) still runs, late.
 CATCH_UP = timedelta(hours=1)
 BATCH = 500  # users computed per transaction
@@ -65,9 +64,11 @@ class SegmentActivities:
         policy: Policy,
         task_queue: str,
         default_timezone: str,
+        refresh_every: timedelta,
     ) -> None:
         self.engine, self.client, self.router, self.policy = engine, client, router, policy
         self.task_queue, self.default_timezone = task_queue, default_timezone
+        self.refresh_every = refresh_every
 
     def all(self) -> list[object]:
         return [self.segment_upkeep, self.enter_audience_page, self.finish_audience_run]
@@ -94,8 +95,9 @@ class SegmentActivities:
             next_due = await conn.scalar(select(func.min(computed_profiles.c.next_at)))
         upcoming = [t for t in (next_due, _next_run(snapshot, now, self.default_timezone)) if t]
         return UpkeepResult(
-            computed=computed, started_runs=started, more=more, next_at=min(upcoming, default=None)
-        )
+            computed=computed, started_runs=started, more=more,
+            next_at=min(upcoming, default=None), every=self.refresh_every,
+        )  # fmt: skip
 
     async def _compute_due(self, snapshot: Snapshot, now: datetime) -> int:
         """Users whose values change by now with no event."""
@@ -127,14 +129,16 @@ class SegmentActivities:
                 return 0
             after = row.backfill_cursor or ""
             everyone = union(
-                select(profiles.c.user_id.label("user_id")).where(profiles.c.user_id > after),
-                select(computed_profiles.c.user_id).where(computed_profiles.c.user_id > after),
-                select(events.c.user_id)
-                .where(events.c.user_id > after)
-                .distinct()
-                .order_by(events.c.user_id)
-                .limit(BATCH),
-            ).subquery()
+                *(
+                    select(column.label("user_id"))
+                    .where(column > after)
+                    .distinct()
+                    .order_by(column)
+                    .limit(BATCH)
+                    for column in (profiles.c.user_id, computed_profiles.c.user_id,
+                                   events.c.user_id)
+                )
+            ).subquery()  # fmt: skip
             users = list(
                 (
                     await conn.execute(
@@ -180,11 +184,12 @@ class SegmentActivities:
     async def _start_due_runs(self, snapshot: Snapshot, now: datetime) -> int:
         """Start each audience journey's run that is due and not yet done (idempotent)."""
         started = 0
-        for deployed in snapshot.audiences:
+        for deployed, deployed_at in snapshot.audiences:
             audience = deployed.spec.trigger.audience
             assert audience is not None
             due = _last_fire(audience.schedule, now, self.default_timezone)
-            if due is None or now - due > CATCH_UP:
+            # Late by up to CATCH_UP (workers were down), never before it was deployed.
+            if due is None or now - due > CATCH_UP or due < deployed_at:
                 continue
             async with self.engine.begin() as conn:
                 await conn.execute(
@@ -220,13 +225,14 @@ class SegmentActivities:
                     ),
                     id=audience_workflow_id(deployed.key, due),
                     task_queue=segments_queue(self.task_queue),
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    # Running or done: nothing to do; failed or terminated: run it again
+                    # (entries already made are found again, never repeated).
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                     static_summary=f"{deployed.spec.name}: everyone in {audience.segment}"[:200],
                 )
                 started += 1
             except WorkflowAlreadyStartedError:
-                pass  # ran before (the run row is finished by its last activity)
+                pass  # running, or done (its last activity finishes the run's row)
         return started
 
     @activity.defn(name="enter_audience_page")
@@ -254,7 +260,9 @@ class SegmentActivities:
                     )
                 ).scalars()
             )
-            for user_id in members:
+            for done, user_id in enumerate(members):
+                if done % 50 == 0:
+                    activity.heartbeat()  # a long page is alive: no second attempt beside it
                 trigger = StoredEvent(
                     id=0,
                     message_id=f"audience/{page.run_id}/{user_id}",
@@ -302,6 +310,7 @@ class SegmentActivities:
             run = (
                 await conn.execute(select(audience_runs).where(audience_runs.c.id == run_id))
             ).one()
+            prefix = f"audience/{run_id}/"  # "0" follows "/": the range is one run's keys
             members = await conn.scalar(
                 select(func.count()).where(
                     segment_memberships.c.segment_key == run.segment_key,
@@ -313,7 +322,8 @@ class SegmentActivities:
             entered = await conn.scalar(
                 select(func.count()).where(
                     enrollments.c.journey_key == run.journey_key,
-                    enrollments.c.trigger_message_id.like(f"audience/{run_id}/%"),
+                    enrollments.c.trigger_message_id >= prefix,
+                    enrollments.c.trigger_message_id < prefix[:-1] + "0",
                 )
             )
             await conn.execute(
@@ -345,23 +355,27 @@ def _zone(schedule: Schedule, default: str) -> ZoneInfo:
 
 
 def _last_fire(schedule: Schedule, now: datetime, default_timezone: str) -> datetime | None:
-    """The schedule's latest time at or before `now`."""
+    """The schedule's latest time at or before `now`.
+
+    Cron times are wall-clock times in the zone, taken at their first occurrence: when
+    the clocks go back, 01:30 happens twice but runs once (and the same instant names
+    the run both times, so it is not repeated)."""
     zone = _zone(schedule, default_timezone)
     if schedule.at is not None:
         at = schedule.at if schedule.at.tzinfo else schedule.at.replace(tzinfo=zone)
         return at if at <= now else None
     assert schedule.cron is not None
-    local = now.astimezone(zone)
-    if croniter.match(schedule.cron, local.replace(second=0, microsecond=0)):
-        return local.replace(second=0, microsecond=0)
-    previous: datetime = croniter(schedule.cron, local).get_prev(datetime)
-    return previous
+    wall = now.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+    if not croniter.match(schedule.cron, wall):
+        wall = croniter(schedule.cron, wall).get_prev(datetime)
+    fired = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    return fired if fired <= now else None
 
 
 def _next_run(snapshot: Snapshot, now: datetime, default_timezone: str) -> datetime | None:
     """When the next audience run falls due, of every audience journey."""
     times = []
-    for deployed in snapshot.audiences:
+    for deployed, _ in snapshot.audiences:
         assert deployed.spec.trigger.audience is not None
         schedule = deployed.spec.trigger.audience.schedule
         zone = _zone(schedule, default_timezone)
@@ -371,5 +385,7 @@ def _next_run(snapshot: Snapshot, now: datetime, default_timezone: str) -> datet
                 times.append(at)
         else:
             assert schedule.cron is not None
-            times.append(croniter(schedule.cron, now.astimezone(zone)).get_next(datetime))
+            wall = now.astimezone(zone).replace(tzinfo=None)
+            following: datetime = croniter(schedule.cron, wall).get_next(datetime)
+            times.append(following.replace(tzinfo=zone, fold=0).astimezone(UTC))
     return min(times, default=None)

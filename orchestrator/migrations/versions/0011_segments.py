@@ -62,6 +62,9 @@ def upgrade() -> None:
         postgresql_where=sa.text("exited_at IS NULL"),
     )
     op.create_index(
+        "segment_memberships_user_idx", "segment_memberships", ["segment_key", "user_id"]
+    )
+    op.create_index(
         "segment_memberships_entered_idx", "segment_memberships", ["segment_key", "entered_at"]
     )
     op.create_index(

@@ -58,7 +58,8 @@ async def _profiles(stack: Stack) -> dict[str, dict[str, Any]]:
 async def test_changed_definitions_are_backfilled_from_stored_events(
     make_stack: StackFactory, engine: AsyncEngine
 ) -> None:
-    stack = await make_stack({}, workspace={"files": {"traits.yaml": V1}})
+    daily = "segments: {refresh_every: 1d}\n"  # the upkeep need not wake more often here
+    stack = await make_stack({}, workspace={"files": {"traits.yaml": V1}, "config": daily})
     await _order(stack, "u1", 120.0, days_ago=3)
     await _order(stack, "u1", 30.0, days_ago=0.1)
     await _order(stack, "u2", 30.0, days_ago=0.2)

@@ -205,9 +205,11 @@ async def test_each_kind_of_trait_matches_a_brute_force_computation_as_time_pass
 ) -> None:  # fmt: skip
     start = await time_skipping.get_current_time()
     clock = ManualClock(start)
-    stack = await make_stack(
-        {}, clock=clock, workspace={"files": {"traits.yaml": TRAITS, "segments.yaml": SEGMENTS}}
-    )  # fmt: skip
+    # The upkeep wakes when the next value changes, and at least daily (in production,
+    # every minute, for changes that events scheduled while it slept; none do here).
+    files = {"traits.yaml": TRAITS, "segments.yaml": SEGMENTS}
+    daily = "segments: {refresh_every: 1d}\n"
+    stack = await make_stack({}, clock=clock, workspace={"files": files, "config": daily})
     traits = load_definitions(stack.workspace).traits
     rng = random.Random(7)
     history = {f"u{i}": _events(rng, start.timestamp(), f"u{i}") for i in range(6)}
@@ -222,8 +224,6 @@ async def test_each_kind_of_trait_matches_a_brute_force_computation_as_time_pass
         response = await stack.send("/v1/batch", {"batch": messages[i : i + 25]})
         assert response.status_code == 200, response.text
     await _check(stack, traits, history, start.timestamp())
-    # The upkeep wakes when the next value changes, and at least daily (in production,
-    # every minute, for changes that events scheduled while it slept; none do here).
     await start_upkeep(stack.client, stack.services.settings.task_queue, every=timedelta(days=1))
 
     # Time passes with no event: windows let events go, days pass, views are abandoned.
