@@ -29,8 +29,7 @@ from sqlalchemy import text as sql
 
 from bench.entries import bare, enroll_for_bare
 from bench.harness import WRITE_KEY, BenchStack, bench_stack, summary
-from bench.http_load import Connection
-from bench.ingest import BATCH, message
+from bench.ingest import through_api
 from orchestrator.deploy import deploy_workspace
 from orchestrator.segments.upkeep import start_upkeep
 from orchestrator.workspace import load_workspace
@@ -106,25 +105,6 @@ async def deploy(stack: BenchStack, *, traits: str = "", segments: str = "") -> 
     await asyncio.sleep(1.5)
 
 
-async def ingest(stack: BenchStack, events: int, concurrency: int = 4) -> float:
-    run = uuid.uuid4().hex[:8]
-    bodies = [
-        {"batch": [message(i, run) for i in range(start, min(events, start + BATCH))]}
-        for start in range(0, events, BATCH)
-    ]
-    queue = list(reversed(bodies))
-
-    async def client() -> None:
-        connection = Connection(stack.api_url, write_key=WRITE_KEY)
-        while queue:
-            assert await connection.post("/v1/batch", queue.pop()) == 200
-        await connection.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return events / (time.perf_counter() - started)
-
-
 async def request_latency(stack: BenchStack, count: int) -> list[float]:
     """Milliseconds per `/v1/track` of a `Product Viewed` for a new user, one at a time."""
     latencies = []
@@ -141,7 +121,7 @@ async def request_latency(stack: BenchStack, count: int) -> list[float]:
 
 
 async def boundary_lag(stack: BenchStack, users: int, every: str) -> list[float]:
-    """Seconds from a window letting a Ping go to the user's `Segment Exited`."""
+    """Milliseconds from a window letting a Ping go to the user's `Segment Exited`."""
     config = stack.workspace / "orchestrator.yaml"
     text = config.read_text().split("segments:")[0]
     config.write_text(text + f"segments:\n  refresh_every: {every}\n")
@@ -170,7 +150,7 @@ async def boundary_lag(stack: BenchStack, users: int, every: str) -> list[float]
             )  # fmt: skip
             for user, received in rows:
                 boundary = sent[user] + timedelta(seconds=10)
-                lags[user] = (received - boundary).total_seconds()
+                lags[user] = (received - boundary).total_seconds() * 1000
         await asyncio.sleep(0.5)
     return list(lags.values())
 
@@ -217,13 +197,13 @@ async def waiting(stack: BenchStack, key: str) -> int:
 
 async def main(events: int, audience: int, rounds: int) -> None:
     async with bench_stack({}) as stack:
-        await ingest(stack, 2000)  # warm up
+        await through_api(stack, 2000, 4)  # warm up
         none, some = [], []
         for r in range(rounds):
             await deploy(stack)
-            none.append(await ingest(stack, events))
+            none.append(await through_api(stack, events, 4))
             await deploy(stack, traits=TRAITS, segments=SEGMENTS)
-            some.append(await ingest(stack, events))
+            some.append(await through_api(stack, events, 4))
             print(f"round {r + 1}: nothing deployed {none[-1]:.0f} events/s, "
                   f"20 traits + 10 segments {some[-1]:.0f} events/s")  # fmt: skip
         a, b = sum(some) / rounds, sum(none) / rounds
@@ -238,7 +218,7 @@ async def main(events: int, audience: int, rounds: int) -> None:
 
         for every in ("1m", "5s"):
             lags = await boundary_lag(stack, 40, every)
-            print(f"time boundary to Segment Exited, refresh_every {every}, s: {summary(lags)}")
+            print(f"time boundary to Segment Exited, refresh_every {every}: {summary(lags)}")
 
         rate, bare_rate = await audience_rate(stack, audience)
         print(f"audience journey entries into running workflows: {rate:.1f}/s")

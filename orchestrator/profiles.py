@@ -42,12 +42,6 @@ async def load_traits(conn: AsyncConnection, user_id: str) -> dict[str, Any]:
     return dict(await conn.scalar(select(whole_profile(user_id))) or {})
 
 
-async def sent_traits(conn: AsyncConnection, user_id: str) -> dict[str, Any]:
-    """Only the traits sent by identify calls, events' context and journey steps."""
-    traits = await conn.scalar(select(profiles.c.traits).where(profiles.c.user_id == user_id))
-    return dict(traits or {})
-
-
 # A profile is read on every routed event and every message: it stays small. (Each
 # message is at most 32 KB; without a bound, many would pile up in one profile.)
 MAX_TRAITS = 500

@@ -8,10 +8,7 @@ the next day."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,18 +21,15 @@ from temporalio.testing import WorkflowEnvironment
 from orchestrator.api import create_app
 from orchestrator.deploy import deploy_workspace
 from orchestrator.segments.upkeep import start_upkeep
-from orchestrator.services import build_services
-from orchestrator.settings import Settings
 from orchestrator.stack.servers import serving
 from orchestrator.workspace import load_workspace
 from tests.conftest import StackFactory
 from tests.support.db import rows
 from tests.support.receiver import Receiver
-from tests.support.stack import Stack, eventually
+from tests.support.stack import Stack, eventually, worker_processes
 from tests.support.workspace import REACH_EVERYONE, WRITE_KEY, write_workspace
 from workflows.assignment import in_holdout
 
-BIN = Path(sys.executable).parent
 MEMBERS = 10_000
 SEGMENTS = "segments:\n  pro:\n    when: user.plan == 'pro'\n"
 
@@ -75,19 +69,11 @@ async def test_every_member_enters_once_across_a_worker_kill(
 ) -> None:
     root = write_workspace(tmp_path / "ws", receiver_url=receiver.url, journeys={},
                            files={"segments.yaml": SEGMENTS})  # fmt: skip
-    workspace = load_workspace(root)
-    await deploy_workspace(engine, workspace)
-    queue = f"audience-{uuid.uuid4().hex[:8]}"
-    settings = Settings(database_url=postgres_url, task_queue=queue, workspace=root)
     client = dev_server.client
-    services = build_services(settings, workspace=workspace, engine=engine, client=client)
-    env = {
-        **os.environ,
-        "ORCHESTRATOR_DATABASE_URL": postgres_url,
-        "ORCHESTRATOR_TEMPORAL_ADDRESS": client.service_client.config.target_host,
-        "ORCHESTRATOR_WORKSPACE": str(root),
-        "ORCHESTRATOR_TASK_QUEUE": queue,
-    }
+    processes = await worker_processes(
+        root, engine=engine, postgres_url=postgres_url, client=client, prefix="audience"
+    )
+    services = processes.services
     users = [f"m{i:05d}" for i in range(MEMBERS)]
     held = {u for u in users if in_holdout("announce", u, 10)}
     workers: list[asyncio.subprocess.Process] = []
@@ -108,7 +94,7 @@ async def test_every_member_enters_once_across_a_worker_kill(
             await asyncio.sleep(max(0.0, (run_at - datetime.now(UTC)).total_seconds()))
             await _identify(post, ["late"])  # joined after the run's moment: not in it
 
-            workers.append(await _worker(env))
+            workers.append(await processes.start(quiet=True))
 
             async def entered(at_least: int) -> bool:
                 found = await rows(engine, "SELECT count(*) AS n FROM enrollments")
@@ -117,7 +103,7 @@ async def test_every_member_enters_once_across_a_worker_kill(
             await eventually(lambda: entered(MEMBERS // 3), timeout=300)
             workers[0].send_signal(signal.SIGKILL)
             assert await asyncio.wait_for(workers[0].wait(), 10) == -signal.SIGKILL
-            workers.append(await _worker(env))
+            workers.append(await processes.start(quiet=True))
 
             async def finished() -> bool:
                 run = await rows(engine, "SELECT finished_at FROM audience_runs")
@@ -139,13 +125,6 @@ async def test_every_member_enters_once_across_a_worker_kill(
     assert {r["user_id"] for r in enrolled if r["status"] == "holdout"} == held
     assert 0.08 * MEMBERS < len(held) < 0.12 * MEMBERS
     assert {r["status"] for r in enrolled if r["user_id"] not in held} == {"active"}
-
-
-async def _worker(env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        str(BIN / "orchestrator"), "worker", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 WAIT = "  first:\n    wait: 30d\n    next: done\n  done:\n    exit: {}\n"

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-import uuid
 from pathlib import Path
 
 import httpx
@@ -16,20 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.api import create_app
-from orchestrator.deploy import deploy_workspace
-from orchestrator.services import build_services
-from orchestrator.settings import Settings
 from orchestrator.stack.servers import serving
-from orchestrator.workspace import load_workspace
 from tests.support.db import rows
 from tests.support.receiver import Received, Receiver
-from tests.support.stack import terminate_unfinished
+from tests.support.stack import terminate_unfinished, worker_processes
 from tests.support.workspace import WRITE_KEY, write_workspace
 from tests.workflows.test_delivery import ONE_SEND
 from workflows.messages import JourneyResult
 from workflows.search import workflow_id
-
-BIN = Path(sys.executable).parent
 
 
 async def test_a_worker_killed_between_delivery_and_recording_does_not_double_send(
@@ -40,24 +32,12 @@ async def test_a_worker_killed_between_delivery_and_recording_does_not_double_se
     tmp_path: Path,
 ) -> None:
     root = write_workspace(tmp_path / "ws", receiver_url=receiver.url, journeys={"once": ONE_SEND})
-    workspace = load_workspace(root)
-    await deploy_workspace(engine, workspace)
-    queue = f"crash-{uuid.uuid4().hex[:8]}"
-    settings = Settings(database_url=postgres_url, task_queue=queue, workspace=root)
     client = dev_server.client
-    services = build_services(settings, workspace=workspace, engine=engine, client=client)
-    env = {
-        **os.environ,
-        "ORCHESTRATOR_DATABASE_URL": postgres_url,
-        "ORCHESTRATOR_TEMPORAL_ADDRESS": client.service_client.config.target_host,
-        "ORCHESTRATOR_WORKSPACE": str(root),
-        "ORCHESTRATOR_TASK_QUEUE": queue,
-    }
-
-    async def start_worker() -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(str(BIN / "orchestrator"), "worker", env=env)
-
-    first = await start_worker()
+    workers = await worker_processes(
+        root, engine=engine, postgres_url=postgres_url, client=client, prefix="crash"
+    )
+    services = workers.services
+    first = await workers.start()
 
     def kill_the_worker(request: Received) -> None:
         # The provider has the message; the worker dies before it can record that.
@@ -82,7 +62,7 @@ async def test_a_worker_killed_between_delivery_and_recording_does_not_double_se
             [row] = await rows(engine, "SELECT status, attempts FROM messages")
             assert row == {"status": "sending", "attempts": 1}
 
-            second = await start_worker()
+            second = await workers.start()
             # the heartbeat timeout (10 s) notices the dead worker; the retry goes out
             await receiver.wait_for(lambda rs: len(rs) == 2, timeout=60)
             handle = client.get_workflow_handle(

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, update
+import orjson
+from sqlalchemy import DateTime, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.event_store import Stored, StoredEvent, store_events
-from orchestrator.profiles import sent_traits
 from orchestrator.registry import Snapshot
 from orchestrator.segments import aggregates
 from orchestrator.segments.definitions import (
@@ -129,11 +129,72 @@ async def keep_current(
     happened: Mapping[str, Sequence[Happened]] | None = None,
 ) -> list[Incoming]:
     """Compute the users' traits and segments again (see the module); return the
-    segment entry and exit events to store."""
+    segment entry and exit events to store.
+
+    A few statements whatever the number of users: one locks (creating) and reads their
+    rows in user order (so transactions never wait on each other in a circle), one
+    reads their sent traits, one writes them all; a user whose traits were redefined
+    costs one more read of their events."""
+    users = sorted(set(users))
+    if not users:
+        return []
+    rows = (await conn.execute(_LOCK, {"users": users})).all()
+    sent: dict[str, dict[str, Any]] = dict((await conn.execute(_SENT, {"users": users})).all())
+    writes: list[dict[str, Any]] = []
     changes: list[Incoming] = []
-    for user_id in sorted(set(users)):  # a fixed order: no deadlocks between requests
-        changes += await _keep_user(conn, current, user_id, now, (happened or {}).get(user_id, ()))
+    newer: dict[int, Current] = {}
+    stamp = now.isoformat()
+    for row in rows:
+        under = current
+        if row.version > current.version:
+            # A newer deploy's backfill got here first (this process's snapshot is a
+            # moment old): compute under the definitions the row already follows.
+            under = newer.get(row.version) or await deployed(conn, row.version)
+            newer[row.version] = under
+        found = await evaluate_user(
+            conn, under.definitions, row.user_id, traits=sent.get(row.user_id) or {},
+            states=row.state, happened=(happened or {}).get(row.user_id, ()), now=now,
+        )  # fmt: skip
+        changed_at = {
+            k: (row.changed_at.get(k, stamp) if row.values.get(k, _ABSENT) == v else stamp)
+            for k, v in found.values.items()
+        }
+        writes.append({
+            "user_id": row.user_id, "version": under.version, "state": found.states,
+            "values": found.values, "changed_at": changed_at,
+            "segments": sorted(found.segments),
+            "next_at": found.next_at.isoformat() if found.next_at else None,
+        })  # fmt: skip
+        was = set(row.segments)
+        changes += await _record_changes(
+            conn, row.user_id, sorted(found.segments - was), sorted(was - found.segments), now
+        )
+    await conn.execute(_WRITE, {"rows": orjson.dumps(writes).decode(), "now": now})
     return changes
+
+
+# Lock and read (creating) the users' rows, in user order.
+_LOCK = text(
+    """
+    INSERT INTO computed_profiles (user_id)
+    SELECT u FROM unnest(CAST(:users AS text[])) AS u ORDER BY u
+    ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id
+    RETURNING user_id, version, state, "values", changed_at, segments
+    """
+)
+_SENT = text("SELECT user_id, traits FROM profiles WHERE user_id = ANY(CAST(:users AS text[]))")
+_WRITE = text(
+    """
+    UPDATE computed_profiles AS c
+    SET version = r.version, state = r.state, "values" = r."values",
+        changed_at = r.changed_at, segments = r.segments, computed_at = :now,
+        next_at = r.next_at
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        user_id text, version int, state jsonb, "values" jsonb, changed_at jsonb,
+        segments jsonb, next_at timestamptz)
+    WHERE c.user_id = r.user_id
+    """
+).bindparams(bindparam("now", type_=DateTime(timezone=True)))
 
 
 @dataclass(frozen=True)
@@ -161,21 +222,23 @@ async def evaluate_user(
     states (rebuilding from stored events a trait whose definition changed), compute
     every value and the segments. Writes nothing."""
     at = now.timestamp()
+    aggregated = {n: t for n, t in definitions.traits.items() if t.expression is None}
+    stale = [n for n, t in aggregated.items()
+             if (states.get(n) or {}).get("h") != t.digest()]  # fmt: skip
+    # New or changed definitions start from the stored events (this batch's included).
+    rebuilt = await rebuild(conn, {n: aggregated[n] for n in stale}, user_id, now)
     new_states: dict[str, Any] = {}
-    for name, trait in definitions.traits.items():
-        if trait.expression is not None:
-            continue
-        state = states.get(name)
-        digest = trait.digest()
-        if state is None or state.get("h") != digest:
-            state = await rebuild(conn, trait, user_id, now)  # includes this batch's events
+    for name, trait in aggregated.items():
+        if name in rebuilt:
+            state = rebuilt[name]
         else:
+            state = states[name]
             for event in happened:
                 if counts(trait, event):
                     state = aggregates.apply(trait, state, event.at.timestamp(), event.name,
                                              event.properties)  # fmt: skip
         state = aggregates.prune(trait, state, at) or {}
-        new_states[name] = {**state, "h": digest}
+        new_states[name] = {**state, "h": trait.digest()}
 
     values: dict[str, Any] = {}
     for name, trait in definitions.traits.items():
@@ -200,62 +263,6 @@ async def evaluate_user(
     )
 
 
-async def _keep_user(
-    conn: AsyncConnection,
-    current: Current,
-    user_id: str,
-    now: datetime,
-    happened: Sequence[Happened],
-) -> list[Incoming]:
-    row = (
-        await conn.execute(
-            insert(computed_profiles)
-            .values(user_id=user_id)
-            .on_conflict_do_update(
-                index_elements=[computed_profiles.c.user_id],
-                set_={"user_id": literal_column("excluded.user_id")},  # locks the row
-            )
-            .returning(
-                computed_profiles.c.version,
-                computed_profiles.c.state,
-                computed_profiles.c["values"],
-                computed_profiles.c.changed_at,
-                computed_profiles.c.segments,
-            )
-        )
-    ).one()
-    if row.version > current.version:
-        # A newer deploy's backfill got here first (this process's snapshot is a moment
-        # old): compute under the definitions the row already follows.
-        current = await deployed(conn, row.version)
-    found = await evaluate_user(
-        conn, current.definitions, user_id, traits=await sent_traits(conn, user_id),
-        states=row.state, happened=happened, now=now,
-    )  # fmt: skip
-    stamp = now.isoformat()
-    changed_at = {
-        k: (row.changed_at.get(k, stamp) if row.values.get(k, _ABSENT) == v else stamp)
-        for k, v in found.values.items()
-    }
-    was = set(row.segments)
-    await conn.execute(
-        update(computed_profiles)
-        .where(computed_profiles.c.user_id == user_id)
-        .values(
-            version=current.version,
-            state=found.states,
-            values=found.values,
-            changed_at=changed_at,
-            segments=sorted(found.segments),
-            computed_at=now,
-            next_at=found.next_at,
-        )
-    )
-    return await _record_changes(
-        conn, user_id, sorted(found.segments - was), sorted(was - found.segments), now
-    )
-
-
 _ABSENT = object()
 
 
@@ -271,26 +278,29 @@ def counts(trait: Trait, event: Happened) -> bool:
 
 
 async def rebuild(
-    conn: AsyncConnection, trait: Trait, user_id: str, now: datetime
-) -> dict[str, Any]:
-    """A trait's state from the user's stored events (a new or changed definition)."""
+    conn: AsyncConnection, traits: Mapping[str, Trait], user_id: str, now: datetime
+) -> dict[str, dict[str, Any]]:
+    """Traits' states from the user's stored events (new or changed definitions), in one
+    read of the events they need."""
+    if not traits:
+        return {}
+    names = sorted({name for trait in traits.values() for name in trait.events()})
     query = (
         select(events.c.event, events.c.properties, events.c.timestamp)
-        .where(
-            events.c.user_id == user_id,
-            events.c.type == "track",
-            events.c.event.in_(sorted(trait.events())),
-        )
+        .where(events.c.user_id == user_id, events.c.type == "track", events.c.event.in_(names))
         .order_by(events.c.timestamp, events.c.id)
     )
-    if trait.over is not None and trait.over.window is not None:
-        query = query.where(events.c.timestamp > now - trait.over.window)
-    state: dict[str, Any] = {}
+    windows = [t.over.window if t.over is not None else None for t in traits.values()]
+    if all(window is not None for window in windows):
+        query = query.where(events.c.timestamp > now - max(w for w in windows if w))
+    states: dict[str, dict[str, Any]] = {name: {} for name in traits}
     for name, properties, timestamp in await conn.execute(query):
         event = Happened(user_id, name, properties, timestamp)
-        if counts(trait, event):
-            state = aggregates.apply(trait, state, timestamp.timestamp(), name, properties)
-    return state
+        for key, trait in traits.items():
+            if counts(trait, event):
+                states[key] = aggregates.apply(trait, states[key], timestamp.timestamp(), name,
+                                               properties)  # fmt: skip
+    return states
 
 
 def _expression(source: str, user_id: str, traits: Mapping[str, Any]) -> Any:

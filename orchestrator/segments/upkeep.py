@@ -240,6 +240,10 @@ class SegmentActivities:
         """Enter the next members (in user order, as they were at the run's moment)."""
         snapshot = await self.router.registry.snapshot()
         deployed = snapshot.versions[(page.journey_key, page.version)]
+        if not any(d.key == page.journey_key for d, _ in snapshot.audiences):
+            # Retired (or no longer an audience journey) mid-run: nobody else enters.
+            log.warning("journey %s was retired: its run %d stops", page.journey_key, page.run_id)
+            return PageResult(last=page.after, members=0, started=0, done=True)
         at = page.scheduled_for
         now = datetime.now(at.tzinfo)
         entries: list[Entry] = []

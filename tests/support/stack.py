@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +31,8 @@ from tests.support.workspace import SERVER_KEY, WRITE_KEY
 from workflows.activities import JourneyStore
 from workflows.messages import JourneyResult, JourneyState
 from workflows.search import workflow_id
+
+BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -186,3 +190,38 @@ async def terminate_unfinished(client: Client, engine: AsyncEngine) -> None:
     for wid in ids:
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(wid).terminate("test finished")
+
+
+@dataclass
+class WorkerProcesses:
+    """In-process services (for the API) and what `orchestrator worker` processes need
+    to serve the same workspace on a fresh task queue."""
+
+    services: Services
+    env: dict[str, str]
+
+    async def start(self, *, quiet: bool = False) -> asyncio.subprocess.Process:
+        """Start one more worker process."""
+        out = asyncio.subprocess.DEVNULL if quiet else None
+        return await asyncio.create_subprocess_exec(
+            str(BIN / "orchestrator"), "worker", env=self.env, stdout=out, stderr=out
+        )
+
+
+async def worker_processes(
+    root: Path, *, engine: AsyncEngine, postgres_url: str, client: Client, prefix: str
+) -> WorkerProcesses:
+    """Deploy the workspace at `root` and prepare worker processes for it."""
+    workspace = load_workspace(root)
+    await deploy_workspace(engine, workspace)
+    queue = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    settings = Settings(database_url=postgres_url, task_queue=queue, workspace=root)
+    services = build_services(settings, workspace=workspace, engine=engine, client=client)
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_DATABASE_URL": postgres_url,
+        "ORCHESTRATOR_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+        "ORCHESTRATOR_WORKSPACE": str(root),
+        "ORCHESTRATOR_TASK_QUEUE": queue,
+    }
+    return WorkerProcesses(services, env)
