@@ -254,9 +254,10 @@ class SegmentsConfig(_Config):
     """How computed traits and segments keep up with time passing."""
 
     refresh_every: Duration = Field(
-        default=timedelta(minutes=1),
-        description="A value that changes with time (a window, days since) is computed "
-        "again at most this long after it changed",
+        default=timedelta(seconds=15),
+        description="A value that changes with time (a window, days since) because of an "
+        "event that arrived while the upkeep slept is computed again at most this long "
+        "after it changed (one it knew of when it went to sleep, on time)",
     )
 
 

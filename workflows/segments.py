@@ -27,7 +27,7 @@ class _Message(BaseModel):
 
 
 class UpkeepInput(_Message):
-    every: timedelta = timedelta(minutes=1)
+    every: timedelta = timedelta(seconds=15)
 
 
 class UpkeepRequest(_Message):

@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Annotated, Any
@@ -149,23 +150,28 @@ class Trait(_Strict):
                 raise ValueError("a trait needs exactly one of: " + ", ".join(KINDS))
         return data
 
-    @property
+    # Read for every event of every user: computed once per (immutable) trait.
+
+    @cached_property
     def kind(self) -> str:
         return next(k for k in KINDS if getattr(self, k) is not None)
 
-    @property
+    @cached_property
     def over(self) -> Over | None:
         value = getattr(self, self.kind)
         return value if isinstance(value, Over) else None
 
-    def events(self) -> set[str]:
+    @cached_property
+    def events(self) -> frozenset[str]:
         """The event names this trait reads."""
         if self.over is not None:
-            return {self.over.event}
+            return frozenset({self.over.event})
         if self.sequence is not None:
-            return {self.sequence.first, self.sequence.then or self.sequence.then_not or ""}
-        return set()
+            follower = self.sequence.then or self.sequence.then_not or ""
+            return frozenset({self.sequence.first, follower})
+        return frozenset()
 
+    @cached_property
     def digest(self) -> str:
         """Changes when what the trait computes changes (the description does not count)."""
         data = self.model_dump(mode="json", exclude={"description"}, exclude_none=True)
@@ -193,7 +199,7 @@ class Definitions:
 
     def events(self) -> frozenset[str]:
         """Every event name some trait reads."""
-        return frozenset(name for trait in self.traits.values() for name in trait.events())
+        return frozenset(name for trait in self.traits.values() for name in trait.events)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -322,7 +328,7 @@ def _entries(
 def _kind_problems(trait: Trait) -> list[tuple[list[str | int], str]]:
     """What an aggregate's kind cannot take, at the key that gives it."""
     kind, over = trait.kind, trait.over
-    if trait.events() & set(SEGMENT_EVENTS):
+    if trait.events & set(SEGMENT_EVENTS):
         # Segments are made of traits: a trait made of segments would chase itself.
         return [([kind], "traits do not read segment entries and exits")]
     if kind not in AGGREGATES or over is None:

@@ -224,7 +224,7 @@ async def evaluate_user(
     at = now.timestamp()
     aggregated = {n: t for n, t in definitions.traits.items() if t.expression is None}
     stale = [n for n, t in aggregated.items()
-             if (states.get(n) or {}).get("h") != t.digest()]  # fmt: skip
+             if (states.get(n) or {}).get("h") != t.digest]  # fmt: skip
     # New or changed definitions start from the stored events (this batch's included).
     rebuilt = await rebuild(conn, {n: aggregated[n] for n in stale}, user_id, now)
     new_states: dict[str, Any] = {}
@@ -238,7 +238,7 @@ async def evaluate_user(
                     state = aggregates.apply(trait, state, event.at.timestamp(), event.name,
                                              event.properties)  # fmt: skip
         state = aggregates.prune(trait, state, at) or {}
-        new_states[name] = {**state, "h": trait.digest()}
+        new_states[name] = {**state, "h": trait.digest}
 
     values: dict[str, Any] = {}
     for name, trait in definitions.traits.items():
@@ -268,7 +268,7 @@ _ABSENT = object()
 
 def counts(trait: Trait, event: Happened) -> bool:
     """Whether `trait` reads this event (its name, and its `where` if it has one)."""
-    if event.name not in trait.events():
+    if event.name not in trait.events:
         return False
     where = trait.over.where if trait.over is not None else None
     if where is None:
@@ -284,7 +284,7 @@ async def rebuild(
     read of the events they need."""
     if not traits:
         return {}
-    names = sorted({name for trait in traits.values() for name in trait.events()})
+    names = sorted({name for trait in traits.values() for name in trait.events})
     query = (
         select(events.c.event, events.c.properties, events.c.timestamp)
         .where(events.c.user_id == user_id, events.c.type == "track", events.c.event.in_(names))

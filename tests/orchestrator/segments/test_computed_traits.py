@@ -206,7 +206,7 @@ async def test_each_kind_of_trait_matches_a_brute_force_computation_as_time_pass
     start = await time_skipping.get_current_time()
     clock = ManualClock(start)
     # The upkeep wakes when the next value changes, and at least daily (in production,
-    # every minute, for changes that events scheduled while it slept; none do here).
+    # every 15 seconds, for changes events scheduled while it slept; none do here).
     files = {"traits.yaml": TRAITS, "segments.yaml": SEGMENTS}
     daily = "segments: {refresh_every: 1d}\n"
     stack = await make_stack({}, clock=clock, workspace={"files": files, "config": daily})
