@@ -126,7 +126,7 @@ async def profile(conn: AsyncConnection, user_id: str) -> dict[str, Any] | None:
         computed = {
             name: {"value": value, "computed_at": row.computed_at,
                    "changed_at": row.changed_at.get(name)}
-            for name, value in row.values.items()
+            for name, value in sorted(row.values.items())
         }  # fmt: skip
     return {
         "user_id": user_id,
