@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -233,7 +233,7 @@ class Router:
         return len(await self.execute(plan, snapshot))
 
     async def _execute_user(self, plan: Plan, snapshot: Snapshot, items: list[StoredEvent]) -> None:
-        for event in items:
+        for index, event in enumerate(items):
             for entry in plan.entries.get(event.id, []):
                 await start_journey(
                     self.client,
@@ -245,10 +245,22 @@ class Router:
                 )
             interested = snapshot.interested.get(event.name, set())
             if keys := interested - plan.entered.get(event.id, set()):
-                await self._notify(snapshot, event, keys)
+                # An enrollment a later event of this batch made came after this event:
+                # it is not converted or told by it (an old `Order Completed` that puts a
+                # user in `lapsed` does not also convert the win-back it starts).
+                later = {e.message_id for e in items[index + 1 :]}
+                await self._notify(snapshot, event, keys, entered_later_by=later)
 
-    async def _notify(self, snapshot: Snapshot, event: StoredEvent, keys: set[str]) -> None:
-        """Record goal conversions and signal running workflows that care about the event."""
+    async def _notify(
+        self,
+        snapshot: Snapshot,
+        event: StoredEvent,
+        keys: set[str],
+        *,
+        entered_later_by: Collection[str] = (),
+    ) -> None:
+        """Record goal conversions and signal running workflows that care about the event
+        (not those entered by `entered_later_by`, events that came after it)."""
         now = self.clock()
         goal_window = max(
             (
@@ -280,6 +292,7 @@ class Router:
                     ).where(
                         enrollments.c.user_id == event.user_id,
                         enrollments.c.journey_key.in_(sorted(keys)),
+                        enrollments.c.trigger_message_id.not_in(sorted(entered_later_by)),
                         scope,
                     )
                 )

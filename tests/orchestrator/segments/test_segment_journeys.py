@@ -4,6 +4,7 @@ it exits the journey; entries and exits are events and membership rows."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -126,3 +127,39 @@ async def test_segments_are_readable_by_api_and_command_line(
     assert preview.splitlines()[2].split() == ["active_cart", "0", "1", "0", "1"]
     unknown = await asyncio.to_thread(runner.invoke, app, ["segments", "show", "nope"])
     assert unknown.exit_code == 1
+
+
+LAPSED_FILES = {
+    "traits.yaml": "traits:\n  days_since_last_order: {days_since: Order Completed}\n",
+    "segments.yaml": "segments:\n  lapsed: {when: user.days_since_last_order >= 90}\n",
+}
+WIN_BACK = """
+journey: win_back
+name: Win back
+trigger: {event: Segment Entered, segment: lapsed}
+goal: {event: Order Completed, within: 30d, exit: false}
+start: wait
+steps:
+  wait:
+    wait: 7d
+    next: done
+  done:
+    exit: {}
+"""
+
+
+async def test_the_event_that_puts_a_user_in_a_segment_does_not_convert_what_it_starts(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"win_back": WIN_BACK}, workspace={"files": LAPSED_FILES})
+    old = (datetime.now(UTC) - timedelta(days=120)).isoformat()
+    order = {"userId": "u1", "event": "Order Completed", "properties": {"revenue": 9}}
+    assert (await stack.send("/v1/track", {**order, "timestamp": old})).status_code == 200
+    assert (await stack.state("win_back", "u1")).step == "wait"
+    [entered] = await rows(engine, "SELECT converted_at FROM enrollments")
+    assert entered["converted_at"] is None
+    # A new order is the goal (and ends the user's stay in `lapsed`).
+    await stack.track("u1", "Order Completed", {"revenue": 30})
+    [converted] = await rows(engine, "SELECT converted_at, conversion_value FROM enrollments")
+    assert converted["converted_at"] is not None
+    assert converted["conversion_value"] == 30
