@@ -25,7 +25,8 @@ class UnknownSegment(LookupError):
     """No segment of that key is deployed; the message lists those that are."""
 
 
-def _member_at(at: datetime) -> Any:
+def member_at(at: datetime) -> Any:
+    """Membership rows of users who were in their segment at `at`."""
     m = segment_memberships.c
     return and_(m.entered_at <= at, or_(m.exited_at.is_(None), m.exited_at > at))
 
@@ -75,7 +76,7 @@ async def detail(conn: AsyncConnection, key: str, now: datetime, *, days: int = 
         row = (
             await conn.execute(
                 select(
-                    func.count().filter(_member_at(end)).label("members"),
+                    func.count().filter(member_at(end)).label("members"),
                     func.count().filter(m.entered_at > start, m.entered_at <= end).label("entered"),
                     func.count().filter(m.exited_at > start, m.exited_at <= end).label("exited"),
                 ).where(m.segment_key == key, or_(m.exited_at.is_(None), m.exited_at > start))
@@ -93,7 +94,7 @@ async def members(
     m = segment_memberships.c
     rows = await conn.execute(
         select(m.user_id, m.entered_at, m.exited_at)
-        .where(m.segment_key == key, _member_at(at), m.user_id > after)
+        .where(m.segment_key == key, member_at(at), m.user_id > after)
         .order_by(m.user_id)
         .limit(limit)
     )

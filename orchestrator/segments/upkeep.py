@@ -21,6 +21,7 @@ from orchestrator.event_store import StoredEvent
 from orchestrator.profiles import load_traits
 from orchestrator.registry import Snapshot
 from orchestrator.routing import Router, journey_context
+from orchestrator.segments import service
 from orchestrator.segments.keeper import due_users, keep_current, store_changes
 from orchestrator.tables import (
     audience_runs,
@@ -248,22 +249,10 @@ class SegmentActivities:
         now = datetime.now(at.tzinfo)
         entries: list[Entry] = []
         async with self.engine.begin() as conn:
-            members = list(
-                (
-                    await conn.execute(
-                        select(segment_memberships.c.user_id)
-                        .where(
-                            segment_memberships.c.segment_key == page.segment,
-                            segment_memberships.c.entered_at <= at,
-                            (segment_memberships.c.exited_at.is_(None))
-                            | (segment_memberships.c.exited_at > at),
-                            segment_memberships.c.user_id > page.after,
-                        )
-                        .order_by(segment_memberships.c.user_id)
-                        .limit(page.limit)
-                    )
-                ).scalars()
+            found = await service.members(
+                conn, page.segment, at=at, after=page.after, limit=page.limit
             )
+            members = [member["user_id"] for member in found]
             for done, user_id in enumerate(members):
                 if done % 50 == 0:
                     activity.heartbeat()  # a long page is alive: no second attempt beside it
@@ -318,9 +307,7 @@ class SegmentActivities:
             members = await conn.scalar(
                 select(func.count()).where(
                     segment_memberships.c.segment_key == run.segment_key,
-                    segment_memberships.c.entered_at <= run.scheduled_for,
-                    (segment_memberships.c.exited_at.is_(None))
-                    | (segment_memberships.c.exited_at > run.scheduled_for),
+                    service.member_at(run.scheduled_for),
                 )
             )
             entered = await conn.scalar(
