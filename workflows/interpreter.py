@@ -36,6 +36,7 @@ from workflows.messages import (
     DeployedJourney,
     EnterSignal,
     EventSignal,
+    HeardEvent,
     JourneyInput,
     JourneyResult,
     JourneyState,
@@ -69,11 +70,15 @@ from workflows.spec import (
 )
 
 ARBITRATION_PATCH = "central-arbitration"
+# A `wait_for` looks back at events heard since the previous wait (histories recorded
+# before it only saw events that arrived during the wait).
+HEARD_EVENTS_PATCH = "events-between-waits"
 # Message ids of journeys started without an installation id (before it existed). It
 # is the same in every installation, so those ids repeat once enrollment ids restart.
 MESSAGE_NAMESPACE = uuid.UUID("5b1c7e7e-3f53-4c4f-9d0e-6a4c2f1b8a10")
 MAX_RECENT_STEPS = 50
 MAX_SEEN_EVENTS = 500
+MAX_HEARD_EVENTS = 200
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,9 @@ class JourneyInterpreter:
             self._state.last_event = input.trigger
         self._profile: Profile | None = None
         self._reentries: list[EnterSignal] = []
+        self._awaited = {
+            s.wait_for.event for s in self._spec.steps.values() if isinstance(s, WaitForStep)
+        }
 
     # ---- messages -------------------------------------------------------
 
@@ -174,14 +182,22 @@ class JourneyInterpreter:
                 waited = await self._wait(self._state.wake_at, None)
                 if not isinstance(waited, str):
                     return waited
+                self._state.wait_mark = self._state.heard_count
                 return _Go(following, f"waited until {self._state.wake_at.isoformat()}")
             case WaitForStep(wait_for=wait_for):
                 if self._state.wake_at is None:
                     self._state.wake_at = workflow.now() + wait_for.timeout
                     self._state.waiting_for = wait_for.event
+                    if workflow.patched(HEARD_EVENTS_PATCH) and (
+                        heard := await self._heard_match(wait_for)
+                    ):
+                        self._state.last_event = heard.event
+                        self._state.wait_mark = self._state.heard_count
+                        return _Go(wait_for.on_event, f"got {wait_for.event} (heard earlier)")
                 waited = await self._wait(self._state.wake_at, wait_for)
                 if not isinstance(waited, str):
                     return waited
+                self._state.wait_mark = self._state.heard_count
                 if waited == "matched":
                     return _Go(wait_for.on_event, f"got {wait_for.event}")
                 return _Go(wait_for.on_timeout, f"no {wait_for.event} before timeout")
@@ -355,9 +371,30 @@ class JourneyInterpreter:
                 if await self._matches(match, event):
                     self._end("exited", f"exit on {event.name}")
                     return ENDED_BY_EVENT
+            if event.name in self._awaited:
+                self._hear(event)
             if wait_for is not None and await self._matches(wait_for, event):
                 self._state.last_event = event
                 return "matched"
+        return None
+
+    def _hear(self, event: EventSignal) -> None:
+        """Keep an event a later `wait_for` may look back at."""
+        self._state.heard_count += 1
+        heard = HeardEvent(seq=self._state.heard_count, at=workflow.now(), event=event)
+        self._state.heard.append(heard)
+        del self._state.heard[:-MAX_HEARD_EVENTS]
+
+    async def _heard_match(self, wait_for: WaitFor) -> HeardEvent | None:
+        """The first event heard within the wait's look-back that it matches."""
+        since = wait_for.since
+        for heard in self._state.heard:
+            if since is None and heard.seq <= self._state.wait_mark:
+                continue
+            if isinstance(since, timedelta) and heard.at < workflow.now() - since:
+                continue
+            if await self._matches(wait_for, heard.event):
+                return heard
         return None
 
     async def _matches(self, match: EventMatch | WaitFor, event: EventSignal) -> bool:

@@ -66,6 +66,14 @@ class StepVisit(BaseModel):
     outcome: str | None = None
 
 
+class HeardEvent(BaseModel):
+    """An event a `wait_for` of the journey may want, as the workflow heard it."""
+
+    seq: int = Field(description="1 for the first event heard, counting on across waits")
+    at: datetime
+    event: EventSignal
+
+
 class JourneyState(BaseModel):
     """Everything the workflow knows; returned by the `state` query, carried by continue-as-new."""
 
@@ -80,6 +88,9 @@ class JourneyState(BaseModel):
     assignments: dict[str, str] = Field(default_factory=dict)
     last_event: EventSignal | None = None
     pending: list[EventSignal] = Field(default_factory=list)
+    heard: list[HeardEvent] = Field(default_factory=list, description="Recent, for `wait_for`")
+    heard_count: int = 0
+    wait_mark: int = Field(default=0, description="`heard_count` when the last wait ended")
     seen_event_ids: list[str] = Field(default_factory=list)
     messages_sent: int = 0
     converted_at: datetime | None = None

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     Tag,
     WithJsonSchema,
     field_validator,
@@ -27,7 +28,13 @@ from pydantic import (
 )
 
 from channels.ranking import Recommendations
-from rules.durations import Duration
+from rules.durations import (
+    DURATION_SCHEMA,
+    Duration,
+    DurationError,
+    format_duration,
+    parse_duration,
+)
 from rules.expressions import JOURNEY_NAMES, condition_over
 from rules.local_time import TimeOfDay
 
@@ -234,13 +241,41 @@ class WaitStep(Strict):
     next: StepId
 
 
+def _since(value: Any) -> Any:
+    if value == "entry" or isinstance(value, timedelta):
+        return value
+    try:
+        return parse_duration(value)
+    except DurationError:
+        raise ValueError(f"{value!r}: write `entry` or a duration like 2h") from None
+
+
+Since = Annotated[
+    Literal["entry"] | timedelta,
+    BeforeValidator(_since),
+    PlainSerializer(lambda v: v if v == "entry" else format_duration(v)),
+    WithJsonSchema({"anyOf": [{"const": "entry"}, DURATION_SCHEMA]}),
+]
+
+
 class WaitFor(Strict):
+    """Which event, how long, and where to go. The wait sees every matching event the
+    journey heard since the user's previous wait ended (or since entry, if there was
+    none), so an event that arrived while a send was running still counts; `since:
+    entry` or `since: <duration>` looks further back (never before entry; the trigger
+    itself does not count). An event already heard satisfies the wait at once."""
+
     event: str = Field(min_length=1, max_length=200)
     segment: str | None = Field(default=None, pattern=IDENTIFIER)
     where: Condition | None = None
     timeout: Duration
     on_event: StepId
     on_timeout: StepId
+    since: Since | None = Field(
+        default=None,
+        description="How far back an event counts: default, since the previous wait ended; "
+        "`entry`; or a duration before the wait began",
+    )
 
     @model_validator(mode="after")
     def _segment(self) -> WaitFor:
