@@ -205,25 +205,55 @@ def _with_env_references(schema: Any) -> Any:
 def graph(
     path: Annotated[Path, typer.Argument(help="A journey file")],
     svg: Annotated[Path | None, typer.Option(help="Also write an SVG picture here")] = None,
+    png: Annotated[
+        Path | None,
+        typer.Option(help="Also write a PNG picture here (for chat tools that show no SVG)"),
+    ] = None,
 ) -> None:
-    """Print the journey as Mermaid text; with --svg, write a picture to open."""
+    """Print the journey as Mermaid text; with --svg or --png, write a picture to open or
+    share. An invalid journey is reported at its `file:line:col` and nothing is written."""
     from pydantic import ValidationError
 
-    from orchestrator.graph import mermaid
+    from orchestrator.graph import PictureError, mermaid
+    from orchestrator.graph import png as render_png
     from orchestrator.graph import svg as render_svg
     from orchestrator.sources import load
+
+    # A picture of a step that goes nowhere would hide the mistake: refuse what
+    # `journeys validate` refuses in the steps' graph (templates and segments aside).
+    from orchestrator.validation import _graph_problems
     from workflows.spec import Journey
 
     try:
         source = load(path, display=os.path.relpath(path))
-        journey = Journey.model_validate(source.data)
     except InvalidSource as exc:
         print_problems(Path.cwd(), exc.problems)
         raise typer.Exit(1) from None
+    if not isinstance(source.data, dict):
+        print_problems(Path.cwd(), [source.problem([], "a journey file must be a mapping")])
+        raise typer.Exit(1)
+    try:
+        journey = Journey.model_validate(source.data)
     except ValidationError as exc:
         print_problems(Path.cwd(), source.problems_from(exc))
         raise typer.Exit(1) from None
-    typer.echo(mermaid(journey), nl=False)
+    if problems := [source.problem(loc, msg) for loc, msg in _graph_problems(journey)]:
+        print_problems(Path.cwd(), sorted(problems))
+        raise typer.Exit(1)
+    pictures: list[tuple[Path, bytes]] = []
     if svg is not None:
-        svg.write_text(render_svg(journey))
-        typer.echo(f"wrote {svg}", err=True)
+        pictures.append((svg, render_svg(journey).encode()))
+    if png is not None:
+        try:
+            pictures.append((png, render_png(journey)))
+        except PictureError as exc:
+            typer.echo(f"{png}: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(mermaid(journey), nl=False)
+    for target, content in pictures:
+        try:
+            target.write_bytes(content)
+        except OSError as exc:
+            typer.echo(f"{target}: cannot write: {exc.strerror}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"wrote {target}", err=True)
