@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,13 @@ class CatalogItem(BaseModel):
         if value is not None and not value.lower().startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
         return value
+
+
+def template_item(item: Mapping[str, Any] | CatalogItem) -> dict[str, Any]:
+    """An item as templates see it: its columns, then its attributes beside them."""
+    row = item.model_dump() if isinstance(item, CatalogItem) else item
+    keys = ("id", "name", "url", "image", "price", "category", "description")
+    return {**{key: row[key] for key in keys}, **row["attributes"]}
 
 
 class CatalogFileError(Exception):
@@ -208,20 +215,7 @@ class CatalogCache:
             counts: dict[str, int] = dict(
                 (await conn.execute(_POPULARITY, {"events": self.events, "since": since})).all()
             )
-        items = {
-            row["id"]: {
-                "id": row["id"],
-                "name": row["name"],
-                "url": row["url"],
-                "image": row["image"],
-                "price": row["price"],
-                "category": row["category"],
-                "description": row["description"],
-                **row["attributes"],
-            }
-            for row in rows
-            if row["available"]
-        }
+        items = {row["id"]: template_item(dict(row)) for row in rows if row["available"]}
         # Most bought first; items nobody bought yet follow in a stable order.
         ranked = sorted(items, key=lambda item_id: (-counts.get(item_id, 0), item_id))
         top = max(counts.values(), default=0) or 1

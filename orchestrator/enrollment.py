@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -182,9 +183,11 @@ async def start_journey(
     default_timezone: str,
     history_limit: int,
     installation_id: uuid.UUID,
+    assignments: Mapping[str, str] | None = None,
 ) -> None:
     """Signal-with-start the user's workflow for this enrollment (idempotent: an existing
-    run just receives the `enter` signal and ignores its own enrollment)."""
+    run just receives the `enter` signal and ignores its own enrollment). `assignments`
+    force variants (journey tests do)."""
     deployed, event = entry.deployed, entry.event
     enrollment_id, entered_at = entry.enrollment_id, entry.entered_at
     trigger = as_signal(event)
@@ -201,6 +204,7 @@ async def start_journey(
             default_timezone=default_timezone,
             history_limit=history_limit,
             installation_id=installation_id,
+            assignments=dict(assignments or {}),
         ),
         id=search.workflow_id(deployed.key, event.user_id),
         task_queue=task_queue,

@@ -1,10 +1,12 @@
-"""`orchestrator journeys ...`: validate, deploy, list, schema, graph."""
+"""`orchestrator journeys ...`: validate, test, deploy, list, schema, graph."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -112,6 +114,76 @@ def deploy(workspace: WorkspaceOption = None) -> None:
         print_problems(root, exc.problems)
         typer.echo("nothing was deployed", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command("test")
+def run_journey_tests(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Test files or directories (default: the workspace's tests/)"),
+    ] = None,
+    workspace: WorkspaceOption = None,
+    junit_xml: Annotated[
+        Path | None, typer.Option("--junit-xml", help="Also write the results as JUnit XML")
+    ] = None,
+) -> None:
+    """Run the workspace's journey tests on Temporal's time-skipping server (nothing is
+    sent); print each failure at its test file position; exit 1 if any fails."""
+    from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
+    from orchestrator.journey_tests.runner import (
+        Outcome,
+        deployable,
+        find_test_files,
+        load_tests,
+        run_tests,
+    )
+    from orchestrator.journey_tests.runner import (
+        junit_xml as as_junit,
+    )
+
+    paths = paths or []
+    root = root_for(paths, workspace)
+    ws = _open_workspace(root)
+    files = find_test_files(ws, paths)
+    if not files:
+        typer.echo(f"no journey tests found in {os.path.relpath(root / 'tests')}", err=True)
+        raise typer.Exit(1)
+    try:
+        journeys = deployable(ws)
+    except InvalidSource as exc:
+        print_problems(root, exc.problems)
+        raise typer.Exit(1) from None
+    try:
+        loaded = load_tests(ws, files, journeys)
+    except InvalidSource as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem))
+        raise typer.Exit(1) from None
+
+    def show(outcome: Outcome) -> None:
+        mark = "ok  " if outcome.passed else "FAIL"
+        typer.echo(f"{mark} {outcome.journey} > {outcome.name} ({outcome.seconds:.1f}s)")
+        for failure in outcome.failures:
+            typer.echo("     " + str(failure).replace("\n", "\n     "))
+        if outcome.error:
+            typer.echo(f"     {outcome.error}")
+
+    # A step that fails is reported by its test, not logged with a traceback; and what
+    # the test server lacks beside a real one is not news.
+    logging.getLogger("temporalio").setLevel(logging.CRITICAL)
+    quiet = LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+    Runtime.set_default(Runtime(telemetry=TelemetryConfig(logging=quiet)))
+    outcomes = asyncio.run(run_tests(ws, loaded, journeys, on_result=show))
+    failed = [o for o in outcomes if not o.passed]
+    if junit_xml is not None:
+        junit_xml.write_text(as_junit(outcomes))
+    typer.echo(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    # The SDK's Rust threads can abort the interpreter's teardown after many clients
+    # (temporalio/sdk-python#300): everything is written, so skip it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if failed else 0)
 
 
 @app.command("list")

@@ -17,6 +17,7 @@ order, deferred ones coming back at their time, exactly as the store would hold 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,49 +62,48 @@ class Outcome:
     decision: Decision
 
 
-def simulate(traffic: Traffic, policy: Policy, *, default_timezone: str = "UTC") -> list[Outcome]:
-    """Every decision the requests get, in time order (a deferred request appears again)."""
-    queue: list[tuple[datetime, int, SendRequest]] = []
-    for index, item in enumerate(traffic.requests):
-        at = item.at
-        request = item.send_request(
-            key=item.key or f"request-{index + 1}", user_id=item.user, source=item.journey, at=at
-        )
-        heapq.heappush(queue, (at, index, request))
-    contacts: dict[str, list[Contact]] = {}
-    windows: dict[str, datetime] = {}  # request key -> its conflict window's end
-    requests: dict[str, SendRequest] = {}
-    outcomes: list[Outcome] = []
-    while queue:
-        if len(outcomes) > 100 * len(traffic.requests):
-            raise RuntimeError("the policy keeps deferring: stopped after 100 decisions a request")
-        now, order, request = heapq.heappop(queue)
-        requests[request.key] = request
+class MemoryArbitration:
+    """Arbitration held in memory: the same `decide`, with the contact history and
+    conflict windows kept as the store keeps them (a send counts towards caps, a request
+    holds its place in its window). `simulate`, journey tests and previews use it."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        traits: Callable[[str], Mapping[str, Any]],
+        suppressions: Mapping[str, Sequence[Suppressed]] | None = None,
+        contacts: Mapping[str, Sequence[Contact]] | None = None,
+        default_timezone: str = "UTC",
+    ) -> None:
+        self.policy, self.traits, self.default_timezone = policy, traits, default_timezone
+        self.suppressions = dict(suppressions or {})
+        self.contacts = {user: list(sent) for user, sent in (contacts or {}).items()}
+        self._windows: dict[str, datetime] = {}  # request key -> its conflict window's end
+        self._requests: dict[str, SendRequest] = {}
+
+    def decide(self, request: SendRequest, now: datetime) -> Decision:
+        self._requests[request.key] = request
         user = request.user_id
         state = UserState(
-            traits=traffic.users.get(user, {}),
-            contacts=contacts.get(user, []),
-            suppressions=[
-                Suppressed(s.reason, s.channel, s.category)
-                for s in traffic.suppressions
-                if s.user == user
-            ],
+            traits=self.traits(user),
+            contacts=self.contacts.get(user, []),
+            suppressions=self.suppressions.get(user, ()),
             peers=[
-                Peer(requests[key], end)
-                for key, end in windows.items()
-                if key != request.key and requests[key].user_id == user
+                Peer(self._requests[key], end)
+                for key, end in self._windows.items()
+                if key != request.key and self._requests[key].user_id == user
             ],
-            window_end=windows.get(request.key),
-            default_timezone=default_timezone,
+            window_end=self._windows.get(request.key),
+            default_timezone=self.default_timezone,
         )
-        decision = decide(request, state, policy, now)
-        outcomes.append(Outcome(now, request, decision))
+        decision = decide(request, state, self.policy, now)
         if decision.window_end is not None:
-            windows[request.key] = decision.window_end
+            self._windows[request.key] = decision.window_end
         else:
-            windows.pop(request.key, None)
+            self._windows.pop(request.key, None)
         if decision.action == "send" and decision.channel is not None:
-            contacts.setdefault(user, []).append(
+            self.contacts.setdefault(user, []).append(
                 Contact(
                     key=request.key,
                     channel=decision.channel,
@@ -114,6 +114,32 @@ def simulate(traffic: Traffic, policy: Policy, *, default_timezone: str = "UTC")
                     content_key=request.dedupe_key,
                 )
             )
-        elif decision.action == "defer" and decision.until is not None:
+        return decision
+
+
+def simulate(traffic: Traffic, policy: Policy, *, default_timezone: str = "UTC") -> list[Outcome]:
+    """Every decision the requests get, in time order (a deferred request appears again)."""
+    queue: list[tuple[datetime, int, SendRequest]] = []
+    for index, item in enumerate(traffic.requests):
+        at = item.at
+        request = item.send_request(
+            key=item.key or f"request-{index + 1}", user_id=item.user, source=item.journey, at=at
+        )
+        heapq.heappush(queue, (at, index, request))
+    suppressions: dict[str, list[Suppressed]] = {}
+    for s in traffic.suppressions:
+        suppressions.setdefault(s.user, []).append(Suppressed(s.reason, s.channel, s.category))
+    arbitration = MemoryArbitration(
+        policy, traits=lambda user: traffic.users.get(user, {}), suppressions=suppressions,
+        default_timezone=default_timezone,
+    )  # fmt: skip
+    outcomes: list[Outcome] = []
+    while queue:
+        if len(outcomes) > 100 * len(traffic.requests):
+            raise RuntimeError("the policy keeps deferring: stopped after 100 decisions a request")
+        now, order, request = heapq.heappop(queue)
+        decision = arbitration.decide(request, now)
+        outcomes.append(Outcome(now, request, decision))
+        if decision.action == "defer" and decision.until is not None:
             heapq.heappush(queue, (decision.until, order, request))
     return outcomes

@@ -108,7 +108,9 @@ class JourneyInterpreter:
         self._input = input
         self._journey: DeployedJourney = input.journey
         self._spec: Journey = input.journey.spec
-        self._state = input.carried or JourneyState(step=self._spec.start)
+        self._state = input.carried or JourneyState(
+            step=self._spec.start, assignments=dict(input.assignments)
+        )
         if input.carried is None:
             self._remember(input.trigger.message_id)
             self._state.last_event = input.trigger

@@ -113,6 +113,9 @@ class JourneyInput(Message):
     # repeat after a reset restarts enrollment ids. None in inputs recorded before it
     # existed: those journeys keep the old, shared namespace and so replay unchanged.
     installation_id: UUID | None = None
+    # Variants decided before entry (experiment or template-variant key -> name): a
+    # journey test forces an arm with them.
+    assignments: dict[str, str] = Field(default_factory=dict)
 
 
 class JourneyResult(Message):

@@ -1,0 +1,435 @@
+"""Running one journey test: the real workflow and activities on Temporal's time-skipping
+test server, with storage, arbitration state, channels and the catalogue held in memory.
+
+What is real: the interpreter, `JourneyActivities` (the order of operations of a send),
+`decide` with the workspace's policy, template rendering by the real channel adapters,
+the ranking baseline, starting a journey as the router does. What is not: Postgres
+(the store is a dict), the providers (a delivery is captured), a webhook step's call
+(answered 200 on the spot), the ranking model (the popularity baseline of the
+workspace's catalogue answers, as it does when a model is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+import httpx
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+
+from channels.adapters import ChannelDeps, build_channels
+from channels.base import Channel, DeliveryRequest, Receipt, Rendered
+from channels.ranking import Recommender, ScoredItem
+from channels.unsubscribe import UnsubscribeLinks
+from orchestrator.catalog import read_items, template_item
+from orchestrator.enrollment import Entry, as_signal, start_journey
+from orchestrator.event_store import StoredEvent
+from orchestrator.journey_tests.cases import JourneyTest
+from orchestrator.routing import journey_context
+from orchestrator.simulation import MemoryArbitration
+from orchestrator.temporal import journey_worker
+from orchestrator.workspace import Workspace
+from rules.decision import Contact, Decision, SendRequest, Suppressed
+from rules.expressions import holds
+from rules.policy import Policy
+from workflows import search
+from workflows.activities import JourneyActivities, MessageRecord
+from workflows.assignment import in_holdout, pick_variant
+from workflows.messages import (
+    ArbitrateInput,
+    ArbitrationResult,
+    ChooseVariantInput,
+    DeployedJourney,
+    JourneyState,
+    ProgressInput,
+    SendInput,
+    StepVisit,
+)
+from workflows.spec import AUDIENCE_EVENT, ReEntryAfter, in_segment
+
+CATALOG_FILE = "catalog.csv"
+# Message ids are drawn in this namespace: the same test gives the same ids every run.
+TEST_INSTALLATION = uuid.UUID("00000000-0000-4000-8000-7e57000e7e57")
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    at: timedelta  # after the test's start
+    step: str
+    channel: str
+    template: str
+    content: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return json.dumps(self.content, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A suppression or deferral, at a step."""
+
+    step: str
+    reason: str
+    at: timedelta
+
+
+@dataclass
+class Actual:
+    """What happened to the test user."""
+
+    entered: bool = False
+    held_out: bool = False
+    messages: list[SentMessage] = field(default_factory=list)
+    suppressed: list[Held] = field(default_factory=list)
+    deferred: list[Held] = field(default_factory=list)
+    failed: list[Held] = field(default_factory=list)  # a send or webhook that failed
+    steps: list[str] = field(default_factory=list)
+    status: str | None = None
+    end_reason: str | None = None
+    converted: bool = False
+    variants: dict[str, str] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """The `JourneyStore` of a test: one user's profile, their messages and visits."""
+
+    def __init__(self, profiles: dict[str, dict[str, Any]], versions: list[DeployedJourney]):
+        self.profiles = profiles
+        self.versions = {(d.key, d.version): d for d in versions}
+        self.visits: dict[tuple[int, str, int], StepVisit] = {}  # in first-seen order
+        self.messages: dict[str, tuple[SendInput, Rendered, str]] = {}
+
+    async def load_profile(self, user_id: str) -> dict[str, Any]:
+        return dict(self.profiles.get(user_id, {}))
+
+    async def update_traits(
+        self, user_id: str, *, set: Mapping[str, Any], unset: Sequence[str]
+    ) -> None:
+        traits = self.profiles.setdefault(user_id, {})
+        traits.update(set)
+        for name in unset:
+            traits.pop(name, None)
+
+    async def record_progress(self, progress: ProgressInput) -> None:
+        for visit in progress.visits:
+            self.visits[(progress.enrollment_id, visit.step, visit.visit)] = visit
+
+    async def load_version(self, journey_key: str, version: int) -> DeployedJourney:
+        return self.versions[(journey_key, version)]
+
+    async def prepare_send(
+        self, message_id: str, user_id: str
+    ) -> tuple[MessageRecord | None, dict[str, Any]]:
+        known = self.messages.get(message_id)
+        record = None
+        if known is not None:
+            _, rendered, status = known
+            record = MessageRecord(status, rendered.channel, None, None, rendered.content)  # type: ignore[arg-type]
+        return record, await self.load_profile(user_id)
+
+    async def claim_message(self, request: SendInput, rendered: Rendered) -> None:
+        self.messages.setdefault(request.message_id, (request, rendered, "sending"))
+
+    async def mark_sent(self, message_id: str, receipt: Receipt) -> None:
+        request, rendered, _ = self.messages[message_id]
+        self.messages[message_id] = (request, rendered, "sent")
+
+    async def choose_variant(self, choice: ChooseVariantInput) -> str:
+        # No one has converted in a test: a bandit's draw is an even, sticky split.
+        hashed = f"{choice.journey_key}/{choice.experiment_key}"
+        return choice.variants[pick_variant(hashed, choice.user_id, [1] * len(choice.variants))]
+
+    async def mark_failed(
+        self, message_id: str, *, error: str, status_code: int | None, final: bool
+    ) -> None:
+        if message_id in self.messages:
+            request, rendered, _ = self.messages[message_id]
+            self.messages[message_id] = (request, rendered, "failed")
+
+
+class MemoryArbiter:
+    def __init__(self, arbitration: MemoryArbitration) -> None:
+        self.arbitration = arbitration
+
+    async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
+        return self.arbitration.decide(request, now)
+
+
+class MemoryBox:
+    async def put(self, rendered: Rendered, *, expires_at: datetime) -> None:
+        return None
+
+
+class CapturedChannel:
+    """A real adapter's content, captured instead of delivered."""
+
+    name: ClassVar[str] = "captured"
+
+    def __init__(self, inner: Channel) -> None:
+        self.inner = inner
+
+    async def build(self, request: DeliveryRequest) -> Rendered:
+        return await self.inner.build(request)
+
+    async def deliver(self, rendered: Rendered, *, idempotency_key: str) -> Receipt:
+        return Receipt(
+            message_id=rendered.message_id,
+            channel=rendered.channel,
+            status_code=202,
+            accepted_at=datetime.now().astimezone(),
+        )
+
+
+class MemoryCatalog:
+    """The workspace's catalogue file, most popular first in file order."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = {item["id"]: item for item in items}
+        count = len(items) or 1
+        self.ranked = [ScoredItem(item_id=i, score=1 - n / count) for n, i in enumerate(self.items)]
+
+    async def ready(self) -> None:
+        return None
+
+    def describe(self, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+        return [self.items[i] for i in item_ids if i in self.items]
+
+    def popular(self, k: int, exclude: Collection[str]) -> list[ScoredItem]:
+        return [s for s in self.ranked if s.item_id not in exclude][:k]
+
+    async def purchased(self, user_id: str) -> set[str]:
+        return set()
+
+
+class RecordingActivities(JourneyActivities):
+    """The journey's activities, recording each arbitration decision with its step."""
+
+    decisions: list[tuple[datetime, ArbitrateInput, ArbitrationResult]]
+
+    @activity.defn(name="arbitrate_message")
+    async def arbitrate_message(self, arbitrate: ArbitrateInput) -> ArbitrationResult:
+        result = await super().arbitrate_message(arbitrate)
+        self.decisions.append((arbitrate.now, arbitrate, result))
+        return result
+
+
+def _answer_webhooks(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={"ok": True})
+
+
+@dataclass
+class Harness:
+    """What every test of a run shares: the workspace, its journeys and catalogue."""
+
+    workspace: Workspace
+    deployed: dict[str, DeployedJourney]
+    catalog: list[dict[str, Any]]
+
+    @classmethod
+    def for_workspace(cls, workspace: Workspace, deployed: dict[str, DeployedJourney]) -> Harness:
+        path = workspace.root / CATALOG_FILE
+        items = [template_item(i) for i in read_items(path) if i.available] if path.exists() else []
+        return cls(workspace, deployed, items)
+
+    async def run(self, env: WorkflowEnvironment, journey_key: str, test: JourneyTest) -> Actual:
+        deployed = self.deployed[journey_key]
+        config = self.workspace.config
+        policy = Policy.model_validate(test.policy) if test.policy else self.workspace.policy
+        user = test.user.id
+        now = await env.get_current_time()
+        start = test.start_after(now)
+        await env.sleep(start - now)
+        profiles = {user: dict(test.user.traits)}
+        store = MemoryStore(profiles, [deployed])
+        arbitration = MemoryArbitration(
+            policy,
+            traits=lambda u: profiles.get(u, {}),
+            suppressions={user: [Suppressed(s.reason, s.channel, s.category)
+                                 for s in test.suppressions]},
+            contacts={user: [
+                Contact(key=f"earlier-{n}", channel=c.channel.value, category=c.category,
+                        sent_at=start - c.ago, journey=c.journey, tags=tuple(c.tags))
+                for n, c in enumerate(test.contacts)
+            ]},
+            default_timezone=config.default_timezone,
+        )  # fmt: skip
+        links = config.links.unsubscribe_links() or UnsubscribeLinks(
+            base_url="http://127.0.0.1", secret="journey-tests"
+        )
+        deps = ChannelDeps(
+            box=MemoryBox(),
+            links=links,
+            recommender=Recommender(catalog=MemoryCatalog(self.catalog)),
+        )
+        channels = build_channels({name.value: None for name in config.channels}, deps)
+        queue = f"journey-test-{uuid.uuid4().hex[:8]}"
+        async with httpx.AsyncClient(transport=httpx.MockTransport(_answer_webhooks)) as http:
+            activities = RecordingActivities(
+                store=store,
+                channels={name: CapturedChannel(c) for name, c in channels.items()},
+                http=http,
+                arbiter=MemoryArbiter(arbitration),
+                webhook_secret=(config.webhooks.signing_secret if config.webhooks else None)
+                or "journey-tests",
+            )
+            activities.decisions = []
+            async with journey_worker(env.client, task_queue=queue, activities=activities.all()):
+                run = _Run(
+                    env.client, queue, deployed, test, profiles, start, config.default_timezone
+                )
+                for index, item in enumerate(sorted(test.events, key=lambda i: i.at)):
+                    await _sleep_until(env, start + item.at)
+                    if item.traits is not None:
+                        profiles[user].update(item.traits)
+                    else:
+                        assert item.event is not None
+                        await run.happen(
+                            index, item.event, item.properties, await env.get_current_time()
+                        )
+                await env.sleep(test.run_for)
+                state = await run.state()
+        return _actual(run, state, store, activities, start)
+
+
+async def _sleep_until(env: WorkflowEnvironment, when: datetime) -> None:
+    delta = when - await env.get_current_time()
+    if delta > timedelta(0):
+        await env.sleep(delta)
+
+
+class _Run:
+    """Routes the test's events like the router: enter on the trigger, tell a running
+    workflow the events its journey listens for."""
+
+    def __init__(
+        self,
+        client: Client,
+        queue: str,
+        deployed: DeployedJourney,
+        test: JourneyTest,
+        profiles: dict[str, dict[str, Any]],
+        start: datetime,
+        default_timezone: str,
+    ) -> None:
+        self.client, self.queue, self.deployed, self.test = client, queue, deployed, test
+        self.profiles, self.start, self.default_timezone = profiles, start, default_timezone
+        self.entries: list[datetime] = []
+        self.held_out = False
+        self.workflow_id = search.workflow_id(deployed.key, test.user.id)
+
+    async def happen(
+        self, index: int, name: str, properties: dict[str, Any], now: datetime
+    ) -> None:
+        user = self.test.user.id
+        event = StoredEvent(index + 1, f"test-event-{index + 1}", name, user, properties, now)
+        running = await self._running()
+        if running and name in self.deployed.spec.interesting_events():
+            await self.client.get_workflow_handle(self.workflow_id).signal(
+                "event", as_signal(event)
+            )
+        if self._triggers(event) and self._may_enter(now, running):
+            self.entries.append(now)
+            if in_holdout(self.deployed.key, user, self.deployed.spec.holdout):
+                self.held_out = True
+                return
+            await start_journey(
+                self.client,
+                Entry(self.deployed, event, len(self.entries), now),
+                task_queue=self.queue,
+                default_timezone=self.default_timezone,
+                history_limit=2000,
+                installation_id=TEST_INSTALLATION,
+                assignments=self.test.variants,
+            )
+
+    def _triggers(self, event: StoredEvent) -> bool:
+        spec = self.deployed.spec
+        trigger_event = AUDIENCE_EVENT if spec.trigger.audience else spec.trigger.event
+        if event.name != trigger_event or not in_segment(spec.trigger.segment, event.properties):
+            return False
+        context = journey_context(event, self.profiles[event.user_id], self.deployed)
+        return holds(spec.trigger.when, context) and holds(spec.audience, context)
+
+    def _may_enter(self, now: datetime, running: bool) -> bool:
+        policy = self.deployed.spec.re_entry
+        if running or (self.entries and policy == "never"):
+            return False
+        if isinstance(policy, ReEntryAfter) and self.entries:
+            return now - self.entries[-1] >= policy.after
+        return True
+
+    async def _running(self) -> bool:
+        if not self.entries or self.held_out:
+            return False
+        description = await self.client.get_workflow_handle(self.workflow_id).describe()
+        return description.status == WorkflowExecutionStatus.RUNNING
+
+    async def state(self) -> JourneyState | None:
+        if not self.entries or self.held_out:
+            return None
+        handle = self.client.get_workflow_handle(self.workflow_id)
+        state: JourneyState = await handle.query("state", result_type=JourneyState)
+        return state
+
+
+def _actual(
+    run: _Run,
+    state: JourneyState | None,
+    store: MemoryStore,
+    activities: RecordingActivities,
+    start: datetime,
+) -> Actual:
+    sent_at = {
+        arbitrate.message.message_id: at
+        for at, arbitrate, result in activities.decisions
+        if result.action == "send"
+    }
+    messages = [
+        SentMessage(
+            at=sent_at.get(message_id, start) - start,
+            step=request.step,
+            channel=rendered.channel,
+            template=request.template_name,
+            content=rendered.content,
+        )
+        for message_id, (request, rendered, status) in store.messages.items()
+        if status == "sent"
+    ]
+    visits = list(store.visits.values())
+    suppressed = [
+        Held(v.step, v.outcome.removeprefix("suppressed: "), v.at - start)
+        for v in visits
+        if v.outcome and v.outcome.startswith("suppressed: ")
+    ]
+    failed = [
+        Held(v.step, v.outcome.removeprefix("failed: "), v.at - start)
+        for v in visits
+        if v.outcome and v.outcome.startswith("failed: ")
+    ]
+    deferred = [
+        Held(arbitrate.message.step, result.reason, at - start)
+        for at, arbitrate, result in activities.decisions
+        if result.action == "defer"
+    ]
+    actual = Actual(
+        entered=bool(run.entries),
+        held_out=run.held_out,
+        messages=sorted(messages, key=lambda m: m.at),
+        suppressed=suppressed,
+        deferred=deferred,
+        failed=failed,
+        steps=[v.step for v in visits],
+    )
+    if state is not None:
+        actual.status = state.status
+        actual.end_reason = state.end_reason
+        actual.converted = state.converted_at is not None
+        actual.variants = dict(state.assignments)
+    return actual
