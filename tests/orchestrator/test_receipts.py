@@ -188,7 +188,8 @@ async def test_bad_receipts_are_refused_and_change_nothing(
     assert replay.status_code == 401
     assert "received before" in replay.text
     assert await count(engine, "receipts") == 1
-    [row] = await rows(engine, "SELECT clicked_at FROM messages")
+    # (the journey heard the open and went on to send its second message)
+    [row] = await rows(engine, "SELECT clicked_at FROM messages WHERE id = :id", id=msg_id)
     assert row["clicked_at"] is None
 
 
