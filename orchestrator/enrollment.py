@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Text, literal, or_, select, text, true
+from sqlalchemy import ColumnElement, DateTime, Text, and_, literal, or_, select, text, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
@@ -37,14 +37,19 @@ from workflows.messages import DeployedJourney, EnterSignal, EventSignal, Journe
 from workflows.spec import Journey, ReEntryAfter
 
 
-def blocking_enrollments(journey: Journey, now: datetime) -> ColumnElement[bool]:
-    """Which earlier enrollments of the same user keep them from entering now."""
+def blocking_enrollments(
+    journey: Journey, now: datetime, instance: str = ""
+) -> ColumnElement[bool]:
+    """Which earlier enrollments of the same user keep them from entering now: one still
+    active for the same instance; and, as the re-entry policy says, any entry (of any
+    instance: re-entry rules are the user's, not the cart's)."""
     policy = journey.re_entry
+    active = and_(enrollments.c.status == "active", enrollments.c.instance == instance)
     if policy == "never":
         return true()  # any earlier entry
     if isinstance(policy, ReEntryAfter):
-        return or_(enrollments.c.status == "active", enrollments.c.entered_at > now - policy.after)
-    return enrollments.c.status == "active"
+        return or_(active, enrollments.c.entered_at > now - policy.after)
+    return active
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Entry:
     event: StoredEvent
     enrollment_id: int
     entered_at: datetime
+    instance: str = ""  # a keyed journey's key
 
 
 async def enroll(
@@ -66,6 +72,7 @@ async def enroll(
     fresh: bool,
     snapshot: Snapshot,
     global_control: GlobalControl | None = None,
+    instance: str = "",
 ) -> Entry | None:
     """Insert the enrollment if the user may enter; on a re-route, find it again. The
     user's holdout and global-control assignments are recorded the first time.
@@ -79,7 +86,7 @@ async def enroll(
                 return None
             if found.version != deployed.version:
                 deployed = snapshot.versions[(deployed.key, found.version)]
-            return Entry(deployed, event, found.id, found.entered_at)
+            return Entry(deployed, event, found.id, found.entered_at, found.instance)
     spec = deployed.spec
     held_out = in_holdout(deployed.key, event.user_id, spec.holdout)
     if spec.holdout:
@@ -94,7 +101,7 @@ async def enroll(
         .where(
             enrollments.c.journey_key == deployed.key,
             enrollments.c.user_id == event.user_id,
-            blocking_enrollments(spec, now),
+            blocking_enrollments(spec, now, instance),
         )
         .exists()
     )
@@ -107,6 +114,7 @@ async def enroll(
         literal(now),
         literal(now if held_out else None, DateTime(timezone=True)),
         literal("holdout" if held_out else None, Text),
+        literal(instance),
     ).where(~earlier)
     # A racing trigger for the same user loses on the one-active-enrollment index.
     row = (
@@ -122,6 +130,7 @@ async def enroll(
                     "entered_at",
                     "ended_at",
                     "end_reason",
+                    "instance",
                 ],
                 values,
             )
@@ -147,7 +156,7 @@ async def enroll(
             enrollment_id=row.id, arm="control" if controlled else "treatment",
             propensity=share if controlled else 1 - share, at=now,
         )  # fmt: skip
-    return Entry(deployed, event, 0 if held_out else row.id, row.entered_at)
+    return Entry(deployed, event, 0 if held_out else row.id, row.entered_at, instance)
 
 
 class Installation:
@@ -193,6 +202,8 @@ async def start_journey(
     trigger = as_signal(event)
     spec = deployed.spec
     summary = f"{spec.name} v{deployed.version} · user {event.user_id}"
+    if entry.instance:
+        summary += f" · {entry.instance}"
     await client.start_workflow(
         "JourneyWorkflow",
         JourneyInput(
@@ -205,8 +216,9 @@ async def start_journey(
             history_limit=history_limit,
             installation_id=installation_id,
             assignments=dict(assignments or {}),
+            instance=entry.instance,
         ),
-        id=search.workflow_id(deployed.key, event.user_id),
+        id=search.workflow_id(deployed.key, event.user_id, entry.instance),
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -226,6 +238,11 @@ async def start_journey(
                 SearchAttributePair(search.USER_ID, event.user_id),
                 SearchAttributePair(search.JOURNEY_STEP, spec.start),
                 SearchAttributePair(search.JOURNEY_STATUS, "running"),
+                *(
+                    [SearchAttributePair(search.JOURNEY_INSTANCE, entry.instance)]
+                    if entry.instance
+                    else []
+                ),
             ]
         ),
         static_summary=summary.encode()[:200].decode(errors="ignore"),
@@ -255,6 +272,7 @@ async def _enrollment_for_trigger(conn: AsyncConnection, journey_key: str, messa
                 enrollments.c.status,
                 enrollments.c.version,
                 enrollments.c.entered_at,
+                enrollments.c.instance,
             ).where(
                 enrollments.c.journey_key == journey_key,
                 enrollments.c.trigger_message_id == message_id,

@@ -156,14 +156,21 @@ class Router:
                 spec = deployed.spec
                 if not in_segment(spec.trigger.segment, event.properties):
                     continue
-                if spec.trigger.when or spec.audience:
+                instance = ""
+                if spec.trigger.when or spec.audience or spec.instance:
                     if traits is None:
                         traits = await load_traits(conn, event.user_id)
                     context = journey_context(event, traits, deployed)
                     if not holds(spec.trigger.when, context) or not holds(spec.audience, context):
                         continue
+                    if spec.instance is not None:
+                        # A keyed journey's trigger without its key enters no instance.
+                        if (key := spec.instance_of(context)) is None:
+                            continue
+                        instance = key
                 entry = await enroll(conn, deployed, event, now, fresh=fresh, snapshot=snapshot,
-                                     global_control=self.global_control)  # fmt: skip
+                                     global_control=self.global_control,
+                                     instance=instance)  # fmt: skip
                 if entry is not None:
                     plan.entered.setdefault(event.id, set()).add(deployed.key)
                     if entry.enrollment_id:
@@ -289,6 +296,7 @@ class Router:
                         enrollments.c.status,
                         enrollments.c.entered_at,
                         enrollments.c.converted_at,
+                        enrollments.c.instance,
                     ).where(
                         enrollments.c.user_id == event.user_id,
                         enrollments.c.journey_key.in_(sorted(keys)),
@@ -310,11 +318,16 @@ class Router:
                     or now - row.entered_at > goal.within
                 ):
                     continue
-                if goal.where:
+                if goal.where or (row.instance and not goal.any_instance):
                     traits = (
                         traits if traits is not None else await load_traits(conn, event.user_id)
                     )
-                    if not holds(goal.where, journey_context(event, traits, deployed)):
+                    context = journey_context(event, traits, deployed)
+                    if not holds(goal.where, context):
+                        continue
+                    # A keyed journey converts on its own instance's goal event only.
+                    mine = not row.instance or goal.any_instance
+                    if not mine and deployed.spec.instance_of(context) != row.instance:
                         continue
                 await conn.execute(
                     update(enrollments)
@@ -328,7 +341,8 @@ class Router:
         signal = as_signal(event)
         for row in rows:
             if row.status == "active":
-                await self._signal(search.workflow_id(row.journey_key, event.user_id), signal)
+                workflow_id = search.workflow_id(row.journey_key, event.user_id, row.instance)
+                await self._signal(workflow_id, signal)
 
     async def _signal(self, workflow_id: str, signal: EventSignal) -> None:
         try:

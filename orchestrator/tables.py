@@ -109,6 +109,8 @@ enrollments = Table(
     # event converts every enrollment waiting for it: revenue counts it once).
     Column("conversion_value", Float),
     Column("conversion_event_id", BigInteger),
+    # A keyed journey's instance key ('' for the journey's one instance per user).
+    Column("instance", Text, nullable=False, server_default=""),
     UniqueConstraint("journey_key", "trigger_message_id", name="enrollments_trigger_key"),
     Index("enrollments_user_idx", "journey_key", "user_id", "entered_at"),
     # Reports and alerts: a user's conversions, the last day's entries and conversions.
@@ -124,11 +126,12 @@ enrollments = Table(
         postgresql_where=text("converted_at IS NOT NULL"),
     ),
     Index("enrollments_entered_at_idx", "entered_at"),
-    # At most one user-journey in flight: two racing triggers cannot both enter.
+    # At most one user-journey (instance) in flight: two racing triggers cannot both enter.
     Index(
         "enrollments_one_active",
         "journey_key",
         "user_id",
+        "instance",
         unique=True,
         postgresql_where=text("status = 'active'"),
     ),

@@ -113,8 +113,24 @@ def check_journey(source: Source, workspace: Workspace) -> tuple[Journey | None,
             if isinstance(step, WebhookStep) and workspace.config.webhooks is None
         ),
         *_segment_problems(source, journey, workspace),
+        *(source.problem(loc, msg) for loc, msg in _instance_problems(journey)),
     ]
     return (None if problems else journey), problems
+
+
+def _instance_problems(journey: Journey) -> Iterator[tuple[Loc, str]]:
+    """`any_instance` says something only in a keyed journey."""
+    if journey.instance is not None:
+        return
+    matches: list[tuple[Loc, Any]] = [(["exit_on", i], m) for i, m in enumerate(journey.exit_on)]
+    if journey.goal is not None:
+        matches.append((["goal"], journey.goal))
+    for step_id, step in journey.steps.items():
+        if isinstance(step, WaitForStep):
+            matches.append((["steps", step_id, "wait_for"], step.wait_for))
+    for loc, match in matches:
+        if match.any_instance:
+            yield [*loc, "any_instance"], "`any_instance` needs a keyed journey (`instance:`)"
 
 
 # ---- graph -----------------------------------------------------------------

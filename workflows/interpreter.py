@@ -402,6 +402,14 @@ class JourneyInterpreter:
     async def _matches(self, match: EventMatch | WaitFor, event: EventSignal) -> bool:
         if event.name != match.event or not in_segment(match.segment, event.properties):
             return False
+        # A keyed journey hears only its own instance's events (its cart's, say).
+        key = self._input.instance
+        if (
+            key
+            and not match.any_instance
+            and self._spec.instance_of(await self._context(event)) != key
+        ):
+            return False
         if match.where is None:
             return True
         return holds(match.where, await self._context(event))
@@ -556,6 +564,7 @@ class JourneyInterpreter:
                 default_timezone=self._input.default_timezone,
                 history_limit=self._input.history_limit,
                 installation_id=enter.installation_id or self._input.installation_id,
+                instance=self._input.instance,
             ),
             search_attributes=workflow.info().typed_search_attributes.updated(
                 SearchAttributePair(search.JOURNEY_VERSION, journey.version),

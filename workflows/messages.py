@@ -116,6 +116,7 @@ class JourneyInput(Message):
     # Variants decided before entry (experiment or template-variant key -> name): a
     # journey test forces an arm with them.
     assignments: dict[str, str] = Field(default_factory=dict)
+    instance: str = Field(default="", description="A keyed journey's key ('' when unkeyed)")
 
 
 class JourneyResult(Message):

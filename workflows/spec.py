@@ -10,6 +10,7 @@ is reported at its line.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -35,10 +36,11 @@ from rules.durations import (
     format_duration,
     parse_duration,
 )
-from rules.expressions import JOURNEY_NAMES, condition_over
+from rules.expressions import JOURNEY_NAMES, Missing, condition_over, evaluate
 from rules.local_time import TimeOfDay
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,63}$"
+MAX_INSTANCE = 200
 
 Condition = Annotated[
     str,
@@ -169,6 +171,13 @@ class ReEntryAfter(Strict):
 ReEntry = Literal["never", "always"] | ReEntryAfter
 
 
+ANY_INSTANCE = Field(
+    default=False,
+    description="In a keyed journey: match events of any instance, not only those with "
+    "this instance's key",
+)
+
+
 class EventMatch(Strict):
     """An event by name, optionally with a condition over it and the user (and, for a
     segment's entries and exits, which segment)."""
@@ -176,6 +185,7 @@ class EventMatch(Strict):
     event: str = Field(min_length=1, max_length=200)
     segment: str | None = Field(default=None, pattern=IDENTIFIER)
     where: Condition | None = None
+    any_instance: bool = ANY_INSTANCE
 
     @model_validator(mode="after")
     def _segment(self) -> EventMatch:
@@ -271,6 +281,7 @@ class WaitFor(Strict):
     timeout: Duration
     on_event: StepId
     on_timeout: StepId
+    any_instance: bool = ANY_INSTANCE
     since: Since | None = Field(
         default=None,
         description="How far back an event counts: default, since the previous wait ended; "
@@ -533,12 +544,39 @@ class Journey(Strict):
     category: Category = Category.promotional
     trigger: Trigger
     audience: Condition | None = None
+    instance: Condition | None = Field(
+        default=None,
+        description="One instance per user and value of this expression (a cart id, say); "
+        "waits, exits and goals hear only events with the same value",
+        examples=["event.properties.cart_id"],
+    )
     re_entry: ReEntry = "never"
     holdout: float = Field(default=0, ge=0, lt=100, description="Percent kept out as control")
     exit_on: list[ExitOn] = Field(default_factory=list)
     goal: Goal | None = None
     start: StepId
     steps: dict[Annotated[str, Field(pattern=IDENTIFIER)], Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _instance_from_an_event(self) -> Journey:
+        if self.instance is not None and self.trigger.audience is not None:
+            raise ValueError("`instance` takes its key from the trigger event: an audience "
+                             "journey has none")  # fmt: skip
+        return self
+
+    def instance_of(self, context: Mapping[str, Any]) -> str | None:
+        """The instance key an event carries (None: the journey is not keyed, or the
+        event has no key; a key longer than MAX_INSTANCE counts as none)."""
+        if self.instance is None:
+            return None
+        try:
+            value = evaluate(self.instance, context)
+        except Exception:  # like a condition that errors: no key, never a crash
+            return None
+        if value is None or isinstance(value, Missing) or value == "":
+            return None
+        key = str(value)
+        return key if len(key) <= MAX_INSTANCE else None
 
     def interesting_events(self) -> set[str]:
         """Events a running user of this journey must hear about (not the trigger)."""

@@ -68,6 +68,7 @@ class UserJourney(BaseModel):
     ended_at: datetime | None
     end_reason: str | None
     converted_at: datetime | None
+    instance: str = Field(description="A keyed journey's key (a cart id, say); '' otherwise")
     workflow_id: str | None = Field(
         description="The journey's Temporal workflow; none for a user held out"
     )
@@ -192,6 +193,7 @@ async def user_journeys(
                     enrollments.c.ended_at,
                     enrollments.c.end_reason,
                     enrollments.c.converted_at,
+                    enrollments.c.instance,
                 )
                 .where(enrollments.c.user_id == user_id)
                 .order_by(enrollments.c.entered_at.desc(), enrollments.c.id.desc())
@@ -204,7 +206,7 @@ async def user_journeys(
             # A held-out user is recorded, never started: there is no workflow to find.
             "workflow_id": None
             if r.status == "holdout"
-            else search.workflow_id(r.journey_key, user_id),
+            else search.workflow_id(r.journey_key, user_id, r.instance),
         }
         for r in rows
     ]

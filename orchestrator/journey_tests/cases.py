@@ -111,6 +111,9 @@ class ExpectedDecision(_Strict):
     reason: str | None = None
 
 
+Status = Literal["running", "waiting", "completed", "exited", "converted"]
+
+
 class Expectations(_Strict):
     entered: bool | None = None
     held_out: bool | None = None
@@ -121,10 +124,13 @@ class Expectations(_Strict):
         default=None, description="Sends or webhooks that failed; unless given, any is a failure"
     )
     steps: list[str] | None = Field(default=None, description="Every step visited, in order")
-    status: Literal["running", "waiting", "completed", "exited", "converted"] | None = None
+    status: Status | None = Field(default=None, description="A keyed journey: the last instance's")
     end_reason: str | None = Field(default=None, description="Words of the reason it ended")
     converted: bool | None = None
     variants: dict[str, str] | None = None
+    instances: dict[str, Status] | None = Field(
+        default=None, description="A keyed journey: each instance's status, by key"
+    )
 
 
 class JourneyTest(_Strict):

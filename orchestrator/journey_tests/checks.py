@@ -128,6 +128,12 @@ def compare(loaded: LoadedFile, index: int, test: JourneyTest, actual: Actual) -
                 f"end_reason: expected words {expect.end_reason!r}, got {actual.end_reason!r}",
             )
         )
+    if expect.instances is not None and expect.instances != actual.instances:
+        failures.append(
+            Failure(
+                at("instances"), f"instances: expected {expect.instances}, got {actual.instances}"
+            )
+        )
     if expect.variants is not None:
         for key, name in expect.variants.items():
             if actual.variants.get(key) != name:

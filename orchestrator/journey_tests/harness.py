@@ -95,6 +95,7 @@ class Actual:
     end_reason: str | None = None
     converted: bool = False
     variants: dict[str, str] = field(default_factory=dict)
+    instances: dict[str, str] = field(default_factory=dict)  # a keyed journey's, by key
 
 
 class MemoryStore:
@@ -294,8 +295,8 @@ class Harness:
                             index, item.event, item.properties, await env.get_current_time()
                         )
                 await env.sleep(test.run_for)
-                state = await run.state()
-        return _actual(run, state, store, activities, start)
+                states = await run.states()
+        return _actual(run, states, store, activities, start)
 
 
 async def _sleep_until(env: WorkflowEnvironment, when: datetime) -> None:
@@ -305,8 +306,8 @@ async def _sleep_until(env: WorkflowEnvironment, when: datetime) -> None:
 
 
 class _Run:
-    """Routes the test's events like the router: enter on the trigger, tell a running
-    workflow the events its journey listens for."""
+    """Routes the test's events like the router: enter on the trigger (an instance per
+    key, for a keyed journey), tell running workflows the events their journey hears."""
 
     def __init__(
         self,
@@ -320,68 +321,78 @@ class _Run:
     ) -> None:
         self.client, self.queue, self.deployed, self.test = client, queue, deployed, test
         self.profiles, self.start, self.default_timezone = profiles, start, default_timezone
-        self.entries: list[datetime] = []
+        self.entries: list[tuple[datetime, str]] = []  # when, and which instance
+        self.started: list[str] = []  # instances with a workflow, first entry first
         self.held_out = False
-        self.workflow_id = search.workflow_id(deployed.key, test.user.id)
 
     async def happen(
         self, index: int, name: str, properties: dict[str, Any], now: datetime
     ) -> None:
-        user = self.test.user.id
+        user, spec = self.test.user.id, self.deployed.spec
         event = StoredEvent(index + 1, f"test-event-{index + 1}", name, user, properties, now)
-        running = await self._running()
-        if running and name in self.deployed.spec.interesting_events():
-            await self.client.get_workflow_handle(self.workflow_id).signal(
-                "event", as_signal(event)
-            )
-        if self._triggers(event) and self._may_enter(now, running):
-            self.entries.append(now)
-            if in_holdout(self.deployed.key, user, self.deployed.spec.holdout):
-                self.held_out = True
-                return
-            await start_journey(
-                self.client,
-                Entry(self.deployed, event, len(self.entries), now),
-                task_queue=self.queue,
-                default_timezone=self.default_timezone,
-                history_limit=2000,
-                installation_id=TEST_INSTALLATION,
-                assignments=self.test.variants,
-            )
+        if name in spec.interesting_events():
+            for instance in self.started:  # each workflow decides whether it is its key's
+                if await self._running(instance):
+                    await self._handle(instance).signal("event", as_signal(event))
+        context = journey_context(event, self.profiles[user], self.deployed)
+        key = spec.instance_of(context) if spec.instance else ""
+        if key is None or not self._triggers(event, context):
+            return  # not a trigger; or a keyed journey's trigger without its key
+        instance = key
+        if not await self._may_enter(now, instance):
+            return
+        self.entries.append((now, instance))
+        if in_holdout(self.deployed.key, user, spec.holdout):
+            self.held_out = True
+            return
+        await start_journey(
+            self.client,
+            Entry(self.deployed, event, len(self.entries), now, instance),
+            task_queue=self.queue,
+            default_timezone=self.default_timezone,
+            history_limit=2000,
+            installation_id=TEST_INSTALLATION,
+            assignments=self.test.variants,
+        )
+        if instance not in self.started:
+            self.started.append(instance)
 
-    def _triggers(self, event: StoredEvent) -> bool:
+    def _triggers(self, event: StoredEvent, context: dict[str, Any]) -> bool:
         spec = self.deployed.spec
         trigger_event = AUDIENCE_EVENT if spec.trigger.audience else spec.trigger.event
         if event.name != trigger_event or not in_segment(spec.trigger.segment, event.properties):
             return False
-        context = journey_context(event, self.profiles[event.user_id], self.deployed)
         return holds(spec.trigger.when, context) and holds(spec.audience, context)
 
-    def _may_enter(self, now: datetime, running: bool) -> bool:
+    async def _may_enter(self, now: datetime, instance: str) -> bool:
+        """The re-entry policy, the user's across instances; one running per instance."""
         policy = self.deployed.spec.re_entry
-        if running or (self.entries and policy == "never"):
+        if self.entries and policy == "never":
             return False
-        if isinstance(policy, ReEntryAfter) and self.entries:
-            return now - self.entries[-1] >= policy.after
-        return True
-
-    async def _running(self) -> bool:
-        if not self.entries or self.held_out:
+        last = self.entries[-1][0] if self.entries else None
+        if isinstance(policy, ReEntryAfter) and last and now - last < policy.after:
             return False
-        description = await self.client.get_workflow_handle(self.workflow_id).describe()
-        return description.status == WorkflowExecutionStatus.RUNNING
+        return instance not in self.started or not await self._running(instance)
 
-    async def state(self) -> JourneyState | None:
-        if not self.entries or self.held_out:
-            return None
-        handle = self.client.get_workflow_handle(self.workflow_id)
-        state: JourneyState = await handle.query("state", result_type=JourneyState)
-        return state
+    def _handle(self, instance: str) -> Any:
+        workflow_id = search.workflow_id(self.deployed.key, self.test.user.id, instance)
+        return self.client.get_workflow_handle(workflow_id)
+
+    async def _running(self, instance: str) -> bool:
+        description = await self._handle(instance).describe()
+        return bool(description.status == WorkflowExecutionStatus.RUNNING)
+
+    async def states(self) -> dict[str, JourneyState]:
+        """Each instance's state, in the order they first entered."""
+        found = {}
+        for instance in self.started:
+            found[instance] = await self._handle(instance).query("state", result_type=JourneyState)
+        return found
 
 
 def _actual(
     run: _Run,
-    state: JourneyState | None,
+    states: dict[str, JourneyState],
     store: MemoryStore,
     activities: RecordingActivities,
     start: datetime,
@@ -427,9 +438,11 @@ def _actual(
         failed=failed,
         steps=[v.step for v in visits],
     )
-    if state is not None:
-        actual.status = state.status
-        actual.end_reason = state.end_reason
-        actual.converted = state.converted_at is not None
-        actual.variants = dict(state.assignments)
+    if states:
+        # The journey's status is its last instance's; `instances` has each one's.
+        last = list(states.values())[-1]
+        actual.status, actual.end_reason = last.status, last.end_reason
+        actual.converted = any(s.converted_at is not None for s in states.values())
+        actual.variants = {k: v for s in states.values() for k, v in s.assignments.items()}
+        actual.instances = {key: s.status for key, s in states.items() if key}
     return actual

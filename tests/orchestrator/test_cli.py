@@ -50,14 +50,14 @@ def test_validate_prints_every_problem_with_its_position(
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert lines == [
-        "journeys/cart_abandonment.yaml:44:16: steps.wait_again.wait_for.timeout: "
+        "journeys/cart_abandonment.yaml:51:16: steps.wait_again.wait_for.timeout: "
         "'tomorrow' is not a duration: use a number and a unit, like 30m, 2h, 3d, 1w or 1d12h",
     ]
     path.write_text(path.read_text().replace("timeout: tomorrow", "timeout: 1d"))
     result = runner.invoke(app, ["journeys", "validate", "journeys/cart_abandonment.yaml"])
     assert result.exit_code == 1
     assert result.stdout.startswith(
-        "journeys/cart_abandonment.yaml:34:17: "
+        "journeys/cart_abandonment.yaml:40:17: "
         "steps.reminder.send.template: unknown template 'cart_remindr'"
     )
 

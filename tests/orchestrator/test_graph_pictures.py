@@ -412,14 +412,14 @@ CART = EXAMPLES[0].read_text()
         ("- a list\n- not a journey\n", ["broken.yaml:1:1: a journey file must be a mapping"]),
         (
             _broken(CART, "timeout: 1d", "timeout: tomorrow"),
-            ["broken.yaml:44:16: steps.wait_again.wait_for.timeout: 'tomorrow' is not a duration"],
+            ["broken.yaml:51:16: steps.wait_again.wait_for.timeout: 'tomorrow' is not a duration"],
         ),
         (
             _broken(CART, "on_event: done", "on_event: dnoe"),
             [
-                "broken.yaml:28:17: steps.wait_for_purchase.wait_for.on_event: next step 'dnoe' "
+                "broken.yaml:34:17: steps.wait_for_purchase.wait_for.on_event: next step 'dnoe' "
                 "is not defined in steps",
-                "broken.yaml:45:17: steps.wait_again.wait_for.on_event: next step 'dnoe' "
+                "broken.yaml:52:17: steps.wait_again.wait_for.on_event: next step 'dnoe' "
                 "is not defined in steps",
             ],
         ),

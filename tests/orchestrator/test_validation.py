@@ -77,6 +77,18 @@ def test_the_valid_journey_has_no_problems(workspace: Path) -> None:
 
 CASES = [
     pytest.param(
+        VALID.replace(
+            "start: hello\n", "exit_on:\n  - {event: Stop, any_instance: true}\nstart: hello\n"
+        ),
+        [(7, 33, "exit_on.0.any_instance: `any_instance` needs a keyed journey (`instance:`)")],
+        id="any-instance-unkeyed",
+    ),
+    pytest.param(
+        VALID.replace("start: hello\n", "instance: event.properties.cart_id +\nstart: hello\n"),
+        [(6, 11, "instance: ")],
+        id="instance-syntax",
+    ),
+    pytest.param(
         VALID.replace("    next: pause\n", "    next: pause\n    retries: 3\n"),
         [(11, 5, "steps.hello.retries: unknown key")],
         id="unknown-key",
