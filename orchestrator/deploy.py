@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.access import audit
+from orchestrator.migration import MigrationPlan, plan_migration
 from orchestrator.segments.definitions import Definitions
 from orchestrator.sources import InvalidSource
 from orchestrator.tables import journey_versions, journeys, segment_definitions
@@ -28,6 +29,7 @@ class Deployed:
     key: str
     version: int
     change: Change
+    migration: MigrationPlan | None = None  # a new version that moves users inside
 
 
 def content_of(checked: CheckedJourney) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -51,15 +53,18 @@ async def deploy(
     *,
     definitions: Definitions | None = None,
     actor: audit.Actor | None = None,
+    dry_run: bool = False,
 ) -> list[Deployed]:
     """Store new versions of changed journeys and retire journeys no longer in the workspace.
 
     Call only with a fully valid workspace: validation happens before, so that nothing
     is stored when anything is invalid. One transaction; concurrent deploys queue. Each
     change is in the audit log, by `actor` (the person at the command line by default).
+    A version that moves users (`migrate`) is checked against the versions it names,
+    and InvalidSource stores nothing. `dry_run` says what would happen and stores nothing.
     """
     results: list[Deployed] = []
-    async with engine.begin() as conn:
+    async with engine.connect() as conn, conn.begin() as transaction:
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('journey-deploy'))"))
         latest = {
             row.key: row
@@ -117,7 +122,11 @@ async def deploy(
                     source_text=item.source.text,
                 )
             )
-            results.append(Deployed(key, version, "new" if current is None else "updated"))
+            migration = None
+            if item.journey.migrate is not None:
+                migration = await plan_migration(conn, item.journey, item.source, version)
+            change: Change = "new" if current is None else "updated"
+            results.append(Deployed(key, version, change, migration))
         if definitions is not None and (done := await _deploy_definitions(conn, definitions)):
             results.append(done)
         deployed_keys = {item.journey.journey for item in checked}
@@ -136,15 +145,22 @@ async def deploy(
                 details = {what: result.key, "version": result.version,
                            "change": result.change}  # fmt: skip
                 await audit.record(conn, who, "journeys.deploy", details=details, now=now)
+        problems = [p for r in results if r.migration for p in r.migration.problems]
+        if problems:
+            raise InvalidSource(problems)  # rolls back: nothing is stored
+        if dry_run:
+            await transaction.rollback()
     return results
 
 
-async def deploy_workspace(engine: AsyncEngine, workspace: Workspace) -> list[Deployed]:
+async def deploy_workspace(
+    engine: AsyncEngine, workspace: Workspace, *, dry_run: bool = False
+) -> list[Deployed]:
     """Validate every journey of the workspace, then deploy; InvalidSource stores nothing."""
     checked, problems = check_workspace(workspace)
     if problems:
         raise InvalidSource(problems)
-    return await deploy(engine, checked, definitions=workspace.definitions)
+    return await deploy(engine, checked, definitions=workspace.definitions, dry_run=dry_run)
 
 
 async def _deploy_definitions(conn: AsyncConnection, definitions: Definitions) -> Deployed | None:

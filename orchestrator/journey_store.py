@@ -130,6 +130,8 @@ class PostgresJourneyStore:
                     )
                 )
             values: dict[str, Any] = {"current_step": progress.current_step}
+            if progress.version is not None:  # moved onto a newer version
+                values["version"] = progress.version
             if progress.status is not None:
                 values |= {
                     "status": progress.status,

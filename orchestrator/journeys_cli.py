@@ -90,8 +90,16 @@ def validate(
 
 
 @app.command()
-def deploy(workspace: WorkspaceOption = None) -> None:
-    """Validate the whole workspace and store each changed journey as a new version."""
+def deploy(
+    workspace: WorkspaceOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Say what would change and who would move; store nothing"),
+    ] = False,
+) -> None:
+    """Validate the whole workspace and store each changed journey as a new version; a
+    version with `migrate` says, for each old version and step, how many users are
+    there and where they go (a worker then moves them)."""
     from orchestrator.database import create_engine
     from orchestrator.deploy import deploy_workspace
 
@@ -102,11 +110,16 @@ def deploy(workspace: WorkspaceOption = None) -> None:
     async def work() -> None:
         engine = create_engine(url, pool_size=1)
         try:
-            results = await deploy_workspace(engine, ws)
+            results = await deploy_workspace(engine, ws, dry_run=dry_run)
         finally:
             await engine.dispose()
         for item in results:
             typer.echo(f"{item.key:<28} v{item.version:<4} {item.change}")
+        for item in results:
+            if item.migration is not None:
+                typer.echo("\n".join(item.migration.lines()))
+        if dry_run:
+            typer.echo("dry run: nothing was deployed", err=True)
 
     try:
         asyncio.run(work())

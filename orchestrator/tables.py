@@ -49,6 +49,10 @@ journey_versions = Table(
     Column("source_file", Text, nullable=False),
     Column("source_text", Text, nullable=False),
     Column("deployed_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    # A version that moves earlier versions' users (`migrate`): the last enrollment told
+    # to move, and when every one has been.
+    Column("migration_cursor", BigInteger, nullable=False, server_default="0"),
+    Column("migrated_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("journey_key", "version"),
 )
 

@@ -23,6 +23,7 @@ from orchestrator.workspace import Workspace
 from rules.expressions import event_context, user_context
 from workflows.spec import (
     AUDIENCE_EVENT,
+    EXIT,
     BranchStep,
     ExperimentStep,
     Journey,
@@ -114,6 +115,14 @@ def check_journey(source: Source, workspace: Workspace) -> tuple[Journey | None,
         ),
         *_segment_problems(source, journey, workspace),
         *(source.problem(loc, msg) for loc, msg in _instance_problems(journey)),
+        *(
+            source.problem(
+                ["migrate", "steps", old],
+                f"no step '{new}' in this journey to move users to (a step, or `exit`)",
+            )
+            for old, new in (journey.migrate.steps.items() if journey.migrate else [])
+            if new != EXIT and new not in journey.steps
+        ),
     ]
     return (None if problems else journey), problems
 

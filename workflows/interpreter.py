@@ -40,6 +40,7 @@ from workflows.messages import (
     JourneyInput,
     JourneyResult,
     JourneyState,
+    MigrateSignal,
     Profile,
     ProgressInput,
     SendInput,
@@ -52,6 +53,7 @@ from workflows.messages import (
 )
 from workflows.retries import LOCAL_TIMEOUT, SEND_RETRY, SIDE_EFFECT_RETRY
 from workflows.spec import (
+    EXIT,
     BranchStep,
     EventMatch,
     ExitStep,
@@ -97,8 +99,14 @@ class _Resume:
     """History is long: continue-as-new, then resume this same step."""
 
 
+class _Migrate:
+    """A newer version takes this user in: move at this safe point."""
+
+
 ENDED_BY_EVENT = _Ended()
 RESUME = _Resume()
+MIGRATE = _Migrate()
+Interrupted = _Ended | _Resume | _Migrate
 
 
 class JourneyInterpreter:
@@ -116,6 +124,8 @@ class JourneyInterpreter:
             self._state.last_event = input.trigger
         self._profile: Profile | None = None
         self._reentries: list[EnterSignal] = []
+        self._migrate_to: int | None = None  # a newer version asked for this user
+        self._moved = False
         self._awaited = {
             s.wait_for.event for s in self._spec.steps.values() if isinstance(s, WaitForStep)
         }
@@ -132,6 +142,11 @@ class JourneyInterpreter:
         if enter.enrollment_id != self._input.enrollment_id:
             self._reentries.append(enter)
 
+    def on_migrate(self, migrate: MigrateSignal) -> None:
+        """A newer version takes this user in; the main loop moves them when it is safe."""
+        if migrate.version > self._journey.version:
+            self._migrate_to = max(migrate.version, self._migrate_to or 0)
+
     @property
     def state(self) -> JourneyState:
         return self._state
@@ -144,6 +159,9 @@ class JourneyInterpreter:
         while self._state.status not in ENDED:
             if self._history_is_long():
                 await self._continue_as_new()
+            if self._migrate_to is not None:
+                await self._migrate()
+                continue
             if await self._handle_pending(None) is ENDED_BY_EVENT:
                 break
             step_id = self._state.step
@@ -151,6 +169,8 @@ class JourneyInterpreter:
             if not self._state.step_started:
                 self._begin(step_id, step)
             result = await self._run_step(step_id, step)
+            if isinstance(result, _Migrate):
+                continue  # the loop's top moves the user
             if isinstance(result, _Resume):
                 await self._continue_as_new()
             if isinstance(result, _Go):
@@ -176,7 +196,7 @@ class JourneyInterpreter:
             messages_sent=self._state.messages_sent,
         )
 
-    async def _run_step(self, step_id: str, step: Step) -> _Go | _Ended | _Resume:
+    async def _run_step(self, step_id: str, step: Step) -> _Go | Interrupted:
         match step:
             case WaitStep(wait=wait, next=following):
                 if self._state.wake_at is None:
@@ -257,7 +277,7 @@ class JourneyInterpreter:
             self._state.assignments,
         )  # fmt: skip
 
-    async def _send(self, step_id: str, step: SendStep) -> _Go | _Ended | _Resume:
+    async def _send(self, step_id: str, step: SendStep) -> _Go | Interrupted:
         send = step.send
         template = await self._choices().template(send)
         request = SendInput(
@@ -327,8 +347,9 @@ class JourneyInterpreter:
 
     # ---- waiting and events ----------------------------------------------------
 
-    async def _wait(self, deadline: datetime, wait_for: WaitFor | None) -> str | _Ended | _Resume:
-        """Wait for the deadline or a matching event: 'matched', 'timeout', ended, or resume."""
+    async def _wait(self, deadline: datetime, wait_for: WaitFor | None) -> str | Interrupted:
+        """Wait for the deadline or a matching event: 'matched', 'timeout', or interrupted
+        (ended by an event, resume after continue-as-new, move to a newer version)."""
         self._set_status("waiting")
         self._describe()
         await self._flush()
@@ -339,20 +360,23 @@ class JourneyInterpreter:
             self._set_status("running")
         return outcome
 
-    async def _wait_loop(
-        self, deadline: datetime, wait_for: WaitFor | None
-    ) -> str | _Ended | _Resume:
+    async def _wait_loop(self, deadline: datetime, wait_for: WaitFor | None) -> str | Interrupted:
         while True:
             handled = await self._handle_pending(wait_for)
             if handled is not None:
                 return handled
             if self._history_is_long():
                 return RESUME
+            if self._migrate_to is not None:
+                return MIGRATE
             remaining = deadline - workflow.now()
             if remaining <= timedelta(0):
                 return "timeout"
             try:
-                await workflow.wait_condition(lambda: bool(self._state.pending), timeout=remaining)
+                await workflow.wait_condition(
+                    lambda: bool(self._state.pending) or self._migrate_to is not None,
+                    timeout=remaining,
+                )
             except TimeoutError:
                 self._profile = None  # time has passed: read the profile afresh
                 return "timeout"
@@ -413,6 +437,53 @@ class JourneyInterpreter:
         if match.where is None:
             return True
         return holds(match.where, await self._context(event))
+
+    # ---- moving to a newer version --------------------------------------------
+
+    async def _migrate(self) -> None:
+        """Move onto the version that asked, as its `migrate` maps this user's step.
+
+        Called between steps or from inside a wait (which then ends here). A wait moved
+        to a wait of the same kind keeps the time already waited; any other step starts
+        afresh on the new version (a deferred send asks arbitration again)."""
+        assert self._migrate_to is not None
+        version, self._migrate_to = self._migrate_to, None
+        new: DeployedJourney = await workflow.execute_local_activity(
+            "load_journey_version",
+            args=[self._journey.key, version],
+            result_type=DeployedJourney,
+            start_to_close_timeout=LOCAL_TIMEOUT,
+        )
+        rule = new.spec.migrate
+        if rule is None or self._journey.version not in rule.from_:
+            return  # that version does not take this one's users
+        old_id, old_step = self._state.step, self._spec.steps[self._state.step]
+        target = rule.target(old_id, new.spec.steps)
+        began = self._state.recent_steps[-1].at if self._state.step_started else None
+        moved = f"moved to version {version}: " + (
+            f"step '{target}'" if target not in (None, EXIT) else "exit"
+        )
+        if began is not None:
+            self._finish_step(old_id, moved)
+        self._journey, self._spec = new, new.spec
+        self._input = self._input.model_copy(update={"journey": new})
+        self._awaited = {
+            s.wait_for.event for s in self._spec.steps.values() if isinstance(s, WaitForStep)
+        }
+        self._moved = True
+        workflow.upsert_search_attributes([search.JOURNEY_VERSION.value_set(version)])
+        if target is None or target == EXIT:
+            self._end("exited", f"{moved} from '{old_id}'")
+            return
+        new_step = self._spec.steps[target]
+        self._state.step, self._state.step_started = target, False
+        kept = _kept_wait(old_step, new_step)
+        if began is not None and kept is not None:
+            self._begin(target, new_step)
+            self._state.wake_at = began + kept
+            if isinstance(new_step, WaitForStep):
+                self._state.waiting_for = new_step.wait_for.event
+        self._describe()
 
     # ---- helpers ------------------------------------------------------------
 
@@ -526,6 +597,7 @@ class JourneyInterpreter:
                 end_reason=self._state.end_reason if ended else None,
                 ended_at=workflow.now() if ended else None,
                 converted_at=self._state.converted_at,
+                version=self._journey.version if self._moved else None,
             ),
             start_to_close_timeout=LOCAL_TIMEOUT,
         )
@@ -576,6 +648,16 @@ class JourneyInterpreter:
     def _describe(self) -> None:
         """Keep the Temporal UI's details current: where the user is and why."""
         workflow.set_current_details(current_details(self._input, self._state))
+
+
+def _kept_wait(old: Step, new: Step) -> timedelta | None:
+    """How long the new step waits in all, when it is a wait of the same kind as the old
+    (so the time already waited counts); None otherwise."""
+    if isinstance(old, WaitForStep) and isinstance(new, WaitForStep):
+        return new.wait_for.timeout
+    if isinstance(old, WaitStep) and isinstance(new, WaitStep) and isinstance(old.wait, timedelta):
+        return new.wait if isinstance(new.wait, timedelta) else None
+    return None
 
 
 def _cause(exc: ActivityError) -> str:

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyInput,
         JourneyResult,
         JourneyState,
+        MigrateSignal,
     )
 
 
@@ -35,6 +36,11 @@ class JourneyWorkflow:
     def on_enter(self, enter: EnterSignal) -> None:
         """Signal-with-start for an enrollment; a new one arriving as we finish re-enters."""
         self._journey.on_enter(enter)
+
+    @workflow.signal(name="migrate")
+    def on_migrate(self, migrate: MigrateSignal) -> None:
+        """A newer version takes this user in; the move happens at the next safe point."""
+        self._journey.on_migrate(migrate)
 
     @workflow.query(name="state")
     def state(self) -> JourneyState:

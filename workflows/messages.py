@@ -54,6 +54,12 @@ class EnterSignal(Message):
     )
 
 
+class MigrateSignal(Message):
+    """A newer version of the journey takes in the users of this one (its `migrate`)."""
+
+    version: int
+
+
 # How an experiment step's visit records the variant drawn: "variant <name>".
 VARIANT_OUTCOME = "variant "
 
@@ -144,6 +150,7 @@ class ProgressInput(Message):
     end_reason: str | None = None
     ended_at: datetime | None = None
     converted_at: datetime | None = None
+    version: int | None = Field(default=None, description="The version moved to, if it moved")
 
 
 class SendInput(Message):

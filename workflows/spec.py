@@ -10,7 +10,7 @@ is reported at its line.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -534,6 +534,33 @@ def is_wait(step: Step) -> bool:
     return isinstance(step, WaitStep | WaitForStep)
 
 
+EXIT = "exit"  # a migration's target that ends the journey
+
+
+class Migrate(Strict):
+    """Move the users inside earlier versions onto this one, each at a safe point: step
+    by step as `steps` says (`exit` ends their journey); a step not listed goes to the
+    step of the same id. A wait moved to a wait of the same kind keeps how long it has
+    waited."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True
+    )
+
+    from_: list[Annotated[int, Field(ge=1)]] = Field(
+        alias="from", min_length=1, description="The versions whose users move"
+    )
+    steps: dict[Annotated[str, Field(pattern=IDENTIFIER)], str] = Field(
+        default_factory=dict, description="old step -> new step, or `exit`"
+    )
+
+    def target(self, old_step: str, new_steps: Collection[str]) -> str | None:
+        """Where a user at `old_step` goes (a step or EXIT); None if nowhere."""
+        if old_step in self.steps:
+            return self.steps[old_step]
+        return old_step if old_step in new_steps else None
+
+
 class Journey(Strict):
     """One journey file."""
 
@@ -556,6 +583,7 @@ class Journey(Strict):
     goal: Goal | None = None
     start: StepId
     steps: dict[Annotated[str, Field(pattern=IDENTIFIER)], Step] = Field(min_length=1)
+    migrate: Migrate | None = None
 
     @model_validator(mode="after")
     def _instance_from_an_event(self) -> Journey:

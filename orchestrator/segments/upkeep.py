@@ -18,6 +18,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from orchestrator.enrollment import Entry, enroll, start_journey
 from orchestrator.event_store import StoredEvent
+from orchestrator.migration import PAGE as MIGRATION_PAGE
+from orchestrator.migration import move_users
 from orchestrator.profiles import load_traits
 from orchestrator.registry import Snapshot
 from orchestrator.routing import Router, journey_context
@@ -81,7 +83,9 @@ class SegmentActivities:
         now = request.now
         snapshot = await self.router.registry.snapshot()
         started = await self._start_due_runs(snapshot, now)
-        computed, more = 0, False
+        # Users of earlier journey versions that a newly deployed one takes in (`migrate`).
+        moved = await move_users(self.engine, self.client)
+        computed, more = 0, moved >= MIGRATION_PAGE
         deadline = asyncio.get_running_loop().time() + BUDGET.total_seconds()
         while asyncio.get_running_loop().time() < deadline:
             activity.heartbeat()
