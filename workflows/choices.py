@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError
 from workflows.assignment import pick_variant
 from workflows.messages import ChooseVariantInput
 from workflows.retries import LOCAL_TIMEOUT, SIDE_EFFECT_RETRY
+from workflows.runtime import WorkflowApi
 from workflows.spec import Experiment, Send
 
 Reward = Literal["goal", "click", "click_on_variant"]
@@ -30,6 +31,7 @@ class Choices:
     user_id: str
     enrollment_id: int
     assignments: dict[str, str]  # the journey state's, kept up to date
+    rt: WorkflowApi = workflow
 
     async def variant(self, experiment: Experiment) -> str:
         if (name := self.assignments.get(experiment.key)) is None:
@@ -44,7 +46,7 @@ class Choices:
             # split users identically (runs before this change keep the old hash).
             hashed = (
                 f"{self.journey_key}/{experiment.key}"
-                if workflow.patched(EXPERIMENT_KEYS_PER_JOURNEY)
+                if self.rt.patched(EXPERIMENT_KEYS_PER_JOURNEY)
                 else experiment.key
             )
             name = drawn or names[pick_variant(hashed, self.user_id, weights)]
@@ -74,7 +76,7 @@ class Choices:
         kind: Literal["experiment", "template"] = "experiment",
     ) -> str | None:
         try:
-            chosen: str = await workflow.execute_local_activity(
+            chosen: str = await self.rt.execute_local_activity(
                 "choose_variant",
                 ChooseVariantInput(
                     journey_key=self.journey_key,

@@ -52,6 +52,7 @@ from workflows.messages import (
     WebhookResult,
 )
 from workflows.retries import LOCAL_TIMEOUT, SEND_RETRY, SIDE_EFFECT_RETRY
+from workflows.runtime import WorkflowApi
 from workflows.spec import (
     EXIT,
     BranchStep,
@@ -112,7 +113,8 @@ Interrupted = _Ended | _Resume | _Migrate
 class JourneyInterpreter:
     """One user's journey: the state, and the loop that moves it through the steps."""
 
-    def __init__(self, input: JourneyInput) -> None:
+    def __init__(self, input: JourneyInput, runtime: WorkflowApi = workflow) -> None:
+        self._rt = runtime
         self._input = input
         self._journey: DeployedJourney = input.journey
         self._spec: Journey = input.journey.spec
@@ -186,7 +188,7 @@ class JourneyInterpreter:
                     self._state.step = result.next
                     self._state.step_started = False
         await self._flush()
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._rt.wait_condition(self._rt.all_handlers_finished)
         if self._reentries:
             await self._reenter(self._reentries[-1])
         return JourneyResult(
@@ -208,9 +210,9 @@ class JourneyInterpreter:
                 return _Go(following, f"waited until {self._state.wake_at.isoformat()}")
             case WaitForStep(wait_for=wait_for):
                 if self._state.wake_at is None:
-                    self._state.wake_at = workflow.now() + wait_for.timeout
+                    self._state.wake_at = self._rt.now() + wait_for.timeout
                     self._state.waiting_for = wait_for.event
-                    if workflow.patched(HEARD_EVENTS_PATCH) and (
+                    if self._rt.patched(HEARD_EVENTS_PATCH) and (
                         heard := await self._heard_match(wait_for)
                     ):
                         self._state.last_event = heard.event
@@ -274,7 +276,7 @@ class JourneyInterpreter:
     def _choices(self) -> Choices:
         return Choices(
             self._journey.key, self._input.user_id, self._input.enrollment_id,
-            self._state.assignments,
+            self._state.assignments, self._rt,
         )  # fmt: skip
 
     async def _send(self, step_id: str, step: SendStep) -> _Go | Interrupted:
@@ -300,14 +302,14 @@ class JourneyInterpreter:
             requested_at=self._state.recent_steps[-1].at,
         )
         # Journeys recorded before central arbitration went straight to delivery.
-        if workflow.patched(ARBITRATION_PATCH):
+        if self._rt.patched(ARBITRATION_PATCH):
             while True:
                 try:
                     # A local activity: a decision takes milliseconds, and a round trip
                     # through the server's task queue would add more than that.
-                    decision: ArbitrationResult = await workflow.execute_local_activity(
+                    decision: ArbitrationResult = await self._rt.execute_local_activity(
                         "arbitrate_message",
-                        ArbitrateInput(message=request, now=workflow.now()),
+                        ArbitrateInput(message=request, now=self._rt.now()),
                         result_type=ArbitrationResult,
                         start_to_close_timeout=LOCAL_TIMEOUT,
                         retry_policy=SIDE_EFFECT_RETRY,
@@ -327,7 +329,7 @@ class JourneyInterpreter:
                 if not isinstance(waited, str):
                     return waited
         try:
-            result: SendResult = await workflow.execute_activity(
+            result: SendResult = await self._rt.execute_activity(
                 "send_message",
                 request,
                 result_type=SendResult,
@@ -369,11 +371,11 @@ class JourneyInterpreter:
                 return RESUME
             if self._migrate_to is not None:
                 return MIGRATE
-            remaining = deadline - workflow.now()
+            remaining = deadline - self._rt.now()
             if remaining <= timedelta(0):
                 return "timeout"
             try:
-                await workflow.wait_condition(
+                await self._rt.wait_condition(
                     lambda: bool(self._state.pending) or self._migrate_to is not None,
                     timeout=remaining,
                 )
@@ -387,9 +389,9 @@ class JourneyInterpreter:
         while self._state.pending:
             event = self._state.pending.pop(0)
             goal = self._spec.goal
-            in_window = goal is not None and workflow.now() - self._input.entered_at <= goal.within
+            in_window = goal is not None and self._rt.now() - self._input.entered_at <= goal.within
             if goal is not None and in_window and await self._matches(goal, event):
-                self._state.converted_at = self._state.converted_at or workflow.now()
+                self._state.converted_at = self._state.converted_at or self._rt.now()
                 if goal.exit:
                     self._end("converted", f"goal {goal.event}")
                     return ENDED_BY_EVENT
@@ -407,7 +409,7 @@ class JourneyInterpreter:
     def _hear(self, event: EventSignal) -> None:
         """Keep an event a later `wait_for` may look back at."""
         self._state.heard_count += 1
-        heard = HeardEvent(seq=self._state.heard_count, at=workflow.now(), event=event)
+        heard = HeardEvent(seq=self._state.heard_count, at=self._rt.now(), event=event)
         self._state.heard.append(heard)
         del self._state.heard[:-MAX_HEARD_EVENTS]
 
@@ -417,7 +419,7 @@ class JourneyInterpreter:
         for heard in self._state.heard:
             if since is None and heard.seq <= self._state.wait_mark:
                 continue
-            if isinstance(since, timedelta) and heard.at < workflow.now() - since:
+            if isinstance(since, timedelta) and heard.at < self._rt.now() - since:
                 continue
             if await self._matches(wait_for, heard.event):
                 return heard
@@ -448,7 +450,7 @@ class JourneyInterpreter:
         afresh on the new version (a deferred send asks arbitration again)."""
         assert self._migrate_to is not None
         version, self._migrate_to = self._migrate_to, None
-        new: DeployedJourney = await workflow.execute_local_activity(
+        new: DeployedJourney = await self._rt.execute_local_activity(
             "load_journey_version",
             args=[self._journey.key, version],
             result_type=DeployedJourney,
@@ -471,7 +473,7 @@ class JourneyInterpreter:
             s.wait_for.event for s in self._spec.steps.values() if isinstance(s, WaitForStep)
         }
         self._moved = True
-        workflow.upsert_search_attributes([search.JOURNEY_VERSION.value_set(version)])
+        self._rt.upsert_search_attributes([search.JOURNEY_VERSION.value_set(version)])
         if target is None or target == EXIT:
             self._end("exited", f"{moved} from '{old_id}'")
             return
@@ -488,7 +490,7 @@ class JourneyInterpreter:
     # ---- helpers ------------------------------------------------------------
 
     async def _wake_time(self, wait: timedelta | WaitUntil) -> datetime:
-        now = workflow.now()
+        now = self._rt.now()
         if isinstance(wait, timedelta):
             return now + wait
         if wait.timezone == "user":
@@ -500,7 +502,7 @@ class JourneyInterpreter:
 
     async def _user(self) -> Profile:
         if self._profile is None:
-            self._profile = await workflow.execute_local_activity(
+            self._profile = await self._rt.execute_local_activity(
                 "load_profile",
                 self._input.user_id,
                 result_type=Profile,
@@ -520,7 +522,7 @@ class JourneyInterpreter:
         return context(profile.user_id, profile.traits, event or self._state.last_event, journey)
 
     async def _side_effect(self, name: str, arg: Any, result_type: type | None) -> Any:
-        return await workflow.execute_activity(
+        return await self._rt.execute_activity(
             name,
             arg,
             result_type=result_type,
@@ -530,7 +532,7 @@ class JourneyInterpreter:
         )
 
     def _idempotency_key(self, step_id: str) -> str:
-        # No `workflow.patched()`: the namespace comes from the input, which a replay
+        # No `self._rt.patched()`: the namespace comes from the input, which a replay
         # reads back from history, and inputs recorded without one keep the old one.
         namespace = self._input.installation_id or MESSAGE_NAMESPACE
         visit = self._state.visits.get(step_id, 0)
@@ -553,12 +555,12 @@ class JourneyInterpreter:
         self._state.wake_at = None
         self._state.waiting_for = None
         record = StepVisit(
-            step=step_id, kind=step_kind(step) or "?", visit=visit, at=workflow.now()
+            step=step_id, kind=step_kind(step) or "?", visit=visit, at=self._rt.now()
         )
         self._state.recent_steps.append(record)
         del self._state.recent_steps[:-MAX_RECENT_STEPS]
         self._state.unrecorded.append(record)
-        workflow.upsert_search_attributes([search.JOURNEY_STEP.value_set(step_id)])
+        self._rt.upsert_search_attributes([search.JOURNEY_STEP.value_set(step_id)])
         self._describe()
 
     def _finish_step(self, step_id: str, outcome: str) -> None:
@@ -580,14 +582,14 @@ class JourneyInterpreter:
     def _set_status(self, status: Status) -> None:
         if status != self._state.status:
             self._state.status = status
-            workflow.upsert_search_attributes([search.JOURNEY_STATUS.value_set(status)])
+            self._rt.upsert_search_attributes([search.JOURNEY_STATUS.value_set(status)])
 
     async def _flush(self) -> None:
         """Store step visits and the enrollment's status in Postgres (for re-entry and reports)."""
         ended = self._state.status in ENDED
         if not self._state.unrecorded and not ended:
             return
-        await workflow.execute_local_activity(
+        await self._rt.execute_local_activity(
             "record_progress",
             ProgressInput(
                 enrollment_id=self._input.enrollment_id,
@@ -595,7 +597,7 @@ class JourneyInterpreter:
                 current_step=self._state.step,
                 status=self._state.status if ended else None,
                 end_reason=self._state.end_reason if ended else None,
-                ended_at=workflow.now() if ended else None,
+                ended_at=self._rt.now() if ended else None,
                 converted_at=self._state.converted_at,
                 version=self._journey.version if self._moved else None,
             ),
@@ -604,29 +606,29 @@ class JourneyInterpreter:
         self._state.unrecorded = []
 
     def _history_is_long(self) -> bool:
-        info = workflow.info()
-        return (
+        info = self._rt.info()
+        return bool(
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() >= self._input.history_limit
         )
 
     async def _continue_as_new(self) -> None:
         await self._flush()
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._rt.wait_condition(self._rt.all_handlers_finished)
         self._state.runs += 1
-        workflow.continue_as_new(self._input.model_copy(update={"carried": self._state}))
+        self._rt.continue_as_new(self._input.model_copy(update={"carried": self._state}))
 
     async def _reenter(self, enter: EnterSignal) -> None:
         """A new enrollment signalled while this one finished: run it in a fresh run."""
         journey = self._journey
         if enter.version != journey.version:
-            journey = await workflow.execute_local_activity(
+            journey = await self._rt.execute_local_activity(
                 "load_journey_version",
                 args=[journey.key, enter.version],
                 result_type=DeployedJourney,
                 start_to_close_timeout=LOCAL_TIMEOUT,
             )
-        workflow.continue_as_new(
+        self._rt.continue_as_new(
             JourneyInput(
                 journey=journey,
                 user_id=self._input.user_id,
@@ -638,7 +640,7 @@ class JourneyInterpreter:
                 installation_id=enter.installation_id or self._input.installation_id,
                 instance=self._input.instance,
             ),
-            search_attributes=workflow.info().typed_search_attributes.updated(
+            search_attributes=self._rt.info().typed_search_attributes.updated(
                 SearchAttributePair(search.JOURNEY_VERSION, journey.version),
                 SearchAttributePair(search.JOURNEY_STATUS, "running"),
                 SearchAttributePair(search.JOURNEY_STEP, journey.spec.start),
@@ -647,7 +649,7 @@ class JourneyInterpreter:
 
     def _describe(self) -> None:
         """Keep the Temporal UI's details current: where the user is and why."""
-        workflow.set_current_details(current_details(self._input, self._state))
+        self._rt.set_current_details(current_details(self._input, self._state))
 
 
 def _kept_wait(old: Step, new: Step) -> timedelta | None:
