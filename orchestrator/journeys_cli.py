@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -197,6 +198,80 @@ def run_journey_tests(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1 if failed else 0)
+
+
+@app.command()
+def preview(
+    path: Annotated[Path, typer.Argument(help="A journey file (new, or a changed version)")],
+    since: Annotated[str, typer.Option(help="How far back the period starts, like 7d")] = "7d",
+    until: Annotated[
+        datetime | None, typer.Option(help="When the period ends (default: now)")
+    ] = None,
+    run_on: Annotated[
+        str | None,
+        typer.Option(help="Let users inside run on this long after the period, like 3d"),
+    ] = None,
+    workspace: WorkspaceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """Replay the stored events of a period through the journey, beside the deployed
+    version: who would have entered, been held out, reached each step, been deferred or
+    suppressed and by which rule, and messages per channel per day. Sends nothing,
+    stores nothing."""
+    from orchestrator.database import create_engine
+    from orchestrator.journey_tests.harness import workspace_catalog
+    from orchestrator.preview import Period, candidate, deployed_version, table
+    from orchestrator.preview import preview as replay
+    from rules.durations import DurationError, parse_duration
+
+    try:
+        back = parse_duration(since)
+        after = parse_duration(run_on) if run_on else timedelta(0)
+    except DurationError as exc:
+        typer.echo(f"--since/--run-on: {exc}", err=True)
+        raise typer.Exit(2) from None
+    root = root_for([path], workspace)
+    ws = _open_workspace(root)
+    try:
+        journey = candidate(path, ws)
+    except InvalidSource as exc:
+        print_problems(Path.cwd(), exc.problems)
+        raise typer.Exit(1) from None
+    if until is None:
+        end = datetime.now(UTC)
+    else:  # a time without a zone is UTC
+        end = until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)
+    period = Period(end - back, end, after)
+    url = database_url()
+
+    async def work() -> list[Any]:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                versions = [("this file", journey)]
+                if (current := await deployed_version(conn, journey.key)) is not None:
+                    versions.append((f"deployed v{current.version}", current))
+                return await replay(conn, ws, versions, period, workspace_catalog(ws))
+        finally:
+            await engine.dispose()
+
+    try:
+        counts = asyncio.run(work())
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        document = {
+            "journey": journey.key,
+            "since": period.since.isoformat(),
+            "until": period.until.isoformat(),
+            "versions": [c.as_dict() for c in counts],
+        }
+        typer.echo(json.dumps(document, indent=2))
+        return
+    typer.echo(f"{journey.key}: the events of {period.since:%Y-%m-%d %H:%M} to "
+               f"{period.until:%Y-%m-%d %H:%M} UTC, replayed (nothing sent or stored)")  # fmt: skip
+    typer.echo("\n".join(table(counts)))
 
 
 @app.command("list")

@@ -87,7 +87,8 @@ class MemoryArbitration:
         user = request.user_id
         state = UserState(
             traits=self.traits(user),
-            contacts=self.contacts.get(user, []),
+            # (a preview loads history up to its period's end: none of it is news yet)
+            contacts=[c for c in self.contacts.get(user, []) if c.sent_at <= now],
             suppressions=self.suppressions.get(user, ()),
             peers=[
                 Peer(self._requests[key], end)

@@ -85,12 +85,15 @@ def check_workspace(workspace: Workspace) -> tuple[list[CheckedJourney], list[Pr
             )
             continue
         seen[journey.journey] = source.file
-        used = {
-            t for s in journey.steps.values() if isinstance(s, SendStep) for t in s.send.templates
-        }
-        templates = {name: workspace.templates[name] for name in sorted(used)}
-        checked.append(CheckedJourney(source.file, source, journey, templates))
+        checked.append(checked_journey(source, journey, workspace))
     return checked, sorted(problems)
+
+
+def checked_journey(source: Source, journey: Journey, workspace: Workspace) -> CheckedJourney:
+    """A valid journey with the workspace's templates its sends use."""
+    used = {t for s in journey.steps.values() if isinstance(s, SendStep) for t in s.send.templates}
+    templates = {name: workspace.templates[name] for name in sorted(used)}
+    return CheckedJourney(source.file, source, journey, templates)
 
 
 def check_journey(source: Source, workspace: Workspace) -> tuple[Journey | None, list[Problem]]:

@@ -367,3 +367,38 @@ async def driver_connection(conn: AsyncConnection) -> Any:
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+async def contacts_between(
+    conn: AsyncConnection, users: list[str], until: datetime, *, exclude_journeys: set[str]
+) -> dict[str, list[Contact]]:
+    """The messages sent to these users before `until`, by journeys other than the given
+    ones: the history a preview's arbitration starts from (its caps count them)."""
+    rows = await conn.execute(
+        select(
+            arbitration_requests.c.key,
+            arbitration_requests.c.user_id,
+            arbitration_requests.c.channel,
+            arbitration_requests.c.decided_at.label("sent_at"),
+            arbitration_requests.c.request,
+        ).where(
+            arbitration_requests.c.user_id.in_(users),
+            arbitration_requests.c.state == "sent",
+            arbitration_requests.c.decided_at < until,
+        )
+    )
+    found: dict[str, list[Contact]] = {}
+    for row in rows.mappings():
+        if row["request"].get("journey") in exclude_journeys:
+            continue
+        found.setdefault(row["user_id"], []).append(_contact(dict(row)))
+    return found
+
+
+async def suppressions_of(conn: AsyncConnection, users: list[str]) -> dict[str, list[Suppressed]]:
+    """The users' standing suppressions."""
+    rows = await conn.execute(select(suppressions).where(suppressions.c.user_id.in_(users)))
+    found: dict[str, list[Suppressed]] = {}
+    for row in rows:
+        found.setdefault(row.user_id, []).append(Suppressed(row.reason, row.channel, row.category))
+    return found

@@ -10,13 +10,23 @@ from typing import Any, Protocol
 
 
 class WorkflowApi(Protocol):
-    now: Callable[..., datetime]
-    patched: Callable[..., bool]
-    execute_activity: Callable[..., Any]
-    execute_local_activity: Callable[..., Any]
-    wait_condition: Callable[..., Any]
-    upsert_search_attributes: Callable[..., None]
-    set_current_details: Callable[..., None]
-    continue_as_new: Callable[..., Any]
-    all_handlers_finished: Callable[..., bool]
-    info: Callable[[], Any]
+    @property
+    def now(self) -> Callable[[], datetime]: ...
+    @property
+    def patched(self) -> Callable[[str], bool]: ...
+    @property
+    def execute_activity(self) -> Callable[..., Any]: ...
+    @property
+    def execute_local_activity(self) -> Callable[..., Any]: ...
+    @property
+    def wait_condition(self) -> Callable[..., Any]: ...
+    @property
+    def upsert_search_attributes(self) -> Callable[..., None]: ...
+    @property
+    def set_current_details(self) -> Callable[[str], None]: ...
+    @property
+    def continue_as_new(self) -> Callable[..., Any]: ...
+    @property
+    def all_handlers_finished(self) -> Callable[[], bool]: ...
+    @property
+    def info(self) -> Callable[[], Any]: ...

@@ -221,8 +221,50 @@ class RecordingActivities(JourneyActivities):
         return result
 
 
+def workspace_catalog(workspace: Workspace) -> list[dict[str, Any]]:
+    """The available items of the workspace's catalogue file (the one `orchestrator dev`
+    loads), as templates see them, most popular first in file order."""
+    path = workspace.root / CATALOG_FILE
+    return [template_item(i) for i in read_items(path) if i.available] if path.exists() else []
+
+
 def _answer_webhooks(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"ok": True})
+
+
+def webhook_client() -> httpx.AsyncClient:
+    """An HTTP client whose every request is answered 200 on the spot: nothing leaves."""
+    return httpx.AsyncClient(transport=httpx.MockTransport(_answer_webhooks))
+
+
+def captured_activities(
+    workspace: Workspace,
+    *,
+    store: MemoryStore,
+    arbitration: MemoryArbitration,
+    catalog: list[dict[str, Any]],
+    http: httpx.AsyncClient,
+) -> RecordingActivities:
+    """The journey's real activities over memory: the workspace's channel adapters
+    render, deliveries are captured, the catalogue's baseline fills recommendations."""
+    config = workspace.config
+    links = config.links.unsubscribe_links() or UnsubscribeLinks(
+        base_url="http://127.0.0.1", secret="journey-tests"
+    )
+    deps = ChannelDeps(
+        box=MemoryBox(), links=links, recommender=Recommender(catalog=MemoryCatalog(catalog))
+    )
+    channels = build_channels({name.value: None for name in config.channels}, deps)
+    activities = RecordingActivities(
+        store=store,
+        channels={name: CapturedChannel(c) for name, c in channels.items()},
+        http=http,
+        arbiter=MemoryArbiter(arbitration),
+        webhook_secret=(config.webhooks.signing_secret if config.webhooks else None)
+        or "journey-tests",
+    )
+    activities.decisions = []
+    return activities
 
 
 @dataclass
@@ -235,9 +277,7 @@ class Harness:
 
     @classmethod
     def for_workspace(cls, workspace: Workspace, deployed: dict[str, DeployedJourney]) -> Harness:
-        path = workspace.root / CATALOG_FILE
-        items = [template_item(i) for i in read_items(path) if i.available] if path.exists() else []
-        return cls(workspace, deployed, items)
+        return cls(workspace, deployed, workspace_catalog(workspace))
 
     async def run(self, env: WorkflowEnvironment, journey_key: str, test: JourneyTest) -> Actual:
         deployed = self.deployed[journey_key]
@@ -261,26 +301,12 @@ class Harness:
             ]},
             default_timezone=config.default_timezone,
         )  # fmt: skip
-        links = config.links.unsubscribe_links() or UnsubscribeLinks(
-            base_url="http://127.0.0.1", secret="journey-tests"
-        )
-        deps = ChannelDeps(
-            box=MemoryBox(),
-            links=links,
-            recommender=Recommender(catalog=MemoryCatalog(self.catalog)),
-        )
-        channels = build_channels({name.value: None for name in config.channels}, deps)
-        queue = f"journey-test-{uuid.uuid4().hex[:8]}"
-        async with httpx.AsyncClient(transport=httpx.MockTransport(_answer_webhooks)) as http:
-            activities = RecordingActivities(
-                store=store,
-                channels={name: CapturedChannel(c) for name, c in channels.items()},
+        async with webhook_client() as http:
+            activities = captured_activities(
+                self.workspace, store=store, arbitration=arbitration, catalog=self.catalog,
                 http=http,
-                arbiter=MemoryArbiter(arbitration),
-                webhook_secret=(config.webhooks.signing_secret if config.webhooks else None)
-                or "journey-tests",
-            )
-            activities.decisions = []
+            )  # fmt: skip
+            queue = f"journey-test-{uuid.uuid4().hex[:8]}"
             async with journey_worker(env.client, task_queue=queue, activities=activities.all()):
                 run = _Run(
                     env.client, queue, deployed, test, profiles, start, config.default_timezone
@@ -305,6 +331,41 @@ async def _sleep_until(env: WorkflowEnvironment, when: datetime) -> None:
         await env.sleep(delta)
 
 
+class EntryRules:
+    """Who enters a journey, as the router decides it: the trigger (and its conditions),
+    a keyed journey's key, the re-entry policy (the user's, across instances), one
+    running instance per key, and the holdout. Journey tests and previews use it."""
+
+    def __init__(self, deployed: DeployedJourney) -> None:
+        self.deployed = deployed
+        self.entries: dict[str, list[tuple[datetime, str]]] = {}  # user -> (when, instance)
+
+    def instance(self, event: StoredEvent, traits: dict[str, Any]) -> str | None:
+        """The instance the event would enter ('' for an unkeyed journey); None if it is
+        not this journey's trigger (or a keyed journey's trigger without its key)."""
+        spec = self.deployed.spec
+        trigger_event = AUDIENCE_EVENT if spec.trigger.audience else spec.trigger.event
+        if event.name != trigger_event or not in_segment(spec.trigger.segment, event.properties):
+            return None
+        context = journey_context(event, traits, self.deployed)
+        if not holds(spec.trigger.when, context) or not holds(spec.audience, context):
+            return None
+        return spec.instance_of(context) if spec.instance else ""
+
+    def may_enter(self, user: str, now: datetime, running: bool) -> bool:
+        """`running`: the user's instance for this key is still inside."""
+        policy, entries = self.deployed.spec.re_entry, self.entries.get(user, [])
+        if running or (entries and policy == "never"):
+            return False
+        last = entries[-1][0] if entries else None
+        return not (isinstance(policy, ReEntryAfter) and last and now - last < policy.after)
+
+    def enter(self, user: str, now: datetime, instance: str) -> bool:
+        """Record an entry; False if the user is in the holdout (no workflow)."""
+        self.entries.setdefault(user, []).append((now, instance))
+        return not in_holdout(self.deployed.key, user, self.deployed.spec.holdout)
+
+
 class _Run:
     """Routes the test's events like the router: enter on the trigger (an instance per
     key, for a keyed journey), tell running workflows the events their journey hears."""
@@ -321,9 +382,13 @@ class _Run:
     ) -> None:
         self.client, self.queue, self.deployed, self.test = client, queue, deployed, test
         self.profiles, self.start, self.default_timezone = profiles, start, default_timezone
-        self.entries: list[tuple[datetime, str]] = []  # when, and which instance
+        self.rules = EntryRules(deployed)
         self.started: list[str] = []  # instances with a workflow, first entry first
         self.held_out = False
+
+    @property
+    def entered(self) -> bool:
+        return bool(self.rules.entries)
 
     async def happen(
         self, index: int, name: str, properties: dict[str, Any], now: datetime
@@ -331,23 +396,21 @@ class _Run:
         user, spec = self.test.user.id, self.deployed.spec
         event = StoredEvent(index + 1, f"test-event-{index + 1}", name, user, properties, now)
         if name in spec.interesting_events():
-            for instance in self.started:  # each workflow decides whether it is its key's
-                if await self._running(instance):
-                    await self._handle(instance).signal("event", as_signal(event))
-        context = journey_context(event, self.profiles[user], self.deployed)
-        key = spec.instance_of(context) if spec.instance else ""
-        if key is None or not self._triggers(event, context):
-            return  # not a trigger; or a keyed journey's trigger without its key
-        instance = key
-        if not await self._may_enter(now, instance):
+            for started in self.started:  # each workflow decides whether it is its key's
+                if await self._running(started):
+                    await self._handle(started).signal("event", as_signal(event))
+        instance = self.rules.instance(event, self.profiles[user])
+        if instance is None:
             return
-        self.entries.append((now, instance))
-        if in_holdout(self.deployed.key, user, spec.holdout):
+        running = instance in self.started and await self._running(instance)
+        if not self.rules.may_enter(user, now, running):
+            return
+        if not self.rules.enter(user, now, instance):
             self.held_out = True
             return
         await start_journey(
             self.client,
-            Entry(self.deployed, event, len(self.entries), now, instance),
+            Entry(self.deployed, event, len(self.rules.entries[user]), now, instance),
             task_queue=self.queue,
             default_timezone=self.default_timezone,
             history_limit=2000,
@@ -356,23 +419,6 @@ class _Run:
         )
         if instance not in self.started:
             self.started.append(instance)
-
-    def _triggers(self, event: StoredEvent, context: dict[str, Any]) -> bool:
-        spec = self.deployed.spec
-        trigger_event = AUDIENCE_EVENT if spec.trigger.audience else spec.trigger.event
-        if event.name != trigger_event or not in_segment(spec.trigger.segment, event.properties):
-            return False
-        return holds(spec.trigger.when, context) and holds(spec.audience, context)
-
-    async def _may_enter(self, now: datetime, instance: str) -> bool:
-        """The re-entry policy, the user's across instances; one running per instance."""
-        policy = self.deployed.spec.re_entry
-        if self.entries and policy == "never":
-            return False
-        last = self.entries[-1][0] if self.entries else None
-        if isinstance(policy, ReEntryAfter) and last and now - last < policy.after:
-            return False
-        return instance not in self.started or not await self._running(instance)
 
     def _handle(self, instance: str) -> Any:
         workflow_id = search.workflow_id(self.deployed.key, self.test.user.id, instance)
@@ -430,7 +476,7 @@ def _actual(
         if result.action == "defer"
     ]
     actual = Actual(
-        entered=bool(run.entries),
+        entered=run.entered,
         held_out=run.held_out,
         messages=sorted(messages, key=lambda m: m.at),
         suppressed=suppressed,

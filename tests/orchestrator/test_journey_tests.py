@@ -51,7 +51,7 @@ tests:
   - name: expects the reminder too early
     user: {traits: {email: ada@example.com, first_name: Ada}}
     events:
-      - {at: 0s, event: Cart Abandoned, properties: {cart_value: 80}}
+      - {at: 0s, event: Cart Abandoned, properties: {cart_id: c1, cart_value: 80}}
     expect:
       messages:
         - {channel: email, template: cart_reminder, at: 30m, contains: [Ada, "£99.00"]}
@@ -59,7 +59,7 @@ tests:
   - name: this one holds
     user: {traits: {email: bo@example.com}}
     events:
-      - {at: 0s, event: Cart Abandoned, properties: {cart_value: 80}}
+      - {at: 0s, event: Cart Abandoned, properties: {cart_id: c1, cart_value: 80}}
       - {at: 10m, event: Order Completed}
     expect:
       messages: []
@@ -136,7 +136,7 @@ tests:
   - name: a template error shows, though nothing expected it
     user: {traits: {email: ada@example.com}}
     events:
-      - {at: 0s, event: Cart Abandoned, properties: {cart_value: 80}}
+      - {at: 0s, event: Cart Abandoned, properties: {cart_id: c1, cart_value: 80}}
     expect:
       status: completed
 """
