@@ -16,6 +16,7 @@ the end of the period is counted where they are.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -34,7 +35,6 @@ from orchestrator.event_store import StoredEvent
 from orchestrator.journey_tests.harness import (
     EntryRules,
     MemoryStore,
-    RecordingActivities,
     captured_activities,
     webhook_client,
 )
@@ -113,44 +113,70 @@ class _Info:
 
 
 class Clock:
-    """Virtual time and everyone waiting on it."""
+    """Virtual time, and the journeys waiting on it: at most one wait per journey (its
+    owner), woken when something happens to that journey or its deadline comes."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now
-        self.waiters: list[_Waiter] = []
+        self.waiting: dict[int, _Waiter] = {}  # owner -> its wait
+        self._deadlines: list[tuple[datetime, int, int]] = []  # (deadline, serial, owner)
+        self._serial = 0
 
-    async def wait(self, condition: Callable[[], bool], timeout: timedelta | None) -> None:
+    async def wait(
+        self, owner: int, condition: Callable[[], bool], timeout: timedelta | None
+    ) -> None:
         if condition():
             return
         deadline = self.now + timeout if timeout is not None else None
         waiter = _Waiter(condition, deadline, asyncio.get_running_loop().create_future())
-        self.waiters.append(waiter)
-        await waiter.future
+        self.waiting[owner] = waiter
+        if deadline is not None:
+            self._serial += 1
+            heapq.heappush(self._deadlines, (deadline, self._serial, owner))
+        try:
+            await waiter.future
+        finally:
+            if self.waiting.get(owner) is waiter:
+                del self.waiting[owner]
 
-    def release(self) -> None:
-        """Wake everyone whose condition holds, and whose deadline has come."""
-        kept = []
-        for waiter in self.waiters:
-            if waiter.future.done():
-                continue
-            if waiter.condition():
-                waiter.future.set_result(None)
-            elif waiter.deadline is not None and waiter.deadline <= self.now:
-                waiter.future.set_exception(TimeoutError())
-            else:
-                kept.append(waiter)
-        self.waiters = kept
+    def poke(self, owner: int) -> None:
+        """Something happened to this journey: wake it if its condition now holds."""
+        waiter = self.waiting.get(owner)
+        if waiter is not None and waiter.condition():
+            self._wake(owner, waiter, None)
+
+    def expire(self) -> None:
+        """Wake everyone whose deadline has come."""
+        while self._deadlines and self._deadlines[0][0] <= self.now:
+            deadline, _, owner = heapq.heappop(self._deadlines)
+            waiter = self.waiting.get(owner)
+            if waiter is not None and waiter.deadline == deadline:
+                self._wake(owner, waiter, TimeoutError())
 
     def next_deadline(self) -> datetime | None:
-        return min((w.deadline for w in self.waiters if w.deadline is not None), default=None)
+        while self._deadlines:
+            deadline, _, owner = self._deadlines[0]
+            waiter = self.waiting.get(owner)
+            if waiter is not None and waiter.deadline == deadline:
+                return deadline
+            heapq.heappop(self._deadlines)  # that wait is over
+        return None
+
+    def _wake(self, owner: int, waiter: _Waiter, error: Exception | None) -> None:
+        del self.waiting[owner]
+        if error is None:
+            waiter.future.set_result(None)
+        else:
+            waiter.future.set_exception(error)
 
 
 class SimulatedWorkflow:
-    """The `temporalio.workflow` functions the interpreter calls, on the simulated clock;
-    activities are called directly (one attempt: a failure is the step's outcome)."""
+    """The `temporalio.workflow` functions one journey's interpreter calls, on the
+    simulated clock; activities are called directly (one attempt: a failure is the
+    step's outcome, as a final failure would be)."""
 
-    def __init__(self, clock: Clock, activities: dict[str, Callable[..., Any]]) -> None:
-        self.clock, self.activities = clock, activities
+    def __init__(self, clock: Clock, activities: dict[str, Callable[..., Any]], owner: int) -> None:
+        self.clock, self.activities, self.owner = clock, activities, owner
 
     def now(self) -> datetime:
         return self.clock.now
@@ -176,7 +202,7 @@ class SimulatedWorkflow:
     async def wait_condition(
         self, condition: Callable[[], bool], *, timeout: timedelta | None = None, **_: Any
     ) -> None:
-        await self.clock.wait(condition, timeout)
+        await self.clock.wait(self.owner, condition, timeout)
 
     def upsert_search_attributes(self, *_: Any) -> None:
         return None
@@ -219,28 +245,27 @@ class _Replay:
         )  # fmt: skip
         self.profiles, self.catalog = profiles, catalog
         self.rules = EntryRules(deployed)
-        self.running: dict[tuple[str, str], JourneyInterpreter] = {}
+        self.running: dict[str, dict[str, tuple[int, JourneyInterpreter]]] = {}  # user, key
         self.tasks: list[asyncio.Task[None]] = []
+        self.live = 0  # journeys not finished
         self.states: list[JourneyState] = []
         self.enrollments = 0
-        self.activities: RecordingActivities | None = None
+        self.activities: dict[str, Callable[..., Any]] = {}
 
     async def run(self, stored: list[tuple[datetime, StoredEvent]], label: str) -> Counts:
         counts = Counts(label)
         started = asyncio.get_running_loop().time()
         async with webhook_client() as http:
-            self.activities = captured_activities(
+            captured = captured_activities(
                 self.workspace, store=self.store, arbitration=self.arbitration,
                 catalog=self.catalog, http=http,
             )  # fmt: skip
-            self.runtime = SimulatedWorkflow(
-                self.clock, {fn.__name__: fn for fn in _named(self.activities)}
-            )
+            # (each activity method is named as its activity)
+            self.activities = {fn.__name__: fn for fn in captured.all()}
             interesting = self.deployed.spec.interesting_events()
             for received_at, event in stored:
                 await self._advance_to(received_at)
                 self._route(event, interesting, counts)
-                self.clock.release()
             await self._advance_to(self.period.until + self.period.run_on)
             await self._settle()
             for task in self.tasks:
@@ -258,16 +283,13 @@ class _Replay:
             if due is None or due > when:
                 break
             self.clock.now = max(self.clock.now, due)
-            self.clock.release()
+            self.clock.expire()
         self.clock.now = max(self.clock.now, when)
 
     async def _settle(self) -> None:
         """Until every journey is either waiting on the clock or finished."""
         spins = 0
-        while True:
-            waiting = sum(1 for w in self.clock.waiters if not w.future.done())
-            if waiting == sum(1 for t in self.tasks if not t.done()):
-                return
+        while len(self.clock.waiting) != self.live:
             spins += 1
             # Everything a journey awaits here is in memory; an await that is not (an
             # HTTP client's internals) gets a moment of real time now and then.
@@ -275,41 +297,47 @@ class _Replay:
 
     def _route(self, event: StoredEvent, interesting: set[str], counts: Counts) -> None:
         user = event.user_id
+        inside = self.running.get(user, {})
         if event.name in interesting:
             signal = _signal(event)
-            for (who, _), journey in self.running.items():
-                if who == user and journey.state.status not in ENDED:
+            for owner, journey in inside.values():  # each decides if it is its key's
+                if journey.state.status not in ENDED:
                     journey.on_event(signal)
+                    self.clock.poke(owner)
         instance = self.rules.instance(event, self.profiles.get(user, {}))
         if instance is None:
             return
-        current = self.running.get((user, instance))
-        if not self.rules.may_enter(
-            user, self.clock.now, current is not None and current.state.status not in ENDED
-        ):
+        current = inside.get(instance)
+        running = current is not None and current[1].state.status not in ENDED
+        if not self.rules.may_enter(user, self.clock.now, running):
             return
         counts.entered += 1
         if not self.rules.enter(user, self.clock.now, instance):
             counts.held_out += 1
             return
-        self.enrollments += 1
         self._start(JourneyInput(
-            journey=self.deployed, user_id=user, enrollment_id=self.enrollments,
+            journey=self.deployed, user_id=user, enrollment_id=self.enrollments + 1,
             entered_at=self.clock.now, trigger=_signal(event),
             default_timezone=self.workspace.config.default_timezone, instance=instance,
-        ), (user, instance))  # fmt: skip
+        ))  # fmt: skip
 
-    def _start(self, input: JourneyInput, key: tuple[str, str]) -> None:
-        journey = JourneyInterpreter(input, self.runtime)
-        self.running[key] = journey
+    def _start(self, input: JourneyInput) -> None:
+        self.enrollments += 1
+        owner = self.enrollments
+        runtime = SimulatedWorkflow(self.clock, self.activities, owner)
+        journey = JourneyInterpreter(input, runtime)
+        self.running.setdefault(input.user_id, {})[input.instance] = (owner, journey)
         self.states.append(journey.state)
 
         async def run() -> None:
             try:
                 await journey.run()
             except _ContinueAsNew as again:  # a re-entry: a fresh run of the same instance
-                self._start(again.input, key)
+                self._start(again.input)
+            finally:
+                self.live -= 1
 
+        self.live += 1
         self.tasks.append(asyncio.create_task(run()))
 
     def _count(self, counts: Counts) -> None:
@@ -356,10 +384,6 @@ def _rules(decision: Decision) -> list[str]:
         f"{c.rule}: {c.detail.split(' (')[0]}" if c.rule.startswith("channel ") else c.rule
         for c in checks
     ]
-
-
-def _named(activities: RecordingActivities) -> list[Callable[..., Any]]:
-    return list(activities.all())
 
 
 def _signal(event: StoredEvent) -> EventSignal:

@@ -79,30 +79,30 @@ class MemoryArbitration:
         self.policy, self.traits, self.default_timezone = policy, traits, default_timezone
         self.suppressions = dict(suppressions or {})
         self.contacts = {user: list(sent) for user, sent in (contacts or {}).items()}
-        self._windows: dict[str, datetime] = {}  # request key -> its conflict window's end
+        # user -> request key -> the end of the request's conflict window
+        self._windows: dict[str, dict[str, datetime]] = {}
         self._requests: dict[str, SendRequest] = {}
 
     def decide(self, request: SendRequest, now: datetime) -> Decision:
         self._requests[request.key] = request
         user = request.user_id
+        windows = self._windows.setdefault(user, {})
         state = UserState(
             traits=self.traits(user),
             # (a preview loads history up to its period's end: none of it is news yet)
             contacts=[c for c in self.contacts.get(user, []) if c.sent_at <= now],
             suppressions=self.suppressions.get(user, ()),
             peers=[
-                Peer(self._requests[key], end)
-                for key, end in self._windows.items()
-                if key != request.key and self._requests[key].user_id == user
+                Peer(self._requests[key], end) for key, end in windows.items() if key != request.key
             ],
-            window_end=self._windows.get(request.key),
+            window_end=windows.get(request.key),
             default_timezone=self.default_timezone,
         )
         decision = decide(request, state, self.policy, now)
         if decision.window_end is not None:
-            self._windows[request.key] = decision.window_end
+            windows[request.key] = decision.window_end
         else:
-            self._windows.pop(request.key, None)
+            windows.pop(request.key, None)
         if decision.action == "send" and decision.channel is not None:
             self.contacts.setdefault(user, []).append(
                 Contact(
