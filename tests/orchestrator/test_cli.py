@@ -235,3 +235,40 @@ async def test_deploy_versions_only_what_changed(
         ["welcome_series", "v1", "active"],
         ["win_back", "v2", "active"],
     ]
+
+
+async def test_deploy_dry_run_shows_who_moves_where_and_stores_nothing(
+    workspace: Path, engine: AsyncEngine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("ORCHESTRATOR_WORKSPACE", str(workspace))
+    first = await asyncio.to_thread(runner.invoke, app, ["journeys", "deploy"])
+    assert first.exit_code == 0, first.output
+    journey = workspace / "journeys" / "win_back.yaml"
+    journey.write_text(
+        journey.read_text()
+        .replace(
+            "start: pick_offer\n",
+            "start: pick_offer\nmigrate:\n  from: [1]\n  steps: {tell_crm: wait_response}\n",
+        )
+        .replace("  tell_crm:\n", "  crm:\n")
+        .replace("next: tell_crm", "next: crm")
+    )
+    result = await asyncio.to_thread(runner.invoke, app, ["journeys", "deploy", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert ["win_back", "v2", "updated"] in lines
+    assert ["win_back", "v2", "takes", "in", "the", "users", "of", "v1"] in lines
+    assert ["v1", "tell_crm", "0", "user(s)", "->", "wait_response"] in lines
+    assert ["v1", "pick_offer", "0", "user(s)", "->", "pick_offer"] in lines
+    assert "dry run: nothing was deployed" in result.stderr
+    [row] = await rows(
+        engine, "SELECT count(*) AS n FROM journey_versions WHERE journey_key = 'win_back'"
+    )
+    assert row["n"] == 1
+    # a map that leaves a step without a target is refused at its position
+    journey.write_text(journey.read_text().replace("  steps: {tell_crm: wait_response}\n", ""))
+    refused = await asyncio.to_thread(runner.invoke, app, ["journeys", "deploy", "--dry-run"])
+    assert refused.exit_code == 1
+    assert "journeys/win_back.yaml:" in refused.stdout
+    assert "step 'tell_crm' of v1 has no target" in refused.stdout

@@ -13,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.deploy import deploy_workspace
 from orchestrator.migration import move_users
+from orchestrator.segments.upkeep import start_upkeep
 from orchestrator.sources import InvalidSource
 from orchestrator.workspace import load_workspace
 from tests.conftest import StackFactory
@@ -196,3 +197,16 @@ async def test_users_stay_on_their_version_without_migrate(
     assert state.step == "pause"
     [row] = await rows(engine, "SELECT version FROM enrollments")
     assert row["version"] == 1
+
+
+async def test_the_workers_upkeep_moves_users_after_a_deploy(make_stack: StackFactory) -> None:
+    stack = await make_stack({"moves": V1})
+    await stack.track("u1", "Go", {"kind": "wait"})
+    await eventually(lambda: _state_is(stack, "u1", "pause", "waiting"))
+    (stack.workspace / "journeys" / "moves.yaml").write_text(V2)
+    await stack.redeploy()
+    # As every production worker and `orchestrator dev` do:
+    await start_upkeep(stack.client, stack.services.settings.task_queue, every=timedelta(minutes=1))
+    await eventually(lambda: _state_is(stack, "u1", "rest", "waiting"), skip=stack.skip)
+    handle = stack.client.get_workflow_handle(search.workflow_id("moves", "u1"))
+    assert (await handle.describe()).typed_search_attributes.get(search.JOURNEY_VERSION) == 2
