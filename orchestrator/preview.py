@@ -62,6 +62,7 @@ class Counts:
     messages: Counter[tuple[str, str]] = field(default_factory=Counter)  # (day, channel)
     outcomes: Counter[str] = field(default_factory=Counter)  # completed, exited, still inside…
     converted: int = 0  # reached the goal within its window
+    step_order: list[str] = field(default_factory=list)  # the version's steps, as written
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -341,6 +342,7 @@ class _Replay:
         self.tasks.append(asyncio.create_task(run()))
 
     def _count(self, counts: Counts) -> None:
+        counts.step_order = list(self.deployed.spec.steps)
         reached: set[tuple[int, str]] = set()
         for enrollment, step, _ in self.store.visits:
             reached.add((enrollment, step))
@@ -348,7 +350,9 @@ class _Replay:
         for state in self.states:
             counts.converted += state.converted_at is not None
             ended = state.status in ENDED
-            counts.outcomes[state.status if ended else f"still inside at {state.step}"] += 1
+            counts.outcomes[
+                f"ended {state.status}" if ended else f"still inside at {state.step}"
+            ] += 1
         for decision, _, _ in self.arbitration.decided:
             if decision.action == "defer":
                 counts.deferred.update(_rules(decision))
@@ -505,9 +509,9 @@ def table(counts: list[Counts]) -> list[str]:
         keys = sorted({k for c in counts for k in pick(c)}, key=str)
         rows.extend((f"{title}{show(k)}", [pick(c)[k] for c in counts]) for k in keys)
 
-    order = {step: n for n, step in enumerate(
-        s for c in counts for s in c.steps)}  # fmt: skip
-    keys = sorted({k for c in counts for k in c.steps}, key=lambda s: order[s])
+    # Steps in the order the versions list them, the first version's first.
+    order = list(dict.fromkeys(step for c in counts for step in c.step_order))
+    keys = sorted({k for c in counts for k in c.steps}, key=order.index)
     rows.extend((f"reached {k}", [c.steps[k] for c in counts]) for k in keys)
     section("deferred by ", lambda c: c.deferred, str)
     section("suppressed by ", lambda c: c.suppressed, str)
