@@ -297,30 +297,40 @@ class _Replay:
             await asyncio.sleep(0 if spins % 1000 else 0.001)
 
     def _route(self, event: StoredEvent, interesting: set[str], counts: Counts) -> None:
-        user = event.user_id
+        user, now = event.user_id, self.clock.now
         inside = self.running.get(user, {})
+        # As the router: an event that enters the user is not also news to the journey.
+        if self._enter(event, inside, counts):
+            return
+        self.rules.convert(event, self.profiles.get(user, {}), now)
         if event.name in interesting:
             signal = _signal(event)
             for owner, journey in inside.values():  # each decides if it is its key's
                 if journey.state.status not in ENDED:
                     journey.on_event(signal)
                     self.clock.poke(owner)
+
+    def _enter(
+        self, event: StoredEvent, inside: dict[str, tuple[int, JourneyInterpreter]], counts: Counts
+    ) -> bool:
+        user = event.user_id
         instance = self.rules.instance(event, self.profiles.get(user, {}))
         if instance is None:
-            return
+            return False
         current = inside.get(instance)
         running = current is not None and current[1].state.status not in ENDED
         if not self.rules.may_enter(user, self.clock.now, running):
-            return
+            return False
         counts.entered += 1
         if not self.rules.enter(user, self.clock.now, instance):
             counts.held_out += 1
-            return
+            return True
         self._start(JourneyInput(
             journey=self.deployed, user_id=user, enrollment_id=self.enrollments + 1,
             entered_at=self.clock.now, trigger=_signal(event),
             default_timezone=self.workspace.config.default_timezone, instance=instance,
         ))  # fmt: skip
+        return True
 
     def _start(self, input: JourneyInput) -> None:
         self.enrollments += 1
@@ -347,8 +357,8 @@ class _Replay:
         for enrollment, step, _ in self.store.visits:
             reached.add((enrollment, step))
         counts.steps.update(step for _, step in reached)
+        counts.converted = self.rules.converted()
         for state in self.states:
-            counts.converted += state.converted_at is not None
             ended = state.status in ENDED
             counts.outcomes[
                 f"ended {state.status}" if ended else f"still inside at {state.step}"

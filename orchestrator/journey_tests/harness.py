@@ -331,14 +331,24 @@ async def _sleep_until(env: WorkflowEnvironment, when: datetime) -> None:
         await env.sleep(delta)
 
 
+@dataclass
+class Enrolled:
+    at: datetime
+    instance: str
+    held_out: bool
+    converted: bool = False
+
+
 class EntryRules:
-    """Who enters a journey, as the router decides it: the trigger (and its conditions),
-    a keyed journey's key, the re-entry policy (the user's, across instances), one
-    running instance per key, and the holdout. Journey tests and previews use it."""
+    """Who enters a journey and who converts, as the router decides it: the trigger (and
+    its conditions), a keyed journey's key, the re-entry policy (the user's, across
+    instances), one running instance per key, the holdout; a goal event converts every
+    enrollment of its user still within the goal's window, ended or held out too. Journey
+    tests and previews use it."""
 
     def __init__(self, deployed: DeployedJourney) -> None:
         self.deployed = deployed
-        self.entries: dict[str, list[tuple[datetime, str]]] = {}  # user -> (when, instance)
+        self.entries: dict[str, list[Enrolled]] = {}
 
     def instance(self, event: StoredEvent, traits: dict[str, Any]) -> str | None:
         """The instance the event would enter ('' for an unkeyed journey); None if it is
@@ -357,13 +367,33 @@ class EntryRules:
         policy, entries = self.deployed.spec.re_entry, self.entries.get(user, [])
         if running or (entries and policy == "never"):
             return False
-        last = entries[-1][0] if entries else None
+        last = entries[-1].at if entries else None
         return not (isinstance(policy, ReEntryAfter) and last and now - last < policy.after)
 
     def enter(self, user: str, now: datetime, instance: str) -> bool:
         """Record an entry; False if the user is in the holdout (no workflow)."""
-        self.entries.setdefault(user, []).append((now, instance))
-        return not in_holdout(self.deployed.key, user, self.deployed.spec.holdout)
+        held_out = in_holdout(self.deployed.key, user, self.deployed.spec.holdout)
+        self.entries.setdefault(user, []).append(Enrolled(now, instance, held_out))
+        return not held_out
+
+    def convert(self, event: StoredEvent, traits: dict[str, Any], now: datetime) -> None:
+        """Record the conversions a goal event makes (see `Router._notify`)."""
+        spec, goal = self.deployed.spec, self.deployed.spec.goal
+        if goal is None or event.name != goal.event:
+            return
+        if not in_segment(goal.segment, event.properties):
+            return
+        context = journey_context(event, traits, self.deployed)
+        if not holds(goal.where, context):
+            return
+        key = spec.instance_of(context) if spec.instance and not goal.any_instance else None
+        for entry in self.entries.get(event.user_id, []):
+            mine = key is None or entry.instance == key
+            if mine and not entry.converted and now - entry.at <= goal.within:
+                entry.converted = True
+
+    def converted(self) -> int:
+        return sum(e.converted for entries in self.entries.values() for e in entries)
 
 
 class _Run:
@@ -393,21 +423,27 @@ class _Run:
     async def happen(
         self, index: int, name: str, properties: dict[str, Any], now: datetime
     ) -> None:
-        user, spec = self.test.user.id, self.deployed.spec
+        user = self.test.user.id
         event = StoredEvent(index + 1, f"test-event-{index + 1}", name, user, properties, now)
-        if name in spec.interesting_events():
-            for started in self.started:  # each workflow decides whether it is its key's
-                if await self._running(started):
-                    await self._handle(started).signal("event", as_signal(event))
+        # As the router: an event that enters the user is not also news to the journey.
+        if not await self._enter(event, now):
+            self.rules.convert(event, self.profiles[user], now)
+            if name in self.deployed.spec.interesting_events():
+                for started in self.started:  # each workflow decides if it is its key's
+                    if await self._running(started):
+                        await self._handle(started).signal("event", as_signal(event))
+
+    async def _enter(self, event: StoredEvent, now: datetime) -> bool:
+        user = event.user_id
         instance = self.rules.instance(event, self.profiles[user])
         if instance is None:
-            return
+            return False
         running = instance in self.started and await self._running(instance)
         if not self.rules.may_enter(user, now, running):
-            return
+            return False
         if not self.rules.enter(user, now, instance):
             self.held_out = True
-            return
+            return True
         await start_journey(
             self.client,
             Entry(self.deployed, event, len(self.rules.entries[user]), now, instance),
@@ -419,6 +455,7 @@ class _Run:
         )
         if instance not in self.started:
             self.started.append(instance)
+        return True
 
     def _handle(self, instance: str) -> Any:
         workflow_id = search.workflow_id(self.deployed.key, self.test.user.id, instance)
@@ -477,6 +514,7 @@ def _actual(
     ]
     actual = Actual(
         entered=run.entered,
+        converted=run.rules.converted() > 0,
         held_out=run.held_out,
         messages=sorted(messages, key=lambda m: m.at),
         suppressed=suppressed,
@@ -488,7 +526,6 @@ def _actual(
         # The journey's status is its last instance's; `instances` has each one's.
         last = list(states.values())[-1]
         actual.status, actual.end_reason = last.status, last.end_reason
-        actual.converted = any(s.converted_at is not None for s in states.values())
         actual.variants = {k: v for s in states.values() for k, v in s.assignments.items()}
         actual.instances = {key: s.status for key, s in states.items() if key}
     return actual

@@ -20,6 +20,7 @@ from tests.conftest import EXAMPLE, StackFactory
 from tests.support.db import rows
 from tests.support.receiver import Receiver
 from tests.support.workspace import REACH_EVERYONE
+from workflows.assignment import in_holdout
 
 JOURNEY = """
 journey: agree
@@ -60,7 +61,8 @@ async def test_a_preview_counts_what_the_real_stack_did(
     for n, user in enumerate(users):
         await stack.identify(user, {"email": f"{user}@example.com"})
         await stack.track(user, "Cart Abandoned", {"value": 5 if n % 6 == 0 else 20 + n})
-        if n % 4 == 1:
+        # (held-out users who buy convert too: that is how a holdout measures lift)
+        if n % 4 == 1 or in_holdout("agree", user, 20):
             await stack.track(user, "Order Completed", {"revenue": 30})
         elif n % 7 == 3:
             await stack.track(user, "Unsubscribed")
@@ -88,6 +90,10 @@ async def test_a_preview_counts_what_the_real_stack_did(
         engine, "SELECT reason FROM arbitration_decisions WHERE action = 'suppress'"
     )
     assert real.entered > real.held_out > 0  # the run covers entries, holdouts...
+    held_converted = await rows(
+        engine, "SELECT 1 FROM enrollments WHERE status = 'holdout' AND converted_at IS NOT NULL"
+    )
+    assert held_converted  # ...held-out users converting...
     assert real.converted > 0
     assert suppressed
     assert real_messages["email"] > 0
