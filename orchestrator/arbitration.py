@@ -39,6 +39,10 @@ class Arbitration:
                 default_timezone=self.default_timezone, in_global_control=controlled,
             )  # fmt: skip
 
+    async def withdraw(self, key: str) -> None:
+        async with self.engine.begin() as conn:
+            await store.withdraw(conn, key)
+
 
 class MessageFields(BaseModel):
     """What a send request says about its message, as API callers and traffic files give it."""

@@ -50,7 +50,13 @@ def describe(step: Step) -> str:
                 return f"wait until {wait.until} ({wait.timezone} time)"
             return f"wait {_duration(wait)}"
         case WaitForStep(wait_for=w):
-            return f"wait up to {_duration(w.timeout)} for {w.event}"
+            since = ""
+            if w.since == "entry":
+                since = " (heard since entry)"
+            elif isinstance(w.since, timedelta):
+                since = f" (heard in the {_duration(w.since)} before)"
+            mine = " of any instance" if w.any_instance else ""
+            return f"wait up to {_duration(w.timeout)} for {w.event}{mine}{since}"
         case BranchStep():
             return "branch"
         case ExperimentStep(experiment=e):
@@ -105,6 +111,8 @@ def entry_lines(journey: Journey) -> list[str]:
             lines.append(f"when {trigger.when}")
     if journey.audience:
         lines.append(f"audience: {journey.audience}")
+    if journey.instance:
+        lines.append(f"one instance per user and {journey.instance}")
     if journey.holdout:
         lines.append(f"holdout: {journey.holdout:g}% kept out as a control")
     return lines
@@ -117,6 +125,9 @@ def outcome_lines(journey: Journey) -> list[str]:
         ends = "reaching it ends the journey" if goal.exit else "the journey goes on after it"
         lines.append(f"goal: {_match(goal)} within {_duration(goal.within)}; {ends}")
     lines += [f"exits on {_match(m)}" for m in journey.exit_on]
+    if journey.instance:
+        lines.append("(waits, exits and the goal hear their own instance's events "
+                     "unless marked)")  # fmt: skip
     return lines
 
 
@@ -129,7 +140,8 @@ def _duration(value: timedelta) -> str:
 def _match(match: EventMatch) -> str:
     segment = f" ({match.segment})" if match.segment else ""
     where = f" where {match.where}" if match.where else ""
-    return f"{match.event}{segment}{where}"
+    mine = " of any instance" if match.any_instance else ""
+    return f"{match.event}{segment}{mine}{where}"
 
 
 # ---- Mermaid ---------------------------------------------------------------

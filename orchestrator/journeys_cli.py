@@ -257,7 +257,7 @@ def preview(
 
     try:
         counts = asyncio.run(work())
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # an audience journey; a journey that failed
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     if as_json:
@@ -381,7 +381,7 @@ def graph(
 
     # A picture of a step that goes nowhere would hide the mistake: refuse what
     # `journeys validate` refuses in the steps' graph (templates and segments aside).
-    from orchestrator.validation import _graph_problems
+    from orchestrator.validation import graph_problems
     from workflows.spec import Journey
 
     try:
@@ -397,7 +397,7 @@ def graph(
     except ValidationError as exc:
         print_problems(Path.cwd(), source.problems_from(exc))
         raise typer.Exit(1) from None
-    if problems := [source.problem(loc, msg) for loc, msg in _graph_problems(journey)]:
+    if problems := [source.problem(loc, msg) for loc, msg in graph_problems(journey)]:
         print_problems(Path.cwd(), sorted(problems))
         raise typer.Exit(1)
     pictures: list[tuple[Path, bytes]] = []

@@ -11,6 +11,7 @@ nothing). Each workflow moves at its next safe point and records its new version
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select, update
@@ -25,6 +26,8 @@ from workflows.messages import MigrateSignal
 from workflows.spec import Journey
 
 PAGE = 500
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,16 @@ async def plan_migration(
                 f"{journey.journey} has no version {old_version} before this one (v{version})",
             ))  # fmt: skip
             continue
+        if old.instance != journey.instance:
+            plan.problems.append(source.problem(
+                ["migrate", "from", index],
+                f"v{old_version} is keyed by {old.instance or 'nothing'} and this version by "
+                f"{journey.instance or 'nothing'}: its users cannot move (their keys would not "
+                "match their events)",
+            ))  # fmt: skip
+            continue
         known_steps.update(old.steps)
-        for step in old.steps:
+        for step in old.step_order():
             target = rule.target(step, journey.steps)
             plan.moves.append(Move(old_version, step, counts.get((old_version, step), 0), target))
             if target is None:
@@ -105,7 +116,7 @@ async def plan_migration(
                     f"step '{step}'; map it to one of its steps or to `exit`",
                 ))  # fmt: skip
     for step in rule.steps:
-        if stored and step not in known_steps:
+        if known_steps and step not in known_steps:
             plan.problems.append(source.problem(
                 ["migrate", "steps", step], f"no step '{step}' in the versions it moves from",
                 key=True,
@@ -162,8 +173,11 @@ async def move_users(engine: AsyncEngine, client: Client, *, page: int = PAGE) -
                 try:
                     await client.get_workflow_handle(workflow_id).signal("migrate", signal)
                 except RPCError as exc:
-                    if exc.status != RPCStatusCode.NOT_FOUND:  # it ended meanwhile: fine
-                        raise
+                    # Ended meanwhile: nothing to move. Anything else is one user's problem
+                    # (the rest still move); the worker's log says whose.
+                    if exc.status != RPCStatusCode.NOT_FOUND:
+                        log.warning("could not tell %s to move to v%d: %s", workflow_id,
+                                    row.version, exc)  # fmt: skip
             told += len(found)
             done = {"migrated_at": func.now()} if len(found) < page else {}
             cursor = found[-1].id if found else row.migration_cursor

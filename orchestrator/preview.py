@@ -33,6 +33,7 @@ from temporalio.exceptions import ActivityError, RetryState
 from orchestrator.deploy import content_of
 from orchestrator.event_store import StoredEvent
 from orchestrator.journey_tests.harness import (
+    Enrolled,
     EntryRules,
     MemoryStore,
     captured_activities,
@@ -40,13 +41,15 @@ from orchestrator.journey_tests.harness import (
 )
 from orchestrator.simulation import MemoryArbitration
 from orchestrator.sources import InvalidSource, load
-from orchestrator.tables import events, journey_versions, journeys
+from orchestrator.tables import enrollments, events, journey_versions, journeys
 from orchestrator.validation import check_journey, checked_journey
 from orchestrator.workspace import Workspace
 from rules.decision import Contact, Decision, SendRequest, Suppressed
 from rules.store import contacts_between, suppressions_of
 from workflows.interpreter import JourneyInterpreter
 from workflows.messages import ENDED, DeployedJourney, EventSignal, JourneyInput, JourneyState
+
+STUCK = 10.0  # seconds of real time with no journey moving, before giving up
 
 
 @dataclass
@@ -249,6 +252,7 @@ class _Replay:
         self.running: dict[str, dict[str, tuple[int, JourneyInterpreter]]] = {}  # user, key
         self.tasks: list[asyncio.Task[None]] = []
         self.live = 0  # journeys not finished
+        self.crashed: list[tuple[str, Exception]] = []
         self.states: list[JourneyState] = []
         self.enrollments = 0
         self.activities: dict[str, Callable[..., Any]] = {}
@@ -289,12 +293,22 @@ class _Replay:
 
     async def _settle(self) -> None:
         """Until every journey is either waiting on the clock or finished."""
-        spins = 0
-        while len(self.clock.waiting) != self.live:
+        spins, loop = 0, asyncio.get_running_loop()
+        stuck_since, seen = loop.time(), (-1, -1)
+        while len(self.clock.waiting) != self.live or self.crashed:
+            if self.crashed:
+                user, error = self.crashed[0]
+                raise RuntimeError(f"the journey failed for user {user}: {error!r}") from error
             spins += 1
             # Everything a journey awaits here is in memory; an await that is not (an
             # HTTP client's internals) gets a moment of real time now and then.
             await asyncio.sleep(0 if spins % 1000 else 0.001)
+            now = (len(self.clock.waiting), self.live)
+            if now != seen:
+                stuck_since, seen = loop.time(), now
+            elif loop.time() - stuck_since > STUCK:
+                raise RuntimeError(f"{self.live - now[0]} journey(s) wait on something other "
+                                   "than the clock: the preview cannot go on")  # fmt: skip
 
     def _route(self, event: StoredEvent, interesting: set[str], counts: Counts) -> None:
         user, now = event.user_id, self.clock.now
@@ -319,7 +333,7 @@ class _Replay:
             return False
         current = inside.get(instance)
         running = current is not None and current[1].state.status not in ENDED
-        if not self.rules.may_enter(user, self.clock.now, running):
+        if not self.rules.may_enter(user, self.clock.now, instance, running):
             return False
         counts.entered += 1
         if not self.rules.enter(user, self.clock.now, instance):
@@ -345,6 +359,8 @@ class _Replay:
                 await journey.run()
             except _ContinueAsNew as again:  # a re-entry: a fresh run of the same instance
                 self._start(again.input)
+            except Exception as exc:  # a bug: the preview stops and says so
+                self.crashed.append((input.user_id, exc))
             finally:
                 self.live -= 1
 
@@ -352,7 +368,7 @@ class _Replay:
         self.tasks.append(asyncio.create_task(run()))
 
     def _count(self, counts: Counts) -> None:
-        counts.step_order = list(self.deployed.spec.steps)
+        counts.step_order = self.deployed.spec.step_order()
         reached: set[tuple[int, str]] = set()
         for enrollment, step, _ in self.store.visits:
             reached.add((enrollment, step))
@@ -466,14 +482,40 @@ async def preview(
     keys = {deployed.key for _, deployed in versions}
     contacts = await contacts_between(conn, users, period.until, exclude_journeys=keys)
     suppressions = await suppressions_of(conn, users)
+    earlier = await enrollments_before(conn, versions[0][1].key, users, period.since)
     results = []
     for label, deployed in versions:
         replay = _Replay(
             workspace, deployed, period,
             {u: dict(t) for u, t in profiles.items()}, contacts, suppressions, catalog,
         )  # fmt: skip
+        for user, entry in earlier:  # they hold back entries as the router's would
+            replay.rules.entries.setdefault(user, []).append(entry)
         results.append(await replay.run(stored, label))
     return results
+
+
+async def enrollments_before(
+    conn: AsyncConnection, journey_key: str, users: list[str], since: datetime
+) -> list[tuple[str, Enrolled]]:
+    """The users' enrollments in the journey from before the period, oldest first."""
+    rows = await conn.execute(
+        select(
+            enrollments.c.user_id, enrollments.c.instance, enrollments.c.entered_at,
+            enrollments.c.ended_at, enrollments.c.status,
+        )
+        .where(
+            enrollments.c.journey_key == journey_key,
+            enrollments.c.user_id.in_(users),
+            enrollments.c.entered_at < since,
+        )
+        .order_by(enrollments.c.entered_at)
+    )  # fmt: skip
+    return [
+        (r.user_id, Enrolled(r.entered_at, r.instance, r.status == "holdout", before=True,
+                             ended_at=r.ended_at))
+        for r in rows
+    ]  # fmt: skip
 
 
 def candidate(path: Path, workspace: Workspace) -> DeployedJourney:

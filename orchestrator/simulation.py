@@ -117,6 +117,12 @@ class MemoryArbitration:
             )
         return decision
 
+    def withdraw(self, key: str) -> None:
+        """The request is no longer made: it leaves its conflict window."""
+        request = self._requests.get(key)
+        if request is not None:
+            self._windows.get(request.user_id, {}).pop(key, None)
+
 
 def simulate(traffic: Traffic, policy: Policy, *, default_timezone: str = "UTC") -> list[Outcome]:
     """Every decision the requests get, in time order (a deferred request appears again)."""

@@ -105,7 +105,7 @@ def check_journey(source: Source, workspace: Workspace) -> tuple[Journey | None,
     except ValidationError as exc:
         return None, source.problems_from(exc)
     problems = [
-        *(source.problem(loc, msg) for loc, msg in _graph_problems(journey)),
+        *(source.problem(loc, msg) for loc, msg in graph_problems(journey)),
         *_send_problems(source, journey, workspace),
         *_inline_template_problems(source, journey),
         *(
@@ -165,7 +165,7 @@ def _next_refs(step_id: str, step: Step) -> Iterator[tuple[list[str | int], str]
                 yield [*base, "next"], target
 
 
-def _graph_problems(journey: Journey) -> Iterator[tuple[Loc, str]]:
+def graph_problems(journey: Journey) -> Iterator[tuple[Loc, str]]:
     steps = journey.steps
     if journey.start not in steps:
         yield ["start"], f"start step '{journey.start}' is not defined in steps"

@@ -101,6 +101,10 @@ class Arbiter(Protocol):
 
     async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision: ...
 
+    async def withdraw(self, key: str) -> None:
+        """A deferred request is no longer made: it leaves its conflict window."""
+        ...
+
 
 class JourneyActivities:
     """The activities a journey worker registers: `worker = Worker(activities=acts.all())`."""
@@ -128,6 +132,7 @@ class JourneyActivities:
             self.record_progress,
             self.load_journey_version,
             self.arbitrate_message,
+            self.withdraw_message,
             self.send_message,
             self.update_profile,
             self.call_webhook,
@@ -176,6 +181,10 @@ class JourneyActivities:
             until=decision.until,
             reason=decision.reason,
         )
+
+    @activity.defn(name="withdraw_message")
+    async def withdraw_message(self, message_id: str) -> None:
+        await self.arbiter.withdraw(message_id)
 
     @activity.defn(name="send_message")
     async def send_message(self, request: SendInput) -> SendResult:

@@ -126,11 +126,7 @@ class JourneyInterpreter:
             self._state.last_event = input.trigger
         self._profile: Profile | None = None
         self._reentries: list[EnterSignal] = []
-        self._migrate_to: int | None = None  # a newer version asked for this user
-        self._moved = False
-        self._awaited = {
-            s.wait_for.event for s in self._spec.steps.values() if isinstance(s, WaitForStep)
-        }
+        self._listen()
 
     # ---- messages -------------------------------------------------------
 
@@ -144,10 +140,16 @@ class JourneyInterpreter:
         if enter.enrollment_id != self._input.enrollment_id:
             self._reentries.append(enter)
 
+    def _listen(self) -> None:
+        """Which events this version's waits want kept, and whether any looks back."""
+        waits = [s.wait_for for s in self._spec.steps.values() if isinstance(s, WaitForStep)]
+        self._awaited = {w.event for w in waits}
+        self._looks_back = any(w.since is not None for w in waits)
+
     def on_migrate(self, migrate: MigrateSignal) -> None:
         """A newer version takes this user in; the main loop moves them when it is safe."""
         if migrate.version > self._journey.version:
-            self._migrate_to = max(migrate.version, self._migrate_to or 0)
+            self._state.migrate_to = max(migrate.version, self._state.migrate_to or 0)
 
     @property
     def state(self) -> JourneyState:
@@ -159,11 +161,11 @@ class JourneyInterpreter:
         if self._input.carried is None:
             self._describe()
         while self._state.status not in ENDED:
-            if self._history_is_long():
-                await self._continue_as_new()
-            if self._migrate_to is not None:
+            if self._state.migrate_to is not None:
                 await self._migrate()
                 continue
+            if self._history_is_long():
+                await self._continue_as_new()
             if await self._handle_pending(None) is ENDED_BY_EVENT:
                 break
             step_id = self._state.step
@@ -206,7 +208,7 @@ class JourneyInterpreter:
                 waited = await self._wait(self._state.wake_at, None)
                 if not isinstance(waited, str):
                     return waited
-                self._state.wait_mark = self._state.heard_count
+                self._end_wait()
                 return _Go(following, f"waited until {self._state.wake_at.isoformat()}")
             case WaitForStep(wait_for=wait_for):
                 if self._state.wake_at is None:
@@ -216,12 +218,12 @@ class JourneyInterpreter:
                         heard := await self._heard_match(wait_for)
                     ):
                         self._state.last_event = heard.event
-                        self._state.wait_mark = self._state.heard_count
+                        self._end_wait()
                         return _Go(wait_for.on_event, f"got {wait_for.event} (heard earlier)")
                 waited = await self._wait(self._state.wake_at, wait_for)
                 if not isinstance(waited, str):
                     return waited
-                self._state.wait_mark = self._state.heard_count
+                self._end_wait()
                 if waited == "matched":
                     return _Go(wait_for.on_event, f"got {wait_for.event}")
                 return _Go(wait_for.on_timeout, f"no {wait_for.event} before timeout")
@@ -326,6 +328,12 @@ class JourneyInterpreter:
                 self._state.deferred = decision.reason
                 waited = await self._wait(decision.until, None)
                 self._state.deferred = None
+                if isinstance(waited, _Migrate):
+                    # The new version decides anew: this request gives up its place.
+                    await self._rt.execute_local_activity(
+                        "withdraw_message", request.message_id,
+                        start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=SIDE_EFFECT_RETRY,
+                    )  # fmt: skip
                 if not isinstance(waited, str):
                     return waited
         try:
@@ -367,16 +375,16 @@ class JourneyInterpreter:
             handled = await self._handle_pending(wait_for)
             if handled is not None:
                 return handled
+            if self._state.migrate_to is not None:
+                return MIGRATE
             if self._history_is_long():
                 return RESUME
-            if self._migrate_to is not None:
-                return MIGRATE
             remaining = deadline - self._rt.now()
             if remaining <= timedelta(0):
                 return "timeout"
             try:
                 await self._rt.wait_condition(
-                    lambda: bool(self._state.pending) or self._migrate_to is not None,
+                    lambda: bool(self._state.pending) or self._state.migrate_to is not None,
                     timeout=remaining,
                 )
             except TimeoutError:
@@ -405,6 +413,12 @@ class JourneyInterpreter:
                 self._state.last_event = event
                 return "matched"
         return None
+
+    def _end_wait(self) -> None:
+        """A wait ended: later waits look back no further, unless one says `since`."""
+        self._state.wait_mark = self._state.heard_count
+        if not self._looks_back:
+            self._state.heard.clear()
 
     def _hear(self, event: EventSignal) -> None:
         """Keep an event a later `wait_for` may look back at."""
@@ -448,8 +462,8 @@ class JourneyInterpreter:
         Called between steps or from inside a wait (which then ends here). A wait moved
         to a wait of the same kind keeps the time already waited; any other step starts
         afresh on the new version (a deferred send asks arbitration again)."""
-        assert self._migrate_to is not None
-        version, self._migrate_to = self._migrate_to, None
+        assert self._state.migrate_to is not None
+        version, self._state.migrate_to = self._state.migrate_to, None
         new: DeployedJourney = await self._rt.execute_local_activity(
             "load_journey_version",
             args=[self._journey.key, version],
@@ -469,10 +483,7 @@ class JourneyInterpreter:
             self._finish_step(old_id, moved)
         self._journey, self._spec = new, new.spec
         self._input = self._input.model_copy(update={"journey": new})
-        self._awaited = {
-            s.wait_for.event for s in self._spec.steps.values() if isinstance(s, WaitForStep)
-        }
-        self._moved = True
+        self._listen()
         self._rt.upsert_search_attributes([search.JOURNEY_VERSION.value_set(version)])
         if target is None or target == EXIT:
             self._end("exited", f"{moved} from '{old_id}'")
@@ -599,7 +610,7 @@ class JourneyInterpreter:
                 end_reason=self._state.end_reason if ended else None,
                 ended_at=self._rt.now() if ended else None,
                 converted_at=self._state.converted_at,
-                version=self._journey.version if self._moved else None,
+                version=self._journey.version,
             ),
             start_to_close_timeout=LOCAL_TIMEOUT,
         )

@@ -102,6 +102,9 @@ class JourneyState(BaseModel):
     converted_at: datetime | None = None
     end_reason: str | None = None
     deferred: str | None = Field(default=None, description="Why a send is waiting")
+    migrate_to: int | None = Field(
+        default=None, description="A newer version asked for this user; moves at a safe point"
+    )
     runs: int = 1
 
 
@@ -150,7 +153,7 @@ class ProgressInput(Message):
     end_reason: str | None = None
     ended_at: datetime | None = None
     converted_at: datetime | None = None
-    version: int | None = Field(default=None, description="The version moved to, if it moved")
+    version: int | None = Field(default=None, description="The journey version the user is on")
 
 
 class SendInput(Message):

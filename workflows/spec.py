@@ -606,6 +606,18 @@ class Journey(Strict):
         key = str(value)
         return key if len(key) <= MAX_INSTANCE else None
 
+    def step_order(self) -> list[str]:
+        """The steps as a reader follows them: from `start`, breadth first, each step's
+        successors in order (stored versions lose the file's order: JSONB sorts keys)."""
+        order, queue = [], [self.start]
+        while queue:
+            step = queue.pop(0)
+            if step in order or step not in self.steps:
+                continue
+            order.append(step)
+            queue.extend(successors(self.steps[step]))
+        return order + [s for s in self.steps if s not in order]
+
     def interesting_events(self) -> set[str]:
         """Events a running user of this journey must hear about (not the trigger)."""
         names = {m.event for m in self.exit_on}

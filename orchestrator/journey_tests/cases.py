@@ -154,6 +154,16 @@ class JourneyTest(_Strict):
     expect: Expectations
 
     @model_validator(mode="after")
+    def _start_ahead(self) -> JourneyTest:
+        # The time-skipping server moves forward only, from now.
+        if isinstance(self.start, datetime) and self.start_after(datetime.now(UTC)) <= (
+            datetime.now(UTC)
+        ):
+            raise ValueError(f"start {self.start.isoformat()} has passed: give a time of day "
+                             "(HH:MM, the next one) or a date-time to come")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _variant_keys(self) -> JourneyTest:
         for key in self.variants:
             if not isinstance(key, str) or not _is_identifier(key):

@@ -162,6 +162,9 @@ class MemoryArbiter:
     async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
         return self.arbitration.decide(request, now)
 
+    async def withdraw(self, key: str) -> None:
+        self.arbitration.withdraw(key)
+
 
 class MemoryBox:
     async def put(self, rendered: Rendered, *, expires_at: datetime) -> None:
@@ -337,6 +340,10 @@ class Enrolled:
     instance: str
     held_out: bool
     converted: bool = False
+    # An enrollment from before a preview's period: it blocks entries as the router's
+    # would (and its instance runs until `ended_at`), but is not the period's.
+    before: bool = False
+    ended_at: datetime | None = None
 
 
 class EntryRules:
@@ -362,9 +369,13 @@ class EntryRules:
             return None
         return spec.instance_of(context) if spec.instance else ""
 
-    def may_enter(self, user: str, now: datetime, running: bool) -> bool:
+    def may_enter(self, user: str, now: datetime, instance: str, running: bool) -> bool:
         """`running`: the user's instance for this key is still inside."""
         policy, entries = self.deployed.spec.re_entry, self.entries.get(user, [])
+        running = running or any(
+            e.before and e.instance == instance and (e.ended_at is None or e.ended_at > now)
+            for e in entries
+        )
         if running or (entries and policy == "never"):
             return False
         last = entries[-1].at if entries else None
@@ -393,7 +404,9 @@ class EntryRules:
                 entry.converted = True
 
     def converted(self) -> int:
-        return sum(e.converted for entries in self.entries.values() for e in entries)
+        """How many of the entries (not those from before) converted."""
+        found = (e for entries in self.entries.values() for e in entries if not e.before)
+        return sum(e.converted for e in found)
 
 
 class _Run:
@@ -439,7 +452,7 @@ class _Run:
         if instance is None:
             return False
         running = instance in self.started and await self._running(instance)
-        if not self.rules.may_enter(user, now, running):
+        if not self.rules.may_enter(user, now, instance, running):
             return False
         if not self.rules.enter(user, now, instance):
             self.held_out = True

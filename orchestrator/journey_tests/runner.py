@@ -107,6 +107,15 @@ def _against_journey(loaded: LoadedFile, journeys: dict[str, DeployedJourney]) -
                 if item.step is not None and item.step not in spec.steps:
                     problems.append(source.problem(["tests", n, "expect", field_name, m, "step"],
                                                    f"no step '{item.step}' in {key}"))  # fmt: skip
+        templates = {t for s in spec.steps.values() if isinstance(s, SendStep)
+                     for t in s.send.templates}  # fmt: skip
+        for m, expected in enumerate(expect.messages or []):
+            if expected.template is not None and expected.template not in templates:
+                problems.append(source.problem(
+                    ["tests", n, "expect", "messages", m, "template"],
+                    f"{key} sends no template '{expected.template}' "
+                    f"(it sends {', '.join(sorted(templates)) or 'none'})",
+                ))  # fmt: skip
         for m, step in enumerate(expect.steps or []):
             if step not in spec.steps:
                 problems.append(source.problem(["tests", n, "expect", "steps", m],

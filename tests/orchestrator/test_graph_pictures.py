@@ -268,6 +268,7 @@ def test_svg_draws_entry_and_outcomes_in_full() -> None:
                 "on Cart Abandoned",
                 "when event.properties.cart_value >= 20",
                 "audience: not user.do_not_contact",
+                "one instance per user and event.properties.cart_id",
             ],
         ),
         ("weekly_newsletter", ["everyone in newsletter, cron 0 9 * * MON", "holdout: 5%"]),
@@ -282,8 +283,14 @@ def test_examples_show_their_entry_goal_and_exits(name: str, facts: list[str]) -
     assert all(squash(fact) in trigger for fact in facts)
     assert journey.goal is not None
     header = " ".join(picture.header_texts)
-    assert f"goal: {journey.goal.event} within {journey.goal.within.days}d" in header
+    goal = journey.goal
+    anyone = " of any instance" if goal.any_instance else ""
+    assert f"goal: {goal.event}{anyone} within {goal.within.days}d" in header
     assert all(f"exits on {match.event}" in header for match in journey.exit_on)
+    if journey.instance:  # which events are any cart's, which this cart's
+        assert "exits on Order Completed of any instance" in header
+        assert "exits on Cart Emptied" in header
+        assert "Cart Emptied of any instance" not in header
 
 
 # ---- labels clear of edges, steps and each other -----------------------------

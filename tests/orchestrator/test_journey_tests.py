@@ -102,6 +102,12 @@ tests:
     variants: {nope: a}
     events:
       - {at: 0s, event: Cart Abandoned}
+    expect:
+      messages: [{template: cart_remindr}]
+  - name: a start that has passed
+    start: 2020-01-01T10:00:00Z
+    events:
+      - {at: 0s, event: Cart Abandoned}
     expect: {}
 """
 
@@ -117,10 +123,16 @@ def test_a_broken_test_file_is_refused_with_every_position_and_nothing_runs(
                for line in lines)  # fmt: skip
     assert any(line.startswith("tests/cart.yaml:9:7: ") and "unknown key" in line
                for line in lines)  # fmt: skip
+    assert any(line.startswith("tests/cart.yaml:16:5: tests.2: ") and "has passed" in line
+               for line in lines)  # fmt: skip
     assert "FAIL" not in run.stdout
-    assert "passed" not in run.stdout
+    assert " passed, " not in run.stdout  # no summary: nothing ran
     # the steps are checked once the file parses
-    fixed = BROKEN.replace("at: soon", "at: 0s").replace("      colour: blue\n", "")
+    fixed = (
+        BROKEN.replace("at: soon", "at: 0s")
+        .replace("      colour: blue\n", "")
+        .replace("2020-01-01T10:00:00Z", "'10:00'")
+    )
     (root / "tests" / "cart.yaml").write_text(fixed)
     run = _run(cwd=root)
     assert run.returncode == 1
@@ -128,6 +140,7 @@ def test_a_broken_test_file_is_refused_with_every_position_and_nothing_runs(
     assert "tests/cart.yaml:10:22: tests.1.variants.nope: no experiment or template variants" in (
         run.stdout
     )
+    assert "tests.1.expect.messages.0.template: cart_abandonment sends no template" in run.stdout
 
 
 FAILING_TEMPLATE = """\

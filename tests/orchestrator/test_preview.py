@@ -140,3 +140,23 @@ def test_preview_needs_a_valid_journey_file(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "journeys/cart_abandonment.yaml:" in run.stdout
     assert "'soon' is not a duration" in run.stdout
+
+
+async def test_a_preview_knows_who_entered_before_its_period(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"agree": JOURNEY}, policy=POLICY)
+    users = [u for u in ("a1", "a2", "a3", "a4") if not in_holdout("agree", u, 20)]
+    for user in users:
+        await stack.track(user, "Cart Abandoned", {"value": 50})
+    since = datetime.now(UTC)
+    for user in users:  # `re_entry: never`: the router lets none of them in again
+        await stack.track(user, "Cart Abandoned", {"value": 50})
+    entered = await rows(engine, "SELECT 1 FROM enrollments")
+    assert len(entered) == len(users)
+    workspace = load_workspace(stack.workspace)
+    journey = candidate(stack.workspace / "journeys" / "agree.yaml", workspace)
+    async with engine.connect() as conn:
+        period = Period(since, datetime.now(UTC) + timedelta(seconds=1))
+        [counts] = await preview(conn, workspace, [("file", journey)], period, [])
+    assert counts.entered == 0

@@ -57,6 +57,8 @@ class Receiver:
         self._arrived = asyncio.Condition()
         # Called with each request before it is answered (e.g. to kill a worker).
         self.on_request: Callable[[Received], None] | None = None
+        # Set when a request arrives, before its script's delay: a send is under way.
+        self.arriving = asyncio.Event()
 
     def script(self, path: str, *scripts: Script) -> None:
         """Answer the next requests to `path` like this (then 200 again)."""
@@ -87,6 +89,7 @@ class Receiver:
             except WebhookVerificationError:
                 verified = False
         script = self._scripts[path].popleft() if self._scripts[path] else Script(200)
+        self.arriving.set()
         if script.delay:
             await asyncio.sleep(script.delay)
         received = Received(path, dict(request.headers), body, verified)

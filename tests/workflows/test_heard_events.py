@@ -3,6 +3,7 @@ previous wait ended, whatever a send in between cost in real time."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
@@ -39,7 +40,7 @@ async def test_an_event_during_a_slow_send_counts_for_the_next_wait(
     await stack.identify("u1", {"email": "u1@example.com"})
     receiver.script("/email", Script(200, delay=3.0))  # a slow provider
     await stack.track("u1", "Cart Updated")
-    await receiver.wait_for(lambda rs: len(rs) == 1)  # the send is under way...
+    await asyncio.wait_for(receiver.arriving.wait(), 30)  # the send is under way...
     await stack.track("u1", "Checkout Started")  # ...when the user checks out
     result = await stack.result("nudge", "u1")
     assert (result.status, result.end_reason, result.messages_sent) == (

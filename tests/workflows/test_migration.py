@@ -5,6 +5,7 @@ move at a safe point and go on in the new version."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, timedelta
 
 import pytest
@@ -18,7 +19,7 @@ from orchestrator.sources import InvalidSource
 from orchestrator.workspace import load_workspace
 from tests.conftest import StackFactory
 from tests.support.db import rows
-from tests.support.receiver import Receiver
+from tests.support.receiver import Receiver, Script
 from tests.support.stack import Stack, eventually
 from tests.support.workspace import REACH_EVERYONE
 from workflows import search
@@ -153,6 +154,11 @@ async def test_users_inside_move_at_a_safe_point_and_go_on_in_the_new_version(
     [email] = await receiver.wait_for(lambda rs: len(rs) == 1)
     assert email.path == "/email"
     assert email.json["data"]["metadata"]["version"] == 2
+    # ...and the held push gave up its place in arbitration (it would compete otherwise)
+    requests = await rows(
+        engine, "SELECT state FROM arbitration_requests WHERE user_id = 'night' ORDER BY state"
+    )
+    assert [r["state"] for r in requests] == ["released", "sent"]
     # Lingering users leave.
     other = await stack.result("moves", "other")
     assert other.status == "exited"
@@ -210,3 +216,61 @@ async def test_the_workers_upkeep_moves_users_after_a_deploy(make_stack: StackFa
     await eventually(lambda: _state_is(stack, "u1", "rest", "waiting"), skip=stack.skip)
     handle = stack.client.get_workflow_handle(search.workflow_id("moves", "u1"))
     assert (await handle.describe()).typed_search_attributes.get(search.JOURNEY_VERSION) == 2
+
+
+SEND_THEN_PAUSE = """
+journey: moves
+name: Moves
+trigger: {event: Go}
+start: hello
+steps:
+  hello:
+    send: {channel: email, template: hello}
+    next: pause
+  pause:
+    wait: 2d
+    next: done
+  done:
+    exit: {}
+"""
+
+
+async def test_a_user_told_to_move_during_a_send_moves_once_it_is_done(
+    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"moves": SEND_THEN_PAUSE})
+    receiver.script("/email", Script(200, delay=3.0))  # the send takes a while
+    await stack.track("u1", "Go")
+    await asyncio.wait_for(receiver.arriving.wait(), 30)  # ...and is under way
+    (stack.workspace / "journeys" / "moves.yaml").write_text(
+        SEND_THEN_PAUSE.replace(
+            "start: hello", "migrate: {from: [1], steps: {pause: rest}}\nstart: hello"
+        )
+        .replace("  pause:\n    wait: 2d", "  rest:\n    wait: 3d")
+        .replace("next: pause", "next: rest")
+    )
+    await stack.redeploy()
+    assert await move_users(engine, stack.client) == 1
+    # The send finishes on v1; the next step, v1's `pause`, is where v2's `rest` begins.
+    await eventually(lambda: _state_is(stack, "u1", "rest", "waiting"))
+    visits = await rows(engine, "SELECT step, outcome FROM enrollment_steps ORDER BY at, id")
+    assert [(v["step"], v["outcome"]) for v in visits] == [
+        ("hello", "delivered on email"),
+        ("rest", None),
+    ]
+    [message] = await rows(engine, "SELECT version, status FROM messages")
+    assert message == {"version": 1, "status": "sent"}
+
+
+async def test_a_keyed_journey_and_an_unkeyed_one_do_not_exchange_users(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack(
+        {"moves": V1.replace("start: route", "instance: event.properties.id\nstart: route")}
+    )
+    (stack.workspace / "journeys" / "moves.yaml").write_text(V2)
+    with pytest.raises(InvalidSource) as refused:
+        await deploy_workspace(engine, load_workspace(stack.workspace))
+    [problem] = refused.value.problems
+    assert problem.path == "migrate.from.0"
+    assert "v1 is keyed by event.properties.id and this version by nothing" in problem.message

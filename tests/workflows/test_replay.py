@@ -7,19 +7,26 @@ run this module with RECORD_HISTORY=<name>.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHistory
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from orchestrator.migration import move_users
 from orchestrator.temporal import SANDBOX
 from tests.conftest import StackFactory
-from tests.support.receiver import Receiver
+from tests.support.receiver import Receiver, Script
+from tests.support.stack import eventually
+from workflows import search
 from workflows.journey import JourneyWorkflow
+from workflows.messages import JourneyState
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -94,3 +101,54 @@ async def test_recorded_histories_still_replay(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
+
+
+KEYED = """
+journey: tour_keyed
+name: Keys, events heard between waits, a move
+trigger: {event: Cart Abandoned}
+instance: event.properties.cart_id
+re_entry: always
+start: hello
+steps:
+  hello:
+    send: {channel: email, template: hello}
+    next: listen
+  listen:
+    wait_for: {event: Checkout Started, timeout: 1d, on_event: pause, on_timeout: pause}
+  pause:
+    wait: 2d
+    next: done
+  done:
+    exit: {}
+"""
+
+
+async def test_a_fresh_history_with_keys_heard_events_and_a_move_replays(
+    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"tour_keyed": KEYED})
+    receiver.script("/email", Script(200, delay=2.0))
+    await stack.track("u1", "Cart Abandoned", {"cart_id": "c1"})
+    await asyncio.wait_for(receiver.arriving.wait(), 30)
+    await stack.track("u1", "Checkout Started", {"cart_id": "c1"})  # heard during the send
+    handle = stack.client.get_workflow_handle(search.workflow_id("tour_keyed", "u1", "c1"))
+
+    async def pausing() -> bool:
+        state = await handle.query("state", result_type=JourneyState)
+        return (state.step, state.status) == ("pause", "waiting")
+
+    await eventually(pausing)
+    moved = KEYED.replace("start: hello", "migrate: {from: [1]}\nstart: hello")
+    (stack.workspace / "journeys" / "tour_keyed.yaml").write_text(moved.replace("2d", "3d"))
+    await stack.redeploy()
+    assert await move_users(engine, stack.client) == 1
+    await eventually(lambda: _closed(handle), skip=stack.skip)
+    history = await handle.fetch_history()
+    await replayer().replay_workflow(history)
+    if name := os.environ.get("RECORD_HISTORY"):
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def _closed(handle: Any) -> bool:
+    return (await handle.describe()).status != WorkflowExecutionStatus.RUNNING
