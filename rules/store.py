@@ -200,6 +200,18 @@ async def release(conn: AsyncConnection, key: str) -> None:
     )
 
 
+async def withdraw(conn: AsyncConnection, key: str) -> None:
+    """A deferred request its journey no longer makes (the user moved to a newer version)
+    stops holding a place in its conflict window."""
+    await conn.execute(
+        text(
+            "UPDATE arbitration_requests SET state = 'released' "
+            "WHERE key = :k AND state = 'pending'"
+        ),
+        {"k": key},
+    )
+
+
 async def suppress(
     conn: AsyncConnection,
     user_id: str,
