@@ -220,6 +220,47 @@ def worker(log_level: LogLevel = "info") -> None:
 
 
 @app.command()
+def consume(
+    status: Annotated[
+        bool, typer.Option("--status", help="Print each partition's lag and exit")
+    ] = False,
+    log_level: LogLevel = "info",
+) -> None:
+    """Consume the workspace's Kafka topics (`kafka.consume` in orchestrator.yaml): each
+    record is ingested as /v1/batch ingests a message; offsets are committed once it is
+    stored. Settings from ORCHESTRATOR_* environment variables, like `api` and `worker`."""
+    from orchestrator.kafka.consumer import EventConsumer, lag
+    from orchestrator.services import open_services
+    from orchestrator.workspace import load_workspace
+
+    settings = serving_settings()
+    _logging(log_level)
+    kafka = load_workspace(settings.workspace).config.kafka
+    if kafka is None or kafka.consume is None:
+        typer.echo("orchestrator.yaml has no `kafka.consume`: nothing to consume", err=True)
+        raise typer.Exit(2)
+    if status:
+        rows = asyncio.run(lag(kafka, kafka.consume))
+        typer.echo(f"{'TOPIC':<32} {'PARTITION':>9} {'COMMITTED':>10} {'END':>10} {'LAG':>8}")
+        for row in rows:
+            committed = "-" if row.committed is None else str(row.committed)
+            typer.echo(f"{row.topic:<32} {row.partition:>9} {committed:>10} {row.end:>10} "
+                       f"{row.behind:>8}")  # fmt: skip
+        return
+
+    cluster, consumes = kafka, kafka.consume
+
+    async def work(stop: asyncio.Event) -> None:
+        async with open_services(settings) as services:
+            consumer = EventConsumer(services, cluster)
+            typer.echo(f"consuming {', '.join(consumes.topics)} as group "
+                       f"'{consumes.group_id}', pid {os.getpid()}")  # fmt: skip
+            await consumer.run(stop)
+
+    run_until_stopped(work)
+
+
+@app.command()
 def migrate() -> None:
     """Bring the database schema up to date."""
     from orchestrator.database import migrate_sync

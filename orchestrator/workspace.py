@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -261,6 +261,48 @@ class SegmentsConfig(_Config):
     )
 
 
+class KafkaConsume(_Config):
+    """Events in: Segment-shaped JSON records (as `/v1/batch` takes), keyed by user."""
+
+    topics: list[str] = Field(min_length=1)
+    group_id: str = Field(default="orchestrator", min_length=1)
+    source: str = Field(
+        pattern=IDENTIFIER, description="The workspace source the records count as (server-side)"
+    )
+    dead_letter_topic: str = Field(
+        min_length=1, description="Where a record that fails validation goes, with the reason"
+    )
+    max_batch: int = Field(default=500, ge=1, le=10_000, description="Records per transaction")
+
+
+class KafkaConfig(_Config):
+    """A Kafka cluster; `orchestrator dev` starts a local one (tansu) when this is set."""
+
+    bootstrap_servers: str = Field(min_length=1, examples=["127.0.0.1:9092"])
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = Field(default=None, description="CA bundle for SSL")
+    consume: KafkaConsume | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """What every aiokafka client of this cluster is given."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options |= {"sasl_mechanism": self.sasl_mechanism,
+                        "sasl_plain_username": self.sasl_username,
+                        "sasl_plain_password": self.sasl_password}  # fmt: skip
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            options["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+        return options
+
+
 class WorkspaceConfig(_Config):
     """`orchestrator.yaml`."""
 
@@ -290,6 +332,7 @@ class WorkspaceConfig(_Config):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     sample_profile: SampleProfile = Field(default_factory=SampleProfile)
     segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
+    kafka: KafkaConfig | None = Field(default=None, description="Events in from Kafka topics")
 
     @field_validator("default_timezone")
     @classmethod
@@ -338,6 +381,20 @@ class WorkspaceConfig(_Config):
         for key in self.api_keys:
             if public & {key.secret, key.previous_secret}:
                 raise ValueError(f"API key {key.name!r} reuses a source's public write key")
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_source(self) -> WorkspaceConfig:
+        consume = self.kafka.consume if self.kafka else None
+        if consume is not None:
+            source = next((s for s in self.sources if s.name == consume.source), None)
+            if source is None:
+                raise ValueError(f"kafka.consume.source: no source named {consume.source!r}")
+            if not source.server_side:
+                raise ValueError(
+                    f"kafka.consume.source: {consume.source!r} must be server-side "
+                    "(records on a topic come from the company's own systems)"
+                )
         return self
 
     def control_group(self) -> GlobalControl:

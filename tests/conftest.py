@@ -125,6 +125,22 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The local Kafka-compatible broker `orchestrator dev` runs (tansu, in memory): its
+    bootstrap address. Tests name their own topics."""
+    from orchestrator.stack.kafka import LocalBroker
+    from orchestrator.stack.processes import free_port
+
+    broker = LocalBroker(port=free_port(), log_dir=tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        asyncio.run(broker.wait_ready())
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     async with running_receiver(SECRETS) as r:

@@ -1,0 +1,1 @@
+"""Kafka: events in by a consumer group that ingests like the HTTP API."""
