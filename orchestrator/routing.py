@@ -239,6 +239,17 @@ class Router:
             plan = await self.plan(conn, stored, snapshot, fresh=False)
         return len(await self.execute(plan, snapshot))
 
+    async def sweep_forever(self, older_than: timedelta) -> None:
+        """Every process that ingests runs this: it routes what one of them stored and
+        could not route (Temporal away, or the process died between the two)."""
+        while True:
+            await asyncio.sleep(max(1.0, older_than.total_seconds() / 2))
+            try:
+                if routed := await self.sweep(older_than):
+                    log.warning("re-routed %d events that were left unrouted", routed)
+            except Exception:
+                log.exception("sweeping unrouted events failed; will try again")
+
     async def _execute_user(self, plan: Plan, snapshot: Snapshot, items: list[StoredEvent]) -> None:
         for index, event in enumerate(items):
             for entry in plan.entries.get(event.id, []):

@@ -273,6 +273,10 @@ class KafkaConsume(_Config):
         min_length=1, description="Where a record that fails validation goes, with the reason"
     )
     max_batch: int = Field(default=500, ge=1, le=10_000, description="Records per transaction")
+    session_timeout: Duration = Field(
+        default=timedelta(seconds=10),
+        description="A consumer silent this long is dead: its partitions go to the others",
+    )
 
 
 class KafkaConfig(_Config):

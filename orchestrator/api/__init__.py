@@ -171,11 +171,4 @@ async def _check_alerts_forever(services: Services) -> None:
 
 
 async def _sweep_forever(services: Services) -> None:
-    older_than = timedelta(seconds=services.settings.reroute_after_seconds)
-    while True:
-        await asyncio.sleep(max(1.0, older_than.total_seconds() / 2))
-        try:
-            if routed := await services.router.sweep(older_than):
-                log.warning("re-routed %d events that a request left unrouted", routed)
-        except Exception:
-            log.exception("sweeping unrouted events failed; will try again")
+    await services.router.sweep_forever(timedelta(seconds=services.settings.reroute_after_seconds))

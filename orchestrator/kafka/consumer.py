@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -73,6 +73,8 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.consume.max_batch,
+            session_timeout_ms=int(self.consume.session_timeout.total_seconds() * 1000),
+            heartbeat_interval_ms=int(self.consume.session_timeout.total_seconds() * 1000 / 3),
             **kafka.client_options(),
         )
         self.producer = AIOKafkaProducer(acks="all", **kafka.client_options())
@@ -82,6 +84,10 @@ class EventConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
         await self.consumer.start()
+        # A consumer killed between storing and routing leaves events unrouted.
+        sweeping = asyncio.create_task(self.services.router.sweep_forever(
+            timedelta(seconds=self.services.settings.reroute_after_seconds)
+        ))  # fmt: skip
         try:
             failures = 0
             while not stop.is_set():
@@ -100,6 +106,8 @@ class EventConsumer:
                     await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
                     failures += 1
         finally:
+            sweeping.cancel()
+            await self.services.router.close()
             await self.consumer.stop()
             await self.producer.stop()
 
