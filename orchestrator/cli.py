@@ -101,6 +101,13 @@ def dev(
         typer.Option(help="Local webhook sink port (ORCHESTRATOR_SINK_URL for the workspace)"),
     ] = 8750,
     postgres_port: Annotated[int, typer.Option(help="Postgres port (0: any free)")] = 0,
+    kafka_port: Annotated[
+        int,
+        typer.Option(
+            help="Local Kafka broker port, when the workspace uses Kafka "
+            "(ORCHESTRATOR_KAFKA for the workspace)"
+        ),
+    ] = 9092,
     log_level: LogLevel = "warning",
 ) -> None:
     """Run everything locally: Postgres, Temporal + UI, API, worker and a webhook sink."""
@@ -115,6 +122,7 @@ def dev(
         ui_port=ui_port,
         sink_port=sink_port,
         postgres_port=postgres_port,
+        kafka_port=kafka_port,
     )
     run_until_stopped(lambda stop: run_dev(options, stop))
 

@@ -91,7 +91,14 @@ class EventConsumer:
         try:
             failures = 0
             while not stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=500)
+                try:
+                    batch = await self.consumer.getmany(timeout_ms=500)
+                except Exception:
+                    if stop.is_set():  # the broker went first (Ctrl-C reaches it too)
+                        break
+                    log.exception("polling Kafka failed; trying again")
+                    await asyncio.sleep(BACKOFF[-1])
+                    continue
                 if not batch:
                     continue
                 try:
@@ -108,8 +115,10 @@ class EventConsumer:
         finally:
             sweeping.cancel()
             await self.services.router.close()
-            await self.consumer.stop()
-            await self.producer.stop()
+            # Leaving the group tells the others to take its partitions now; a broker
+            # already gone cannot be told (the session timeout does it then).
+            for client in (self.consumer, self.producer):
+                await _stop_quietly(client)
 
     async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         now = self.clock()
@@ -155,6 +164,19 @@ class EventConsumer:
             log.warning("record %s/%d@%d set aside: %s%s", record.topic, record.partition,
                         record.offset, f"{letter.field}: " if letter.field else "",
                         letter.reason)  # fmt: skip
+
+
+async def _stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a client whose broker may be gone. aiokafka's consumer can let the
+    cancellation of its own fetch task escape `stop()`: that one is not ours to pass on."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception:
+        log.debug("stopping a Kafka client failed", exc_info=True)
 
 
 @dataclass(frozen=True)

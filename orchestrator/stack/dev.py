@@ -19,16 +19,18 @@ from orchestrator.api import create_app
 from orchestrator.catalog import load_items, read_items
 from orchestrator.database import create_engine, migrate
 from orchestrator.deploy import deploy_workspace
-from orchestrator.services import build_services
+from orchestrator.kafka.consumer import EventConsumer
+from orchestrator.services import Services, build_services
 from orchestrator.settings import Settings
 from orchestrator.sources import InvalidSource
+from orchestrator.stack.kafka import LocalBroker, ensure_topics
 from orchestrator.stack.postgres import EmbeddedPostgres
 from orchestrator.stack.servers import serving
 from orchestrator.stack.sink import create_sink
 from orchestrator.stack.temporal import TemporalDevServer
 from orchestrator.temporal import connect
 from orchestrator.worker import running_worker
-from orchestrator.workspace import load_workspace
+from orchestrator.workspace import KafkaConfig, load_workspace
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class DevOptions:
     ui_port: int
     sink_port: int
     postgres_port: int = 0
+    kafka_port: int = 9092
 
 
 CATALOG_FILE = "catalog.csv"
@@ -47,6 +50,8 @@ CATALOG_FILE = "catalog.csv"
 # `url: ${ORCHESTRATOR_SINK_URL:-http://127.0.0.1:8750}/email`.
 SINK_URL = "ORCHESTRATOR_SINK_URL"
 PUBLIC_URL = "ORCHESTRATOR_PUBLIC_URL"
+# `bootstrap_servers: ${ORCHESTRATOR_KAFKA:-127.0.0.1:9092}`: the local broker's address.
+KAFKA = "ORCHESTRATOR_KAFKA"
 
 
 def say(text: str) -> None:
@@ -71,9 +76,13 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
     temporal = TemporalDevServer(
         state_dir=state / "temporal", port=options.temporal_port, ui_port=options.ui_port
     )
-    say(f"starting PostgreSQL and Temporal (state in {state}) ...")
+    kafka = workspace.config.kafka
+    broker = LocalBroker(port=options.kafka_port, log_dir=state / "kafka") if kafka else None
+    say(f"starting PostgreSQL and Temporal{' and Kafka' if broker else ''} (state in {state}) ...")
     try:
         temporal.start()
+        if broker is not None:
+            broker.start()
         database_url = await asyncio.to_thread(postgres.start)
         await migrate(database_url)
         await temporal.wait_ready()
@@ -96,6 +105,7 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
             )
             client = await connect(temporal.address)
             services = build_services(settings, workspace=workspace, engine=engine, client=client)
+            consuming = await _start_kafka(broker, kafka, services, stop)
             async with (
                 serving(create_app(services), port=options.api_port) as api_url,
                 serving(create_sink(workspace.config, receipts_to=api_url),
@@ -114,15 +124,42 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                         reader.secret if reader else None)  # fmt: skip
                 for item in deployed:
                     say(f"  journey {item.key:<24} v{item.version:<3} {item.change}")
+                if consuming is not None:
+                    say(consuming[1])
                 say("\nready; Ctrl-C stops everything\n")
                 await stop.wait()
                 say("\nstopping ...")
+                if consuming is not None:
+                    await consuming[0]
         finally:
             await engine.dispose()
     finally:
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
         await asyncio.to_thread(temporal.stop)
         await asyncio.to_thread(postgres.stop)
         say("stopped")
+
+
+async def _start_kafka(
+    broker: LocalBroker | None,
+    kafka: KafkaConfig | None,
+    services: Services,
+    stop: asyncio.Event,
+) -> tuple[asyncio.Task[None], str] | None:
+    """With `kafka` configured: the local broker's topics, and the consumer until `stop`
+    (and the banner's line about it)."""
+    if broker is None or kafka is None:
+        return None
+    await broker.wait_ready()
+    if kafka.consume is None:
+        return None
+    topics = {topic: 4 for topic in kafka.consume.topics}
+    dead = kafka.consume.dead_letter_topic
+    await ensure_topics(kafka.client_options(), {**topics, dead: 1})
+    line = (f"  Kafka          {kafka.bootstrap_servers}  (consuming {', '.join(topics)}; "
+            f"set aside: {dead})")  # fmt: skip
+    return asyncio.create_task(EventConsumer(services, kafka).run(stop)), line
 
 
 def _workspace_environment(options: DevOptions) -> dict[str, str]:
@@ -131,6 +168,7 @@ def _workspace_environment(options: DevOptions) -> dict[str, str]:
     return {
         SINK_URL: f"http://127.0.0.1:{options.sink_port}",
         PUBLIC_URL: os.environ.get(PUBLIC_URL) or f"http://127.0.0.1:{options.api_port}",
+        KAFKA: f"127.0.0.1:{options.kafka_port}",
     }
 
 
@@ -154,7 +192,8 @@ def _ports_in_use(options: DevOptions) -> list[tuple[str, int]]:
     """The ports we were given that something on 127.0.0.1 already listens on."""
     wanted = [("--api-port", options.api_port), ("--temporal-port", options.temporal_port),
               ("--ui-port", options.ui_port), ("--sink-port", options.sink_port),
-              ("--postgres-port", options.postgres_port)]  # fmt: skip
+              ("--postgres-port", options.postgres_port),
+              ("--kafka-port", options.kafka_port)]  # fmt: skip
     busy = []
     for flag, port in wanted:
         if not port:

@@ -43,9 +43,9 @@ class Dev:
         self.lines: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self, sink_port: int) -> None:
+    async def start(self, sink_port: int, *extra: str) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            str(BIN / "orchestrator"), "dev",
+            str(BIN / "orchestrator"), "dev", *extra,
             "--state-dir", str(self.state),
             "--api-port", str(self.ports["api"]),
             "--temporal-port", str(self.ports["temporal"]),
@@ -205,3 +205,38 @@ async def test_a_port_in_use_is_one_line_naming_the_option(tmp_path: Path) -> No
         f'--api-port with a free port (make run ARGS="--api-port ...")'
     ]
     assert not (tmp_path / "state").exists()  # nothing was started
+
+
+KAFKA_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "retail-kafka"
+
+
+async def test_dev_with_the_kafka_example_runs_a_broker_and_consumes_its_topic(
+    tmp_path: Path,
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    sink_port, kafka_port = free_port(), free_port()
+    dev = Dev(tmp_path / ".state")
+    await dev.start(sink_port, "--workspace", str(KAFKA_EXAMPLE), "--kafka-port", str(kafka_port))
+    try:
+        await dev.wait_for_line("ready; Ctrl-C stops everything")
+        kafka_line = await dev.wait_for_line("  Kafka ")
+        assert f"127.0.0.1:{kafka_port}" in kafka_line
+        assert "consuming events; set aside: events-dead-letter" in kafka_line
+        # Any Kafka client: records keyed by user, as /v1/batch takes them.
+        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{kafka_port}")
+        await producer.start()
+        try:
+            for body in (
+                b'{"type": "identify", "userId": "kay", "traits": {"email": "kay@example.com"}}',
+                b'{"type": "track", "userId": "kay", "event": "Signed Up"}',
+            ):
+                await producer.send_and_wait("events", key=b"kay", value=body)
+        finally:
+            await producer.stop()
+        line = await dev.wait_for_line("[sink] email")
+        assert "→ kay" in line
+    finally:
+        code = await dev.stop(signal.SIGINT)
+        assert code == 0, "\n".join(dev.lines[-30:])
+    assert processes_using(tmp_path / ".state") == []
