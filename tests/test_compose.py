@@ -44,6 +44,13 @@ def test_the_topology(compose: dict[str, Any]) -> None:
             assert target in services, f"{name} depends on unknown service {target}"
     assert services["temporal-ui"]["environment"]["TEMPORAL_ADDRESS"] == "temporal:7233"
     assert services["temporal"]["environment"]["POSTGRES_SEEDS"] == "postgres"
+    # Kafka in, with the kafka profile: KRaft (no ZooKeeper), consumers beside the API.
+    assert services["kafka"]["profiles"] == services["consumer"]["profiles"] == ["kafka"]
+    kafka = services["kafka"]["environment"]
+    assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert kafka["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert services["consumer"]["environment"]["ORCHESTRATOR_KAFKA"] == "kafka:9092"
+    assert "kafka" in services["consumer"]["depends_on"]
 
 
 def _expand(value: str) -> str:
@@ -51,7 +58,7 @@ def _expand(value: str) -> str:
     return re.sub(r"\$\{([A-Z_]+)(:[?-][^}]*)?\}", lambda m: f"<{m.group(1)}>", value)
 
 
-@pytest.mark.parametrize("name", ["setup", "api", "worker"])
+@pytest.mark.parametrize("name", ["setup", "api", "worker", "consumer"])
 def test_each_process_gets_the_settings_it_needs(
     compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
