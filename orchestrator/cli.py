@@ -47,6 +47,26 @@ app.add_typer(report_app, name="report")
 app.add_typer(segments_app, name="segments")
 app.add_typer(traits_app, name="traits")
 app.command("audit")(audit_log)
+events_app = typer.Typer(help="The facts the product publishes.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("schema")
+def events_schema(
+    kind: Annotated[
+        str | None, typer.Option("--type", help="One type (default: all, as one document)")
+    ] = None,
+) -> None:
+    """The JSON Schema of each published record type (versioned), for consumers."""
+    import json
+
+    from orchestrator.kafka.facts import KINDS, schema
+
+    if kind is not None and kind not in KINDS:
+        typer.echo(f"unknown type {kind!r}; the types are: {', '.join(KINDS)}", err=True)
+        raise typer.Exit(2)
+    document = schema(kind) if kind else {k: schema(k) for k in KINDS}
+    typer.echo(json.dumps(document, indent=2))
 
 
 def main() -> None:
@@ -264,6 +284,34 @@ def consume(
             typer.echo(f"consuming {', '.join(consumes.topics)} as group "
                        f"'{consumes.group_id}', pid {os.getpid()}")  # fmt: skip
             await consumer.run(stop)
+
+    run_until_stopped(work)
+
+
+@app.command()
+def relay(log_level: LogLevel = "info") -> None:
+    """Publish every fact (messages, decisions, journey steps, assignments) to the topic
+    `kafka.publish` names, through the transactional outbox; one relay publishes at a
+    time, others wait to take over. Settings from ORCHESTRATOR_* environment variables."""
+    from orchestrator.database import create_engine
+    from orchestrator.kafka.relay import Relay
+    from orchestrator.workspace import load_workspace
+
+    settings = serving_settings()
+    _logging(log_level)
+    kafka = load_workspace(settings.workspace).config.kafka
+    if kafka is None or kafka.publish is None:
+        typer.echo("orchestrator.yaml has no `kafka.publish`: nothing to publish to", err=True)
+        raise typer.Exit(2)
+    cluster, topic = kafka, kafka.publish.topic
+
+    async def work(stop: asyncio.Event) -> None:
+        engine = create_engine(settings.require_database_url(), pool_size=2)
+        try:
+            typer.echo(f"publishing the outbox to {topic}, pid {os.getpid()}")
+            await Relay(engine, cluster).run(stop)
+        finally:
+            await engine.dispose()
 
     run_until_stopped(work)
 

@@ -420,3 +420,28 @@ audience_runs = Table(
     Column("entered", Integer, nullable=False, server_default=text("0")),
     UniqueConstraint("journey_key", "scheduled_for", name="audience_runs_once"),
 )
+
+# The transactional outbox (migration 0014): triggers on the tables above write every
+# fact here in the fact's own transaction, once a relay has switched it on
+# (`outbox_state.enabled`); the relay publishes in id order and marks what it sent.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("fact", Text, nullable=False, unique=True),  # the record's stable id
+    Column("kind", Text, nullable=False),
+    Column("user_id", Text),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("published_at", DateTime(timezone=True)),
+    Index("outbox_unpublished_idx", "id", postgresql_where=text("published_at IS NULL")),
+)
+
+outbox_state = Table(
+    "outbox_state",
+    metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("enabled", Boolean, nullable=False, server_default=text("false")),
+    CheckConstraint("singleton", name="outbox_state_one_row"),
+)

@@ -279,6 +279,13 @@ class KafkaConsume(_Config):
     )
 
 
+class KafkaPublish(_Config):
+    """Facts out: every message, decision, journey step and assignment, as versioned JSON
+    (`orchestrator events schema`), keyed by user, through a transactional outbox."""
+
+    topic: str = Field(min_length=1)
+
+
 class KafkaConfig(_Config):
     """A Kafka cluster; `orchestrator dev` starts a local one (tansu) when this is set."""
 
@@ -289,6 +296,7 @@ class KafkaConfig(_Config):
     sasl_password: str | None = None
     ssl_cafile: str | None = Field(default=None, description="CA bundle for SSL")
     consume: KafkaConsume | None = None
+    publish: KafkaPublish | None = None
 
     def client_options(self) -> dict[str, Any]:
         """What every aiokafka client of this cluster is given."""

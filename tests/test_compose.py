@@ -51,6 +51,7 @@ def test_the_topology(compose: dict[str, Any]) -> None:
     assert kafka["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
     assert services["consumer"]["environment"]["ORCHESTRATOR_KAFKA"] == "kafka:9092"
     assert "kafka" in services["consumer"]["depends_on"]
+    assert "kafka" in services["relay"]["depends_on"]
 
 
 def _expand(value: str) -> str:
@@ -58,7 +59,7 @@ def _expand(value: str) -> str:
     return re.sub(r"\$\{([A-Z_]+)(:[?-][^}]*)?\}", lambda m: f"<{m.group(1)}>", value)
 
 
-@pytest.mark.parametrize("name", ["setup", "api", "worker", "consumer"])
+@pytest.mark.parametrize("name", ["setup", "api", "worker", "consumer", "relay"])
 def test_each_process_gets_the_settings_it_needs(
     compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

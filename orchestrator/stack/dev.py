@@ -10,16 +10,18 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.api import create_app
 from orchestrator.catalog import load_items, read_items
 from orchestrator.database import create_engine, migrate
 from orchestrator.deploy import deploy_workspace
 from orchestrator.kafka.consumer import EventConsumer
+from orchestrator.kafka.relay import Relay
 from orchestrator.services import Services, build_services
 from orchestrator.settings import Settings
 from orchestrator.sources import InvalidSource
@@ -147,19 +149,28 @@ async def _start_kafka(
     services: Services,
     stop: asyncio.Event,
 ) -> tuple[asyncio.Task[None], str] | None:
-    """With `kafka` configured: the local broker's topics, and the consumer until `stop`
-    (and the banner's line about it)."""
+    """With `kafka` configured: the local broker's topics, the consumer and the relay
+    until `stop` (and the banner's line about them)."""
     if broker is None or kafka is None:
         return None
     await broker.wait_ready()
-    if kafka.consume is None:
-        return None
-    topics = {topic: 4 for topic in kafka.consume.topics}
-    dead = kafka.consume.dead_letter_topic
-    await ensure_topics(kafka.client_options(), {**topics, dead: 1})
-    line = (f"  Kafka          {kafka.bootstrap_servers}  (consuming {', '.join(topics)}; "
-            f"set aside: {dead})")  # fmt: skip
-    return asyncio.create_task(EventConsumer(services, kafka).run(stop)), line
+    work, said = [], []
+    if kafka.consume is not None:
+        topics = {topic: 4 for topic in kafka.consume.topics}
+        dead = kafka.consume.dead_letter_topic
+        await ensure_topics(kafka.client_options(), {**topics, dead: 1})
+        work.append(EventConsumer(services, kafka).run(stop))
+        said.append(f"consuming {', '.join(topics)}; set aside: {dead}")
+    if kafka.publish is not None:
+        await ensure_topics(kafka.client_options(), {kafka.publish.topic: 4})
+        work.append(Relay(services.engine, kafka).run(stop))
+        said.append(f"publishing facts to {kafka.publish.topic}")
+    line = f"  Kafka          {kafka.bootstrap_servers}  ({'; '.join(said)})"
+    return asyncio.create_task(_all(work)), line
+
+
+async def _all(work: list[Coroutine[Any, Any, None]]) -> None:
+    await asyncio.gather(*work)
 
 
 def _workspace_environment(options: DevOptions) -> dict[str, str]:

@@ -213,7 +213,8 @@ KAFKA_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "retail-kafka
 async def test_dev_with_the_kafka_example_runs_a_broker_and_consumes_its_topic(
     tmp_path: Path,
 ) -> None:
-    from aiokafka import AIOKafkaProducer
+    import orjson
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     sink_port, kafka_port = free_port(), free_port()
     dev = Dev(tmp_path / ".state")
@@ -223,6 +224,7 @@ async def test_dev_with_the_kafka_example_runs_a_broker_and_consumes_its_topic(
         kafka_line = await dev.wait_for_line("  Kafka ")
         assert f"127.0.0.1:{kafka_port}" in kafka_line
         assert "consuming events; set aside: events-dead-letter" in kafka_line
+        assert "publishing facts to facts" in kafka_line
         # Any Kafka client: records keyed by user, as /v1/batch takes them.
         producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{kafka_port}")
         await producer.start()
@@ -236,6 +238,19 @@ async def test_dev_with_the_kafka_example_runs_a_broker_and_consumes_its_topic(
             await producer.stop()
         line = await dev.wait_for_line("[sink] email")
         assert "→ kay" in line
+        # ...and what happened is on the facts topic
+        reader = AIOKafkaConsumer("facts", bootstrap_servers=f"127.0.0.1:{kafka_port}",
+                                  auto_offset_reset="earliest", group_id="readers")  # fmt: skip
+        await reader.start()
+        kinds: set[str] = set()
+        try:
+            async with asyncio.timeout(30):
+                while "message.sent" not in kinds:
+                    for records in (await reader.getmany(timeout_ms=500)).values():
+                        kinds |= {orjson.loads(r.value)["type"] for r in records}
+        finally:
+            await reader.stop()
+        assert {"journey.entered", "decision.made", "message.sent"} <= kinds
     finally:
         code = await dev.stop(signal.SIGINT)
         assert code == 0, "\n".join(dev.lines[-30:])
