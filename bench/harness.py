@@ -63,7 +63,7 @@ def write_workspace(
     (root / "orchestrator.yaml").write_text(
         f"workspace: bench\nsources:\n  - name: bench\n    write_key: {WRITE_KEY}\n"
         # Benchmarks measure throughput, not the per-source limit.
-        "    rate_limit: {per_second: 1000000, burst: 1000000}\n"
+        "    rate_limit: {per_second: 1000000, burst: 1000000}\n    server_side: true\n"
         f"api_keys:\n  - {{name: bench, secret: {SERVER_KEY}, scopes: [admin]}}\n"
         f"channels:\n  email:\n    url: {receiver_url}/email\n    signing_secret: {SECRET}\n"
         f"links:\n  signing_secret: {SECRET}\n{config}"
