@@ -291,25 +291,27 @@ def consume(
 @app.command()
 def relay(log_level: LogLevel = "info") -> None:
     """Publish every fact (messages, decisions, journey steps, assignments) to the topic
-    `kafka.publish` names, through the transactional outbox; one relay publishes at a
-    time, others wait to take over. Settings from ORCHESTRATOR_* environment variables."""
+    `kafka.publish` names, or else to `facts_webhook` in signed batches, through the
+    transactional outbox; one relay publishes at a time, others wait to take over.
+    Settings from ORCHESTRATOR_* environment variables."""
     from orchestrator.database import create_engine
-    from orchestrator.kafka.relay import Relay
+    from orchestrator.kafka.relay import Relay, sink_for
     from orchestrator.workspace import load_workspace
 
     settings = serving_settings()
     _logging(log_level)
-    kafka = load_workspace(settings.workspace).config.kafka
-    if kafka is None or kafka.publish is None:
-        typer.echo("orchestrator.yaml has no `kafka.publish`: nothing to publish to", err=True)
+    sink = sink_for(load_workspace(settings.workspace).config)
+    if sink is None:
+        typer.echo("orchestrator.yaml has neither `kafka.publish` nor `facts_webhook`: "
+                   "nothing to publish to", err=True)  # fmt: skip
         raise typer.Exit(2)
-    cluster, topic = kafka, kafka.publish.topic
+    found = sink
 
     async def work(stop: asyncio.Event) -> None:
         engine = create_engine(settings.require_database_url(), pool_size=2)
         try:
-            typer.echo(f"publishing the outbox to {topic}, pid {os.getpid()}")
-            await Relay(engine, cluster).run(stop)
+            typer.echo(f"publishing the outbox, pid {os.getpid()}")
+            await Relay(engine, found).run(stop)
         finally:
             await engine.dispose()
 

@@ -286,6 +286,17 @@ class KafkaPublish(_Config):
     topic: str = Field(min_length=1)
 
 
+class FactsWebhook(_Config):
+    """Facts out without Kafka: the same records, POSTed in signed batches (Standard
+    Webhooks, like the channels) to one endpoint, in order; a batch is retried until
+    it is answered 2xx."""
+
+    url: str = Field(pattern=r"^https?://")
+    signing_secret: SigningSecret
+    batch: int = Field(default=100, ge=1, le=1000, description="Records per request")
+    timeout: float = Field(default=10.0, gt=0, le=120)
+
+
 class KafkaConfig(_Config):
     """A Kafka cluster; `orchestrator dev` starts a local one (tansu) when this is set."""
 
@@ -344,7 +355,12 @@ class WorkspaceConfig(_Config):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     sample_profile: SampleProfile = Field(default_factory=SampleProfile)
     segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
-    kafka: KafkaConfig | None = Field(default=None, description="Events in from Kafka topics")
+    kafka: KafkaConfig | None = Field(
+        default=None, description="Events in from Kafka topics, facts out to one"
+    )
+    facts_webhook: FactsWebhook | None = Field(
+        default=None, description="Facts out in signed batches, for a workspace without Kafka"
+    )
 
     @field_validator("default_timezone")
     @classmethod

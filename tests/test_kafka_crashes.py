@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.kafka.facts import schema
-from orchestrator.kafka.relay import Relay, switch_on
+from orchestrator.kafka.relay import KafkaSink, Relay, switch_on
 from orchestrator.stack.kafka import ensure_topics
 from tests.conftest import BIN, StackFactory
 from tests.support.db import rows
@@ -172,7 +172,7 @@ async def test_a_relay_killed_again_and_again_publishes_every_fact_under_one_id(
     stop = asyncio.Event()
     kafka = stack.services.config.kafka
     assert kafka is not None
-    last = asyncio.create_task(Relay(engine, kafka).run(stop))
+    last = asyncio.create_task(Relay(engine, KafkaSink(kafka)).run(stop))
     facts = await _count(engine, "SELECT count(*) AS n FROM outbox")
     await eventually(lambda: _at_least(
         engine, "SELECT count(*) AS n FROM outbox WHERE published_at IS NOT NULL", facts

@@ -1,4 +1,5 @@
-"""`orchestrator relay`: publishes the outbox to the workspace's topic, in order.
+"""`orchestrator relay`: publishes the outbox to the workspace's topic (or, without
+Kafka, to its facts webhook in signed batches), in order.
 
 The outbox triggers write each fact in the transaction that stores it; the relay reads
 the unpublished records in id order, publishes them (keyed by user, so a user's facts
@@ -14,16 +15,20 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from channels.base import DeliveryError
+from channels.delivery import SignedPoster
 from orchestrator.kafka.facts import VERSION, envelope
 from orchestrator.tables import outbox, outbox_state
-from orchestrator.workspace import KafkaConfig
+from orchestrator.workspace import FactsWebhook, KafkaConfig, WorkspaceConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ LOCK = "outbox-relay"
 PAGE = 500
 IDLE = 0.2  # seconds between looks at an empty outbox
 KEEP_PUBLISHED = timedelta(days=1)
+BACKOFF = (1.0, 2.0, 5.0, 10.0)  # waits between a batch's attempts, then the page fails
 
 
 async def switch_on(engine: AsyncEngine) -> None:
@@ -43,25 +49,110 @@ async def switch_on(engine: AsyncEngine) -> None:
         )
 
 
-class Relay:
-    def __init__(self, engine: AsyncEngine, kafka: KafkaConfig) -> None:
+class KafkaSink:
+    """Each record to the topic, keyed by user; done once the broker acknowledged all."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
         assert kafka.publish is not None
-        self.engine, self.topic = engine, kafka.publish.topic
-        self.producer = AIOKafkaProducer(acks="all", **kafka.client_options())
+        self.kafka, self.topic = kafka, kafka.publish.topic
+
+    async def __aenter__(self) -> KafkaSink:
+        # (made here: aiokafka wants its client made inside the event loop)
+        self.producer = AIOKafkaProducer(acks="all", **self.kafka.client_options())
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.producer.stop()
+
+    async def publish(self, records: list[dict[str, Any]]) -> None:
+        sent = [
+            await self.producer.send(
+                self.topic,
+                key=(record["user_id"] or "").encode(),
+                value=orjson.dumps(record),
+                headers=[
+                    ("type", record["type"].encode()),
+                    ("version", str(VERSION).encode()),
+                    ("id", record["id"].encode()),
+                ],
+            )
+            for record in records
+        ]
+        await asyncio.gather(*sent)
+
+
+class WebhookSink:
+    """The records in signed batches of `batch`, each retried until answered 2xx."""
+
+    def __init__(self, hook: FactsWebhook) -> None:
+        self.hook = hook
+        self.http = httpx.AsyncClient()
+        self.poster = SignedPoster(
+            url=hook.url, secrets=[hook.signing_secret], client=self.http, timeout=hook.timeout
+        )
+
+    async def __aenter__(self) -> WebhookSink:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.http.aclose()
+
+    async def publish(self, records: list[dict[str, Any]]) -> None:
+        for start in range(0, len(records), self.hook.batch):
+            batch = records[start : start + self.hook.batch]
+            # The same records make the same webhook-id: a receiver can drop a repeat.
+            msg_id = f"facts_{batch[0]['id']}..{batch[-1]['id']}"
+            for wait in (*BACKOFF, None):
+                try:
+                    await self.poster.post({"type": "facts", "data": batch}, msg_id=msg_id)
+                    break
+                except DeliveryError as exc:
+                    if wait is None:
+                        raise
+                    log.warning("facts webhook: %s; trying again in %g s", exc, wait)
+                    await asyncio.sleep(wait)
+
+
+Sink = KafkaSink | WebhookSink
+
+
+def sink_for(config: WorkspaceConfig) -> Sink | None:
+    """Where the workspace's facts go: its Kafka topic, else its facts webhook."""
+    if config.kafka is not None and config.kafka.publish is not None:
+        return KafkaSink(config.kafka)
+    if config.facts_webhook is not None:
+        return WebhookSink(config.facts_webhook)
+    return None
+
+
+class Relay:
+    def __init__(self, engine: AsyncEngine, sink: Sink) -> None:
+        self.engine, self.sink = engine, sink
         self.published = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         await switch_on(self.engine)
-        await self.producer.start()
-        try:
-            async with self.engine.connect() as holder:
+        async with self.sink, self.engine.connect() as holder:
+            try:
                 await self._hold_lock(holder, stop)
-                while not stop.is_set():
-                    if not await self.publish_page():
-                        await self._forget_published()
-                        await _pause(stop, IDLE)
-        finally:
-            await self.producer.stop()
+                await self._publish_until(stop)
+            finally:
+                # The connection goes back to the pool: it must not keep the lock.
+                await holder.execute(text("SELECT pg_advisory_unlock_all()"))
+                await holder.commit()
+
+    async def _publish_until(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                published = await self.publish_page()
+            except Exception:  # the broker or the webhook away: nothing was marked
+                log.exception("publishing the outbox failed; trying again")
+                await _pause(stop, BACKOFF[-1])
+                continue
+            if not published:
+                await self._forget_published()
+                await _pause(stop, IDLE)
 
     async def _hold_lock(self, conn: AsyncConnection, stop: asyncio.Event) -> None:
         """Wait until this relay is the one (the lock lasts as long as `conn`)."""
@@ -88,19 +179,9 @@ class Relay:
             ).all()  # fmt: skip
         if not rows:
             return 0
-        sent = []
-        for row in rows:
-            record = envelope(row.fact, row.kind, row.user_id, row.occurred_at, row.data)
-            sent.append(
-                await self.producer.send(
-                    self.topic,
-                    key=(row.user_id or "").encode(),
-                    value=orjson.dumps(record),
-                    headers=[("type", row.kind.encode()), ("version", str(VERSION).encode()),
-                             ("id", row.fact.encode())],
-                )
-            )  # fmt: skip
-        await asyncio.gather(*sent)  # every record acknowledged by the broker
+        await self.sink.publish(
+            [envelope(r.fact, r.kind, r.user_id, r.occurred_at, r.data) for r in rows]
+        )
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(outbox)

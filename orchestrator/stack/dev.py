@@ -21,7 +21,7 @@ from orchestrator.catalog import load_items, read_items
 from orchestrator.database import create_engine, migrate
 from orchestrator.deploy import deploy_workspace
 from orchestrator.kafka.consumer import EventConsumer
-from orchestrator.kafka.relay import Relay
+from orchestrator.kafka.relay import KafkaSink, Relay
 from orchestrator.services import Services, build_services
 from orchestrator.settings import Settings
 from orchestrator.sources import InvalidSource
@@ -163,7 +163,7 @@ async def _start_kafka(
         said.append(f"consuming {', '.join(topics)}; set aside: {dead}")
     if kafka.publish is not None:
         await ensure_topics(kafka.client_options(), {kafka.publish.topic: 4})
-        work.append(Relay(services.engine, kafka).run(stop))
+        work.append(Relay(services.engine, KafkaSink(kafka)).run(stop))
         said.append(f"publishing facts to {kafka.publish.topic}")
     line = f"  Kafka          {kafka.bootstrap_servers}  ({'; '.join(said)})"
     return asyncio.create_task(_all(work)), line

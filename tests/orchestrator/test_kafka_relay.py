@@ -14,12 +14,13 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.kafka.facts import KINDS, schema
-from orchestrator.kafka.relay import Relay
+from orchestrator.kafka.relay import KafkaSink, Relay, WebhookSink
 from orchestrator.stack.kafka import ensure_topics
 from tests.conftest import StackFactory
 from tests.support.db import rows
 from tests.support.receiver import Receiver
 from tests.support.stack import eventually
+from tests.support.workspace import SECRETS
 from tests.workflows.test_steps import WELCOME
 
 CONVERTING = WELCOME.replace(
@@ -36,7 +37,7 @@ async def test_every_fact_of_a_journey_is_published_in_order_and_valid(
     kafka = stack.services.config.kafka
     assert kafka is not None
     await ensure_topics(kafka.client_options(), {topic: 4})
-    relay = Relay(engine, kafka)
+    relay = Relay(engine, KafkaSink(kafka))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
@@ -114,3 +115,33 @@ async def _read(bootstrap: str, topic: str, n: int) -> list[dict[str, Any]]:
     finally:
         await consumer.stop()
     return found
+
+
+async def test_without_kafka_the_facts_arrive_as_signed_webhook_batches(
+    make_stack: StackFactory, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    config = (f"facts_webhook:\n  url: {receiver.url}/hooks/facts\n"
+              f"  signing_secret: {SECRETS['hooks']}\n  batch: 3\n")  # fmt: skip
+    stack = await make_stack({"welcome": CONVERTING}, workspace={"config": config})
+    hook = stack.services.config.facts_webhook
+    assert hook is not None
+    stop = asyncio.Event()
+    task = asyncio.create_task(Relay(engine, WebhookSink(hook)).run(stop))
+    try:
+        await eventually(lambda: _enabled(engine))
+        await stack.identify("u1", {"email": "u1@example.com"})
+        await stack.track("u1", "Signed Up")
+        await stack.track("u1", "Order Completed")
+        await stack.result("welcome", "u1")
+        facts = await rows(engine, "SELECT fact FROM outbox")
+        await eventually(lambda: _published(engine, len(facts)))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    batches = receiver.at("/hooks/facts")
+    assert all(b.verified for b in batches)  # Standard Webhooks signatures
+    assert all(1 <= len(b.json["data"]) <= 3 for b in batches)
+    records = [record for b in batches for record in b.json["data"]]
+    assert {r["id"] for r in records} == {f["fact"] for f in facts}
+    for record in records:
+        jsonschema.validate(record, schema(record["type"]))
