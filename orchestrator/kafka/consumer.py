@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from orchestrator.profiles import ProfileTooLarge
 from orchestrator.routing import Clock, utc_now
@@ -63,7 +64,16 @@ def parse_record(
 class EventConsumer:
     """One member of the consumer group; `run()` until `stop` is set."""
 
-    def __init__(self, services: Services, kafka: KafkaConfig, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        services: Services,
+        kafka: KafkaConfig,
+        *,
+        clock: Clock = utc_now,
+        shared: bool = False,
+    ) -> None:
+        """`shared`: the services serve an API in this process too (`orchestrator dev`),
+        which sweeps unrouted events and owns the router."""
         assert kafka.consume is not None
         self.services, self.kafka, self.consume = services, kafka, kafka.consume
         self.clock = clock
@@ -78,16 +88,23 @@ class EventConsumer:
             **kafka.client_options(),
         )
         self.producer = AIOKafkaProducer(acks="all", **kafka.client_options())
+        self.shared = shared
         self.applied = 0  # records stored (or found stored already) and committed
         self.dead = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except BaseException:
+            await _stop_quietly(self.producer)
+            raise
         # A consumer killed between storing and routing leaves events unrouted.
-        sweeping = asyncio.create_task(self.services.router.sweep_forever(
-            timedelta(seconds=self.services.settings.reroute_after_seconds)
-        ))  # fmt: skip
+        sweeping = None if self.shared else asyncio.create_task(
+            self.services.router.sweep_forever(
+                timedelta(seconds=self.services.settings.reroute_after_seconds)
+            )
+        )  # fmt: skip
         try:
             failures = 0
             while not stop.is_set():
@@ -104,17 +121,24 @@ class EventConsumer:
                 try:
                     await self._apply(batch)
                     failures = 0
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # A rebalance took partitions away mid-batch: their new owner gets
+                    # them from the last commit (what we stored, it finds stored).
+                    log.info("offsets not committed after a rebalance (%s)", exc)
                 except Exception:
                     # Nothing was committed: go back and try the same records again.
                     log.exception("could not apply %d record(s); trying again",
                                   sum(len(r) for r in batch.values()))  # fmt: skip
+                    held = self.consumer.assignment()
                     for tp, records in batch.items():
-                        self.consumer.seek(tp, records[0].offset)
+                        if tp in held:
+                            self.consumer.seek(tp, records[0].offset)
                     await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
                     failures += 1
         finally:
-            sweeping.cancel()
-            await self.services.router.close()
+            if sweeping is not None:
+                sweeping.cancel()
+                await self.services.router.close()
             # Leaving the group tells the others to take its partitions now; a broker
             # already gone cannot be told (the session timeout does it then).
             for client in (self.consumer, self.producer):

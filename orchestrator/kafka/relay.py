@@ -136,14 +136,21 @@ class Relay:
         async with self.sink, self.engine.connect() as holder:
             try:
                 await self._hold_lock(holder, stop)
-                await self._publish_until(stop)
+                await self._publish_until(stop, holder)
             finally:
                 # The connection goes back to the pool: it must not keep the lock.
-                await holder.execute(text("SELECT pg_advisory_unlock_all()"))
-                await holder.commit()
+                try:
+                    await holder.execute(text("SELECT pg_advisory_unlock_all()"))
+                    await holder.commit()
+                except Exception:  # the connection is gone, and the lock with it
+                    log.debug("could not give the relay lock back", exc_info=True)
 
-    async def _publish_until(self, stop: asyncio.Event) -> None:
+    async def _publish_until(self, stop: asyncio.Event, holder: AsyncConnection) -> None:
         while not stop.is_set():
+            if not await _holds(holder):  # the lock went with its connection: wait again
+                log.warning("the relay lost its lock; waiting to take it again")
+                await self._hold_lock(holder, stop)
+                continue
             try:
                 published = await self.publish_page()
             except Exception:  # the broker or the webhook away: nothing was marked
@@ -197,6 +204,20 @@ class Relay:
             await conn.execute(
                 outbox.delete().where(outbox.c.published_at < datetime.now(UTC) - KEEP_PUBLISHED)
             )
+
+
+async def _holds(holder: AsyncConnection) -> bool:
+    """Whether this relay's connection still holds the lock (it lasts as long as the
+    connection: a database restart drops both)."""
+    try:
+        held = await holder.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                 "AND pid = pg_backend_pid() AND granted")
+        )  # fmt: skip
+        await holder.commit()
+    except Exception:
+        return False
+    return bool(held)
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

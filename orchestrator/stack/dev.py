@@ -159,7 +159,7 @@ async def _start_kafka(
         topics = {topic: 4 for topic in kafka.consume.topics}
         dead = kafka.consume.dead_letter_topic
         await ensure_topics(kafka.client_options(), {**topics, dead: 1})
-        work.append(EventConsumer(services, kafka).run(stop))
+        work.append(EventConsumer(services, kafka, shared=True).run(stop))
         said.append(f"consuming {', '.join(topics)}; set aside: {dead}")
     if kafka.publish is not None:
         await ensure_topics(kafka.client_options(), {kafka.publish.topic: 4})
