@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.profiles import whole_profile
+from orchestrator.tables import identities
 from rules import store
 from rules.decision import Decision, SendRequest
 from rules.policy import Policy
@@ -30,10 +33,21 @@ class Arbitration:
         self.global_control = global_control
 
     async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
-        profile = whole_profile(request.user_id)
-        controlled = self.global_control is not None and self.global_control.holds(request.user_id)
+        """Decide for the user the request names, or for the one they were merged into
+        (a journey step that began before an identify): caps count both ids' contacts."""
+        merged_into = (
+            select(identities.c.user_id)
+            .where(identities.c.anonymous_id == request.user_id)
+            .scalar_subquery()
+        )
+        user = func.coalesce(merged_into, request.user_id)
+        found = func.jsonb_build_array(user, whole_profile(user))
         async with self.engine.begin() as conn:
-            traits = await store.lock_user(conn, request.user_id, also=profile)
+            user_id, traits = await store.lock_user(conn, request.user_id, also=found)
+            if user_id != request.user_id:
+                await store.lock_user(conn, user_id)
+                request = replace(request, user_id=user_id)
+            controlled = self.global_control is not None and self.global_control.holds(user_id)
             return await store.arbitrate(
                 conn, request, traits=traits or {}, policy=self.policy, now=now,
                 default_timezone=self.default_timezone, in_global_control=controlled,

@@ -255,6 +255,14 @@ async def start_journey(
     )
 
 
+def workflow_of(enrollment: Any) -> str:
+    """An enrollment's workflow (a row with its journey, user, instance and workflow id):
+    the user's own, or the one it kept when the user it entered as was merged."""
+    return enrollment.workflow_id or search.workflow_id(
+        enrollment.journey_key, enrollment.user_id, enrollment.instance
+    )
+
+
 def as_signal(event: StoredEvent) -> EventSignal:
     return EventSignal(
         message_id=event.message_id,

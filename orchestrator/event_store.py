@@ -1,21 +1,21 @@
-"""Storing tracked events: deduplicated by message id, with profile traits and identities."""
+"""Storing tracked events: deduplicated by message id, with profile traits and identities
+(who each event counts for, and merges: `orchestrator.users.identity`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, bindparam, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import DateTime, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.profiles import merge_traits
+from orchestrator.profiles import add_device_tokens, merge_traits
 from orchestrator.registry import Snapshot
-from orchestrator.tables import identities
 from orchestrator.tracking import Incoming
+from orchestrator.users.identity import anonymous_profile, link, previous_profile, resolve
 from rules.policy import Policy
 from rules.store import suppress
 from workflows.spec import Category, ChannelName
@@ -45,10 +45,13 @@ CATEGORIES = frozenset(category.value for category in Category)
 
 @dataclass(frozen=True)
 class Stored:
-    """What a batch added: the events to route, and every new message with its user."""
+    """What a batch added: the events to route, every new message with its user, and the
+    merges it made (their running journeys are told once it commits)."""
 
     routable: list[StoredEvent]
     fresh: list[tuple[Incoming, str | None]]
+    merges: list[int] = field(default_factory=list)
+    merged_into: set[str] = field(default_factory=set)  # computed traits to rebuild
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,12 @@ async def store_events(
     received_at: datetime,
     snapshot: Snapshot,
     policy: Policy,
+    trusted: bool = True,
 ) -> Stored:
-    """Insert new events (a retried message id changes nothing) and apply their traits and
-    the suppressions they announce (unsubscribes, hard bounces, complaints).
+    """Insert new events (a retried message id changes nothing) and apply their traits,
+    the identities they join and the suppressions they announce (unsubscribes, hard
+    bounces, complaints). Only a `trusted` (server-side) source's alias merges two known
+    users; a public source's `previousId` is always an anonymous id.
 
     Returns the new messages, and those that need routing in request order; the
     others are stored as already routed so the sweeper never looks at them.
@@ -89,10 +95,9 @@ async def store_events(
     batch = list(unique.values())
     if not batch:
         return Stored([], [])
-    linked = await _linked_users(conn, batch)
-    users = [item.user_id or linked.get(item.anonymous_id or "") for item in batch]
+    users = await _users(conn, batch)
     routes = [
-        item.type == "track" and user is not None and snapshot.routes(item.event)
+        item.type == "track" and snapshot.routes(item.event)
         for item, user in zip(batch, users, strict=True)
     ]
     rows = [
@@ -123,12 +128,20 @@ async def store_events(
         for item, user, route in zip(batch, users, routes, strict=True)
         if item.message_id in new_ids
     ]
+    merges = await _link_identities(
+        conn, [item for item, _, _ in fresh], policy=policy, now=received_at, trusted=trusted
+    )
+    if merges:
+        # This batch's own earlier events moved with the merge: so do their users.
+        moved = await resolve(conn, {user for _, user, _ in fresh})
+        fresh = [(item, moved.get(user, user), route) for item, user, route in fresh]
     # A group call's traits describe the group (a company's email, say), not the user.
     await _merge_traits(conn, [(user, item.traits) for item, user, _ in fresh
                                if item.type != "group"])  # fmt: skip
-    await _link_identities(conn, [item for item, _, _ in fresh])
+    if trusted:  # like the `device_tokens` trait: whoever sets one gets the user's pushes
+        await add_device_tokens(conn, _device_tokens(fresh))
     for item, user, _ in fresh:
-        if user is not None and item.type == "track" and item.event is not None:
+        if item.type == "track" and item.event is not None:
             await _record_suppression(conn, item, user, policy, received_at)
     routable = [
         StoredEvent(
@@ -140,9 +153,14 @@ async def store_events(
             timestamp=item.timestamp,
         )
         for item, user, route in fresh
-        if route and user is not None
+        if route
     ]
-    return Stored(routable, [(item, user) for item, user, _ in fresh])
+    return Stored(
+        routable,
+        [(item, user) for item, user, _ in fresh],
+        merges=[merge_id for merge_id, _ in merges],
+        merged_into={target for _, target in merges},
+    )
 
 
 async def _record_suppression(
@@ -176,17 +194,26 @@ def _known(value: Any, known: frozenset[str]) -> str:
     return value if isinstance(value, str) and value in known else "*"
 
 
-async def _linked_users(conn: AsyncConnection, batch: Sequence[Incoming]) -> dict[str, str]:
-    """User ids for anonymous ids we have seen identified or aliased."""
-    anonymous = {i.anonymous_id for i in batch if i.anonymous_id and not i.user_id}
-    if not anonymous:
-        return {}
-    rows = await conn.execute(
-        select(identities.c.anonymous_id, identities.c.user_id).where(
-            identities.c.anonymous_id.in_(anonymous)
-        )
-    )
-    return {anonymous_id: user_id for anonymous_id, user_id in rows.all()}
+def _own_id(item: Incoming) -> str:
+    """The profile a message names: its user, else its anonymous visitor's."""
+    return item.user_id or anonymous_profile(item.anonymous_id or "")
+
+
+async def _users(conn: AsyncConnection, batch: Sequence[Incoming]) -> list[str]:
+    """Who each message counts for: the user its id was merged into, if it was."""
+    merged = await resolve(conn, {_own_id(item) for item in batch})
+    return [merged.get(_own_id(item), _own_id(item)) for item in batch]
+
+
+def _device_tokens(fresh: Sequence[tuple[Incoming, str | None, bool]]) -> dict[str, list[str]]:
+    """Push tokens apps send with their events (`context.device.token`), by user."""
+    found: dict[str, list[str]] = {}
+    for item, user, _ in fresh:
+        device = item.context.get("device")
+        token = device.get("token") if isinstance(device, dict) else None
+        if user is not None and isinstance(token, str) and 0 < len(token) <= 4096:
+            found.setdefault(user, []).append(token)
+    return found
 
 
 async def _merge_traits(
@@ -201,20 +228,31 @@ async def _merge_traits(
         await merge_traits(conn, user_id, set=merged[user_id])
 
 
-async def _link_identities(conn: AsyncConnection, batch: Sequence[Incoming]) -> None:
-    links: dict[str, str] = {}
+async def _link_identities(
+    conn: AsyncConnection,
+    batch: Sequence[Incoming],
+    *,
+    policy: Policy,
+    now: datetime,
+    trusted: bool,
+) -> list[tuple[int, str]]:
+    """Join the profiles the batch's messages name, in request order: a message with a
+    user and an anonymous id, and an alias. Returns the merges made, with their users."""
+    merges: list[tuple[int, str]] = []
     for item in batch:
-        if item.type == "alias" and item.previous_id and item.user_id:
-            links[item.previous_id] = item.user_id
-        elif item.anonymous_id and item.user_id:
-            links.setdefault(item.anonymous_id, item.user_id)
-    if links:
-        stmt = insert(identities).values(
-            [{"anonymous_id": a, "user_id": u} for a, u in sorted(links.items())]
-        )
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[identities.c.anonymous_id],
-                set_={"user_id": stmt.excluded.user_id},
+        if item.user_id is None:
+            continue
+        if item.type == "alias" and item.previous_id:
+            source = (
+                await previous_profile(conn, item.previous_id)
+                if trusted
+                else anonymous_profile(item.previous_id)
             )
-        )
+        elif item.anonymous_id:
+            source = anonymous_profile(item.anonymous_id)
+        else:
+            continue
+        found = await link(conn, source=source, target=item.user_id, policy=policy, now=now)
+        if found is not None:
+            merges.append(found)
+    return merges

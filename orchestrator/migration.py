@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from orchestrator.enrollment import workflow_of
 from orchestrator.sources import Problem, Source
 from orchestrator.tables import enrollments, journey_versions, journeys
-from workflows import search
 from workflows.messages import MigrateSignal
 from workflows.spec import Journey
 
@@ -154,7 +154,13 @@ async def move_users(engine: AsyncEngine, client: Client, *, page: int = PAGE) -
         for row in pending:
             found = (
                 await conn.execute(
-                    select(enrollments.c.id, enrollments.c.user_id, enrollments.c.instance)
+                    select(
+                        enrollments.c.id,
+                        enrollments.c.journey_key,
+                        enrollments.c.user_id,
+                        enrollments.c.instance,
+                        enrollments.c.workflow_id,
+                    )
                     .where(
                         enrollments.c.journey_key == row.journey_key,
                         enrollments.c.status == "active",
@@ -167,9 +173,7 @@ async def move_users(engine: AsyncEngine, client: Client, *, page: int = PAGE) -
             ).all()
             signal = MigrateSignal(version=row.version)
             for enrollment in found:
-                workflow_id = search.workflow_id(
-                    row.journey_key, enrollment.user_id, enrollment.instance
-                )
+                workflow_id = workflow_of(enrollment)
                 try:
                     await client.get_workflow_handle(workflow_id).signal("migrate", signal)
                 except RPCError as exc:

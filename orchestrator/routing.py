@@ -28,14 +28,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from orchestrator.enrollment import Entry, Installation, as_signal, enroll, start_journey
+from orchestrator.enrollment import (
+    Entry,
+    Installation,
+    as_signal,
+    enroll,
+    start_journey,
+    workflow_of,
+)
 from orchestrator.event_store import StoredEvent
 from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.profiles import load_traits
 from orchestrator.registry import JourneyRegistry, Snapshot
 from orchestrator.tables import enrollments, events
+from orchestrator.users.following import tell_merges
 from rules.expressions import context, holds
-from workflows import search
 from workflows.messages import DeployedJourney, EventSignal
 from workflows.spec import in_segment
 
@@ -241,14 +248,28 @@ class Router:
 
     async def sweep_forever(self, older_than: timedelta) -> None:
         """Every process that ingests runs this: it routes what one of them stored and
-        could not route (Temporal away, or the process died between the two)."""
+        could not route (Temporal away, or the process died between the two), and tells
+        running journeys of merges their request could not tell."""
         while True:
             await asyncio.sleep(max(1.0, older_than.total_seconds() / 2))
             try:
                 if routed := await self.sweep(older_than):
                     log.warning("re-routed %d events that were left unrouted", routed)
+                now = self.clock()
+                if told := await tell_merges(self.engine, self.client, now=now,
+                                             before=now - older_than):  # fmt: skip
+                    log.warning("told the journeys of %d merges left untold", told)
             except Exception:
                 log.exception("sweeping unrouted events failed; will try again")
+
+    async def tell_merges(self, ids: Sequence[int]) -> None:
+        """Tell running journeys of the merges a request made (the sweeper retries)."""
+        if self._temporal_away():
+            return
+        try:
+            await tell_merges(self.engine, self.client, now=self.clock(), ids=ids)
+        except Exception as exc:
+            log.warning("telling journeys of a merge failed (%s); the sweeper retries", exc)
 
     async def _execute_user(self, plan: Plan, snapshot: Snapshot, items: list[StoredEvent]) -> None:
         for index, event in enumerate(items):
@@ -308,6 +329,8 @@ class Router:
                         enrollments.c.entered_at,
                         enrollments.c.converted_at,
                         enrollments.c.instance,
+                        enrollments.c.user_id,
+                        enrollments.c.workflow_id,
                     ).where(
                         enrollments.c.user_id == event.user_id,
                         enrollments.c.journey_key.in_(sorted(keys)),
@@ -352,8 +375,7 @@ class Router:
         signal = as_signal(event)
         for row in rows:
             if row.status == "active":
-                workflow_id = search.workflow_id(row.journey_key, event.user_id, row.instance)
-                await self._signal(workflow_id, signal)
+                await self._signal(workflow_of(row), signal)
 
     async def _signal(self, workflow_id: str, signal: EventSignal) -> None:
         try:

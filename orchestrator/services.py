@@ -52,22 +52,27 @@ class Services:
         source: str,
         now: datetime,
         first: Step | None = None,
+        trusted: bool = True,
     ) -> None:
         """Store events and route them to journeys. `first` runs in the same transaction
-        before them and may add events; when it raises, nothing is stored."""
+        before them and may add events; when it raises, nothing is stored. `trusted`:
+        a server-side source (see `store_events`)."""
         snapshot = await self.registry.snapshot()
         async with self.engine.begin() as conn:
             if first is not None:
                 batch = [*batch, *await first(conn)]
             stored = await store_events(
-                conn, batch, source=source, received_at=now, snapshot=snapshot, policy=self.policy
-            )
+                conn, batch, source=source, received_at=now, snapshot=snapshot,
+                policy=self.policy, trusted=trusted,
+            )  # fmt: skip
             # Computed traits and segments follow the events in the same transaction.
             routable = await follow_events(
                 conn, stored, snapshot=snapshot, policy=self.policy, now=now
             )
             plan = await self.router.plan(conn, routable, snapshot, fresh=True)
         # Stored is accepted: a routing failure is retried by the sweeper, not the client.
+        if stored.merges:
+            await self.router.tell_merges(stored.merges)
         await self.router.route(plan, snapshot, within=self.settings.route_within_seconds)
 
 

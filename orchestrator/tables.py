@@ -63,8 +63,13 @@ profiles = Table(
     Column("traits", JSONB, nullable=False, server_default=_empty),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    # When each trait last changed (ISO times): when two profiles merge, the newest wins.
+    Column("trait_times", JSONB, nullable=False, server_default=_empty),
 )
 
+# Profile ids merged into another user (`orchestrator.users.identity`): an anonymous
+# visitor's (`anonymous:<anonymousId>`) once identified, or a known user aliased to
+# another. Events naming one of these count for `user_id`.
 identities = Table(
     "identities",
     metadata,
@@ -115,8 +120,11 @@ enrollments = Table(
     Column("conversion_event_id", BigInteger),
     # A keyed journey's instance key ('' for the journey's one instance per user).
     Column("instance", Text, nullable=False, server_default=""),
+    # The workflow, when it is not the user's own (it entered under an id merged since).
+    Column("workflow_id", Text),
     UniqueConstraint("journey_key", "trigger_message_id", name="enrollments_trigger_key"),
     Index("enrollments_user_idx", "journey_key", "user_id", "entered_at"),
+    Index("enrollments_user_id_idx", "user_id"),
     # Reports and alerts: a user's conversions, the last day's entries and conversions.
     Index(
         "enrollments_converted_user_idx",
@@ -302,6 +310,7 @@ assignments = Table(
         "journey_key", "kind", "experiment_key", "user_id", name="assignments_first_key"
     ),
     Index("assignments_arm_idx", "journey_key", "kind", "experiment_key", "arm"),
+    Index("assignments_user_idx", "user_id"),
 )
 
 # This database's random id, made by the migration: message ids are derived in its
@@ -403,6 +412,7 @@ segment_memberships = Table(
     Index("segment_memberships_user_idx", "segment_key", "user_id"),
     Index("segment_memberships_entered_idx", "segment_key", "entered_at"),
     Index("segment_memberships_exited_idx", "segment_key", "exited_at"),
+    Index("segment_memberships_user_id_idx", "user_id"),
 )
 
 # One run of an audience journey: every member of its segment at `scheduled_for`.
@@ -444,4 +454,18 @@ outbox_state = Table(
     Column("singleton", Boolean, primary_key=True, server_default=text("true")),
     Column("enabled", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint("singleton", name="outbox_state_one_row"),
+)
+
+# Merges whose running journeys must learn their user's new id (`workflows`: the
+# workflow ids, each with whether it now duplicates one of the user's own journeys).
+identity_merges = Table(
+    "identity_merges",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("merged_at", DateTime(timezone=True), nullable=False),
+    Column("workflows", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("told_at", DateTime(timezone=True)),
+    Index("identity_merges_untold_idx", "merged_at", postgresql_where=text("told_at IS NULL")),
 )

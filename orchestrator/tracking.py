@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from channels.addresses import is_one_address
 from orchestrator.json_checks import Instant, problem
 
+# Anonymous visitors' profiles are `anonymous:<anonymousId>` (`orchestrator.users.identity`).
+ANONYMOUS = "anonymous:"
+
 MessageType = Literal["track", "identify", "page", "screen", "alias", "group"]
 
 # A device clock this far ahead is wrong: the event gets the time we received it, and
@@ -112,6 +115,11 @@ def parse_message(
             raise BadInput(_at(where, "userId"), "an alias call needs userId")
     elif not msg.user_id and not msg.anonymous_id:
         raise BadInput(_at(where, "userId"), "give userId or anonymousId")
+    if msg.user_id is not None and msg.user_id.startswith(ANONYMOUS):
+        raise BadInput(
+            _at(where, "userId"),
+            f"user ids may not start with {ANONYMOUS!r}: it names anonymous visitors' profiles",
+        )
     if msg.type == "group" and not msg.group_id:
         raise BadInput(_at(where, "groupId"), "a group call needs groupId")
     name = msg.event if msg.type == "track" else msg.name

@@ -25,6 +25,7 @@ from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Router
 from orchestrator.segments.upkeep import SegmentActivities, start_upkeep
 from orchestrator.temporal import journey_worker, segments_worker
+from orchestrator.users.following import IdentityActivities
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
 
@@ -158,6 +159,7 @@ async def running_worker(
             deps=deps,
         )
         ranking = RankingActivities(engine, events=config.ranking.popularity_events)
+        identity = IdentityActivities(engine=engine, client=client, policy=workspace.policy)
         router = Router(
             engine=engine, client=client, registry=JourneyRegistry(engine), task_queue=task_queue,
             default_timezone=config.default_timezone, global_control=config.control_group(),
@@ -171,7 +173,7 @@ async def running_worker(
             journey_worker(
                 client,
                 task_queue=task_queue,
-                activities=[*activities.all(), ranking.train_ranking_model],
+                activities=[*activities.all(), ranking.train_ranking_model, identity.adopt_user],
                 **options,
             ) as worker,
             segments_worker(client, task_queue=task_queue, activities=segments.all()),

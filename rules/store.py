@@ -167,7 +167,7 @@ async def arbitrate(
     contacts, stops, peers = _json(row["contacts"]), _json(row["suppressions"]), _json(row["peers"])
     window_end = None
     if prior is not None:
-        if prior["fingerprint"] != fingerprint:
+        if not _same_message(prior["fingerprint"], request, fingerprint):
             raise IdempotencyConflict(
                 f"idempotency key {request.key!r} was used for a different message"
             )
@@ -262,9 +262,17 @@ def _still_holds(prior: Mapping[str, Any], last: Mapping[str, Any], now: datetim
     return until is not None and now < until
 
 
-def _fingerprint(request: SendRequest) -> str:
-    content = {k: v for k, v in _request_json(request).items() if k != "requested_at"}
+def _fingerprint(request: SendRequest, *, without: tuple[str, ...] = ("user_id",)) -> str:
+    """What makes a request the same message. Not the user: the key names them already,
+    and a user merged into another (identify, alias) asks again under the new id."""
+    skip = ("requested_at", *without)
+    content = {k: v for k, v in _request_json(request).items() if k not in skip}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _same_message(stored: str, request: SendRequest, fingerprint: str) -> bool:
+    # Requests recorded before the user was left out carry it in their fingerprint.
+    return stored == fingerprint or stored == _fingerprint(request, without=())
 
 
 def _request_json(request: SendRequest) -> dict[str, Any]:

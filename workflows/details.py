@@ -9,7 +9,8 @@ def current_details(input: JourneyInput, state: JourneyState) -> str:
     """Markdown for `workflow.set_current_details`, kept current as the journey moves."""
     journey, s = input.journey, state
     lines = [
-        f"**{journey.spec.name}** (`{journey.key}` v{journey.version}), user `{input.user_id}`",
+        f"**{journey.spec.name}** (`{journey.key}` v{journey.version}), user "
+        + (f"`{s.user_id}` (entered as `{input.user_id}`)" if s.user_id else f"`{input.user_id}`"),
         f"Entered {input.entered_at:%Y-%m-%d %H:%M} UTC on `{input.trigger.name}`; "
         f"messages sent: {s.messages_sent}",
     ]

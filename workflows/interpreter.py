@@ -30,13 +30,16 @@ from workflows.choices import Choices
 from workflows.details import current_details
 from workflows.messages import (
     ENDED,
+    MERGED,
     VARIANT_OUTCOME,
+    AdoptInput,
     ArbitrateInput,
     ArbitrationResult,
     DeployedJourney,
     EnterSignal,
     EventSignal,
     HeardEvent,
+    IdentifiedSignal,
     JourneyInput,
     JourneyResult,
     JourneyState,
@@ -146,6 +149,10 @@ class JourneyInterpreter:
         self._awaited = {w.event for w in waits}
         self._looks_back = any(w.since is not None for w in waits)
 
+    def on_identified(self, identified: IdentifiedSignal) -> None:
+        """The user was merged into another; the main loop follows at a safe point."""
+        self._state.identified = identified
+
     def on_migrate(self, migrate: MigrateSignal) -> None:
         """A newer version takes this user in; the main loop moves them when it is safe."""
         if migrate.version > self._journey.version:
@@ -161,6 +168,9 @@ class JourneyInterpreter:
         if self._input.carried is None:
             self._describe()
         while self._state.status not in ENDED:
+            if self._state.identified is not None:
+                await self._follow_identity()
+                continue
             if self._state.migrate_to is not None:
                 await self._migrate()
                 continue
@@ -244,7 +254,7 @@ class JourneyInterpreter:
                 await self._side_effect(
                     "update_profile",
                     UpdateProfileInput(
-                        user_id=self._input.user_id,
+                        user_id=self._user_id,
                         set=update.set,
                         unset=update.unset,
                         context=await self._context(),
@@ -277,7 +287,7 @@ class JourneyInterpreter:
 
     def _choices(self) -> Choices:
         return Choices(
-            self._journey.key, self._input.user_id, self._input.enrollment_id,
+            self._journey.key, self._user_id, self._input.enrollment_id,
             self._state.assignments, self._rt,
         )  # fmt: skip
 
@@ -292,7 +302,7 @@ class JourneyInterpreter:
             journey_name=self._spec.name,
             category=self._spec.category.value,
             priority=self._spec.priority,
-            user_id=self._input.user_id,
+            user_id=self._user_id,
             step=step_id,
             channels=[c.value for c in send.channel_order],
             template_name=template,
@@ -306,6 +316,8 @@ class JourneyInterpreter:
         # Journeys recorded before central arbitration went straight to delivery.
         if self._rt.patched(ARBITRATION_PATCH):
             while True:
+                if request.user_id != self._user_id:  # merged while deferred
+                    request = request.model_copy(update={"user_id": self._user_id})
                 try:
                     # A local activity: a decision takes milliseconds, and a round trip
                     # through the server's task queue would add more than that.
@@ -346,7 +358,7 @@ class JourneyInterpreter:
                 # The activity heartbeats: a worker dying mid-delivery is noticed in 10 s.
                 heartbeat_timeout=timedelta(seconds=10),
                 retry_policy=SEND_RETRY,
-                summary=f"send {template} to {self._input.user_id}",
+                summary=f"send {template} to {self._user_id}",
             )
         except ActivityError as exc:
             return _Go(step.next, f"failed: {_cause(exc)}")
@@ -377,6 +389,11 @@ class JourneyInterpreter:
                 return handled
             if self._state.migrate_to is not None:
                 return MIGRATE
+            if self._state.identified is not None:
+                await self._follow_identity()
+                if self._state.status in ENDED:
+                    return ENDED_BY_EVENT
+                continue
             if self._history_is_long():
                 return RESUME
             remaining = deadline - self._rt.now()
@@ -384,7 +401,11 @@ class JourneyInterpreter:
                 return "timeout"
             try:
                 await self._rt.wait_condition(
-                    lambda: bool(self._state.pending) or self._state.migrate_to is not None,
+                    lambda: (
+                        bool(self._state.pending)
+                        or self._state.migrate_to is not None
+                        or self._state.identified is not None
+                    ),
                     timeout=remaining,
                 )
             except TimeoutError:
@@ -454,6 +475,31 @@ class JourneyInterpreter:
             return True
         return holds(match.where, await self._context(event))
 
+    # ---- following the user through identify and alias -----------------------
+
+    @property
+    def _user_id(self) -> str:
+        """Who the journey runs for now (message ids keep the id it entered as)."""
+        return self._state.user_id or self._input.user_id
+
+    async def _follow_identity(self) -> None:
+        """Continue as the user ours was merged into. The merge moved this journey's data
+        already; doing it again moves what a step running at that moment wrote since."""
+        identified, self._state.identified = self._state.identified, None
+        assert identified is not None
+        await self._rt.execute_local_activity(
+            "adopt_user",
+            AdoptInput(source=identified.merged_from, target=identified.user_id),
+            start_to_close_timeout=LOCAL_TIMEOUT,
+            retry_policy=SIDE_EFFECT_RETRY,
+        )
+        self._state.user_id, self._profile = identified.user_id, None
+        self._rt.upsert_search_attributes([search.USER_ID.value_set(identified.user_id)])
+        if identified.ends:
+            self._end("exited", MERGED)
+        else:
+            self._describe()
+
     # ---- moving to a newer version --------------------------------------------
 
     async def _migrate(self) -> None:
@@ -515,7 +561,7 @@ class JourneyInterpreter:
         if self._profile is None:
             self._profile = await self._rt.execute_local_activity(
                 "load_profile",
-                self._input.user_id,
+                self._user_id,
                 result_type=Profile,
                 start_to_close_timeout=LOCAL_TIMEOUT,
             )

@@ -1,7 +1,8 @@
 """`JourneyWorkflow`: one user's way through one deployed journey version.
 
-Workflow id `journey:<journey>:<user>`. Events arrive by the `event` signal, a start by
-signal-with-start's `enter`; the `state` query shows where the user is. The logic
+Workflow id `journey:<journey>:<user>` (the user it entered as). Events arrive by the
+`event` signal, a start by signal-with-start's `enter`, a merge of its user into another
+by `identified`; the `state` query shows where the user is. The logic
 lives in `workflows.interpreter` (see there why).
 """
 
@@ -14,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.messages import (
         EnterSignal,
         EventSignal,
+        IdentifiedSignal,
         JourneyInput,
         JourneyResult,
         JourneyState,
@@ -41,6 +43,11 @@ class JourneyWorkflow:
     def on_migrate(self, migrate: MigrateSignal) -> None:
         """A newer version takes this user in; the move happens at the next safe point."""
         self._journey.on_migrate(migrate)
+
+    @workflow.signal(name="identified")
+    def on_identified(self, identified: IdentifiedSignal) -> None:
+        """The user was merged into another (identify or alias): the journey follows."""
+        self._journey.on_identified(identified)
 
     @workflow.query(name="state")
     def state(self) -> JourneyState:

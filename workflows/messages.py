@@ -60,6 +60,20 @@ class MigrateSignal(Message):
     version: int
 
 
+# Why a journey ends when its user was merged into one already running it.
+MERGED = "merged: the user already runs this journey"
+
+
+class IdentifiedSignal(Message):
+    """The user this journey runs for was merged into another (identify or alias)."""
+
+    user_id: str = Field(description="The user the journey runs for from now on")
+    merged_from: str = Field(description="The id it ran for until now")
+    ends: bool = Field(
+        default=False, description="That user already runs this journey: this one ends"
+    )
+
+
 # How an experiment step's visit records the variant drawn: "variant <name>".
 VARIANT_OUTCOME = "variant "
 
@@ -106,6 +120,13 @@ class JourneyState(BaseModel):
         default=None, description="A newer version asked for this user; moves at a safe point"
     )
     runs: int = 1
+    user_id: str | None = Field(
+        default=None,
+        description="Who the journey runs for since the user it entered as was merged",
+    )
+    identified: IdentifiedSignal | None = Field(
+        default=None, description="A merge to follow at the next safe point"
+    )
 
 
 class JourneyInput(Message):
@@ -208,6 +229,13 @@ class SendResult(Message):
     channel: str | None = None
     reason: str | None = None
     status_code: int | None = None
+
+
+class AdoptInput(Message):
+    """Move to `target` whatever was written under `source` since they were merged."""
+
+    source: str
+    target: str
 
 
 class UpdateProfileInput(Message):

@@ -12,9 +12,9 @@ from sqlalchemy import func, select, text
 from orchestrator.api.auth import Caller, record_use, server_key_with
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
+from orchestrator.enrollment import workflow_of
 from orchestrator.services import Services
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, journeys
-from workflows import search
 
 router = APIRouter(
     tags=["journeys"],
@@ -194,6 +194,8 @@ async def user_journeys(
                     enrollments.c.end_reason,
                     enrollments.c.converted_at,
                     enrollments.c.instance,
+                    enrollments.c.user_id,
+                    enrollments.c.workflow_id,
                 )
                 .where(enrollments.c.user_id == user_id)
                 .order_by(enrollments.c.entered_at.desc(), enrollments.c.id.desc())
@@ -204,9 +206,7 @@ async def user_journeys(
         {
             **r._mapping,
             # A held-out user is recorded, never started: there is no workflow to find.
-            "workflow_id": None
-            if r.status == "holdout"
-            else search.workflow_id(r.journey_key, user_id, r.instance),
+            "workflow_id": None if r.status == "holdout" else workflow_of(r),
         }
         for r in rows
     ]

@@ -184,7 +184,7 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
     except BadInput as exc:
         return _error(Refused(exc.status, exc.message, exc.field))
     try:
-        await services.ingest(batch, source=source.name, now=now)
+        await services.ingest(batch, source=source.name, now=now, trusted=source.server_side)
     except ProfileTooLarge as exc:
         return _error(Refused(400, str(exc), "traits"))
     return JSONResponse({"success": True})

@@ -68,6 +68,8 @@ async def follow_events(
     """The events to route after a batch: its own, and the segment entries and exits it
     caused (stored here, like any event, from the product's own source)."""
     happened, users = users_to_keep(snapshot.computed, stored.fresh)
+    if snapshot.computed.definitions:
+        users |= stored.merged_into  # rebuilt from every event they have now
     if not users:
         return stored.routable
     changes = await keep_current(conn, snapshot.computed, users, now, happened=happened)

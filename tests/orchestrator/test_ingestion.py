@@ -70,7 +70,7 @@ async def test_a_batch_is_stored_with_its_traits_and_routed(
     assert [(r["message_id"], r["type"], r["event"], r["user_id"]) for r in stored] == [
         ("tests/m-1", "identify", None, "u1"),
         ("tests/m-2", "track", "Viewed Product", "u1"),
-        ("tests/m-3", "page", "Home", None),
+        ("tests/m-3", "page", "Home", "anonymous:anon-9"),
         ("tests/m-4", "track", "Signed Up", "u1"),
     ]
     assert {r["source"] for r in stored} == {"tests"}
@@ -252,10 +252,11 @@ async def test_anonymous_events_follow_identify_and_alias(
     await stack.send("/v1/alias", {"previousId": "old-device", "userId": "u2"})
     await stack.send("/v1/track", {"anonymousId": "old-device", "event": "Signed Up"})
     await stack.send("/v1/track", {"anonymousId": "stranger", "event": "Signed Up"})
+    # a visitor never identified has a profile of their own, and enters journeys
     got = {e["user_id"] for e in await enrollments(engine, "welcome")}
-    assert got == {"u1", "u2"}
+    assert got == {"u1", "u2", "anonymous:stranger"}
     stored = await rows(engine, "SELECT user_id FROM events WHERE anonymous_id = 'stranger'")
-    assert stored == [{"user_id": None}]
+    assert stored == [{"user_id": "anonymous:stranger"}]
 
 
 async def test_unrouted_events_are_routed_by_the_sweeper(

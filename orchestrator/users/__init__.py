@@ -1,0 +1,1 @@
+"""A user's data across its life: who they are (identity), erasure and export."""
