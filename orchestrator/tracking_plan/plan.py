@@ -64,10 +64,10 @@ class _File(BaseModel):
         description="Track events the plan does not name: stored; stored and counted; or "
         "refused (in either mode)",
     )
-    events: dict[str, dict[str, Any]] = Field(
+    events: dict[str, Any] = Field(
         default_factory=dict, description="A JSON Schema for each event's properties, by name"
     )
-    identify: dict[str, Any] | None = Field(
+    identify: Any | None = Field(
         default=None, description="A JSON Schema for the traits of identify calls"
     )
 
@@ -210,27 +210,26 @@ def plan_from(source: Source) -> TrackingPlan:
                 )
             ]
         )
+    problems: list[Problem] = []
+    parsed = None
     try:
         parsed = _File.model_validate(data)
     except ValidationError as exc:
-        raise InvalidSource(source.problems_from(exc)) from None
-    problems: list[Problem] = []
-    for name in parsed.events:
-        if not name.strip() or len(name) > 200:
-            problems.append(
-                source.problem(
-                    ["events", name],
-                    "an event name is 1 to 200 characters, as track calls send it",
-                    key=True,
-                )
-            )
-    sections: list[tuple[Loc, Any]] = [(["events", n], s) for n, s in parsed.events.items()]
-    if parsed.identify is not None:
-        sections.append((["identify"], parsed.identify))
+        problems += source.problems_from(exc)
+    # Every schema is checked even when the file's shape is wrong: all problems at once.
+    events = data.get("events")
+    events = events if isinstance(events, dict) else {}
+    for name in events:
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            message = "an event name is 1 to 200 characters, as track calls send it"
+            problems.append(source.problem(["events", name], message, key=True))
+    sections: list[tuple[Loc, Any]] = [(["events", n], s) for n, s in events.items()]
+    if data.get("identify") is not None:
+        sections.append((["identify"], data["identify"]))
     for base, schema in sections:
         for loc, message in schema_problems(schema):
             problems.append(source.problem([*base, *loc], message))
-    if problems:
+    if problems or parsed is None:
         raise InvalidSource(problems)
     return TrackingPlan(parsed.mode, parsed.unplanned_events, dict(parsed.events),
                         parsed.identify, source.text)  # fmt: skip
