@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Literal
 
 from sqlalchemy import func, select, text, update
@@ -18,6 +19,8 @@ from orchestrator.migration import MigrationPlan, plan_migration
 from orchestrator.segments.definitions import Definitions
 from orchestrator.sources import InvalidSource
 from orchestrator.tables import journey_versions, journeys, segment_definitions
+from orchestrator.tracking_plan.plan import TrackingPlan
+from orchestrator.tracking_plan.store import deploy_plan
 from orchestrator.validation import CheckedJourney, check_workspace
 from orchestrator.workspace import Workspace
 
@@ -43,8 +46,16 @@ def content_of(checked: CheckedJourney) -> tuple[dict[str, Any], dict[str, Any],
     return spec, templates, hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# How the traits and segments of a deploy are listed beside its journeys.
+# How the traits and segments, and the tracking plan, of a deploy are listed beside its
+# journeys.
 DEFINITIONS = "traits+segments"
+TRACKING_PLAN = "tracking-plan"
+
+
+class Keep(Enum):
+    """Leave the tracking plan in force as it is (None instead removes it)."""
+
+    PLAN = "keep"
 
 
 async def deploy(
@@ -52,6 +63,7 @@ async def deploy(
     checked: Sequence[CheckedJourney],
     *,
     definitions: Definitions | None = None,
+    tracking_plan: TrackingPlan | Keep | None = Keep.PLAN,
     actor: audit.Actor | None = None,
     dry_run: bool = False,
 ) -> list[Deployed]:
@@ -129,6 +141,10 @@ async def deploy(
             results.append(Deployed(key, version, change, migration))
         if definitions is not None and (done := await _deploy_definitions(conn, definitions)):
             results.append(done)
+        if not isinstance(tracking_plan, Keep) and (
+            planned := await deploy_plan(conn, tracking_plan)
+        ):
+            results.append(Deployed(TRACKING_PLAN, *planned))
         deployed_keys = {item.journey.journey for item in checked}
         for key, row in latest.items():
             if key not in deployed_keys and row.active:
@@ -141,7 +157,8 @@ async def deploy(
         who, now = actor or audit.command_line(), datetime.now(UTC)
         for result in results:
             if result.change != "unchanged":
-                what = "definitions" if result.key == DEFINITIONS else "journey"
+                what = {DEFINITIONS: "definitions", TRACKING_PLAN: "tracking_plan"}.get(
+                    result.key, "journey")  # fmt: skip
                 details = {what: result.key, "version": result.version,
                            "change": result.change}  # fmt: skip
                 await audit.record(conn, who, "journeys.deploy", details=details, now=now)
@@ -160,7 +177,8 @@ async def deploy_workspace(
     checked, problems = check_workspace(workspace)
     if problems:
         raise InvalidSource(problems)
-    return await deploy(engine, checked, definitions=workspace.definitions, dry_run=dry_run)
+    return await deploy(engine, checked, definitions=workspace.definitions,
+                        tracking_plan=workspace.tracking_plan, dry_run=dry_run)  # fmt: skip
 
 
 async def _deploy_definitions(conn: AsyncConnection, definitions: Definitions) -> Deployed | None:

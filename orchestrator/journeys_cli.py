@@ -71,7 +71,10 @@ def validate(
     ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Print every problem as `path:line:col: message`; exit 1 if there are any."""
+    """Print every problem as `path:line:col: message`; exit 1 if there are any.
+    Warnings (`warning: ...`, such as an event property the tracking plan does not
+    define) are printed the same way and do not fail."""
+    from orchestrator.tracking_plan.journey_checks import journey_warnings
     from orchestrator.validation import check_files
 
     paths = paths or []
@@ -85,9 +88,12 @@ def validate(
             files.append(path)
     problems = check_files(files, ws)
     print_problems(root, problems)
+    warnings = journey_warnings(files, ws)
+    print_problems(root, warnings)
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"{len(files)} journey file(s) valid in {os.path.relpath(root)}", err=True)
+    noted = f" ({len(warnings)} warning(s))" if warnings else ""
+    typer.echo(f"{len(files)} journey file(s) valid in {os.path.relpath(root)}{noted}", err=True)
 
 
 @app.command()
@@ -103,10 +109,12 @@ def deploy(
     there and where they go (a worker then moves them)."""
     from orchestrator.database import create_engine
     from orchestrator.deploy import deploy_workspace
+    from orchestrator.tracking_plan.journey_checks import journey_warnings
 
     root = root_for([], workspace)
     ws = _open_workspace(root)
     url = database_url()
+    print_problems(root, journey_warnings(ws.journey_files, ws))  # they do not stop it
 
     async def work() -> None:
         engine = create_engine(url, pool_size=1)

@@ -14,7 +14,8 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.segments.definitions import Current, deployed
-from orchestrator.tables import journey_versions, journeys, segment_definitions
+from orchestrator.tables import journey_versions, journeys, segment_definitions, tracking_plans
+from orchestrator.tracking_plan.store import DeployedPlan, deployed_plan
 from workflows.messages import DeployedJourney
 
 
@@ -33,6 +34,8 @@ class Snapshot:
     # Current versions of active journeys that enter a segment's members on a schedule,
     # with when each was deployed.
     audiences: list[tuple[DeployedJourney, datetime]] = field(default_factory=list)
+    # The tracking plan in force, its schemas compiled.
+    tracking_plan: DeployedPlan = field(default_factory=DeployedPlan)
 
     def routes(self, event: str | None) -> bool:
         """Whether an event needs routing at all (most do not, and never touch Temporal)."""
@@ -74,6 +77,7 @@ class JourneyRegistry:
                             func.count(), func.max(journeys.c.updated_at),
                             func.sum(journeys.c.current_version),
                             select(func.max(segment_definitions.c.version)).scalar_subquery(),
+                            select(func.max(tracking_plans.c.version)).scalar_subquery(),
                         )
                     )
                 ).one()
@@ -90,12 +94,17 @@ class JourneyRegistry:
                         journey_versions.c.deployed_at,
                     ).join(journeys, journeys.c.key == journey_versions.c.journey_key)
                 )
-                self._snapshot = _index(rows.all(), await deployed(conn))
+                plan = await deployed_plan(conn)
+                if plan.plan is not None:  # compiled here, once, not on a request
+                    plan.plan.compile()
+                self._snapshot = _index(rows.all(), await deployed(conn), plan)
                 self._fingerprint = fingerprint
         self._checked_at = self.clock()
 
 
-def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any, Any]], computed: Current) -> Snapshot:
+def _index(
+    rows: Sequence[Row[Any, Any, Any, Any, Any, Any, Any]], computed: Current, plan: DeployedPlan
+) -> Snapshot:
     by_trigger: dict[str, list[DeployedJourney]] = defaultdict(list)
     interested: dict[str, set[str]] = defaultdict(set)
     versions: dict[tuple[str, int], DeployedJourney] = {}
@@ -120,4 +129,4 @@ def _index(rows: Sequence[Row[Any, Any, Any, Any, Any, Any, Any]], computed: Cur
                 audiences.append((deployed, row.deployed_at))
     for journeys_list in by_trigger.values():
         journeys_list.sort(key=lambda j: (-j.spec.priority, j.key))
-    return Snapshot(dict(by_trigger), dict(interested), versions, computed, audiences)
+    return Snapshot(dict(by_trigger), dict(interested), versions, computed, audiences, plan)

@@ -23,6 +23,8 @@ from orchestrator.segments.keeper import follow_events
 from orchestrator.settings import Settings
 from orchestrator.temporal import connect
 from orchestrator.tracking import Incoming
+from orchestrator.tracking_plan.enforcement import Violation
+from orchestrator.tracking_plan.store import record_violations
 from orchestrator.workspace import Workspace, WorkspaceConfig, load_workspace
 from rules.policy import Policy
 
@@ -53,10 +55,12 @@ class Services:
         now: datetime,
         first: Step | None = None,
         trusted: bool = True,
+        violations: Sequence[Violation] = (),
     ) -> None:
         """Store events and route them to journeys. `first` runs in the same transaction
         before them and may add events; when it raises, nothing is stored. `trusted`:
-        a server-side source (see `store_events`)."""
+        a server-side source (see `store_events`). `violations` of the tracking plan
+        (accepted under `report`) are counted for the new messages."""
         snapshot = await self.registry.snapshot()
         async with self.engine.begin() as conn:
             if first is not None:
@@ -70,6 +74,10 @@ class Services:
                 conn, stored, snapshot=snapshot, policy=self.policy, now=now
             )
             plan = await self.router.plan(conn, routable, snapshot, fresh=True)
+            if violations:  # last: the counters' rows stay locked only until the commit
+                new = {item.message_id.removeprefix(f"{source}/") for item, _ in stored.fresh}
+                await record_violations(conn, violations, stored=new, now=now,
+                                        plan_version=snapshot.tracking_plan.version)  # fmt: skip
         # Stored is accepted: a routing failure is retried by the sweeper, not the client.
         if stored.merges:
             await self.router.tell_merges(stored.merges)

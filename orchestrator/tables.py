@@ -7,6 +7,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -468,4 +469,38 @@ identity_merges = Table(
     Column("workflows", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("told_at", DateTime(timezone=True)),
     Index("identity_merges_untold_idx", "merged_at", postgresql_where=text("told_at IS NULL")),
+)
+
+# ---- the tracking plan (orchestrator.tracking_plan) ------------------------------
+
+# Each deploy that changed tracking_plan.yaml; the newest is in force. `plan` NULL: the
+# file was removed, and nothing is checked from then on.
+tracking_plans = Table(
+    "tracking_plans",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("plan", JSONB),
+    Column("source", Text, nullable=False, server_default=text("''")),
+    Column("content_hash", Text, nullable=False),
+    Column("deployed_at", DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+# Violations accepted under `mode: report` (or unplanned events under `report`): one
+# counter per plan version, UTC day, event, field and problem; a batch adds to each once.
+tracking_plan_violations = Table(
+    "tracking_plan_violations",
+    metadata,
+    Column("plan_version", Integer, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("type", Text, nullable=False),  # track | identify
+    Column("event", Text, nullable=False),  # "" for identify
+    Column("field", Text, nullable=False),
+    Column("problem", Text, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("example_message_id", Text, nullable=False),
+    Column("example_detail", Text, nullable=False),
+    PrimaryKeyConstraint("plan_version", "day", "type", "event", "field", "problem"),
+    Index("tracking_plan_violations_day_idx", "day"),
 )

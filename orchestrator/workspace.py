@@ -5,6 +5,7 @@
     journeys/*.yaml      one journey per file
     traits.yaml          computed traits (optional)
     segments.yaml        segments over traits (optional)
+    tracking_plan.yaml   a JSON Schema per event and for identify traits (optional)
     templates/*.yaml     one message per file, a section per channel
 
 String values in `orchestrator.yaml` may name environment variables as `${NAME}`, so
@@ -39,6 +40,7 @@ from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.segments.definitions import Definitions, load_definitions
 from orchestrator.settings import EXAMPLE_WORKSPACE
 from orchestrator.sources import InvalidSource, Problem, Source, load
+from orchestrator.tracking_plan.plan import TrackingPlan, load_plan
 from rules.durations import Duration
 from rules.policy import Policy
 from workflows.spec import IDENTIFIER, ChannelName
@@ -443,6 +445,7 @@ class Workspace:
     templates: dict[str, Template] = field(default_factory=dict)
     template_sources: dict[str, Source] = field(default_factory=dict)
     definitions: Definitions = field(default_factory=Definitions)
+    tracking_plan: TrackingPlan | None = None
 
     def display(self, path: Path) -> str:
         try:
@@ -517,10 +520,16 @@ def load_workspace(root: Path) -> Workspace:
         definitions = load_definitions(root)
     except InvalidSource as exc:
         problems.extend(exc.problems)
+    tracking_plan = None
+    try:
+        tracking_plan = load_plan(root)
+    except InvalidSource as exc:
+        problems.extend(exc.problems)
     if problems or config is None:
         raise InvalidSource(problems)
     journeys = sorted((root / "journeys").glob("*.yaml"))
-    return Workspace(root, config, policy, journeys, templates, template_sources, definitions)
+    return Workspace(root, config, policy, journeys, templates, template_sources, definitions,
+                     tracking_plan)  # fmt: skip
 
 
 def _resolve_env(source: Source, value: Any, loc: list[str | int], problems: list[Problem]) -> Any:

@@ -24,6 +24,7 @@ from orchestrator.profiles import ProfileTooLarge
 from orchestrator.receipts import EVENTS
 from orchestrator.services import Services
 from orchestrator.tracking import BadInput, Incoming, TrackingMessage, parse_request
+from orchestrator.tracking_plan.enforcement import screen
 from orchestrator.workspace import WriteKey
 
 
@@ -179,12 +180,16 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
         )
         if not source.server_side:
             _public_may_send(batch, services, batched=implied_type is None)
+        plan = (await services.registry.snapshot()).tracking_plan.plan
+        violations = screen(plan, batch, batched=implied_type is None)
     except Refused as exc:
         return _error(exc)
     except BadInput as exc:
         return _error(Refused(exc.status, exc.message, exc.field))
     try:
-        await services.ingest(batch, source=source.name, now=now, trusted=source.server_side)
+        await services.ingest(
+            batch, source=source.name, now=now, trusted=source.server_side, violations=violations
+        )
     except ProfileTooLarge as exc:
         return _error(Refused(400, str(exc), "traits"))
     return JSONResponse({"success": True})
@@ -197,7 +202,10 @@ def _openapi(schema: dict[str, Any], summary: str) -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
         },
         "responses": {
-            400: {"description": "A message is invalid; `field` names it. Nothing was stored."},
+            400: {
+                "description": "A message is invalid, or breaks the tracking plan under "
+                "`mode: enforce`; `field` names it. Nothing was stored."
+            },
             401: {"description": "Unknown or missing write key. Nothing was stored."},
             403: {"description": "A credential other than a write key. Nothing was stored."},
             413: {"description": "The body or a message is too large. Nothing was stored."},

@@ -27,6 +27,7 @@ from orchestrator.profiles import ProfileTooLarge
 from orchestrator.routing import Clock, utc_now
 from orchestrator.services import Services
 from orchestrator.tracking import BadInput, Incoming, parse_message
+from orchestrator.tracking_plan.enforcement import Violation, screen
 from orchestrator.workspace import KafkaConfig, KafkaConsume
 
 log = logging.getLogger(__name__)
@@ -149,21 +150,30 @@ class EventConsumer:
         limit = self.services.settings.max_event_bytes
         good: list[tuple[ConsumerRecord[bytes, bytes], Incoming]] = []
         dead: list[DeadLetter] = []
+        violations: list[Violation] = []
+        plan = (await self.services.registry.snapshot()).tracking_plan.plan
         for tp in sorted(batch):
             for record in batch[tp]:
                 parsed = parse_record(record, max_bytes=limit, now=now)
+                if isinstance(parsed, Incoming):
+                    try:  # what the plan refuses goes aside like a malformed record
+                        violations += screen(plan, [parsed], batched=False)
+                    except BadInput as exc:
+                        parsed = DeadLetter(record, exc.field, exc.message)
                 if isinstance(parsed, DeadLetter):
                     dead.append(parsed)
                 else:
                     good.append((record, parsed))
         source = self.consume.source
         try:
-            await self.services.ingest([item for _, item in good], source=source, now=now)
+            await self.services.ingest([item for _, item in good], source=source, now=now,
+                                       violations=violations)  # fmt: skip
         except ProfileTooLarge:
             # One message would grow a profile past its bound: find it, set it aside.
             for record, item in good:
                 try:
-                    await self.services.ingest([item], source=source, now=now)
+                    await self.services.ingest([item], source=source, now=now,
+                                               violations=violations)  # fmt: skip
                 except ProfileTooLarge as exc:
                     dead.append(DeadLetter(record, "traits", str(exc)))
         await self._dead_letters(dead)
