@@ -9,8 +9,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 NOW = datetime(2027, 6, 1, 12, tzinfo=UTC)
-OLD = NOW - timedelta(days=500)  # past every default period
-RECENT = NOW - timedelta(days=2)
 
 # What the seed's rows are, by the ids the tests look for.
 STATEMENTS = [
@@ -71,10 +69,16 @@ STATEMENTS = [
 ]
 
 
-async def seed(engine: AsyncEngine) -> None:
-    params = {"old": OLD, "recent": RECENT, "far": NOW + timedelta(days=30),
+async def seed(engine: AsyncEngine, *, now: datetime = NOW, journey: str = "welcome") -> None:
+    """`old` rows are past every default period, `recent` ones inside all of them."""
+    params = {"old": now - timedelta(days=500), "recent": now - timedelta(days=2),
+              "far": now + timedelta(days=30),
               # past the decisions period, inside a 365-day cap window
-              "capped": NOW - timedelta(days=300)}  # fmt: skip
+              "capped": now - timedelta(days=300)}  # fmt: skip
     async with engine.begin() as conn:
         for statement in STATEMENTS:
+            if journey != "welcome":  # the stack deployed the journey already
+                if statement.startswith("INSERT INTO journeys"):
+                    continue
+                statement = statement.replace("'welcome'", f"'{journey}'")
             await conn.execute(text(statement), params)
