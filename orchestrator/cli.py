@@ -28,6 +28,7 @@ from orchestrator.experiments.cli import app as experiments_app
 from orchestrator.journeys_cli import app as journeys_app
 from orchestrator.ranking_cli import app as ranking_app
 from orchestrator.reports.cli import app as report_app
+from orchestrator.retention.cli import app as retention_app
 from orchestrator.segments.cli import segments_app, traits_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
 from orchestrator.tracking_plan.cli import app as tracking_plan_app
@@ -48,6 +49,7 @@ app.add_typer(report_app, name="report")
 app.add_typer(segments_app, name="segments")
 app.add_typer(traits_app, name="traits")
 app.add_typer(tracking_plan_app, name="tracking-plan")
+app.add_typer(retention_app, name="retention")
 app.command("audit")(audit_log)
 events_app = typer.Typer(help="The facts the product publishes.", no_args_is_help=True)
 app.add_typer(events_app, name="events")

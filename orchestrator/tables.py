@@ -98,6 +98,7 @@ events = Table(
     Column("routed_at", DateTime(timezone=True)),
     Index("events_user_idx", "user_id", "received_at"),
     Index("events_unrouted_idx", "received_at", postgresql_where=text("routed_at IS NULL")),
+    Index("events_received_idx", "received_at", "id"),  # retention: the oldest first
 )
 
 enrollments = Table(
@@ -146,6 +147,12 @@ enrollments = Table(
         "user_id",
         "instance",
         unique=True,
+        postgresql_where=text("status = 'active'"),
+    ),
+    # Retention keeps a running journey's trigger event: is this event one?
+    Index(
+        "enrollments_active_trigger_idx",
+        "trigger_message_id",
         postgresql_where=text("status = 'active'"),
     ),
 )
@@ -197,6 +204,13 @@ messages = Table(
     Column("unsubscribed_at", DateTime(timezone=True)),
     Index("messages_user_idx", "user_id", "created_at"),
     Index("messages_created_at_idx", "created_at"),  # alerts: the last hour's messages
+    # Retention: bodies not yet blanked, the oldest first.
+    Index(
+        "messages_body_idx",
+        "created_at",
+        "id",
+        postgresql_where=text("content <> '{}'::jsonb"),
+    ),
 )
 
 # Receipts as the channel systems sent them; the key refuses a replayed webhook-id.
@@ -211,6 +225,7 @@ receipts = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("channel", "webhook_id"),
     Index("receipts_message_idx", "message_id"),
+    Index("receipts_received_idx", "received_at", "channel", "webhook_id"),  # retention
 )
 
 # In-app inbox messages and web placement content, served to apps and websites.
@@ -228,6 +243,7 @@ user_messages = Table(
     Column("read_at", DateTime(timezone=True)),
     Column("dismissed_at", DateTime(timezone=True)),
     Index("user_messages_inbox_idx", "user_id", "channel", "placement", "created_at"),
+    Index("user_messages_created_idx", "created_at", "message_id"),  # retention
 )
 
 # What templates can recommend: loaded by `orchestrator catalog load`.
@@ -312,6 +328,7 @@ assignments = Table(
     ),
     Index("assignments_arm_idx", "journey_key", "kind", "experiment_key", "arm"),
     Index("assignments_user_idx", "user_id"),
+    Index("assignments_assigned_idx", "assigned_at", "id"),  # retention
 )
 
 # This database's random id, made by the migration: message ids are derived in its
@@ -503,4 +520,23 @@ tracking_plan_violations = Table(
     Column("example_detail", Text, nullable=False),
     PrimaryKeyConstraint("plan_version", "day", "type", "event", "field", "problem"),
     Index("tracking_plan_violations_day_idx", "day"),
+)
+
+# One row per retention run (orchestrator.retention): when, the cutoffs it used, and per
+# step what it removed and kept. `progress` is where each step is, written in the same
+# transaction as each batch, so a run that crashed resumes exactly where it stopped.
+retention_runs = Table(
+    "retention_runs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("workflow_id", Text, nullable=False, unique=True),
+    Column("trigger", Text, nullable=False),  # schedule | cli
+    Column("dry_run", Boolean, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", Text, nullable=False),  # running | finished
+    Column("cutoffs", JSONB, nullable=False),
+    Column("counts", JSONB, nullable=False, server_default=_empty),
+    Column("progress", JSONB, nullable=False, server_default=_empty),
+    Index("retention_runs_started_idx", "started_at"),
 )

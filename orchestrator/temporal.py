@@ -15,6 +15,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from workflows import search
 from workflows.journey import JourneyWorkflow
+from workflows.retention import RetentionRun
 from workflows.retraining import RetrainRanking
 from workflows.segments import AudienceRun, SegmentUpkeep
 
@@ -68,6 +69,24 @@ def segments_worker(client: Client, *, task_queue: str, activities: Sequence[Any
         workflows=[SegmentUpkeep, AudienceRun],
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
+    )
+
+
+def retention_queue(task_queue: str) -> str:
+    """The queue of retention runs: their own, so that a run's long activity takes no
+    slot from journeys or segments."""
+    return f"{task_queue}.retention"
+
+
+def retention_worker(client: Client, *, task_queue: str, activities: Sequence[Any]) -> Worker:
+    """A worker for `retention_queue(task_queue)`: retention runs."""
+    return Worker(
+        client,
+        task_queue=retention_queue(task_queue),
+        workflows=[RetentionRun],
+        activities=activities,
+        workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
+        max_concurrent_activities=2,
     )
 
 

@@ -22,9 +22,10 @@ from orchestrator.journey_store import PostgresJourneyStore
 from orchestrator.ranking.schedule import RankingActivities
 from orchestrator.ranking.serving import build_recommender
 from orchestrator.registry import JourneyRegistry
+from orchestrator.retention.schedule import RetentionActivities, schedule_retention
 from orchestrator.routing import Router
 from orchestrator.segments.upkeep import SegmentActivities, start_upkeep
-from orchestrator.temporal import journey_worker, segments_worker
+from orchestrator.temporal import journey_worker, retention_worker, segments_worker
 from orchestrator.users.following import IdentityActivities
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
@@ -138,8 +139,9 @@ async def running_worker(
     """Run a worker until the block exits; `store` overrides the Postgres store.
 
     `upkeep` also starts the task queue's `SegmentUpkeep` workflow (if it is not running
-    yet): production workers and `orchestrator dev` do; tests that travel in time start
-    it themselves when they want it, since it wakes at least every `refresh_every`."""
+    yet) and creates or updates its retention schedule: production workers and
+    `orchestrator dev` do; tests that travel in time start them themselves when they
+    want them, since the upkeep wakes at least every `refresh_every`."""
     # The SDK logs each failed activity attempt here (adding the filter again is a no-op).
     logging.getLogger("temporalio.activity").addFilter(_BRIEF_ACTIVITY_FAILURES)
     config = workspace.config
@@ -169,6 +171,10 @@ async def running_worker(
             task_queue=task_queue, default_timezone=config.default_timezone,
             refresh_every=config.segments.refresh_every,
         )  # fmt: skip
+        retention = RetentionActivities(
+            engine, config=config.retention, policy=workspace.policy,
+            global_control=config.global_control > 0,
+        )  # fmt: skip
         async with (
             journey_worker(
                 client,
@@ -177,9 +183,11 @@ async def running_worker(
                 **options,
             ) as worker,
             segments_worker(client, task_queue=task_queue, activities=segments.all()),
+            retention_worker(client, task_queue=task_queue, activities=retention.all()),
         ):
             if upkeep:
                 await start_upkeep(client, task_queue, every=config.segments.refresh_every)
+                await schedule_retention(client, config=config.retention, task_queue=task_queue)
             try:
                 yield worker
             finally:

@@ -37,6 +37,7 @@ from channels.templates import Template
 from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.access.credentials import ApiKey, RateLimitConfig, UserTokens, origins
 from orchestrator.experiments.assignments import GlobalControl
+from orchestrator.retention.config import RetentionConfig, needs, shortfalls
 from orchestrator.segments.definitions import Definitions, load_definitions
 from orchestrator.settings import EXAMPLE_WORKSPACE
 from orchestrator.sources import InvalidSource, Problem, Source, load
@@ -363,6 +364,10 @@ class WorkspaceConfig(_Config):
     facts_webhook: FactsWebhook | None = Field(
         default=None, description="Facts out in signed batches, for a workspace without Kafka"
     )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig,
+        description="How long each kind of data about users is kept",
+    )
 
     @field_validator("default_timezone")
     @classmethod
@@ -465,13 +470,17 @@ def find_root(start: Path) -> Path | None:
 
 def load_config(root: Path) -> WorkspaceConfig:
     """Load and validate `orchestrator.yaml`, resolving `${ENV}` references."""
+    return _load_config(root)[0]
+
+
+def _load_config(root: Path) -> tuple[WorkspaceConfig, Source]:
     source = load(root / CONFIG_FILE, display=CONFIG_FILE)
     problems: list[Problem] = []
     data = _resolve_env(source, source.data, [], problems)
     if problems:
         raise InvalidSource(problems)
     try:
-        return WorkspaceConfig.model_validate(data)
+        return WorkspaceConfig.model_validate(data), source
     except ValidationError as exc:
         raise InvalidSource(source.problems_from(exc)) from None
 
@@ -493,10 +502,10 @@ def load_policy(root: Path) -> Policy:
 def load_workspace(root: Path) -> Workspace:
     """Load the config, the policy and every template; raise InvalidSource listing all problems."""
     problems: list[Problem] = []
-    config = None
+    config = config_source = None
     policy = Policy()
     try:
-        config = load_config(root)
+        config, config_source = _load_config(root)
     except InvalidSource as exc:
         problems.extend(exc.problems)
     try:
@@ -525,11 +534,26 @@ def load_workspace(root: Path) -> Workspace:
         tracking_plan = load_plan(root)
     except InvalidSource as exc:
         problems.extend(exc.problems)
+    if config is not None and config_source is not None:
+        problems.extend(_retention_problems(config, config_source, policy, definitions))
     if problems or config is None:
         raise InvalidSource(problems)
     journeys = sorted((root / "journeys").glob("*.yaml"))
     return Workspace(root, config, policy, journeys, templates, template_sources, definitions,
                      tracking_plan)  # fmt: skip
+
+
+def _retention_problems(
+    config: WorkspaceConfig, source: Source, policy: Policy, definitions: Definitions
+) -> list[Problem]:
+    """A retention period shorter than what a feature reads back (the policy's caps,
+    a trait's window, the ranking baseline's window) is refused, at the period."""
+    found = shortfalls(
+        config.retention,
+        needs(policy=policy, definitions=definitions,
+              popularity_window=config.ranking.popularity_window),
+    )  # fmt: skip
+    return [source.problem(["retention", kind], message) for kind, message in found.items()]
 
 
 def _resolve_env(source: Source, value: Any, loc: list[str | int], problems: list[Problem]) -> Any:

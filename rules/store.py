@@ -64,6 +64,7 @@ arbitration_requests = Table(
     Column("until", DateTime(timezone=True)),
     Column("decided_at", DateTime(timezone=True), nullable=False),
     Index("arbitration_requests_user_idx", "user_id", "decided_at"),
+    Index("arbitration_requests_decided_idx", "decided_at", "key"),  # retention
 )
 
 # Every decision ever made, with the checks behind it: "why did X not get Y?"

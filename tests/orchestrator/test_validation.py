@@ -279,14 +279,14 @@ def test_workspace_config_problems_have_positions(tmp_path: Path) -> None:
         config.read_text()
         .replace("default_timezone: UTC", "default_timezone: Mars/Olympus")
         .replace("signing_secret: whsec_SN6", "signing_secret: nope_SN6")
-        + "retention: 30d\n"
+        + "retension: 30d\n"  # misspelt
     )
     with pytest.raises(InvalidSource) as raised:
         load_workspace(root)
     text = str(raised.value)
     assert "orchestrator.yaml:2:19: default_timezone: unknown timezone 'Mars/Olympus'" in text
     assert "orchestrator.yaml:10:21: channels.email.signing_secret: a signing secret starts" in text
-    assert "retention: unknown key" in text
+    assert "retension: unknown key" in text
 
 
 def test_environment_references_in_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,6 +176,8 @@ async def running_stack(
         if upkeep:
             with contextlib.suppress(RPCError):
                 await client.get_workflow_handle(f"segments:{settings.task_queue}").terminate()
+            with contextlib.suppress(RPCError):
+                await client.get_schedule_handle(f"retention:{settings.task_queue}").delete()
         await terminate_unfinished(client, engine)
 
 
