@@ -25,6 +25,7 @@ from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Router
 from orchestrator.segments.upkeep import SegmentActivities, start_upkeep
 from orchestrator.temporal import journey_worker, segments_worker
+from orchestrator.users.erasure import ErasureActivities, UserErasure
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
 
@@ -167,6 +168,7 @@ async def running_worker(
             task_queue=task_queue, default_timezone=config.default_timezone,
             refresh_every=config.segments.refresh_every,
         )  # fmt: skip
+        erasure = ErasureActivities(engine=engine, client=client)
         async with (
             journey_worker(
                 client,
@@ -174,7 +176,13 @@ async def running_worker(
                 activities=[*activities.all(), ranking.train_ranking_model],
                 **options,
             ) as worker,
-            segments_worker(client, task_queue=task_queue, activities=segments.all()),
+            # Erasures share the queue of the workflows that are not journeys.
+            segments_worker(
+                client,
+                task_queue=task_queue,
+                activities=[*segments.all(), *erasure.all()],
+                workflows=[UserErasure],
+            ),
         ):
             if upkeep:
                 await start_upkeep(client, task_queue, every=config.segments.refresh_every)
