@@ -30,6 +30,7 @@ from orchestrator.ranking_cli import app as ranking_app
 from orchestrator.reports.cli import app as report_app
 from orchestrator.segments.cli import segments_app, traits_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
+from orchestrator.users.cli import users_app
 
 app = typer.Typer(
     help="Cross-channel journey orchestration on Temporal.",
@@ -46,6 +47,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(report_app, name="report")
 app.add_typer(segments_app, name="segments")
 app.add_typer(traits_app, name="traits")
+app.add_typer(users_app, name="users")
 app.command("audit")(audit_log)
 events_app = typer.Typer(help="The facts the product publishes.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
