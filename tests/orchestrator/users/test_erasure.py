@@ -85,6 +85,17 @@ async def make_user(stack: Stack, receiver: Receiver, user: str, anonymous: str)
     return str(message["id"])
 
 
+async def enable_outbox(engine: AsyncEngine) -> None:
+    """Facts go to the outbox, as when a relay runs."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO outbox_state (singleton, enabled) VALUES (true, true) "
+                "ON CONFLICT (singleton) DO UPDATE SET enabled = true"
+            )
+        )
+
+
 async def _has(stack: Stack, sql: str, **params: Any) -> bool:
     return bool(await rows(stack.services.engine, sql, **params))
 
@@ -101,13 +112,7 @@ async def stack(make_stack: StackFactory, dev_server: WorkflowEnvironment) -> St
 async def test_erasure_leaves_no_row_naming_the_user_no_workflow_and_drops_their_events(
     stack: Stack, receiver: Receiver, engine: AsyncEngine
 ) -> None:
-    async with engine.begin() as conn:  # facts go to the outbox, as with a relay
-        await conn.execute(
-            text(
-                "INSERT INTO outbox_state (singleton, enabled) VALUES (true, true) "
-                "ON CONFLICT (singleton) DO UPDATE SET enabled = true"
-            )
-        )
+    await enable_outbox(engine)
     await make_user(stack, receiver, ADA, ANON)
     await make_user(stack, receiver, BOB, "anon-bob-0c7e")
     alias = {"previousId": OLD, "userId": ADA, "messageId": str(uuid.uuid4())}

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from tests.orchestrator.users.test_erasure import ANON, make_user
+from tests.orchestrator.users.test_erasure import ANON, enable_outbox, make_user
 from tests.orchestrator.users.test_erasure import stack as stack
 from tests.support import scan
 from tests.support.db import rows
@@ -40,9 +39,7 @@ async def test_the_export_holds_every_kind_of_data_the_user_has(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO outbox_state (singleton, enabled) VALUES "
-                                "(true, true) ON CONFLICT (singleton) DO UPDATE SET enabled = true"))  # fmt: skip
+    await enable_outbox(engine)
     email = await make_user(stack, receiver, ADA, ANON)
     await make_user(stack, receiver, "bob-77", "anon-bob-77")
     alias = {"previousId": OLD, "userId": ADA, "messageId": str(uuid.uuid4())}
