@@ -30,7 +30,7 @@ from temporalio.common import RetryPolicy, WorkflowIDConflictPolicy, WorkflowIDR
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from sqlalchemy import func, select, update
+    from sqlalchemy import func, select, text, update
     from sqlalchemy.dialects.postgresql import insert
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
     from temporalio.api.common.v1 import WorkflowExecution
@@ -49,6 +49,13 @@ QUERY_IDS = 50  # ids per visibility query
 HEARTBEAT = timedelta(seconds=10)
 SETTLE = timedelta(seconds=5)
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+
+
+# Rows a batch deleted, added to the erasure's counts in the batch's own transaction.
+_COUNT = text(
+    "UPDATE erasures SET counts = counts || jsonb_build_object(CAST(:name AS text), "
+    "coalesce((counts ->> CAST(:name AS text))::bigint, 0) + :n) WHERE hash = :hash"
+)
 
 
 class _Message(BaseModel):
@@ -87,18 +94,17 @@ class UserErasure:
         deleted: int = await workflow.execute_activity(
             "erasure_workflows", input.hash, result_type=int, **options
         )
-        first = await workflow.execute_activity(
+        await workflow.execute_activity(
             "erasure_rows", input.hash, result_type=RowsResult, **options
         )
         await workflow.sleep(input.settle)
         deleted += await workflow.execute_activity(
             "erasure_workflows", input.hash, result_type=int, **options
         )
-        second = await workflow.execute_activity(
+        done = await workflow.execute_activity(
             "erasure_rows", input.hash, result_type=RowsResult, **options
         )
-        counts = {k: first.counts.get(k, 0) + second.counts.get(k, 0) for k in first.counts}
-        result = ErasureResult(hash=input.hash, workflows=deleted, counts=counts)
+        result = ErasureResult(hash=input.hash, workflows=deleted, counts=done.counts)
         await workflow.execute_activity("erasure_finish", result, **options)
         return result
 
@@ -129,7 +135,12 @@ class ErasureActivities:
                 .values(
                     ids=ids,
                     status="erasing",
-                    started_at=func.coalesce(erasures.c.started_at, func.now()),
+                    # A new erasure (not a retried begin) counts from nothing.
+                    **(
+                        {"started_at": func.now(), "finished_at": None, "counts": {}}
+                        if row.status == "requested"
+                        else {}
+                    ),
                 )
             )
 
@@ -172,24 +183,29 @@ class ErasureActivities:
 
     @activity.defn(name="erasure_rows")
     async def delete_rows(self, hashed: str) -> RowsResult:
+        """Every step, batch by batch. Each batch adds its count to the erasure's row in
+        its own transaction, so the counts stay exact across retries; a retry starts at
+        the step its last heartbeat reported (the steps before it would find nothing)."""
         ids = await self._ids(hashed)
         alias = erased.subject(hashed)
-        # Resume where the last attempt was (its heartbeat), or begin.
         details = activity.info().heartbeat_details
-        at, counts = (int(details[0]), dict(details[1])) if details else (0, {})
-        for index in range(at, len(rows.STEPS)):
+        for index in range(int(details[0]) if details else 0, len(rows.STEPS)):
             step = rows.STEPS[index]
-            counts.setdefault(step.name, 0)
             while True:
                 async with self.engine.begin() as conn:
                     changed = await rows.run_step(
                         conn, step, ids=ids, alias=alias, batch=self.batch
                     )
-                counts[step.name] += changed
-                activity.heartbeat(index, counts)
+                    if changed:
+                        await conn.execute(_COUNT, {"hash": hashed, "name": step.name,
+                                                    "n": changed})  # fmt: skip
+                activity.heartbeat(index)
                 if changed < self.batch:
                     break
-        return RowsResult(counts={name: counts.get(name, 0) for name in rows.STEP_NAMES})
+        async with self.engine.connect() as conn:
+            counts = await conn.scalar(select(erasures.c.counts).where(erasures.c.hash == hashed))
+        counts = counts or {}
+        return RowsResult(counts={name: int(counts.get(name, 0)) for name in rows.STEP_NAMES})
 
     @activity.defn(name="erasure_finish")
     async def finish(self, result: ErasureResult) -> None:
