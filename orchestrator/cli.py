@@ -32,6 +32,7 @@ from orchestrator.retention.cli import app as retention_app
 from orchestrator.segments.cli import segments_app, traits_app
 from orchestrator.settings import EXAMPLE_WORKSPACE, Settings
 from orchestrator.tracking_plan.cli import app as tracking_plan_app
+from orchestrator.users.cli import users_app
 
 app = typer.Typer(
     help="Cross-channel journey orchestration on Temporal.",
@@ -50,6 +51,7 @@ app.add_typer(segments_app, name="segments")
 app.add_typer(traits_app, name="traits")
 app.add_typer(tracking_plan_app, name="tracking-plan")
 app.add_typer(retention_app, name="retention")
+app.add_typer(users_app, name="users")
 app.command("audit")(audit_log)
 events_app = typer.Typer(help="The facts the product publishes.", no_args_is_help=True)
 app.add_typer(events_app, name="events")

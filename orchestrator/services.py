@@ -25,6 +25,7 @@ from orchestrator.temporal import connect
 from orchestrator.tracking import Incoming
 from orchestrator.tracking_plan.enforcement import Violation
 from orchestrator.tracking_plan.store import record_violations
+from orchestrator.users.erased import ErasedIds
 from orchestrator.workspace import Workspace, WorkspaceConfig, load_workspace
 from rules.policy import Policy
 
@@ -46,6 +47,7 @@ class Services:
     links: UnsubscribeLinks | None
     recommender: Recommender
     http: httpx.AsyncClient = field(repr=False)  # for an external ranking model
+    erased: ErasedIds = field(repr=False)  # the suppression list of erased users
 
     async def ingest(
         self,
@@ -65,6 +67,8 @@ class Services:
         async with self.engine.begin() as conn:
             if first is not None:
                 batch = [*batch, *await first(conn)]
+            # Erased users' events are dropped, unnamed (orchestrator.users.erased).
+            batch = await self.erased.drop_erased(conn, batch)
             stored = await store_events(
                 conn, batch, source=source, received_at=now, snapshot=snapshot,
                 policy=self.policy, trusted=trusted,
@@ -111,7 +115,7 @@ def build_services(
     recommender = build_recommender(config.ranking, engine=engine, http=http, clock=clock)
     return Services(
         settings, config, workspace.policy, engine, client, registry, router, arbitration, clock,
-        config.links.unsubscribe_links(), recommender, http,
+        config.links.unsubscribe_links(), recommender, http, ErasedIds(engine),
     )  # fmt: skip
 
 

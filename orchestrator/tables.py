@@ -540,3 +540,45 @@ retention_runs = Table(
     Column("progress", JSONB, nullable=False, server_default=_empty),
     Index("retention_runs_started_idx", "started_at"),
 )
+
+# ---- erasure (orchestrator.users, migration 0018) --------------------------------
+
+# This installation's random HMAC key: erased ids are kept only as HMAC-SHA256 under it,
+# so a hash seen elsewhere (a workflow id, an audit entry) cannot be tested against
+# guessed ids without the database. One row, ever.
+erasure_key = Table(
+    "erasure_key",
+    metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("key", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    CheckConstraint("singleton", name="erasure_key_one_row"),
+)
+
+# One row per erased user, by the keyed hash of the id the erasure was asked for.
+# `user_id` and `ids` (every id it covers) are kept only while it runs.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("hash", Text, primary_key=True),
+    # requested | erasing | erased | restored
+    Column("status", Text, nullable=False),
+    Column("user_id", Text),
+    Column("ids", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("requested_by", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("restored_at", DateTime(timezone=True)),
+    Column("counts", JSONB, nullable=False, server_default=_empty),
+)
+
+# The suppression list: ingestion drops events naming any of these ids.
+erased_ids = Table(
+    "erased_ids",
+    metadata,
+    Column("hash", Text, primary_key=True),
+    Column("erasure", Text, ForeignKey("erasures.hash"), nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    Index("erased_ids_erasure_idx", "erasure"),
+)

@@ -61,12 +61,19 @@ def segments_queue(task_queue: str) -> str:
     return f"{task_queue}.segments"
 
 
-def segments_worker(client: Client, *, task_queue: str, activities: Sequence[Any]) -> Worker:
-    """A worker for `segments_queue(task_queue)`: upkeep and audience runs."""
+def segments_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    activities: Sequence[Any],
+    workflows: Sequence[type] = (),
+) -> Worker:
+    """A worker for `segments_queue(task_queue)`: upkeep and audience runs, and the
+    other `workflows` that are not journeys (erasures)."""
     return Worker(
         client,
         task_queue=segments_queue(task_queue),
-        workflows=[SegmentUpkeep, AudienceRun],
+        workflows=[SegmentUpkeep, AudienceRun, *workflows],
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
     )

@@ -26,6 +26,7 @@ from orchestrator.retention.schedule import RetentionActivities, schedule_retent
 from orchestrator.routing import Router
 from orchestrator.segments.upkeep import SegmentActivities, start_upkeep
 from orchestrator.temporal import journey_worker, retention_worker, segments_worker
+from orchestrator.users.erasure import ErasureActivities, UserErasure
 from orchestrator.users.following import IdentityActivities
 from orchestrator.workspace import Workspace, WorkspaceConfig
 from workflows.activities import Arbiter, JourneyActivities, JourneyStore
@@ -175,6 +176,7 @@ async def running_worker(
             engine, config=config.retention, policy=workspace.policy,
             global_control=config.global_control > 0,
         )  # fmt: skip
+        erasure = ErasureActivities(engine=engine, client=client)
         async with (
             journey_worker(
                 client,
@@ -182,7 +184,13 @@ async def running_worker(
                 activities=[*activities.all(), ranking.train_ranking_model, identity.adopt_user],
                 **options,
             ) as worker,
-            segments_worker(client, task_queue=task_queue, activities=segments.all()),
+            # Erasures share the queue of the workflows that are not journeys.
+            segments_worker(
+                client,
+                task_queue=task_queue,
+                activities=[*segments.all(), *erasure.all()],
+                workflows=[UserErasure],
+            ),
             retention_worker(client, task_queue=task_queue, activities=retention.all()),
         ):
             if upkeep:

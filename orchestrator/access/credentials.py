@@ -25,6 +25,8 @@ Scope = Literal[
     "arbitrate",  # POST /v1/arbitrate
     "users:read",  # a user's decisions, journeys, inbox and placements
     "users:write",  # mark a user's inbox and placement messages read or dismissed
+    "users:erase",  # erase a user everywhere, see the erasure's state, restore after consent
+    "users:export",  # everything held about a user, as one JSON document
     "journeys:read",  # deployed journeys and their funnels
     "ranking",  # POST /v1/rank
     "reports:read",  # experiment and journey reports

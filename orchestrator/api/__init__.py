@@ -43,6 +43,7 @@ from orchestrator.reports import pages as report_pages
 from orchestrator.segments import api as segments_api
 from orchestrator.services import Services
 from orchestrator.tracking_plan import api as tracking_plan_api
+from orchestrator.users import api as users_api
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.state.limits = Limits(services.config)
     for module in (tracking, arbitration, journeys, receipts, inbox, ranking, catalog, audit,
                    health, reports_api, report_pages, segments_api,
-                   tracking_plan_api):  # fmt: skip
+                   tracking_plan_api, users_api):  # fmt: skip
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _refused)

@@ -75,6 +75,18 @@ async def resolve(conn: AsyncConnection, ids: Collection[str]) -> dict[str, str]
     return dict(rows.all())
 
 
+async def every_id(conn: AsyncConnection, user_id: str) -> list[str]:
+    """A user's ids: the user (whom `user_id` names, or was merged into) first, then every
+    id merged into them (their anonymous profiles, ids aliased to them)."""
+    user = (await resolve(conn, [user_id])).get(user_id, user_id)
+    merged = await conn.execute(
+        select(identities.c.anonymous_id)
+        .where(identities.c.user_id == user)
+        .order_by(identities.c.anonymous_id)
+    )
+    return [user, *(i for i in merged.scalars() if i != user)]
+
+
 async def previous_profile(conn: AsyncConnection, previous_id: str) -> str:
     """What an alias's `previousId` names: a user we know by that id, else an anonymous id."""
     known = await conn.scalar(

@@ -9,7 +9,7 @@ workflow it runs in (`enrollments.workflow_id`). `identity_merges` lists merges 
 running journeys still have to be told.
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-11-27 23:10:00.000000
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
