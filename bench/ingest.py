@@ -4,7 +4,11 @@ asyncpg inserts of the same rows into the same table, in the same run.
 Batches of 100 (what Segment's libraries send), the same number of concurrent
 connections on both sides; every event carries a realistic Segment context.
 
-    .venv/bin/python -m bench.ingest [--events 40000] [--concurrency 4]
+    .venv/bin/python -m bench.ingest [--events 40000] [--concurrency 4] [--signed-in]
+
+`--signed-in`: every event also carries its visitor's anonymousId, as a signed-in
+visitor's do in Segment's browser library: the first round joins each of the 5,000
+users to their device (a merge each), later rounds find them joined.
 """
 
 from __future__ import annotations
@@ -31,8 +35,13 @@ CONTEXT = {
 }
 
 
+SIGNED_IN = False
+
+
 def message(i: int, run: str) -> dict[str, object]:
+    device = {"anonymousId": f"device-{i % 5000}"} if SIGNED_IN else {}
     return {
+        **device,
         "type": "track",
         "event": "Product Viewed",
         "userId": f"user-{i % 5000}",
@@ -68,7 +77,7 @@ async def raw_asyncpg(stack: BenchStack, events: int, concurrency: int) -> float
     now = datetime.now(UTC)
     stamp = datetime(2026, 11, 26, 12, tzinfo=UTC)
     rows = [
-        (m["messageId"], "bench", "track", m["event"], m["userId"], None,
+        (m["messageId"], "bench", "track", m["event"], m["userId"], m.get("anonymousId"),
          json.dumps(m["properties"]), "{}", json.dumps(m["context"]), stamp, now, now)
         for m in (message(i, run) for i in range(events))
     ]  # fmt: skip
@@ -117,5 +126,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--api-processes", type=int, default=1)
+    parser.add_argument("--signed-in", action="store_true")
     args = parser.parse_args()
+    SIGNED_IN = args.signed_in
     asyncio.run(main(args.events, args.concurrency, args.rounds, args.api_processes))

@@ -41,9 +41,11 @@ class Arbitration:
             .scalar_subquery()
         )
         user = func.coalesce(merged_into, request.user_id)
-        found = func.jsonb_build_array(user, whole_profile(user))
         async with self.engine.begin() as conn:
-            user_id, traits = await store.lock_user(conn, request.user_id, also=found)
+            await store.lock_user(conn, request.user_id)
+            # Read after the lock: a merge of this user holds it, so one that was under
+            # way has committed by now, and whom the user belongs to is current.
+            user_id, traits = (await conn.execute(select(user, whole_profile(user)))).one()
             if user_id != request.user_id:
                 await store.lock_user(conn, user_id)
                 request = replace(request, user_id=user_id)

@@ -14,8 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.profiles import add_device_tokens, merge_traits
 from orchestrator.registry import Snapshot
-from orchestrator.tracking import Incoming
-from orchestrator.users.identity import anonymous_profile, link, previous_profile, resolve
+from orchestrator.tracking import ANONYMOUS, Incoming
+from orchestrator.users.identity import (
+    anonymous_profile,
+    link,
+    lock_profiles,
+    previous_profile,
+    resolve,
+)
 from rules.policy import Policy
 from rules.store import suppress
 from workflows.spec import Category, ChannelName
@@ -23,18 +29,23 @@ from workflows.spec import Category, ChannelName
 # One statement for the whole batch, whatever its size: the rows travel as one JSON
 # document that Postgres unpacks, so the statement is prepared once and no per-row
 # parameter conversion happens in Python (a multi-row VALUES is compiled per batch).
+# Each row names its own profile; it is stored under the user that was merged into, if
+# one was (`identities`), and RETURNING says whom.
 _INSERT = text(
     """
     INSERT INTO events (message_id, source, type, event, user_id, anonymous_id,
                         properties, traits, context, timestamp, received_at, routed_at)
-    SELECT r.message_id, :source, r.type, r.event, r.user_id, r.anonymous_id,
+    SELECT r.message_id, :source, r.type, r.event,
+           coalesce((SELECT i.user_id FROM identities AS i WHERE i.anonymous_id = r.user_id),
+                    r.user_id),
+           r.anonymous_id,
            r.properties, r.traits, r.context, r.timestamp, :received_at,
            CASE WHEN r.routable THEN NULL ELSE CAST(:received_at AS timestamptz) END
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
         message_id text, type text, event text, user_id text, anonymous_id text,
         properties jsonb, traits jsonb, context jsonb, timestamp timestamptz, routable boolean)
     ON CONFLICT (message_id) DO NOTHING
-    RETURNING id, message_id
+    RETURNING id, message_id, user_id
     """
 ).bindparams(bindparam("received_at", type_=DateTime(timezone=True)))
 
@@ -95,17 +106,18 @@ async def store_events(
     batch = list(unique.values())
     if not batch:
         return Stored([], [])
-    users = await _users(conn, batch)
-    routes = [
-        item.type == "track" and snapshot.routes(item.event)
-        for item, user in zip(batch, users, strict=True)
-    ]
+    # Merges in this batch wait for (and make wait) other batches storing under the
+    # anonymous profiles they merge away: see `lock_profiles`.
+    joins = await _joins(conn, batch, trusted=trusted)
+    await lock_profiles(conn, reading={i for i in map(_own_id, batch) if i.startswith(ANONYMOUS)},
+                        merging={source for source, _ in joins})  # fmt: skip
+    routes = [item.type == "track" and snapshot.routes(item.event) for item in batch]
     rows = [
         {
             "message_id": item.message_id,
             "type": item.type,
             "event": item.event,
-            "user_id": user,
+            "user_id": _own_id(item),
             "anonymous_id": item.anonymous_id,
             "properties": item.properties,
             "traits": item.traits,
@@ -113,7 +125,7 @@ async def store_events(
             "timestamp": item.timestamp,
             "routable": route,
         }
-        for item, user, route in zip(batch, users, routes, strict=True)
+        for item, route in zip(batch, routes, strict=True)
     ]
     # Inserted in id order, so two requests with the same ids cannot deadlock on the
     # unique index; what they return stays in request order.
@@ -122,15 +134,14 @@ async def store_events(
         _INSERT,
         {"source": source, "received_at": received_at, "rows": orjson.dumps(rows).decode()},
     )
-    new_ids = {message_id: event_id for event_id, message_id in inserted.all()}
+    new = {message_id: (event_id, user) for event_id, message_id, user in inserted.all()}
+    new_ids = {message_id: event_id for message_id, (event_id, _) in new.items()}
     fresh = [
-        (item, user, route)
-        for item, user, route in zip(batch, users, routes, strict=True)
-        if item.message_id in new_ids
+        (item, new[item.message_id][1], route)
+        for item, route in zip(batch, routes, strict=True)
+        if item.message_id in new
     ]
-    merges = await _link_identities(
-        conn, [item for item, _, _ in fresh], policy=policy, now=received_at, trusted=trusted
-    )
+    merges = await _link_identities(conn, joins, policy=policy, now=received_at, trusted=trusted)
     if merges:
         # This batch's own earlier events moved with the merge: so do their users.
         moved = await resolve(conn, {user for _, user, _ in fresh})
@@ -199,12 +210,6 @@ def _own_id(item: Incoming) -> str:
     return item.user_id or anonymous_profile(item.anonymous_id or "")
 
 
-async def _users(conn: AsyncConnection, batch: Sequence[Incoming]) -> list[str]:
-    """Who each message counts for: the user its id was merged into, if it was."""
-    merged = await resolve(conn, {_own_id(item) for item in batch})
-    return [merged.get(_own_id(item), _own_id(item)) for item in batch]
-
-
 def _device_tokens(fresh: Sequence[tuple[Incoming, str | None, bool]]) -> dict[str, list[str]]:
     """Push tokens apps send with their events (`context.device.token`), by user."""
     found: dict[str, list[str]] = {}
@@ -228,17 +233,14 @@ async def _merge_traits(
         await merge_traits(conn, user_id, set=merged[user_id])
 
 
-async def _link_identities(
-    conn: AsyncConnection,
-    batch: Sequence[Incoming],
-    *,
-    policy: Policy,
-    now: datetime,
-    trusted: bool,
-) -> list[tuple[int, str]]:
-    """Join the profiles the batch's messages name, in request order: a message with a
-    user and an anonymous id, and an alias. Returns the merges made, with their users."""
-    merges: list[tuple[int, str]] = []
+async def _joins(
+    conn: AsyncConnection, batch: Sequence[Incoming], *, trusted: bool
+) -> list[tuple[str, str]]:
+    """The profiles the batch's messages join to a user that are not joined to them yet,
+    in request order: a message with a user and an anonymous id, and an alias. Most
+    such messages (every track of a signed-in visitor) join what is joined already: one
+    read answers for all of them."""
+    pairs: list[tuple[str, str]] = []
     for item in batch:
         if item.user_id is None:
             continue
@@ -252,7 +254,29 @@ async def _link_identities(
             source = anonymous_profile(item.anonymous_id)
         else:
             continue
-        found = await link(conn, source=source, target=item.user_id, policy=policy, now=now)
+        pairs.append((source, item.user_id))
+    if not pairs:
+        return []
+    known = await resolve(conn, {i for pair in pairs for i in pair})
+    return [(source, target) for source, target in dict.fromkeys(pairs)
+            if known.get(source) != known.get(target, target)]  # fmt: skip
+
+
+async def _link_identities(
+    conn: AsyncConnection,
+    joins: Sequence[tuple[str, str]],
+    *,
+    policy: Policy,
+    now: datetime,
+    trusted: bool,
+) -> list[tuple[int, str]]:
+    """Join (merge) them, reading afresh now that their profiles are locked. Returns the
+    merges made, with their users."""
+    merges: list[tuple[int, str]] = []
+    for source, target in joins:
+        found = await link(
+            conn, source=source, target=target, policy=policy, now=now, trusted=trusted
+        )
         if found is not None:
             merges.append(found)
     return merges

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -174,8 +175,9 @@ async def arbitrate(
             )
         if last is not None and _still_holds(prior, last, now):
             return _decision_from_row(last)
-        # Asked again after a deferral ran out: decide anew as the original request.
-        request = _request_from_json(prior["request"])
+        # Asked again after a deferral ran out: decide anew as the original request
+        # (for the user asked for now: theirs may have been merged into another since).
+        request = replace(_request_from_json(prior["request"]), user_id=request.user_id)
         window_end = _time(prior["window_end"]) if prior["window_end"] else None
     state = UserState(
         traits=traits,

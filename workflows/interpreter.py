@@ -150,8 +150,10 @@ class JourneyInterpreter:
         self._looks_back = any(w.since is not None for w in waits)
 
     def on_identified(self, identified: IdentifiedSignal) -> None:
-        """The user was merged into another; the main loop follows at a safe point."""
-        self._state.identified = identified
+        """The user was merged into another; the main loop follows at a safe point (two
+        merges told at once: the adopt step reads whom the user belongs to now)."""
+        ends = self._state.identified is not None and self._state.identified.ends
+        self._state.identified = identified.model_copy(update={"ends": identified.ends or ends})
 
     def on_migrate(self, migrate: MigrateSignal) -> None:
         """A newer version takes this user in; the main loop moves them when it is safe."""
@@ -487,14 +489,15 @@ class JourneyInterpreter:
         already; doing it again moves what a step running at that moment wrote since."""
         identified, self._state.identified = self._state.identified, None
         assert identified is not None
-        await self._rt.execute_local_activity(
+        user: str = await self._rt.execute_local_activity(
             "adopt_user",
             AdoptInput(source=identified.merged_from, target=identified.user_id),
+            result_type=str,
             start_to_close_timeout=LOCAL_TIMEOUT,
             retry_policy=SIDE_EFFECT_RETRY,
         )
-        self._state.user_id, self._profile = identified.user_id, None
-        self._rt.upsert_search_attributes([search.USER_ID.value_set(identified.user_id)])
+        self._state.user_id, self._profile = user, None
+        self._rt.upsert_search_attributes([search.USER_ID.value_set(user)])
         if identified.ends:
             self._end("exited", MERGED)
         else:

@@ -97,6 +97,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _refused)
     for kind in _UNAVAILABLE:
         app.add_exception_handler(kind, _unavailable)
+    app.add_exception_handler(sa.DBAPIError, _conflicted)
     app.add_exception_handler(ClientDisconnect, _gone)
     app.add_exception_handler(Exception, _failed)
     app.add_middleware(Cors, config=services.config)
@@ -148,6 +149,23 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         {"error": "the database is unreachable or busy: nothing was stored, try again"},
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+# Postgres stopped the transaction for another's sake (a deadlock, a serialization
+# failure): nothing was stored, and the same request will go through.
+_TRY_AGAIN = ("40P01", "40001")
+
+
+async def _conflicted(request: Request, exc: Exception) -> JSONResponse:
+    if getattr(getattr(exc, "orig", None), "sqlstate", None) not in _TRY_AGAIN:
+        return await _failed(request, exc)
+    log.warning("%s %s: stopped by the database for a concurrent request: %s",
+                request.method, request.url.path, exc)  # fmt: skip
+    return JSONResponse(
+        {"error": "a concurrent request changed the same data: nothing was stored, try again"},
+        status_code=503,
+        headers={"Retry-After": "1"},
     )
 
 

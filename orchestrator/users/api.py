@@ -25,6 +25,7 @@ from orchestrator.api.auth import Caller, record_use, server_key_with
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
 from orchestrator.users import erased, erasure, export
+from orchestrator.users.identity import MergedAway, refuse_merged
 
 router = APIRouter(
     tags=["users"],
@@ -66,17 +67,25 @@ class Consent(BaseModel):
     )
 
 
-@router.delete("/v1/users/{user_id}", status_code=202, response_model=ErasureAccepted)
+@router.delete(
+    "/v1/users/{user_id}",
+    status_code=202,
+    response_model=ErasureAccepted,
+    responses={409: {"description": "The id was merged into another user: erase that one"}},
+)
 async def erase_user(services: ServicesDep, caller: Eraser, user_id: UserId) -> ErasureAccepted:
     """Erase the user everywhere (GDPR art. 17): profile, identities, events, messages,
     inbox, receipts, decisions, suppressions, enrollments, assignments, segments, their
     Temporal workflows. Asking again is harmless. Events for the id are dropped from now
     on, until a restore."""
-    hashed = await erasure.request_erasure(
-        engine=services.engine, client=services.client, erased_ids=services.erased,
-        user_id=user_id, actor=caller.actor, task_queue=services.settings.task_queue,
-        now=services.clock(),
-    )  # fmt: skip
+    try:
+        hashed = await erasure.request_erasure(
+            engine=services.engine, client=services.client, erased_ids=services.erased,
+            user_id=user_id, actor=caller.actor, task_queue=services.settings.task_queue,
+            now=services.clock(),
+        )  # fmt: skip
+    except MergedAway as exc:
+        raise HTTPException(409, str(exc)) from None
     return ErasureAccepted(
         workflow_id=erasure.workflow_id(hashed), status_url=f"/v1/users/{user_id}/erasure"
     )
@@ -128,7 +137,8 @@ async def restore_user(
     "/v1/users/{user_id}/export",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/json": {}}, "description": "One JSON document, streamed"}
+        200: {"content": {"application/json": {}}, "description": "One JSON document, streamed"},
+        409: {"description": "The id was merged into another user: export that one"},
     },
 )
 async def export_user(
@@ -136,6 +146,11 @@ async def export_user(
 ) -> StreamingResponse:
     """Everything held about the user (GDPR art. 15) as one JSON document, written as it
     is read (a user with a million events costs the API one page of memory)."""
+    async with services.engine.connect() as conn:
+        try:
+            await refuse_merged(conn, user_id)
+        except MergedAway as exc:
+            raise HTTPException(409, str(exc)) from None
     await record_use(services, caller, "user.export", user_id)
     return StreamingResponse(
         export.stream(services.engine, user_id, now=services.clock()),

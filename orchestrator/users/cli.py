@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.access import audit
 from orchestrator.users import erased, erasure, export
+from orchestrator.users.identity import MergedAway, refuse_merged
 
 users_app = typer.Typer(help="A user's data: erase it everywhere, or export it.",
                         no_args_is_help=True)  # fmt: skip
@@ -47,7 +48,11 @@ async def _engine() -> AsyncIterator[AsyncEngine]:
 
 
 def _run(work: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(work())  # type: ignore[arg-type]
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except MergedAway as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
 
 @users_app.command("erase")
@@ -153,6 +158,7 @@ def export_user(
         async with _engine() as engine:
             now = datetime.now(UTC)
             async with engine.begin() as conn:
+                await refuse_merged(conn, user_id)
                 await audit.record(conn, audit.command_line(), "user.export",
                                    subject=user_id, now=now)  # fmt: skip
             partial = output.with_name(output.name + ".partial") if output else None

@@ -17,6 +17,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import delete, select, update
@@ -61,8 +62,11 @@ class ErasedIds:
         return keyed_hash(await self.key(), user_id)
 
     async def drop_erased(self, conn: AsyncConnection, batch: Sequence[Incoming]) -> list[Incoming]:
-        """The batch without the events whose userId, anonymousId or previousId is on
-        the list: one query per batch. Dropped events are counted in the log, never named."""
+        """The batch without the events of erased users: one query per batch. A message
+        counts for its userId if it has one (an erased anonymous id on it, the device an
+        erased visitor used, is taken off and the message kept), else for its anonymous
+        visitor; an alias from an erased id is dropped. Dropped events are counted in the
+        log, never named."""
         if not batch:
             return []
         key = await self.key()
@@ -82,8 +86,20 @@ class ErasedIds:
         )
         if not listed:
             return list(batch)
-        kept = [item for item in batch if not any(hashes[value] in listed for value in _ids(item))]
-        log.info("dropped %d event(s) of erased users", len(batch) - len(kept))
+
+        def erased(value: str | None) -> bool:
+            return value is not None and hashes[value] in listed
+
+        kept: list[Incoming] = []
+        for item in batch:
+            device = ANONYMOUS + item.anonymous_id if item.anonymous_id else None
+            if erased(item.user_id) or (item.user_id is None and erased(device)):
+                continue
+            if item.previous_id and any(map(erased, _ids(item)[-2:])):
+                continue
+            kept.append(replace(item, anonymous_id=None) if erased(device) else item)
+        if dropped := len(batch) - len(kept):
+            log.info("dropped %d event(s) of erased users", dropped)
         return kept
 
 

@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.tables import enrollments, erasures
     from orchestrator.temporal import segments_queue
     from orchestrator.users import erased, rows
-    from orchestrator.users.identity import every_id
+    from orchestrator.users.identity import every_id, refuse_merged
     from workflows import search
 
 BATCH = 2_000  # rows per statement
@@ -275,6 +275,7 @@ async def request_erasure(
     hashed = await erased_ids.hash(user_id)
     key = await erased_ids.key()
     async with engine.begin() as conn:
+        await refuse_merged(conn, user_id)
         stmt = insert(erasures).values(
             hash=hashed,
             status="requested",

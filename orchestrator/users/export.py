@@ -41,6 +41,8 @@ _ENROLLMENTS = "SELECT id FROM enrollments WHERE user_id = ANY(:ids)"
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("identities", "SELECT * FROM identities WHERE user_id = ANY(:ids) "
                    "OR anonymous_id = ANY(:ids) ORDER BY created_at, anonymous_id"),
+    ("merges", "SELECT * FROM identity_merges WHERE source = ANY(:ids) "
+               "OR target = ANY(:ids) ORDER BY id"),
     ("segment_memberships", "SELECT * FROM segment_memberships WHERE user_id = ANY(:ids) "
                             "ORDER BY entered_at, id"),
     ("events", "SELECT * FROM events WHERE user_id = ANY(:ids) ORDER BY id"),

@@ -15,7 +15,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from orchestrator.users.identity import mark_told, merge_users, record_merge, untold
+from orchestrator.users.identity import mark_told, merge_users, record_merge, resolve, untold
 from rules.policy import Policy
 from workflows.messages import AdoptInput, IdentifiedSignal
 
@@ -58,13 +58,22 @@ class IdentityActivities:
         self.engine, self.client, self.policy = engine, client, policy
 
     @activity.defn(name="adopt_user")
-    async def adopt_user(self, adopt: AdoptInput) -> None:
+    async def adopt_user(self, adopt: AdoptInput) -> str:
+        """Returns the user the journey runs for now: the merge's, or whom that user was
+        merged into since (merges told late or out of order end up the same)."""
         now = datetime.now(UTC)
+        merge_id = None
         async with self.engine.begin() as conn:
-            merged = await merge_users(
-                conn, source=adopt.source, target=adopt.target, policy=self.policy, now=now
-            )
-            # A journey entered under the old id while the merge ran: tell it too.
-            merge_id = await record_merge(conn, merged, now) if merged.workflows else None
+            found = await resolve(conn, [adopt.source, adopt.target])
+            user = found.get(adopt.target, adopt.target)
+            # Unless the old id now counts for someone else (a device changed hands).
+            if found.get(adopt.source) == user:
+                merged = await merge_users(
+                    conn, source=adopt.source, target=user, policy=self.policy, now=now,
+                    relink=False,
+                )  # fmt: skip
+                # A journey entered under the old id while the merge ran: tell it too.
+                merge_id = await record_merge(conn, merged, now) if merged.workflows else None
         if merge_id is not None:
             await tell_merges(self.engine, self.client, now=now, ids=[merge_id])
+        return user

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, select, text, update
+from sqlalchemy import and_, delete, exists, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.profiles import MAX_DEVICE_TOKENS
+from channels.base import ADDRESSES
+from orchestrator.profiles import MAX_DEVICE_TOKENS, MAX_TRAITS
 from orchestrator.tables import (
     assignments,
     computed_profiles,
@@ -75,6 +77,20 @@ async def resolve(conn: AsyncConnection, ids: Collection[str]) -> dict[str, str]
     return dict(rows.all())
 
 
+class MergedAway(Exception):
+    """The id was merged into another user, who holds its data now."""
+
+
+async def refuse_merged(conn: AsyncConnection, user_id: str) -> None:
+    """Erasure and export name a user, not an id of theirs merged away: MergedAway."""
+    into = (await resolve(conn, [user_id])).get(user_id)
+    if into is not None:
+        raise MergedAway(
+            f"{user_id!r} was merged into user {into!r} (identify or alias), who holds its "
+            f"data now: erase or export {into!r}"
+        )
+
+
 async def every_id(conn: AsyncConnection, user_id: str) -> list[str]:
     """A user's ids: the user (whom `user_id` names, or was merged into) first, then every
     id merged into them (their anonymous profiles, ids aliased to them)."""
@@ -93,21 +109,52 @@ async def previous_profile(conn: AsyncConnection, previous_id: str) -> str:
         select(
             exists().where(profiles.c.user_id == previous_id)
             | exists().where(events.c.user_id == previous_id)
+            | exists().where(identities.c.anonymous_id == previous_id)  # merged before
         )
     )
     return previous_id if known else anonymous_profile(previous_id)
 
 
+async def lock_profiles(
+    conn: AsyncConnection, *, reading: Collection[str], merging: Collection[str] = ()
+) -> None:
+    """Until the transaction ends: profiles this transaction stores under (`reading`,
+    shared) or merges away (`merging`, exclusive), in one statement, in a fixed order.
+    A merge so waits for the batches storing under its profile, and a batch stored
+    after it sees it: no event is left behind on a profile merged away."""
+    wanted = {key: False for key in reading} | {key: True for key in merging}
+    if not wanted:
+        return
+    keys = sorted(wanted)
+    await conn.execute(
+        text(
+            "SELECT CASE WHEN x THEN pg_advisory_xact_lock(h) ELSE pg_advisory_xact_lock_shared(h)"
+            " END FROM (SELECT hashtextextended('profile' || chr(31) || k, 0) AS h, x"
+            " FROM unnest(CAST(:keys AS text[]), CAST(:exclusive AS boolean[])) AS u(k, x)"
+            " ORDER BY h) AS ordered"
+        ),
+        {"keys": keys, "exclusive": [wanted[k] for k in keys]},
+    )
+
+
 async def link(
-    conn: AsyncConnection, *, source: str, target: str, policy: Policy, now: datetime
+    conn: AsyncConnection,
+    *,
+    source: str,
+    target: str,
+    policy: Policy,
+    now: datetime,
+    trusted: bool = True,
 ) -> tuple[int, str] | None:
     """`source` counts for `target` from now on; merge it unless it was merged before.
     Returns the merge's id in `identity_merges` (its workflows are to be told) and the
-    user merged into (`target`, or whom `target` itself was merged into)."""
-    target = (await resolve(conn, [target])).get(target, target)
+    user merged into (`target`, or whom `target` itself was merged into). The caller
+    holds `source`'s profile lock (`lock_profiles`, merging)."""
+    found = await resolve(conn, [source, target])
+    target = found.get(target, target)
     if source == target:
         return None
-    merged_into = (await resolve(conn, [source])).get(source)
+    merged_into = found.get(source)
     if merged_into == target:
         return None
     if merged_into is not None:
@@ -116,21 +163,40 @@ async def link(
             update(identities).where(identities.c.anonymous_id == source).values(user_id=target)
         )
         return None
-    merged = await merge_users(conn, source=source, target=target, policy=policy, now=now)
+    merged = await merge_users(
+        conn, source=source, target=target, policy=policy, now=now, trusted=trusted
+    )
     return await record_merge(conn, merged, now), target
 
 
 async def merge_users(
-    conn: AsyncConnection, *, source: str, target: str, policy: Policy, now: datetime
+    conn: AsyncConnection,
+    *,
+    source: str,
+    target: str,
+    policy: Policy,
+    now: datetime,
+    trusted: bool = True,
+    relink: bool = True,
 ) -> Merged:
     """Move everything `source` has to `target`, in the caller's transaction (see the
-    module). Running again moves what was written under `source` since (idempotent)."""
+    module). Running again moves what was written under `source` since (idempotent;
+    `relink=False` then leaves `identities` as it is). A merge a public source asked for
+    (`trusted=False`) leaves the merged profile's addresses behind: whoever sets those
+    gets the user's messages."""
+    await lock_profiles(conn, reading=(), merging=(source,))
+    if relink:
+        await _link_identity(conn, source, target)
+    if not await _holds_anything(conn, source):
+        return Merged(source, target)  # a device seen first as it signs in, say
     # Decisions for either user wait for the merge (and it for them), in a fixed order.
     for user in sorted((source, target)):
         await store.lock_user(conn, user)
-    await _link_identity(conn, source, target)
-    await _merge_profiles(conn, source, target, policy)
-    for table in (events, messages, user_messages, arbitration_requests, arbitration_decisions):
+    had_profile = await _merge_profiles(conn, source, target, policy, trusted=trusted)
+    moved_events = (
+        await conn.execute(update(events).where(events.c.user_id == source).values(user_id=target))
+    ).rowcount
+    for table in (messages, user_messages, arbitration_requests, arbitration_decisions):
         await conn.execute(update(table).where(table.c.user_id == source).values(user_id=target))
     # Suppressions add up: every stop either had stays.
     moved = select(
@@ -161,8 +227,19 @@ async def merge_users(
     )
     await conn.execute(delete(assignments).where(assignments.c.user_id == source))
     workflows = await _move_enrollments(conn, source, target, now)
-    await _reset_computed(conn, source, target, now)
+    # Nothing to count again when the merged profile had no events and no traits.
+    if moved_events or had_profile:
+        await _reset_computed(conn, source, target, now)
     return Merged(source, target, workflows)
+
+
+async def _holds_anything(conn: AsyncConnection, user_id: str) -> bool:
+    """Whether any table holds a row of the user (one round trip)."""
+    tables = (profiles, events, messages, user_messages, arbitration_requests,
+              arbitration_decisions, suppressions, assignments, enrollments,
+              computed_profiles, segment_memberships)  # fmt: skip
+    found = or_(*(exists().where(table.c.user_id == user_id) for table in tables))
+    return bool(await conn.scalar(select(found)))
 
 
 async def record_merge(conn: AsyncConnection, merged: Merged, now: datetime) -> int:
@@ -189,7 +266,10 @@ async def _link_identity(conn: AsyncConnection, source: str, target: str) -> Non
     )
 
 
-async def _merge_profiles(conn: AsyncConnection, source: str, target: str, policy: Policy) -> None:
+async def _merge_profiles(
+    conn: AsyncConnection, source: str, target: str, policy: Policy, *, trusted: bool
+) -> bool:
+    """Merge `source`'s traits into `target`'s profile; False if it had none."""
     rows = {
         row.user_id: row
         for row in await conn.execute(
@@ -200,10 +280,13 @@ async def _merge_profiles(conn: AsyncConnection, source: str, target: str, polic
         )
     }
     if source not in rows:
-        return
+        return False
     theirs = rows.get(target)
+    own = _times(rows[source])
+    if not trusted:
+        own = {k: t for k, t in own.items() if k not in ADDRESSES}
     traits, times = merge_traits(
-        Traits(dict(rows[source].traits), _times(rows[source])),
+        Traits({k: rows[source].traits[k] for k in own}, own),
         Traits(dict(theirs.traits), _times(theirs)) if theirs is not None else Traits({}, {}),
         consent=policy.consent.trait,
         stop=policy.suppression.do_not_contact_trait,
@@ -218,6 +301,7 @@ async def _merge_profiles(conn: AsyncConnection, source: str, target: str, polic
         )
     )
     await conn.execute(delete(profiles).where(profiles.c.user_id == source))
+    return True
 
 
 def _times(row: Any) -> dict[str, str]:
@@ -241,7 +325,10 @@ def merge_traits(
     add up (the newest `MAX_DEVICE_TOKENS`)."""
     values: dict[str, Any] = {}
     times: dict[str, str] = {}
-    for key in source.values.keys() | target.values.keys():
+    # Past a profile's bounds, the merged profile's oldest traits of its own stay behind.
+    theirs = sorted(source.values.keys() - target.values.keys(), key=lambda k: source.times[k])
+    dropped = set(theirs[: max(0, len(theirs) + len(target.values) - MAX_TRAITS)])
+    for key in (source.values.keys() | target.values.keys()) - dropped:
         newer = source if _newer(source, target, key) else target
         values[key], times[key] = newer.values[key], newer.times[key]
     if consent in values:
@@ -312,15 +399,24 @@ async def _move_enrollments(
         )
     }
     told: list[dict[str, Any]] = []
+    ended = {"status": "exited", "ended_at": now, "end_reason": MERGED}
     for row in rows:
         workflow_id = row.workflow_id or search.workflow_id(row.journey_key, source, row.instance)
         values: dict[str, Any] = {"user_id": target, "workflow_id": workflow_id}
-        if row.status == "active":
-            ends = (row.journey_key, row.instance) in running
-            if ends:
-                values |= {"status": "exited", "ended_at": now, "end_reason": MERGED}
-            told.append({"workflow_id": workflow_id, "ends": ends})
-        await conn.execute(update(enrollments).where(enrollments.c.id == row.id).values(values))
+        moved = update(enrollments).where(enrollments.c.id == row.id)
+        if row.status != "active":
+            await conn.execute(moved.values(values))
+            continue
+        ends = (row.journey_key, row.instance) in running
+        if not ends:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(moved.values(values))
+            except IntegrityError:
+                ends = True  # the user entered it a moment ago (`enrollments_one_active`)
+        if ends:
+            await conn.execute(moved.values(values | ended))
+        told.append({"workflow_id": workflow_id, "ends": ends})
     return told
 
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from orchestrator.users.identity import Traits, merge_traits, stricter_consent
+from orchestrator.users.following import IdentityActivities
+from orchestrator.users.identity import Traits, merge_traits, merge_users, stricter_consent
 from tests.conftest import StackFactory
 from tests.support.db import count, enrollments, rows
 from tests.support.receiver import Receiver, Script
 from tests.support.stack import Stack, eventually
+from tests.support.workspace import ADMIN_KEY
 from workflows import search
-from workflows.messages import MERGED, JourneyResult, JourneyState
+from workflows.messages import MERGED, AdoptInput, JourneyResult, JourneyState
 
 BROWSE = """
 journey: browse
@@ -378,3 +382,136 @@ async def test_computed_traits_and_segments_count_the_anonymous_events(
     ]
     entered = await rows(engine, "SELECT user_id FROM segment_memberships WHERE exited_at IS NULL")
     assert entered == [{"user_id": "u7"}]
+
+
+QUIET = """
+reachability: {email: null, push: null, in_app: null, web: null}
+quiet_hours:
+  - {channels: [email], start: '00:00', end: '23:59'}
+"""
+
+
+async def test_identify_while_a_send_is_deferred_sends_as_the_known_user(
+    make_stack: StackFactory, engine: AsyncEngine, receiver: Receiver
+) -> None:
+    stack = await make_stack({"promo": PROMO}, policy=QUIET)
+    await send(stack, "track", anonymousId="a8", event="Promo Eligible")
+    workflow_id = search.workflow_id("promo", "anonymous:a8")
+    handle = stack.client.get_workflow_handle(workflow_id, result_type=JourneyResult)
+
+    async def deferred() -> bool:
+        try:
+            state = await handle.query("state", result_type=JourneyState)
+        except Exception:
+            return False
+        return state.deferred is not None
+
+    await eventually(deferred)
+    await send(stack, "identify", userId="u8", anonymousId="a8", traits={"first_name": "Cy"})
+
+    async def followed() -> bool:
+        return await workflow_user(stack, workflow_id) == "u8"
+
+    await eventually(followed)
+    assert receiver.requests == []
+    # the deferral ends (time skips): the message goes out as the known user's
+    result = await asyncio.wait_for(_skip_until(stack, handle.result()), 60)
+    assert result.messages_sent == 1
+    [sent] = receiver.requests
+    assert (sent.json["data"]["recipient"]["user_id"], sent.json["data"]["content"]["subject"]) == (
+        "u8",
+        "Hello Cy",
+    )
+    decisions = await rows(engine, "SELECT user_id, action FROM arbitration_decisions ORDER BY id")
+    assert decisions == [{"user_id": "u8", "action": "defer"}, {"user_id": "u8", "action": "send"}]
+    assert await rows_naming(engine, "anonymous:a8") == {}
+
+
+async def _skip_until(stack: Stack, result: Any) -> Any:
+    task = asyncio.ensure_future(result)
+    while not task.done():
+        assert stack.skip is not None
+        await stack.skip()
+        await asyncio.sleep(0.05)
+    return await task
+
+
+async def test_events_racing_their_identify_all_count_for_the_known_user(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"browse": BROWSE})
+    views = [send(stack, "track", anonymousId="a9", event="Searched") for _ in range(30)]
+    identify = send(stack, "identify", userId="u9", anonymousId="a9")
+    await asyncio.gather(*views[:15], identify, *views[15:])
+    assert await rows_naming(engine, "anonymous:a9") == {}
+    assert (await rows_naming(engine, "u9"))["events"] == 31
+
+
+async def test_a_late_adopt_moves_stragglers_and_follows_later_merges(
+    make_stack: StackFactory, engine: AsyncEngine, time_skipping: WorkflowEnvironment
+) -> None:
+    stack = await make_stack({"browse": BROWSE})
+    activities = IdentityActivities(
+        engine=engine, client=time_skipping.client, policy=stack.services.policy
+    )
+    adopt = ActivityEnvironment()
+    await send(stack, "identify", userId="u10", anonymousId="a10")
+    # a step of the anonymous journey wrote after the merge had moved everything
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO profiles (user_id, traits) VALUES ('anonymous:a10', :t)"),
+            {"t": '{"visits": 3}'},
+        )
+    assert await adopt.run(activities.adopt_user, AdoptInput(source="anonymous:a10",
+                                                             target="u10")) == "u10"  # fmt: skip
+    assert await rows(engine, "SELECT user_id, traits FROM profiles") == [
+        {"user_id": "u10", "traits": {"visits": 3}}
+    ]
+    # told late, after the user was merged on: the journey follows to the end of the chain
+    await send(stack, "alias", previousId="u10", userId="u11")
+    followed = await adopt.run(
+        activities.adopt_user, AdoptInput(source="anonymous:a10", target="u10")
+    )
+    assert followed == "u11"
+    assert await rows(engine, "SELECT anonymous_id, user_id FROM identities ORDER BY 1") == [
+        {"anonymous_id": "anonymous:a10", "user_id": "u11"},
+        {"anonymous_id": "u10", "user_id": "u11"},
+    ]
+    # a device that changed hands since is not pointed back
+    await send(stack, "identify", userId="u12", anonymousId="a10")
+    await adopt.run(activities.adopt_user, AdoptInput(source="anonymous:a10", target="u11"))
+    assert await rows(
+        engine, "SELECT user_id FROM identities WHERE anonymous_id = 'anonymous:a10'"
+    ) == [{"user_id": "u12"}]
+
+
+async def test_a_public_sources_merge_leaves_the_addresses_behind(
+    engine: AsyncEngine, make_stack: StackFactory
+) -> None:
+    stack = await make_stack({"browse": BROWSE})
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO profiles (user_id, traits) VALUES ('anonymous:kiosk-2',"
+                ' \'{"email": "someone@example.com", "device_tokens": ["t"], "plan": "x"}\')'
+            )
+        )
+        await merge_users(conn, source="anonymous:kiosk-2", target="victim-2",
+                          policy=stack.services.policy, now=datetime.now(UTC),
+                          trusted=False)  # fmt: skip
+    assert await rows(engine, "SELECT user_id, traits FROM profiles") == [
+        {"user_id": "victim-2", "traits": {"plan": "x"}}
+    ]
+
+
+async def test_erasure_and_export_name_a_user_not_an_id_merged_away(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"browse": BROWSE})
+    await send(stack, "identify", userId="u13", anonymousId="a13")
+    for method, path in (("DELETE", "/v1/users/anonymous:a13"),
+                         ("GET", "/v1/users/anonymous:a13/export")):  # fmt: skip
+        refused = await stack.call(method, path, key=ADMIN_KEY)
+        assert refused.status_code == 409, path
+        assert "merged into user 'u13'" in refused.json()["error"]
+    assert await count(engine, "erasures") == 0

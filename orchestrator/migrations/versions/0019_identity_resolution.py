@@ -22,6 +22,12 @@ down_revision = "0018"
 branch_labels = None
 depends_on = None
 
+INDEXES = {
+    "enrollments_user_id_idx": "enrollments (user_id)",
+    "assignments_user_idx": "assignments (user_id)",
+    "segment_memberships_user_id_idx": "segment_memberships (user_id)",
+}
+
 
 def upgrade() -> None:
     op.add_column(
@@ -44,19 +50,23 @@ def upgrade() -> None:
         ["merged_at"],
         postgresql_where=sa.text("told_at IS NULL"),
     )
-    # A merge moves a user's rows by user id: these tables had no index leading with it.
-    op.create_index("enrollments_user_id_idx", "enrollments", ["user_id"])
-    op.create_index("assignments_user_idx", "assignments", ["user_id"])
-    op.create_index("segment_memberships_user_id_idx", "segment_memberships", ["user_id"])
-    # Anonymous events stored so far belong to their anonymous profile from now on.
+    # Anonymous events stored so far belong to the user their anonymous id was linked to
+    # (identify or alias before this release), else to their anonymous profile.
     op.execute(
         "UPDATE identities SET anonymous_id = 'anonymous:' || anonymous_id"
         " WHERE anonymous_id NOT LIKE 'anonymous:%'"
     )
     op.execute(
-        "UPDATE events SET user_id = 'anonymous:' || anonymous_id"
+        "UPDATE events SET user_id = coalesce((SELECT i.user_id FROM identities AS i"
+        " WHERE i.anonymous_id = 'anonymous:' || events.anonymous_id),"
+        " 'anonymous:' || anonymous_id)"
         " WHERE user_id IS NULL AND anonymous_id IS NOT NULL"
     )
+    # A merge moves a user's rows by user id: these tables had no index leading with it.
+    with op.get_context().autocommit_block():
+        for name, target in INDEXES.items():
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            op.execute(f"CREATE INDEX CONCURRENTLY {name} ON {target}")
 
 
 def downgrade() -> None:
@@ -65,9 +75,9 @@ def downgrade() -> None:
         "UPDATE identities SET anonymous_id = substr(anonymous_id, 11)"
         " WHERE anonymous_id LIKE 'anonymous:%'"
     )
-    op.drop_index("segment_memberships_user_id_idx", table_name="segment_memberships")
-    op.drop_index("assignments_user_idx", table_name="assignments")
-    op.drop_index("enrollments_user_id_idx", table_name="enrollments")
+    with op.get_context().autocommit_block():
+        for name in INDEXES:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
     op.drop_index("identity_merges_untold_idx", table_name="identity_merges")
     op.drop_table("identity_merges")
     op.drop_column("enrollments", "workflow_id")

@@ -182,9 +182,16 @@ async def test_erasure_leaves_no_row_naming_the_user_no_workflow_and_drops_their
 
     # her next events are dropped, under any of her ids; Bob's are stored
     await stack.track(ADA, "Signed Up")
-    for body in ({"anonymousId": ANON, "event": "Viewed"}, {"userId": "x", "anonymousId": OLD,
-                                                             "event": "Viewed"}):  # fmt: skip
-        assert (await stack.send("/v1/track", body)).status_code == 200
+    for body in ({"anonymousId": ANON, "event": "Viewed"}, {"anonymousId": OLD, "event": "Viewed"},
+                 {"userId": "x", "previousId": OLD}):  # fmt: skip
+        path = "/v1/alias" if "previousId" in body else "/v1/track"
+        assert (await stack.send(path, body)).status_code == 200
+    # someone else on the device she used is stored, without her anonymous id
+    on_her_device = {"userId": "carol-1", "anonymousId": ANON, "event": "Viewed"}
+    assert (await stack.send("/v1/track", on_her_device)).status_code == 200
+    assert await rows(
+        engine, "SELECT user_id, anonymous_id FROM events WHERE user_id = 'carol-1'"
+    ) == [{"user_id": "carol-1", "anonymous_id": None}]
     await stack.track(BOB, "Order Completed")
     await asyncio.sleep(1)  # give a wrongly started journey the time to show up
     assert await scan.naming(engine, IDS) == {}

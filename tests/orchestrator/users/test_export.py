@@ -25,7 +25,7 @@ from tests.support.workspace import ADMIN_KEY, SERVER_KEY, user_token
 ADA = "ada-e4x9"
 OLD = "old-ada-e4x9"
 KINDS = (
-    "identities", "segment_memberships", "events", "messages", "receipts", "inbox",
+    "identities", "merges", "segment_memberships", "events", "messages", "receipts", "inbox",
     "arbitration_requests", "decisions", "suppressions", "enrollments", "enrollment_steps",
     "assignments", "facts", "audit",
 )  # fmt: skip
