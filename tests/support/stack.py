@@ -21,6 +21,7 @@ from temporalio.service import RPCError
 
 from orchestrator.api import create_app
 from orchestrator.deploy import deploy_workspace
+from orchestrator.enrollment import workflow_of
 from orchestrator.routing import Clock, utc_now
 from orchestrator.services import Services, build_services
 from orchestrator.settings import Settings
@@ -186,9 +187,12 @@ async def terminate_unfinished(client: Client, engine: AsyncEngine) -> None:
     # time-skipping server cannot skip time past a task that nobody takes.
     async with engine.connect() as conn:
         active = await conn.execute(
-            text("SELECT journey_key, user_id FROM enrollments WHERE status = 'active'")
+            text(
+                "SELECT journey_key, user_id, instance, workflow_id FROM enrollments"
+                " WHERE status = 'active'"
+            )
         )
-        ids = {workflow_id(key, user) for key, user in active}
+        ids = {workflow_of(row) for row in active}
     for wid in ids:
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(wid).terminate("test finished")
