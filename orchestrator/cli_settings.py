@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.settings import Settings
 from orchestrator.sources import InvalidSource
@@ -52,6 +56,26 @@ def settings_with_database() -> Settings:
 def database_url() -> str:
     """The database a command should use (see `settings_with_database`)."""
     return settings_with_database().require_database_url()
+
+
+T = TypeVar("T")
+
+
+def read_database(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` on one connection to the database a command uses (`database_url`)."""
+    from orchestrator.database import create_engine
+
+    url = database_url()
+
+    async def run() -> T:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def serving_settings() -> Settings:

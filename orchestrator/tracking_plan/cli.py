@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,20 +22,9 @@ T = TypeVar("T")
 
 
 def _read(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    from orchestrator.cli_settings import database_url
-    from orchestrator.database import create_engine
+    from orchestrator.cli_settings import read_database
 
-    url = database_url()
-
-    async def run() -> T:
-        engine = create_engine(url, pool_size=1)
-        try:
-            async with engine.connect() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return read_database(work)
 
 
 def _duration(value: str | None, option: str) -> None:
