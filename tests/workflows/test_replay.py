@@ -152,3 +152,47 @@ async def test_a_fresh_history_with_keys_heard_events_and_a_move_replays(
 
 async def _closed(handle: Any) -> bool:
     return (await handle.describe()).status != WorkflowExecutionStatus.RUNNING
+
+
+FOLLOWED = """
+journey: tour_followed
+name: An anonymous visitor identified on the way
+trigger: {event: Product Viewed}
+start: hello
+steps:
+  hello:
+    send: {channel: email, template: hello}
+    next: listen
+  listen:
+    wait_for: {event: Order Completed, timeout: 3d, on_event: thank, on_timeout: done}
+  thank:
+    send: {channel: push, template: hello}
+    next: done
+  done:
+    exit: {}
+"""
+
+
+async def test_a_fresh_history_following_an_identify_replays(
+    make_stack: StackFactory, receiver: Receiver
+) -> None:
+    stack = await make_stack({"tour_followed": FOLLOWED})
+    viewed = {"anonymousId": "a1", "event": "Product Viewed", "messageId": "m-1"}
+    assert (await stack.send("/v1/track", viewed)).status_code == 200
+    await receiver.wait_for(lambda rs: len(rs) == 1)
+    identify = {"userId": "u1", "anonymousId": "a1", "messageId": "m-2"}
+    assert (await stack.send("/v1/identify", identify)).status_code == 200
+    handle = stack.client.get_workflow_handle(search.workflow_id("tour_followed", "anonymous:a1"))
+
+    async def followed() -> bool:
+        state = await handle.query("state", result_type=JourneyState)
+        return state.user_id == "u1"
+
+    await eventually(followed)
+    await stack.track("u1", "Order Completed")
+    await eventually(lambda: _closed(handle), skip=stack.skip)
+    assert len(receiver.requests) == 2
+    history = await handle.fetch_history()
+    await replayer().replay_workflow(history)
+    if name := os.environ.get("RECORD_HISTORY"):
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
