@@ -36,6 +36,11 @@ def _duration(value: str | None, option: str) -> None:
         raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
+def _iso(value: Any) -> str:
+    """Times and days as the API writes them."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 @app.command()
 def violations(
     since: Annotated[
@@ -59,8 +64,8 @@ def violations(
 
     in_force, found = _read(work)
     if as_json:
-        typer.echo(json.dumps({"plan_version": in_force, "since": first, "violations": found},
-                              default=str, indent=2))  # fmt: skip
+        document = {"plan_version": in_force, "since": first, "violations": found}
+        typer.echo(json.dumps(document, default=_iso, indent=2))
         return
     if in_force == 0:
         typer.echo("no tracking plan deployed: add tracking_plan.yaml and run "

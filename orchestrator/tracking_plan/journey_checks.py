@@ -156,11 +156,26 @@ def _property_paths(text: str, *, template: bool) -> list[tuple[str, ...]]:
     except TemplateSyntaxError:
         return []  # validation reports it
     paths: set[tuple[str, ...]] = set()
+    # `event.properties.get('items')` reads `items` (the method is not a property).
+    methods: set[int] = set()
+    for call in tree.find_all(nodes.Call):
+        method = call.node
+        if isinstance(method, nodes.Getattr) and method.attr == "get" and call.args:
+            methods.add(id(method))
+            first, base = call.args[0], _chain(method.node)
+            if isinstance(first, nodes.Const) and isinstance(first.value, str) and base:
+                paths |= _read((*base, first.value))
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        chain = _chain(node)
-        if chain is not None and len(chain) > 2 and chain[:2] == ("event", "properties"):
-            paths.add(chain[2:])
+        if id(node) not in methods and (chain := _chain(node)) is not None:
+            paths |= _read(chain)
     return sorted(p for p in paths if not any(o != p and o[: len(p)] == p for o in paths))
+
+
+def _read(chain: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The property path a chain of names reads, if it reads one."""
+    if len(chain) > 2 and chain[:2] == ("event", "properties"):
+        return {chain[2:]}
+    return set()
 
 
 def _chain(node: nodes.Node) -> tuple[str, ...] | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Text, func, select, type_coerce
+from sqlalchemy import BigInteger, Text, func, select, type_coerce
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -133,7 +133,7 @@ async def list_violations(
     query = (
         select(
             c.type, c.event, c.field, c.problem,
-            func.sum(c.count).label("count"),
+            func.sum(c.count).cast(BigInteger).label("count"),
             func.min(c.first_seen).label("first_seen"),
             func.max(c.last_seen).label("last_seen"),
             # The example of the latest day that saw it.

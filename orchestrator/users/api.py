@@ -139,6 +139,7 @@ async def restore_user(
     responses={
         200: {"content": {"application/json": {}}, "description": "One JSON document, streamed"},
         409: {"description": "The id was merged into another user: export that one"},
+        410: {"description": "The user was erased: nothing is held (the export is not audited)"},
     },
 )
 async def export_user(
@@ -149,8 +150,11 @@ async def export_user(
     async with services.engine.connect() as conn:
         try:
             await refuse_merged(conn, user_id)
+            await erasure.refuse_erased(conn, services.erased, user_id)
         except MergedAway as exc:
             raise HTTPException(409, str(exc)) from None
+        except erasure.Erased as exc:
+            raise HTTPException(410, str(exc)) from None
     await record_use(services, caller, "user.export", user_id)
     return StreamingResponse(
         export.stream(services.engine, user_id, now=services.clock()),

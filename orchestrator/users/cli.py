@@ -50,7 +50,7 @@ async def _engine() -> AsyncIterator[AsyncEngine]:
 def _run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(work())  # type: ignore[arg-type]
-    except MergedAway as exc:
+    except (MergedAway, erasure.Erased) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
 
@@ -81,7 +81,7 @@ def erase(
                 return {"workflow_id": wid, "status": "requested"}
             handle = client.get_workflow_handle(wid, result_type=erasure.ErasureResult)
             result = await handle.result()
-            return {"workflow_id": wid, "status": "erased", "workflows": result.workflows,
+            return {"workflow_id": wid, "status": "erased", "temporal_workflows": result.workflows,
                     "counts": result.counts}  # fmt: skip
 
     typer.echo(json.dumps(_run(work), indent=2))
@@ -159,6 +159,7 @@ def export_user(
             now = datetime.now(UTC)
             async with engine.begin() as conn:
                 await refuse_merged(conn, user_id)
+                await erasure.refuse_erased(conn, erased.ErasedIds(engine), user_id)
                 await audit.record(conn, audit.command_line(), "user.export",
                                    subject=user_id, now=now)  # fmt: skip
             partial = output.with_name(output.name + ".partial") if output else None

@@ -313,6 +313,20 @@ async def request_erasure(
     return hashed
 
 
+class Erased(Exception):
+    """The user was erased (or is being erased): nothing is held about them, and naming
+    them again (an export's audit entry, say) would undo part of the erasure."""
+
+
+async def refuse_erased(conn: AsyncConnection, erased_ids: erased.ErasedIds, user_id: str) -> None:
+    found = await status(conn, await erased_ids.hash(user_id))
+    if found is not None and found["status"] != "restored":
+        raise Erased(
+            f"the user was erased ({found['status']}): nothing is held about them; "
+            "`users status` shows the erasure"
+        )
+
+
 async def status(conn: AsyncConnection, hashed: str) -> dict[str, Any] | None:
     """The erasure's state, without the ids it covers."""
     row = (

@@ -4,7 +4,9 @@ nothing, `report` stores it and counts each violation, readable by the CLI and t
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -162,6 +164,15 @@ async def test_report_stores_and_counts_each_violation(
     assert lines[0].startswith("plan v1 since ")
     assert lines[2].split()[:5] == ["3", "Order", "Completed", "properties.revenue", "type:"]
     assert any(line.split()[:3] == ["1", "(identify)", "traits.age"] for line in lines)
+    # --json says what the API says, in the same types
+    as_json = await asyncio.to_thread(runner.invoke, app, ["tracking-plan", "violations",
+                                                           "--since", "7d", "--json"])  # fmt: skip
+
+    def counted(found: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(v["event"], v["field"], v["problem"], v["count"],
+                 datetime.fromisoformat(v["first_seen"])) for v in found]  # fmt: skip
+
+    assert counted(json.loads(as_json.stdout)["violations"]) == counted(body["violations"])
     wrong = await asyncio.to_thread(runner.invoke, app, ["tracking-plan", "violations",
                                                          "--since", "soon"])  # fmt: skip
     assert wrong.exit_code == 2

@@ -88,7 +88,8 @@ def test_undefined_properties_warn_at_their_positions(tmp_path: Path) -> None:
 
 
 async def test_warnings_do_not_stop_a_deploy(tmp_path: Path, engine: AsyncEngine) -> None:
-    template = {"hello": 'push:\n  title: Hi\n  body: "{{ event.properties.cart_total }}"\n'}
+    body = "{{ event.properties.cart_total }} {{ event.properties.get('cart_items', []) }}"
+    template = {"hello": f'push:\n  title: Hi\n  body: "{body}"\n'}
     root = write_workspace(tmp_path, receiver_url="http://127.0.0.1:9", templates=template,
                            journeys={"carts": JOURNEY}, files=FILES)  # fmt: skip
     result = CliRunner().invoke(app, ["journeys", "validate", "--workspace", str(root)])
@@ -96,6 +97,9 @@ async def test_warnings_do_not_stop_a_deploy(tmp_path: Path, engine: AsyncEngine
     assert "carts.yaml:13:37: steps.remind.send.template: warning: event.properties." \
         "cart_total: the tracking plan defines no property 'cart_total' for 'Cart " \
         "Updated'" in result.stdout  # fmt: skip
+    # `.get('cart_items')` reads the property `cart_items`, not one named `get`
+    assert "defines no property 'cart_items'" in result.stdout
+    assert "'get'" not in result.stdout
     await deploy_workspace(engine, load_workspace(root))
     assert await count(engine, "journey_versions") == 1
     # Without a plan, nothing to warn about.

@@ -107,6 +107,13 @@ async def test_the_export_holds_every_kind_of_data_the_user_has(
     assert report["status"] == "erased"
     assert report["counts"]["events"] == stored["n"]
     assert await scan.naming(engine, [ADA, ANON, OLD]) == {}
+    # nothing is held any more: an export says so, and its audit entry does not name her
+    gone = await stack.call("GET", f"/v1/users/{ADA}/export", key=ADMIN_KEY)
+    assert gone.status_code == 410, gone.text
+    refused = await asyncio.to_thread(runner.invoke, app, ["users", "export", ADA])
+    assert refused.exit_code == 1
+    assert "erased" in refused.output
+    assert await scan.naming(engine, [ADA, ANON, OLD]) == {}
     shown = await asyncio.to_thread(runner.invoke, app, ["users", "status", ADA])
     assert json.loads(shown.stdout)["status"] == "erased"
     no_consent = await asyncio.to_thread(runner.invoke, app, ["users", "restore", ADA])
