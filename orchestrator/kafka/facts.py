@@ -103,6 +103,13 @@ class AssignmentMade(_Data):
     enrollment_id: int | None
 
 
+class UserMerged(_Data):
+    """The profile `merged_from` (an anonymous visitor's `anonymous:<anonymousId>`, or a
+    user aliased to this one) counts for the record's user from now on: its data moved."""
+
+    merged_from: str
+
+
 RECEIPTS = ("delivered", "opened", "clicked", "bounced", "complained", "unsubscribed")
 KINDS: dict[str, type[_Data]] = {
     "message.sent": MessageDone,
@@ -114,6 +121,7 @@ KINDS: dict[str, type[_Data]] = {
     "journey.converted": JourneyConverted,
     "journey.step": JourneyStep,
     "assignment.made": AssignmentMade,
+    "user.merged": UserMerged,
 }
 
 

@@ -8,13 +8,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import jsonschema
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from orchestrator.kafka.facts import envelope, schema
 from orchestrator.users.following import IdentityActivities
 from orchestrator.users.identity import Traits, merge_traits, merge_users, stricter_consent
 from tests.conftest import StackFactory
+from tests.orchestrator.users.test_erasure import enable_outbox
 from tests.support.db import count, enrollments, rows
 from tests.support.receiver import Receiver, Script
 from tests.support.stack import Stack, eventually
@@ -515,3 +518,18 @@ async def test_erasure_and_export_name_a_user_not_an_id_merged_away(
         assert refused.status_code == 409, path
         assert "merged into user 'u13'" in refused.json()["error"]
     assert await count(engine, "erasures") == 0
+
+
+async def test_a_merge_is_published_as_a_fact(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"browse": BROWSE})
+    await enable_outbox(engine)
+    await send(stack, "track", anonymousId="a14", event="Searched")
+    await send(stack, "identify", userId="u14", anonymousId="a14")
+    merged = "SELECT fact, kind, user_id, occurred_at, data FROM outbox WHERE kind = 'user.merged'"
+    [fact] = await rows(engine, merged)
+    assert (fact["user_id"], fact["data"]) == ("u14", {"merged_from": "anonymous:a14"})
+    record = envelope(fact["fact"], fact["kind"], fact["user_id"], fact["occurred_at"],
+                      fact["data"])  # fmt: skip
+    jsonschema.validate(record, schema("user.merged"))
