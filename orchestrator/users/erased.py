@@ -25,7 +25,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.tables import erased_ids, erasure_key, erasures
-from orchestrator.tracking import ANONYMOUS, Incoming
+from orchestrator.tracking import Incoming
+from orchestrator.users.identity import anonymous_profile
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ErasedIds:
 
         kept: list[Incoming] = []
         for item in batch:
-            device = ANONYMOUS + item.anonymous_id if item.anonymous_id else None
+            device = anonymous_profile(item.anonymous_id) if item.anonymous_id else None
             if erased(item.user_id) or (item.user_id is None and erased(device)):
                 continue
             if item.previous_id and any(map(erased, _ids(item)[-2:])):
@@ -108,9 +109,9 @@ def _ids(item: Incoming) -> list[str]:
     user, its anonymous visitor's profile, and an alias's previous id either way."""
     found = [item.user_id] if item.user_id else []
     if item.anonymous_id:
-        found.append(ANONYMOUS + item.anonymous_id)
+        found.append(anonymous_profile(item.anonymous_id))
     if item.previous_id:
-        found += [item.previous_id, ANONYMOUS + item.previous_id]
+        found += [item.previous_id, anonymous_profile(item.previous_id)]
     return found
 
 

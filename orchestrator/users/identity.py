@@ -51,6 +51,12 @@ from rules.store import arbitration_decisions, arbitration_requests, suppression
 from workflows import search
 from workflows.messages import MERGED
 
+# The tables a merge moves a user's rows in: these as they are, the others by their own
+# rule (profiles, suppressions, assignments, enrollments, computed traits and segments).
+_MOVED_AS_THEY_ARE = (messages, user_messages, arbitration_requests, arbitration_decisions)
+_MERGED = (profiles, events, *_MOVED_AS_THEY_ARE, suppressions, assignments, enrollments,
+           computed_profiles, segment_memberships)  # fmt: skip
+
 
 def anonymous_profile(anonymous_id: str) -> str:
     return ANONYMOUS + anonymous_id
@@ -196,7 +202,7 @@ async def merge_users(
     moved_events = (
         await conn.execute(update(events).where(events.c.user_id == source).values(user_id=target))
     ).rowcount
-    for table in (messages, user_messages, arbitration_requests, arbitration_decisions):
+    for table in _MOVED_AS_THEY_ARE:
         await conn.execute(update(table).where(table.c.user_id == source).values(user_id=target))
     # Suppressions add up: every stop either had stays.
     moved = select(
@@ -234,11 +240,8 @@ async def merge_users(
 
 
 async def _holds_anything(conn: AsyncConnection, user_id: str) -> bool:
-    """Whether any table holds a row of the user (one round trip)."""
-    tables = (profiles, events, messages, user_messages, arbitration_requests,
-              arbitration_decisions, suppressions, assignments, enrollments,
-              computed_profiles, segment_memberships)  # fmt: skip
-    found = or_(*(exists().where(table.c.user_id == user_id) for table in tables))
+    """Whether any table a merge moves holds a row of the user (one round trip)."""
+    found = or_(*(exists().where(table.c.user_id == user_id) for table in _MERGED))
     return bool(await conn.scalar(select(found)))
 
 

@@ -17,8 +17,7 @@ from orchestrator.kafka.facts import envelope, schema
 from orchestrator.users.following import IdentityActivities
 from orchestrator.users.identity import Traits, merge_traits, merge_users, stricter_consent
 from tests.conftest import StackFactory
-from tests.orchestrator.users.test_erasure import enable_outbox
-from tests.support.db import count, enrollments, rows
+from tests.support.db import count, enable_outbox, enrollments, rows
 from tests.support.receiver import Receiver, Script
 from tests.support.stack import Stack, eventually
 from tests.support.workspace import ADMIN_KEY
@@ -418,7 +417,7 @@ async def test_identify_while_a_send_is_deferred_sends_as_the_known_user(
     await eventually(followed)
     assert receiver.requests == []
     # the deferral ends (time skips): the message goes out as the known user's
-    result = await asyncio.wait_for(_skip_until(stack, handle.result()), 60)
+    result = await stack.result("promo", "anonymous:a8")
     assert result.messages_sent == 1
     [sent] = receiver.requests
     assert (sent.json["data"]["recipient"]["user_id"], sent.json["data"]["content"]["subject"]) == (
@@ -428,15 +427,6 @@ async def test_identify_while_a_send_is_deferred_sends_as_the_known_user(
     decisions = await rows(engine, "SELECT user_id, action FROM arbitration_decisions ORDER BY id")
     assert decisions == [{"user_id": "u8", "action": "defer"}, {"user_id": "u8", "action": "send"}]
     assert await rows_naming(engine, "anonymous:a8") == {}
-
-
-async def _skip_until(stack: Stack, result: Any) -> Any:
-    task = asyncio.ensure_future(result)
-    while not task.done():
-        assert stack.skip is not None
-        await stack.skip()
-        await asyncio.sleep(0.05)
-    return await task
 
 
 async def test_events_racing_their_identify_all_count_for_the_known_user(

@@ -25,3 +25,14 @@ async def enrollments(engine: AsyncEngine, journey: str) -> list[dict[str, Any]]
         "SELECT * FROM enrollments WHERE journey_key = :j ORDER BY id",
         j=journey,
     )
+
+
+async def enable_outbox(engine: AsyncEngine) -> None:
+    """Facts go to the outbox, as when a relay runs."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO outbox_state (singleton, enabled) VALUES (true, true) "
+                "ON CONFLICT (singleton) DO UPDATE SET enabled = true"
+            )
+        )

@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -21,7 +20,7 @@ from orchestrator.users.erasure import ErasureResult
 from tests.conftest import StackFactory
 from tests.orchestrator.test_receipts import post_receipt, receipt
 from tests.support import scan
-from tests.support.db import count, rows
+from tests.support.db import count, enable_outbox, rows
 from tests.support.receiver import Receiver
 from tests.support.stack import Stack, eventually
 from tests.support.workspace import ADMIN_KEY, SERVER_KEY, user_token
@@ -83,17 +82,6 @@ async def make_user(stack: Stack, receiver: Receiver, user: str, anonymous: str)
     assert response.status_code == 204, response.text
     await stack.track(user, "unsubscribed", {"channel": "push"})
     return str(message["id"])
-
-
-async def enable_outbox(engine: AsyncEngine) -> None:
-    """Facts go to the outbox, as when a relay runs."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO outbox_state (singleton, enabled) VALUES (true, true) "
-                "ON CONFLICT (singleton) DO UPDATE SET enabled = true"
-            )
-        )
 
 
 async def _has(stack: Stack, sql: str, **params: Any) -> bool:

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from tests.orchestrator.users.test_erasure import ANON, enable_outbox, make_user
+from tests.orchestrator.users.test_erasure import ANON, make_user
 from tests.orchestrator.users.test_erasure import stack as stack
 from tests.support import scan
-from tests.support.db import rows
+from tests.support.db import enable_outbox, rows
 from tests.support.receiver import Receiver
 from tests.support.stack import Stack
 from tests.support.workspace import ADMIN_KEY, SERVER_KEY, user_token
