@@ -18,7 +18,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from orchestrator.ranking.model import histories
@@ -55,8 +55,10 @@ def split(purchases: Sequence[Purchase], cutoff: datetime) -> Split:
 @dataclass(frozen=True)
 class Metrics:
     name: str
-    values: dict[str, float]  # e.g. "ndcg@10"
+    values: dict[str, float]  # e.g. "ndcg@10", averaged over users
     seconds: float
+    # Each scored user's own values (not coverage): paired comparisons and groups.
+    users: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
 
 def evaluate(name: str, recommend: Recommend, data: Split, catalogue_size: int) -> Metrics:
@@ -64,24 +66,28 @@ def evaluate(name: str, recommend: Recommend, data: Split, catalogue_size: int) 
     top = max(KS)
     sums: dict[str, float] = defaultdict(float)
     shown: dict[int, set[str]] = {k: set() for k in KS}
+    each: dict[str, dict[str, float]] = {}
     for user, relevant in data.relevant.items():
         ranked = recommend(user, top)
+        mine = each[user] = {}
         for k in KS:
             head = ranked[:k]
             hits = [item in relevant for item in head]
             found = sum(hits)
             dcg = sum(1 / math.log2(n + 2) for n, hit in enumerate(hits) if hit)
             ideal = sum(1 / math.log2(n + 2) for n in range(min(k, len(relevant))))
-            sums[f"precision@{k}"] += found / k
-            sums[f"recall@{k}"] += found / len(relevant)
-            sums[f"ndcg@{k}"] += dcg / ideal
-            sums[f"hit_rate@{k}"] += 1 if found else 0
+            mine[f"precision@{k}"] = found / k
+            mine[f"recall@{k}"] = found / len(relevant)
+            mine[f"ndcg@{k}"] = dcg / ideal
+            mine[f"hit_rate@{k}"] = 1.0 if found else 0.0
             shown[k].update(head)
+        for key, value in mine.items():
+            sums[key] += value
     users = max(1, len(data.relevant))
     values = {key: total / users for key, total in sums.items()}
     for k in KS:
         values[f"coverage@{k}"] = len(shown[k]) / max(1, catalogue_size)
-    return Metrics(name, values, time.perf_counter() - started)
+    return Metrics(name, values, time.perf_counter() - started, each)
 
 
 def table(results: Sequence[Metrics]) -> str:
