@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.harness import SERVER_KEY, bench_stack, percentile
 from channels.ranking import RankRequest
+from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.ranking.model import HybridModel, histories
 from orchestrator.ranking.retail import Purchase, read_retail
@@ -42,7 +43,9 @@ async def run(args: argparse.Namespace) -> None:
     async with bench_stack({}, worker=False, config=CONFIG) as stack:
         engine = stack.engine
         started = time.perf_counter()
-        trained = await train(engine, dataset.purchases, dataset.items, source="bench")
+        trained = await train(
+            engine, dataset.purchases, dataset.items, source="bench", actor=command_line()
+        )
         took = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"read {dataset.rows:,} rows in {read:.1f} s; trained version "

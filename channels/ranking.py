@@ -70,8 +70,17 @@ class Ranking(BaseModel):
     model: str = Field(description="Which model (and version) answered")
 
 
+# Why the baseline filled a message, as the monitoring counts it.
+Fallback = Literal["opted_out", "no_model", "timeout", "error", "degraded", "low_confidence"]
+
+
 class RankingError(Exception):
-    """The ranking model could not answer."""
+    """The ranking model could not answer; `code` says why in a word the monitoring
+    counts (`error`, or e.g. `degraded` for a model the guard took out of service)."""
+
+    def __init__(self, message: str, *, code: Fallback = "error") -> None:
+        super().__init__(message)
+        self.code: Fallback = code
 
 
 class Ranker(Protocol):
@@ -159,6 +168,7 @@ class Filled(BaseModel):
     items: list[dict[str, Any]]
     source: Literal["model", "baseline"]
     reason: str
+    fallback: str | None = Field(default=None, description="Why the baseline filled it")
     model: str | None = None
     confidence: float | None = None
     slot: str | None = None
@@ -173,6 +183,7 @@ class Filled(BaseModel):
         return {
             "source": self.source,
             "reason": self.reason,
+            "fallback": self.fallback,
             "model": self.model,
             "confidence": self.confidence,
             "items": [item["id"] for item in self.items],
@@ -223,9 +234,11 @@ class Recommender:
         await self.catalog.ready()
         exclude = await self.catalog.purchased(user_id) if wanted.exclude_purchased else set()
         if traits.get(self.personalization_trait) is False:
-            return self._baseline(wanted, exclude, "the user opted out of personalisation")
+            return self._baseline(
+                wanted, exclude, "the user opted out of personalisation", "opted_out"
+            )
         if self.model is None:
-            return self._baseline(wanted, exclude, "no ranking model is configured")
+            return self._baseline(wanted, exclude, "no ranking model is configured", "no_model")
         request = RankRequest(
             user_id=user_id,
             slot=wanted.slot,
@@ -244,20 +257,27 @@ class Recommender:
             self._abandoned.add(asking)
             asking.add_done_callback(self._forget)
             return self._baseline(
-                wanted, exclude, f"the model did not answer within {self.deadline * 1000:g} ms"
+                wanted,
+                exclude,
+                f"the model did not answer within {self.deadline * 1000:g} ms",
+                "timeout",
             )
         try:
             ranking = asking.result()
         except Exception as exc:  # any failure of the model means the baseline answers
             elapsed = (time.perf_counter() - started) * 1000
             return self._baseline(
-                wanted, exclude, f"no answer from the model after {elapsed:.1f} ms: {exc}"
+                wanted,
+                exclude,
+                f"no answer from the model after {elapsed:.1f} ms: {exc}",
+                exc.code if isinstance(exc, RankingError) else "error",
             )
         if ranking.confidence < self.min_confidence:
             return self._baseline(
                 wanted,
                 exclude,
                 f"the model's confidence {ranking.confidence:.2f} is under {self.min_confidence}",
+                "low_confidence",
             )
         scores: dict[str, float] = {}
         for scored in ranking.items:
@@ -305,7 +325,9 @@ class Recommender:
         if not late.cancelled():
             late.exception()  # retrieved, so asyncio does not log it as lost
 
-    def _baseline(self, wanted: Recommendations, exclude: Collection[str], reason: str) -> Filled:
+    def _baseline(
+        self, wanted: Recommendations, exclude: Collection[str], reason: str, why: Fallback
+    ) -> Filled:
         popular = self.catalog.popular(wanted.k, exclude)
         items = self.catalog.describe([i.item_id for i in popular])
         scores = {p.item_id: p.score for p in popular}
@@ -313,6 +335,7 @@ class Recommender:
             items=items,
             source="baseline",
             reason=reason,
+            fallback=why,
             model="popularity",
             slot=wanted.slot,
             shown=[

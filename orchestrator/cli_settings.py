@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.settings import Settings
 from orchestrator.sources import InvalidSource
@@ -63,6 +63,16 @@ T = TypeVar("T")
 
 def read_database(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run `work` on one connection to the database a command uses (`database_url`)."""
+
+    async def connected(engine: AsyncEngine) -> T:
+        async with engine.connect() as conn:
+            return await work(conn)
+
+    return use_database(connected)
+
+
+def use_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run `work` with a one-connection engine on the database a command uses."""
     from orchestrator.database import create_engine
 
     url = database_url()
@@ -70,8 +80,7 @@ def read_database(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     async def run() -> T:
         engine = create_engine(url, pool_size=1)
         try:
-            async with engine.connect() as conn:
-                return await work(conn)
+            return await work(engine)
         finally:
             await engine.dispose()
 

@@ -1,5 +1,6 @@
-"""`orchestrator ranking ...`: train, list, activate and schedule versions; evaluate the
-built-in model offline against popularity and EASE, and a version on logged messages."""
+"""`orchestrator ranking ...`: train, list and schedule versions; evaluate the built-in
+model offline against popularity and EASE, and a version on logged messages. Switching
+versions, cards and online monitoring: `orchestrator.ranking.rollout_cli`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli_settings import command_settings, database_url
+from orchestrator.ranking import rollout_cli
 
 app = typer.Typer(help="The ranking model behind ranked content.", no_args_is_help=True)
+app.add_typer(rollout_cli.app)  # activate, canary, promote, rollback, show, monitor
 
 RETAIL = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci-online-retail"
 DEFAULT_DATA = RETAIL / "online_retail.csv.gz"
@@ -86,6 +89,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a version; it goes live only if it beats the active one and popularity."""
+    from orchestrator.access.audit import command_line
     from orchestrator.database import create_engine
     from orchestrator.journeys_cli import root_for
     from orchestrator.ranking.retail import DatasetError, read_retail
@@ -106,7 +110,9 @@ def train(
                 purchases, items = await stored_purchases(engine, events)
                 source = "events"
             typer.echo(f"training on {len(purchases):,} purchases of {len(items):,} items ...")
-            trained = await train_version(engine, purchases, items, source=source)
+            trained = await train_version(
+                engine, purchases, items, source=source, actor=command_line()
+            )
         finally:
             await engine.dispose()
         typer.echo(f"version {trained.version}: {trained.status} ({trained.reason})")
@@ -116,30 +122,6 @@ def train(
     except (DatasetError, VersionError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-
-
-@app.command()
-def activate(version: int) -> None:
-    """Make VERSION the live model (also how to roll back)."""
-    from orchestrator.database import create_engine
-    from orchestrator.ranking.versions import VersionError
-    from orchestrator.ranking.versions import activate as activate_version
-
-    url = database_url()
-
-    async def work() -> None:
-        engine = create_engine(url, pool_size=1)
-        try:
-            await activate_version(engine, version)
-        finally:
-            await engine.dispose()
-
-    try:
-        asyncio.run(work())
-    except VersionError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"version {version} is active; workers switch within 30 s")
 
 
 @app.command("list")

@@ -290,16 +290,32 @@ ranking_models = Table(
     Column("window_end", DateTime(timezone=True), nullable=False),
     Column("purchases", Integer, nullable=False),
     Column("items", Integer, nullable=False),
-    # active | inactive | rejected (did not beat the active model or popularity)
+    # active | canary | inactive | rejected (did not beat the active model or popularity)
     Column("status", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("metrics", JSONB, nullable=False),
     Column("artifact", LargeBinary, nullable=False),
+    # The model card beyond these columns: features, parameters, offline metrics
+    # overall and by group, the gate (activations are in the audit log).
+    Column("card", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # A canary: served to this share (0..1) of the users, within the segment when set.
+    Column("canary_share", Float, nullable=True),
+    Column("canary_segment", Text, nullable=True),
+    Column("canary_since", DateTime(timezone=True), nullable=True),
+    # An active version whose online results fell under the floor: the baseline answers.
+    Column("degraded_at", DateTime(timezone=True), nullable=True),
+    Column("degraded_reason", Text, nullable=True),
     Index(
         "ranking_models_one_active",
         "status",
         unique=True,
         postgresql_where=text("status = 'active'"),
+    ),
+    Index(
+        "ranking_models_one_canary",
+        "status",
+        unique=True,
+        postgresql_where=text("status = 'canary'"),
     ),
 )
 

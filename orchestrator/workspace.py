@@ -111,6 +111,45 @@ class Links(_Config):
         return UnsubscribeLinks(base_url=self.base_url, secret=self.signing_secret)
 
 
+class RankingMonitoringConfig(_Config):
+    """How ranked content is judged online (`orchestrator ranking monitor`) and when the
+    guard rolls a canary back or takes a degraded active version out of service."""
+
+    check_every: Duration = Field(default=timedelta(minutes=5), description="The guard's pace")
+    attribution: Duration = Field(
+        default=timedelta(days=7),
+        description="A purchase of a recommended item within this after a message converts it",
+    )
+    window: Duration = Field(
+        default=timedelta(days=1), description="The active version is judged on this much"
+    )
+    min_click_rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="The floor: an active version whose click rate per message is clearly "
+        "under it (the 95% interval's top) is marked degraded and the baseline answers",
+    )
+    min_messages: int = Field(
+        default=500, ge=20, description="Messages needed before the floor or fallbacks judge"
+    )
+    canary_min_users: int = Field(
+        default=200, ge=20, description="Users per arm before a canary's results are judged"
+    )
+    canary_max_fallback_share: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="A canary whose messages the baseline fills more often than this (for "
+        "any reason but the user's opt-out) is rolled back",
+    )
+    canary_planning_users: int = Field(
+        default=10_000,
+        ge=100,
+        description="Both arms' users at the look that matters most (tunes the always-valid test)",
+    )
+
+
 class RankingConfig(_Config):
     """Where ranked content comes from. Without a `url`, the popularity baseline answers."""
 
@@ -142,6 +181,11 @@ class RankingConfig(_Config):
     )
     popularity_window: Duration = Field(default=timedelta(days=30))
     refresh_every: Duration = Field(default=timedelta(minutes=5))
+
+    monitoring: RankingMonitoringConfig = Field(
+        default_factory=lambda: RankingMonitoringConfig(),
+        description="How the built-in model is watched online, and when the guard steps in",
+    )
 
     @model_validator(mode="after")
     def _one_model(self) -> RankingConfig:

@@ -1,8 +1,10 @@
-"""The audit log: who wrote the catalogue, deployed journeys, or read a user's data.
+"""The audit log: who wrote the catalogue, deployed journeys, read a user's data, or
+switched ranking model versions.
 
 Rows are only ever added. Actors are a server API key (by name), a user token (by the
-user it names), a source write key, or a person at the command line (`cli`, with the
-operating-system user).
+user it names), a source write key, a person at the command line (`cli`, with the
+operating-system user), or the product itself (`system`: a scheduled retraining, the
+ranking guard's automatic rollback).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.tables import audit_log
 
-ActorKind = Literal["server_key", "user_token", "write_key", "cli"]
+ActorKind = Literal["server_key", "user_token", "write_key", "cli", "system"]
 
 
 @dataclass(frozen=True)

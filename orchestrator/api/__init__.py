@@ -37,6 +37,7 @@ from orchestrator.api import (
 )
 from orchestrator.api.cors import Cors
 from orchestrator.api.limits import Limits
+from orchestrator.ranking import guard
 from orchestrator.reports import alerts
 from orchestrator.reports import api as reports_api
 from orchestrator.reports import pages as report_pages
@@ -67,7 +68,8 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = (
             [asyncio.create_task(_sweep_forever(services)),
-             asyncio.create_task(_check_alerts_forever(services))]
+             asyncio.create_task(_check_alerts_forever(services)),
+             asyncio.create_task(_guard_ranking_forever(services))]
             if sweep else []
         )  # fmt: skip
         try:
@@ -189,6 +191,25 @@ async def _check_alerts_forever(services: Services) -> None:
                 log.warning("alert: %s", finding.summary)
         except Exception:
             log.exception("checking alert conditions failed; will try again")
+
+
+async def _guard_ranking_forever(services: Services) -> None:
+    ranking = services.config.ranking
+    if not ranking.builtin:
+        return
+    while True:
+        await asyncio.sleep(ranking.monitoring.check_every.total_seconds())
+        try:
+            done = await guard.check(
+                services.engine,
+                ranking.monitoring,
+                events=ranking.popularity_events,
+                now=services.clock(),
+            )
+            for act in done:
+                log.warning("ranking guard: %s", act)
+        except Exception:
+            log.exception("the ranking guard's check failed; will try again")
 
 
 async def _sweep_forever(services: Services) -> None:

@@ -1,10 +1,13 @@
-"""`POST /v1/rank`: ranked items for external callers, with the channels' fallbacks."""
+"""`POST /v1/rank`: ranked items for external callers, with the channels' fallbacks; the
+built-in model's versions, their cards, and how ranked content does online."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field
 
 from channels.ranking import Recommendations
@@ -12,6 +15,10 @@ from orchestrator.api.auth import Caller, record_use, server_key_with
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
 from orchestrator.profiles import load_traits
+from orchestrator.ranking import cards
+from orchestrator.ranking import monitoring as report
+from orchestrator.ranking.versions import versions
+from rules.durations import DurationError, parse_duration
 
 router = APIRouter(tags=["ranking"], route_class=GuardedRoute)
 
@@ -62,3 +69,76 @@ async def rank(
         model=filled.model,
         confidence=filled.confidence,
     )
+
+
+_READS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The request is invalid; `field` names the problem"},
+    401: {"description": "No credential, or an unknown one"},
+    403: {"description": "Not a server API key with scope `ranking`"},
+}
+
+
+class VersionSummary(BaseModel):
+    version: int
+    status: str = Field(description="active, canary, inactive or rejected")
+    created_at: datetime
+    source: str
+    window_start: datetime
+    window_end: datetime
+    purchases: int
+    reason: str
+
+
+@router.get(
+    "/v1/ranking/versions",
+    response_model=list[VersionSummary],
+    responses=_READS,
+)
+async def list_versions(
+    services: ServicesDep,
+    caller: Annotated[Caller, Depends(server_key_with("ranking"))],
+) -> list[dict[str, Any]]:
+    """Every trained version of the built-in model, oldest first."""
+    async with services.engine.connect() as conn:
+        return await versions(conn)
+
+
+@router.get(
+    "/v1/ranking/versions/{version}",
+    responses={**_READS, 404: {"description": "No such version"}},
+)
+async def show_version(
+    version: Annotated[int, Path(ge=1, le=2**31 - 1, description="A version number")],
+    services: ServicesDep,
+    caller: Annotated[Caller, Depends(server_key_with("ranking"))],
+) -> dict[str, Any]:
+    """A version's model card: training window and data, features and parameters,
+    offline metrics overall and by group, the gate, canary or degraded state, and
+    every activation, canary, promotion and rollback with who and when."""
+    async with services.engine.connect() as conn:
+        found = await cards.card(conn, version)
+    if found is None:
+        raise HTTPException(404, f"there is no version {version}")
+    return dict(found)
+
+
+@router.get(
+    "/v1/ranking/monitor",
+    responses=_READS,
+)
+async def monitor(
+    services: ServicesDep,
+    caller: Annotated[Caller, Depends(server_key_with("ranking"))],
+    since: Annotated[str, Query(description="How far back, e.g. 1d or 7d")] = "1d",
+) -> dict[str, Any]:
+    """Ranked content online: per version, slot and channel, clicks and conversions on
+    recommended items per message with intervals, the baseline's fallbacks by why, the
+    active version's offline figures, and a running canary against the active version."""
+    try:
+        window = parse_duration(since)
+    except DurationError as exc:
+        raise HTTPException(400, {"error": str(exc), "field": "since"}) from None
+    ranking = services.config.ranking
+    async with services.engine.connect() as conn:
+        found = await report.report(conn, ranking, since=window, now=services.clock())
+    return dict(jsonable_encoder(found))

@@ -21,8 +21,11 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 
+from orchestrator.access.audit import Actor
 from orchestrator.ranking.versions import VersionError, stored_purchases, train
 from workflows.retraining import SCHEDULE_ID, RetrainRanking
+
+SCHEDULED = Actor("system", "ranking schedule")
 
 
 class RankingActivities:
@@ -33,7 +36,9 @@ class RankingActivities:
     async def train_ranking_model(self) -> str:
         purchases, items = await stored_purchases(self.engine, self.events)
         try:
-            trained = await train(self.engine, purchases, items, source="events (scheduled)")
+            trained = await train(
+                self.engine, purchases, items, source="events (scheduled)", actor=SCHEDULED
+            )
         except VersionError as exc:
             raise ApplicationError(str(exc), type="NothingToTrain", non_retryable=True) from exc
         return f"version {trained.version}: {trained.status} ({trained.reason})"

@@ -1,8 +1,12 @@
-"""The active model version, served in process behind the channels' `Ranker` seam.
+"""The active model version (and a canary beside it), served in process behind the
+channels' `Ranker` seam.
 
-Each worker checks which version is active at most every `check_every` seconds and
-loads a new one in the background of that check, so `orchestrator ranking activate`
-(or a training run that wins) reaches running workers without a restart.
+Each worker checks which versions serve at most every `check_every` seconds and loads
+a new one in the background of that check, so `orchestrator ranking activate`,
+`canary`, `promote` and `rollback` (or a training run that wins) reach running workers
+without a restart. A user drawn into the canary (`rollout.Canary`) gets its answer; an
+active version the guard marked degraded answers nobody (the baseline does, and says
+why), while the canary goes on serving its share.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from channels.ranking import (
     ScoredItem,
 )
 from orchestrator.catalog import CatalogCache, purchase_history
+from orchestrator.profiles import load_traits
 from orchestrator.ranking.model import HybridModel
+from orchestrator.ranking.rollout import Canary
 from orchestrator.routing import Clock
 from orchestrator.tables import ranking_models
 from orchestrator.workspace import RankingConfig
@@ -37,46 +43,79 @@ class BuiltInRanker:
         self, engine: AsyncEngine, *, events: Sequence[str], check_every: float = 30.0
     ) -> None:
         self.engine, self.events, self.check_every = engine, list(events), check_every
-        self.version: int | None = None
-        self.model: HybridModel | None = None
+        self.version: int | None = None  # the active one
+        self.degraded: str | None = None  # why the active version answers nobody
+        self.canary: Canary | None = None
+        self.models: dict[int, HybridModel] = {}  # the active version and the canary's
         self._checked = float("-inf")
         self._lock = asyncio.Lock()
 
     async def rank(self, request: RankRequest) -> Ranking:
-        model = await self._current()
+        version, model = await self.serving(request.user_id)
         history = await purchase_history(self.engine, request.user_id, self.events)
         scores = model.recommend(history, request.k, request.exclude, now=datetime.now(UTC))
         pairs = zip(scores.items, scores.scores, strict=True)
         return Ranking(
             items=[ScoredItem(item_id=item, score=score) for item, score in pairs],
             confidence=scores.confidence,
-            model=f"hybrid-v{self.version}",
+            model=f"hybrid-v{version}",
         )
 
-    async def _current(self) -> HybridModel:
+    async def serving(self, user_id: str) -> tuple[int, HybridModel]:
+        """The version that answers this user (the canary's when drawn into it), as
+        loaded when asked, whatever a reload in the meantime changes."""
+        await self._refresh()
+        models, canary, version, degraded = self.models, self.canary, self.version, self.degraded
+        if canary is not None and canary.drawn(user_id):
+            traits = None
+            if canary.segment is not None:  # only a drawn user's traits are read
+                async with self.engine.connect() as conn:
+                    traits = await load_traits(conn, user_id)
+            if canary.serves(user_id, traits):
+                return canary.version, models[canary.version]
+        if version is None:
+            raise RankingError("no ranking model version is active", code="no_model")
+        if degraded is not None:
+            raise RankingError(f"version {version} is degraded ({degraded})", code="degraded")
+        return version, models[version]
+
+    async def _refresh(self) -> None:
         if time.monotonic() - self._checked >= self.check_every:
             async with self._lock:
                 if time.monotonic() - self._checked >= self.check_every:
                     await self._reload()
-        if self.model is None:
-            raise RankingError("no ranking model version is active")
-        return self.model
 
     async def _reload(self) -> None:
+        columns = ranking_models.c
         async with self.engine.connect() as conn:
-            active = await conn.scalar(
-                select(ranking_models.c.version).where(ranking_models.c.status == "active")
-            )
-            if active is not None and active != self.version:
-                blob = (
-                    await conn.execute(
-                        select(ranking_models.c.artifact).where(ranking_models.c.version == active)
-                    )
-                ).scalar_one()
-                self.model = await asyncio.to_thread(HybridModel.load, bytes(blob))
-            elif active is None:
-                self.model = None
-        self.version = active
+            rows = (
+                await conn.execute(
+                    select(columns.version, columns.status, columns.degraded_reason,
+                           columns.canary_share, columns.canary_segment, columns.canary_since)
+                    .where(columns.status.in_(("active", "canary")))
+                )
+            ).all()  # fmt: skip
+            models = {}
+            for row in rows:
+                model = self.models.get(row.version)
+                if model is None:
+                    blob = (
+                        await conn.execute(
+                            select(columns.artifact).where(columns.version == row.version)
+                        )
+                    ).scalar_one()
+                    model = await asyncio.to_thread(HybridModel.load, bytes(blob))
+                models[row.version] = model
+        active = next((r for r in rows if r.status == "active"), None)
+        canary = next((r for r in rows if r.status == "canary"), None)
+        self.models = models
+        self.version = active.version if active else None
+        self.degraded = active.degraded_reason if active else None
+        self.canary = (
+            Canary(canary.version, canary.canary_share, canary.canary_segment,
+                   canary.canary_since)
+            if canary else None
+        )  # fmt: skip
         self._checked = time.monotonic()
 
 

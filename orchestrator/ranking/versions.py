@@ -3,7 +3,8 @@
 A candidate is first trained on all but the latest fifth of the purchases (by time)
 and scored on that held-out fifth, beside popularity and the active version; it is
 activated only if it beats both on NDCG@10. Either way it is then retrained on every
-purchase and stored, so `activate VERSION` can switch to (or back to) any version.
+purchase and stored with its card (`cards`), so `activate VERSION` can switch to (or
+back to) any version, and `canary VERSION` can try one on a share of users (`rollout`).
 
 How much popularity to mix in depends on how much co-occurrence there is to go on
 (a small shop needs more): it is chosen on the latest fifth of the training part, so
@@ -13,27 +14,27 @@ the held-out purchases stay unseen until the comparison.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orchestrator.access import audit
 from orchestrator.catalog import PURCHASE_LINES
-from orchestrator.ranking.evaluation import Split, evaluate, split
+from orchestrator.ranking.cards import training_card
+from orchestrator.ranking.evaluation import Metrics, Split, evaluate, split
 from orchestrator.ranking.model import HybridModel, Popularity, Settings
 from orchestrator.ranking.retail import Item, Purchase
+from orchestrator.ranking.rollout import VersionError as VersionError
+from orchestrator.ranking.rollout import make_active
 from orchestrator.tables import catalog_items, ranking_models
 
 HOLDOUT = 0.2
 DECIDING = "ndcg@10"
 POPULARITY_WEIGHTS = (0.01, 0.1, 0.3, 1.0)
-
-
-class VersionError(Exception):
-    """There is no such version, or nothing to train on."""
 
 
 @dataclass(frozen=True)
@@ -54,54 +55,79 @@ def holdout(purchases: Sequence[Purchase]) -> Split:
     return split(purchases, times[int(len(times) * (1 - HOLDOUT))])
 
 
-def _score(model: HybridModel, held: Split, size: int, now: datetime) -> float:
+def _scored(model: HybridModel, held: Split, size: int, now: datetime) -> Metrics:
     def recommend(user: str, k: int) -> list[str]:
         return model.recommend(held.history[user], k, now=now).items
 
-    return evaluate("model", recommend, held, size).values[DECIDING]
+    return evaluate("model", recommend, held, size)
+
+
+def _score(model: HybridModel, held: Split, size: int, now: datetime) -> float:
+    return _scored(model, held, size, now).values[DECIDING]
+
+
+@dataclass(frozen=True)
+class _Contest:
+    wins: bool
+    reason: str
+    metrics: dict[str, Any]  # the gate's figures
+    card: dict[str, Any]
+    artifact: bytes
 
 
 async def train(
-    engine: AsyncEngine, purchases: Sequence[Purchase], items: dict[str, Item], *, source: str
+    engine: AsyncEngine,
+    purchases: Sequence[Purchase],
+    items: dict[str, Item],
+    *,
+    source: str,
+    actor: audit.Actor,
+    groups: Mapping[str, str] | None = None,
+    now: datetime | None = None,
 ) -> Trained:
-    """Train, compare, store; activate when the candidate wins. The number crunching
-    runs in a thread, so a worker's other activities keep their event loop."""
+    """Train, compare, store with its card; activate when the candidate wins (`actor`
+    is who the audit log names for that). `groups` (user -> group, e.g. a country)
+    adds held-out metrics by group to the card. The number crunching runs in a thread,
+    so a worker's other activities keep their event loop."""
     if len(purchases) < 10 or not items:
         raise VersionError("not enough purchases to train on")
     active = await _active(engine)
-    wins, reason, metrics, final = await asyncio.to_thread(_contest, purchases, items, active)
+    contest = await asyncio.to_thread(_contest, purchases, items, active, groups)
     async with engine.begin() as conn:
-        if wins:
-            await conn.execute(
-                update(ranking_models)
-                .where(ranking_models.c.status == "active")
-                .values(status="inactive")
+        version = int(
+            await conn.scalar(
+                ranking_models.insert()
+                .values(
+                    source=source,
+                    window_start=_aware(min(p.at for p in purchases)),
+                    window_end=_aware(max(p.at for p in purchases)),
+                    purchases=len(purchases),
+                    items=len(items),
+                    status="inactive" if contest.wins else "rejected",
+                    reason=contest.reason,
+                    metrics=contest.metrics,
+                    card=contest.card,
+                    artifact=contest.artifact,
+                )
+                .returning(ranking_models.c.version)
             )
-        version = await conn.scalar(
-            ranking_models.insert()
-            .values(
-                source=source,
-                window_start=_aware(min(p.at for p in purchases)),
-                window_end=_aware(max(p.at for p in purchases)),
-                purchases=len(purchases),
-                items=len(items),
-                status="active" if wins else "rejected",
-                reason=reason,
-                metrics=metrics,
-                artifact=final,
-            )
-            .returning(ranking_models.c.version)
+            or 0
         )
-    return Trained(int(version or 0), "active" if wins else "rejected", reason, metrics)
+        if contest.wins:
+            await make_active(conn, version, actor=actor, now=now or datetime.now(UTC),
+                              how="trained: it won the gate")  # fmt: skip
+    status = "active" if contest.wins else "rejected"
+    return Trained(version, status, contest.reason, contest.metrics)
 
 
 def _contest(
     purchases: Sequence[Purchase],
     items: dict[str, Item],
     active: tuple[int, HybridModel] | None,
-) -> tuple[bool, str, dict[str, Any], bytes]:
+    groups: Mapping[str, str] | None,
+) -> _Contest:
     """Whether a candidate beats popularity and the active version on held-out
-    purchases, why, the figures, and the final model trained on everything."""
+    purchases, why, the figures, the card, and the final model trained on everything."""
     held = holdout(purchases)
     if not held.train or not held.relevant:
         raise VersionError("the purchases do not span enough time to hold any out")
@@ -109,7 +135,8 @@ def _contest(
     size = len(items)
     settings = _tuned(held.train, items)
     trained = HybridModel.train(held.train, items, now=cutoff, settings=settings)
-    candidate = _score(trained, held, size, cutoff)
+    scored = _scored(trained, held, size, cutoff)
+    candidate = scored.values[DECIDING]
     popularity = Popularity(held.train, now=cutoff)
     baseline = evaluate(
         "popularity", lambda u, k: popularity.recommend(u, k, held.history[u]), held, size
@@ -135,7 +162,15 @@ def _contest(
     )
     last = max(p.at for p in purchases)
     final = HybridModel.train(purchases, items, now=last, settings=settings)
-    return not losses, reason, metrics, final.dump()
+    card = training_card(
+        parameters=asdict(settings),
+        users=len({p.user for p in purchases}),
+        held_out=scored,
+        cutoff=cutoff,
+        passed=not losses,
+        groups=groups,
+    )
+    return _Contest(not losses, reason, metrics, card, final.dump())
 
 
 def _tuned(purchases: Sequence[Purchase], items: dict[str, Item]) -> Settings:
@@ -172,24 +207,6 @@ async def stored_model(conn: AsyncConnection, version: int) -> HybridModel:
     if blob is None:
         raise VersionError(f"there is no version {version}")
     return await asyncio.to_thread(HybridModel.load, bytes(blob))
-
-
-async def activate(engine: AsyncEngine, version: int) -> None:
-    """Make `version` the live one (a rollback is activating an older version)."""
-    async with engine.begin() as conn:
-        exists = await conn.scalar(select(func.count()).where(ranking_models.c.version == version))
-        if not exists:
-            raise VersionError(f"there is no version {version}")
-        await conn.execute(
-            update(ranking_models)
-            .where(ranking_models.c.status == "active", ranking_models.c.version != version)
-            .values(status="inactive")
-        )
-        await conn.execute(
-            update(ranking_models)
-            .where(ranking_models.c.version == version)
-            .values(status="active")
-        )
 
 
 async def versions(conn: AsyncConnection) -> list[dict[str, Any]]:

@@ -11,6 +11,10 @@
                         in the last hour
     ranking_fallback    the popularity baseline filled more than `fallback_share` of the
                         ranked content of the last hour
+    ranking_degraded    the ranking guard took the active model version out of service
+                        (its online click rate fell under the floor); clears when a
+                        version is activated
+    ranking_canary      the ranking guard rolled a canary back within the last day
 
 Rates need at least `MIN_VOLUME` messages or entries. Each kind is checked on its own
 (a savepoint each): one that fails is logged and its open alerts stay as they are,
@@ -35,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels.delivery import SignedPoster
 from orchestrator.reports import design, service
-from orchestrator.tables import alerts
+from orchestrator.tables import alerts, audit_log, ranking_models
 from orchestrator.tracking import Incoming
 
 if TYPE_CHECKING:
@@ -95,6 +99,8 @@ async def findings(
             conn, config.delivery_failure_rate, now=now
         ),
         "ranking_fallback": lambda: _ranking_fallback(conn, config.fallback_share, now=now),
+        "ranking_degraded": lambda: _ranking_degraded(conn),
+        "ranking_canary": lambda: _ranking_canary(conn, now=now),
     }
     found: list[Finding] = []
     checked: set[str] = set()
@@ -154,6 +160,33 @@ async def _ranking_fallback(conn: AsyncConnection, share: float, *, now: datetim
         "messages' ranked content in the last hour",
         {"baseline": filled.baseline, "filled": filled.filled},
     )]  # fmt: skip
+
+
+async def _ranking_degraded(conn: AsyncConnection) -> list[Finding]:
+    found = await conn.execute(
+        select(ranking_models.c.version, ranking_models.c.degraded_reason).where(
+            ranking_models.c.status == "active", ranking_models.c.degraded_at.is_not(None)
+        )
+    )
+    return [Finding(
+        "ranking_degraded", f"ranking:v{row.version}",
+        f"ranking: version {row.version} is out of service, the baseline answers: "
+        f"{row.degraded_reason}",
+        {"version": row.version},
+    ) for row in found]  # fmt: skip
+
+
+async def _ranking_canary(conn: AsyncConnection, *, now: datetime) -> list[Finding]:
+    found = await conn.execute(
+        select(audit_log.c.subject, audit_log.c.details["reason"].as_string().label("reason"))
+        .where(audit_log.c.action == "ranking.rollback", audit_log.c.actor_kind == "system",
+               audit_log.c.at >= now - timedelta(days=1))
+    )  # fmt: skip
+    return [Finding(
+        "ranking_canary", row.subject,
+        f"ranking: the canary {row.subject} was rolled back: {row.reason}",
+        {"reason": row.reason},
+    ) for row in found]  # fmt: skip
 
 
 async def _sample_ratios(

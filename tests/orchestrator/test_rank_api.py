@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.ranking.retail import read_retail
 from orchestrator.ranking.versions import train
@@ -34,7 +35,7 @@ async def test_rank_answers_from_the_model_or_says_why_not(
     await load_items(
         engine, [CatalogItem(id=i.id, name=i.name, price=i.price) for i in dataset.items.values()]
     )
-    await train(engine, dataset.purchases, dataset.items, source="slice")
+    await train(engine, dataset.purchases, dataset.items, source="slice", actor=command_line())
     stack = await make_stack(
         {"noop": NOOP}, workspace={"config": "ranking:\n  builtin: true\n  deadline_ms: 2000\n"}
     )

@@ -16,13 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from channels.ranking import RankingError, RankRequest, Recommendations
+from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.cli import app
 from orchestrator.ranking.retail import Dataset, read_retail
+from orchestrator.ranking.rollout import activate
 from orchestrator.ranking.serving import BuiltInRanker
 from orchestrator.ranking.versions import (
     VersionError,
-    activate,
     stored_purchases,
     train,
     versions,
@@ -31,6 +32,7 @@ from orchestrator.worker import build_channel_deps
 from orchestrator.workspace import WorkspaceConfig
 from tests.support.db import rows
 
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
 SLICE = Path(__file__).resolve().parents[1] / "data" / "online_retail_slice.csv.gz"
 
 
@@ -47,7 +49,9 @@ async def statuses(engine: AsyncEngine) -> dict[int, str]:
 async def test_a_better_model_goes_live_and_a_worse_one_does_not(
     engine: AsyncEngine, dataset: Dataset
 ) -> None:
-    first = await train(engine, dataset.purchases, dataset.items, source="slice")
+    first = await train(
+        engine, dataset.purchases, dataset.items, source="slice", actor=command_line()
+    )
     assert (first.version, first.status) == (1, "active")
     assert first.metrics["candidate"] > first.metrics["popularity"]
     assert "beats popularity" in first.reason
@@ -56,19 +60,19 @@ async def test_a_better_model_goes_live_and_a_worse_one_does_not(
     # than the active version
     times = sorted(p.at for p in dataset.purchases)
     early = [p for p in dataset.purchases if p.at < times[len(times) // 3]]
-    second = await train(engine, early, dataset.items, source="early slice")
+    second = await train(engine, early, dataset.items, source="early slice", actor=command_line())
     assert second.status == "rejected"
     assert "does not beat version 1" in second.reason
     assert second.metrics["active"]["version"] == 1
     assert await statuses(engine) == {1: "active", 2: "rejected"}
 
     # ops can still switch to it, and back (the rollback)
-    await activate(engine, 2)
+    await activate(engine, now=NOW, actor=command_line(), version=2)
     assert await statuses(engine) == {1: "inactive", 2: "active"}
-    await activate(engine, 1)
+    await activate(engine, now=NOW, actor=command_line(), version=1)
     assert await statuses(engine) == {1: "active", 2: "inactive"}
     with pytest.raises(VersionError, match="no version 9"):
-        await activate(engine, 9)
+        await activate(engine, now=NOW, actor=command_line(), version=9)
     assert await statuses(engine) == {1: "active", 2: "inactive"}
 
 
@@ -80,7 +84,7 @@ async def test_workers_serve_the_active_version_and_follow_switches(
     with pytest.raises(RankingError, match="no ranking model version is active"):
         await ranker.rank(request)
 
-    await train(engine, dataset.purchases, dataset.items, source="slice")
+    await train(engine, dataset.purchases, dataset.items, source="slice", actor=command_line())
     bought = ["85123A", "71053"]
     async with engine.begin() as conn:
         await conn.execute(
@@ -105,8 +109,8 @@ async def test_workers_serve_the_active_version_and_follow_switches(
 
     times = sorted(p.at for p in dataset.purchases)
     early = [p for p in dataset.purchases if p.at < times[len(times) // 3]]
-    await train(engine, early, dataset.items, source="early slice")
-    await activate(engine, 2)
+    await train(engine, early, dataset.items, source="early slice", actor=command_line())
+    await activate(engine, now=NOW, actor=command_line(), version=2)
     assert (await ranker.rank(request)).model == "hybrid-v2"  # no restart needed
 
 
@@ -139,12 +143,12 @@ async def test_training_from_stored_events_uses_the_catalogue(engine: AsyncEngin
     purchases, items = await stored_purchases(engine, ["Order Completed"])
     assert len(purchases) == 1800
     assert len(items) == 39
-    trained = await train(engine, purchases, items, source="events")
+    trained = await train(engine, purchases, items, source="events", actor=command_line())
     [row] = await rows(engine, "SELECT source, purchases, items, window_start FROM ranking_models")
     assert row == {"source": "events", "purchases": 1800, "items": 39, "window_start": start}
     assert trained.status in ("active", "rejected")
     with pytest.raises(VersionError, match="not enough purchases"):
-        await train(engine, purchases[:3], items, source="events")
+        await train(engine, purchases[:3], items, source="events", actor=command_line())
 
 
 async def test_an_empty_list_says_how_to_make_a_version(
@@ -198,7 +202,7 @@ async def test_channels_get_ranked_content_from_the_active_version(
         assert before.source == "baseline"
         assert "no ranking model version is active" in before.reason
 
-        await train(engine, dataset.purchases, dataset.items, source="slice")
+        await train(engine, dataset.purchases, dataset.items, source="slice", actor=command_line())
         async with engine.begin() as conn:
             await conn.execute(
                 text(
