@@ -52,13 +52,13 @@ class Canary:
 
     def serves(self, user_id: str, traits: Mapping[str, Any] | None) -> bool:
         """Whether the canary serves this user (`traits` are only read with a segment)."""
-        if not self.drawn(user_id):
-            return False
-        return self.segment is None or holds(self.segment, {"user": user_context(user_id, traits or {})})
+        return self.drawn(user_id) and self.eligible(user_id, traits)
 
     def eligible(self, user_id: str, traits: Mapping[str, Any] | None) -> bool:
         """Whether the user is in the population the canary is compared within."""
-        return self.segment is None or holds(self.segment, {"user": user_context(user_id, traits or {})})
+        if self.segment is None:
+            return True
+        return holds(self.segment, {"user": user_context(user_id, traits or {})})
 
 
 def bucket(version: int, user_id: str) -> float:
