@@ -2,9 +2,10 @@
 
 Columns: InvoiceNo, StockCode, Description, Quantity, InvoiceDate, UnitPrice,
 CustomerID, Country. Each customer's attributes (Country, when the file has it) are
-their most common value over their lines (`Dataset.customers`). Cleaning follows the dataset's README: only lines with a
-customer, not cancellations (`C...`) or adjustments (`A...`), positive quantity and
-price, and product codes (a StockCode starting with a digit).
+their most common value over their lines (`Dataset.customers`). Cleaning follows the
+dataset's README: only lines with a customer, not cancellations (`C...`) or
+adjustments (`A...`), positive quantity and price, and product codes (a StockCode
+starting with a digit).
 """
 
 from __future__ import annotations
