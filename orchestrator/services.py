@@ -16,6 +16,7 @@ from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.arbitration import Arbitration
 from orchestrator.database import create_engine
 from orchestrator.event_store import store_events
+from orchestrator.ranking.diversity import rerankers_for
 from orchestrator.ranking.serving import build_recommender
 from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Clock, Router, utc_now
@@ -113,6 +114,7 @@ def build_services(
     )  # fmt: skip
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=50))
     recommender = build_recommender(config.ranking, engine=engine, http=http, clock=clock)
+    recommender.rerankers = rerankers_for(config.ranking)
     return Services(
         settings, config, workspace.policy, engine, client, registry, router, arbitration, clock,
         config.links.unsubscribe_links(), recommender, http, ErasedIds(engine),

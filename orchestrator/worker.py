@@ -19,6 +19,7 @@ from channels.delivery import Clock, RateLimit, SignedPoster, utc_now
 from orchestrator.arbitration import Arbitration
 from orchestrator.inbox import PostgresMessageBox
 from orchestrator.journey_store import PostgresJourneyStore
+from orchestrator.ranking.diversity import rerankers_for
 from orchestrator.ranking.schedule import RankingActivities
 from orchestrator.ranking.serving import build_recommender
 from orchestrator.registry import JourneyRegistry
@@ -68,10 +69,12 @@ def build_channel_deps(
     config: WorkspaceConfig, *, engine: AsyncEngine, http: httpx.AsyncClient, clock: Clock
 ) -> ChannelDeps:
     """What every adapter of this process shares: the recommender, links and storage."""
+    recommender = build_recommender(config.ranking, engine=engine, http=http, clock=clock)
+    recommender.rerankers = rerankers_for(config.ranking)
     return ChannelDeps(
         links=config.links.unsubscribe_links(),
         box=PostgresMessageBox(engine),
-        recommender=build_recommender(config.ranking, engine=engine, http=http, clock=clock),
+        recommender=recommender,
         clock=clock,
     )
 
