@@ -6,6 +6,8 @@ non-personalised baseline behind it.
     Recommender   asks the model within its deadline; a timeout, an error, low
                   confidence or a user who opted out of personalisation gets the
                   popularity baseline, and the answer says which source filled it
+    Reranker      a stage after the model, per slot (diversity): chooses the k items
+                  from more of the model's candidates, before exploration
     explore       with a small probability per position after the first, shows an
                   item the model ranked lower instead, and logs each shown item's
                   propensity, so logged messages can evaluate other rankings offline
@@ -107,6 +109,29 @@ class Catalog(Protocol):
         ...
 
 
+class Reranker(Protocol):
+    """Re-ranks a model's candidates for one slot (e.g. for diversity)."""
+
+    def candidates(self, k: int) -> int:
+        """How many of the model's items to choose k from."""
+        ...
+
+    def settings(self) -> dict[str, Any]:
+        """What the message logs about this stage (`content_source.diversity`)."""
+        ...
+
+    def rerank(
+        self,
+        ranked: Sequence[ScoredItem],
+        items: Mapping[str, Mapping[str, Any]],
+        k: int,
+        *,
+        chosen: Sequence[ScoredItem] = (),
+    ) -> list[ScoredItem]:
+        """Up to k of `ranked` (described in `items`), to follow those `chosen`."""
+        ...
+
+
 class Shown(BaseModel):
     """One shown item: where, its score, and the chance the logging policy put it there."""
 
@@ -175,6 +200,9 @@ class Filled(BaseModel):
     exploration: float = Field(default=0.0, description="The exploration rate in force")
     shown: list[Shown] = Field(default_factory=list, description="`items`, as logged")
     pool: list[str] = Field(default_factory=list, description="What exploration drew from")
+    diversity: dict[str, Any] | None = Field(
+        default=None, description="The slot's diversity settings, when they re-ranked it"
+    )
 
     def record(self) -> dict[str, Any]:
         """What the message stores about its content (not the items themselves): the
@@ -191,6 +219,7 @@ class Filled(BaseModel):
             "exploration": self.exploration,
             "shown": [s.model_dump(exclude_none=True) for s in self.shown],
             "pool": self.pool,
+            **({"diversity": self.diversity} if self.diversity is not None else {}),
         }
 
 
@@ -198,7 +227,8 @@ class Recommender:
     """Fills a message's recommendations from the model, or the baseline when it must;
     with `exploration` above 0, model-filled messages sometimes show lower-ranked items
     (see `explore`), drawn by a generator seeded from the message id, so that a retry
-    shows the same items."""
+    shows the same items. A slot in `rerankers` has its model-filled lists chosen by
+    that stage from more of the model's items, before exploration."""
 
     def __init__(
         self,
@@ -209,10 +239,12 @@ class Recommender:
         min_confidence: float = 0.2,
         personalization_trait: str = "personalization",
         exploration: float = 0.0,
+        rerankers: Mapping[str, Reranker] | None = None,
     ) -> None:
         if not 0 <= exploration <= 0.5:
             raise ValueError("exploration is a probability of at most 0.5")
         self.catalog, self.model = catalog, model
+        self.rerankers: Mapping[str, Reranker] = dict(rerankers or {})
         self.deadline, self.min_confidence = deadline, min_confidence
         self.personalization_trait = personalization_trait
         self.exploration = exploration
@@ -239,11 +271,16 @@ class Recommender:
             )
         if self.model is None:
             return self._baseline(wanted, exclude, "no ranking model is configured", "no_model")
+        reranker = self.rerankers.get(wanted.slot)
+        # Exploring draws from what the model ranks below the top k, and a re-ranking
+        # stage chooses from more than k: ask for more.
+        asked = wanted.k + EXPLORATION_POOL if exploration else wanted.k
+        if reranker is not None:
+            asked = max(asked, reranker.candidates(wanted.k))
         request = RankRequest(
             user_id=user_id,
             slot=wanted.slot,
-            # Exploring draws from what the model ranks below the top k: ask for more.
-            k=min(100, wanted.k + EXPLORATION_POOL) if exploration else wanted.k,
+            k=min(100, asked),
             exclude=sorted(exclude),
             context=dict(context or {}),
         )
@@ -285,13 +322,26 @@ class Recommender:
                 scores.setdefault(scored.item_id, scored.score)
         described = {item["id"]: item for item in self.catalog.describe(list(scores))}
         ranked = [ScoredItem(item_id=i, score=s) for i, s in scores.items() if i in described]
-        top, pool = ranked[: wanted.k], ranked[wanted.k : wanted.k + EXPLORATION_POOL]
+        if reranker is not None:
+            top = reranker.rerank(ranked, described, wanted.k)
+            picked = {s.item_id for s in top}
+            pool = [s for s in ranked if s.item_id not in picked][:EXPLORATION_POOL]
+        else:
+            top, pool = ranked[: wanted.k], ranked[wanted.k : wanted.k + EXPLORATION_POOL]
         reason = "ranked by the model"
         if len(top) < wanted.k:
-            # The model knew too few available items: top up with popular ones.
-            extra = self._available(wanted.k - len(top), exclude, top, described)
-            top += extra
-            reason = f"ranked by the model, {len(extra)} popular item(s) added"
+            # The model knew too few available items: top up with popular ones (chosen
+            # by the slot's stage too, so its limits hold).
+            wanting = wanted.k - len(top)
+            asking_for = reranker.candidates(wanting) if reranker is not None else wanting
+            extra = self._available(asking_for, exclude, [*top, *pool], described)
+            if reranker is not None:
+                extra = reranker.rerank(extra, described, wanting, chosen=top)
+            top += extra[:wanting]
+            reason = f"ranked by the model, {len(extra[:wanting])} popular item(s) added"
+        if reranker is not None:
+            settings = ", ".join(f"{key} {value}" for key, value in reranker.settings().items())
+            reason += f", re-ranked for diversity ({settings})"
         if exploration and not pool:
             pool = self._available(EXPLORATION_POOL, exclude, top, described)
         seed = hashlib.sha256((message_id or "").encode()).digest()[:8]
@@ -306,6 +356,7 @@ class Recommender:
             exploration=exploration,
             shown=shown,
             pool=[p.item_id for p in pool] if exploration else [],
+            diversity=reranker.settings() if reranker is not None else None,
         )
 
     def _available(

@@ -31,19 +31,50 @@ def evaluate(
     cutoff: Annotated[
         datetime, typer.Option(formats=["%Y-%m-%d"], help="Train before, test from this date")
     ] = datetime(2011, 9, 1),  # noqa: DTZ001 (the dataset's times are naive UK local time)
+    by: Annotated[
+        str | None,
+        typer.Option(help="Also report the model by this customer attribute, e.g. Country"),
+    ] = None,
+    bands: Annotated[
+        str | None,
+        typer.Option(help="Group a numeric --by attribute in bands, e.g. 25,35,50,65"),
+    ] = None,
+    min_users: Annotated[
+        int, typer.Option(min=2, help="Smaller groups are folded into 'other'")
+    ] = 30,
+    gap: Annotated[
+        float,
+        typer.Option(min=0.01, max=0.99, help="How far below the rest (relative) is worse"),
+    ] = 0.2,
+    mmr: Annotated[
+        float | None,
+        typer.Option(min=0.01, max=1.0, help="Also score the model re-ranked by MMR (lambda)"),
+    ] = None,
+    per_category: Annotated[
+        int | None,
+        typer.Option(min=1, help="Also score the model with at most N items per category"),
+    ] = None,
 ) -> None:
-    """Split by date, train on the past, and print precision, recall, NDCG, hit rate and
-    catalogue coverage at 5, 10 and 20 for the model, popularity and EASE."""
+    """Split by date, train on the past, and print precision, recall, NDCG, hit rate,
+    catalogue coverage, intra-list diversity, novelty and Gini at 5, 10 and 20 for the
+    model, popularity and EASE; with --mmr or --per-category, also for the model after
+    the diversity stage (categories derived from item names); with --by, the model's
+    metrics per group with intervals, and the groups it serves clearly worse."""
+    from orchestrator.ranking.beyond_accuracy import ItemSpace
     from orchestrator.ranking.evaluation import evaluate as score
     from orchestrator.ranking.evaluation import split, table
     from orchestrator.ranking.model import Ease, HybridModel, Popularity
     from orchestrator.ranking.retail import DatasetError, read_retail
 
+    edges = _bands(bands)
     try:
         dataset = read_retail(data)
     except DatasetError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
+    if by is not None and not any(by in found for found in dataset.customers.values()):
+        typer.echo(f"--by: no customer in {data} has a value for {by!r}", err=True)
+        raise typer.Exit(1)
     held = split(dataset.purchases, cutoff)
     if not held.train or not held.relevant:
         typer.echo(
@@ -56,22 +87,38 @@ def evaluate(
         f"returning users with new purchases ({held.cold_users:,} new users not scored)"
     )
     size = len(dataset.items)
+    space = ItemSpace(dataset.items)
     results = []
     started = time.perf_counter()
     popularity = Popularity(held.train, now=cutoff)
     trained = {"popularity": time.perf_counter() - started}
     results.append(score("popularity", lambda u, k: popularity.recommend(u, k, held.history[u]),
-                         held, size))  # fmt: skip
+                         held, size, space=space))  # fmt: skip
     started = time.perf_counter()
     model = HybridModel.train(held.train, dataset.items, now=cutoff)
     trained["model"] = time.perf_counter() - started
     results.append(
-        score("model", lambda u, k: model.recommend(held.history[u], k).items, held, size)
-    )
+        score("model", lambda u, k: model.recommend(held.history[u], k).items, held, size,
+              space=space)
+    )  # fmt: skip
     started = time.perf_counter()
     ease = Ease(held.train)
     trained["EASE"] = time.perf_counter() - started
-    results.append(score("EASE", lambda u, k: ease.recommend(u, k), held, size))
+    results.append(score("EASE", lambda u, k: ease.recommend(u, k), held, size, space=space))
+    if mmr is not None or per_category is not None:
+        from orchestrator.ranking.diversity import derived_categories, diversified
+
+        started = time.perf_counter()
+        categories = derived_categories(dataset.items)
+        trained["model+diversity"] = trained["model"] + time.perf_counter() - started
+        recommend = diversified(
+            model, held.history, categories, mmr_lambda=mmr or 1.0, per_category=per_category
+        )
+        results.append(score("model+diversity", recommend, held, size, space=space))
+        typer.echo(
+            f"diversity stage: mmr_lambda {mmr or 1.0:g}, per_category {per_category or '-'}; "
+            f"{len(set(categories.values()))} categories from item names (k-means)"
+        )
     typer.echo("\n" + table(results) + "\n")
     for result in results:
         typer.echo(f"{result.name}: trained in {trained[result.name]:.1f} s, "
@@ -79,6 +126,28 @@ def evaluate(
     ndcg = {r.name: r.values["ndcg@10"] for r in results}
     typer.echo(f"NDCG@10: model {ndcg['model']:.4f} = {ndcg['model'] / ndcg['popularity']:.2f}x "
                f"popularity, {ndcg['model'] / ndcg['EASE']:.3f}x EASE")  # fmt: skip
+    if by is not None:
+        from orchestrator.ranking.fairness import by_group, summary
+
+        groups = {user: found.get(by) for user, found in dataset.customers.items()}
+        for result in results[1:2] + results[3:]:  # what channels serve: the model
+            report = by_group(result.users, groups, metrics=GROUP_METRICS, bands=edges,
+                              min_users=min_users, gap=gap)  # fmt: skip
+            typer.echo("\n" + summary(report, title=f"{result.name} by {by}"))
+
+
+GROUP_METRICS = ("ndcg@10", "precision@10", "recall@10", "hit_rate@10", "diversity@10",
+                 "novelty@10")  # fmt: skip
+
+
+def _bands(text: str | None) -> list[float] | None:
+    from orchestrator.ranking.fairness import parse_bands
+
+    try:
+        return None if text is None else parse_bands(text)
+    except ValueError as exc:
+        typer.echo(f"--bands: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -87,31 +156,57 @@ def train(
         Path | None,
         typer.Option(help="Train from this UCI-shaped file instead of the stored events"),
     ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="The card's metrics by this trait (a customer column with --data); "
+            "default `ranking.monitoring.by`"
+        ),
+    ] = None,
+    bands: Annotated[
+        str | None, typer.Option(help="Group a numeric --by trait in bands, e.g. 25,35,50,65")
+    ] = None,
 ) -> None:
     """Train a version; it goes live only if it beats the active one and popularity."""
     from orchestrator.access.audit import command_line
     from orchestrator.database import create_engine
     from orchestrator.journeys_cli import root_for
+    from orchestrator.ranking.monitoring import traits_of
     from orchestrator.ranking.retail import DatasetError, read_retail
     from orchestrator.ranking.versions import VersionError, stored_purchases
     from orchestrator.ranking.versions import train as train_version
     from orchestrator.workspace import load_config
 
     url = database_url()
-    events = load_config(root_for([], None)).ranking.popularity_events
+    ranking = load_config(root_for([], None)).ranking
+    trait = by or ranking.monitoring.by
+    edges = _bands(bands) if bands is not None else ranking.monitoring.bands
 
     async def work() -> None:
         engine = create_engine(url, pool_size=1)
         try:
+            groups: dict[str, object] | None = None
             if data is not None:
                 dataset = read_retail(data)
                 purchases, items, source = dataset.purchases, dataset.items, str(data)
+                if trait:
+                    groups = {u: c.get(trait) for u, c in dataset.customers.items()}
             else:
-                purchases, items = await stored_purchases(engine, events)
+                purchases, items = await stored_purchases(engine, ranking.popularity_events)
                 source = "events"
+                if trait:
+                    async with engine.connect() as conn:
+                        found = await traits_of(conn, sorted({p.user for p in purchases}))
+                    groups = {u: t.get(trait) for u, t in found.items()}
             typer.echo(f"training on {len(purchases):,} purchases of {len(items):,} items ...")
             trained = await train_version(
-                engine, purchases, items, source=source, actor=command_line()
+                engine,
+                purchases,
+                items,
+                source=source,
+                actor=command_line(),
+                groups=groups,
+                bands=edges,
             )
         finally:
             await engine.dispose()

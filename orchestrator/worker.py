@@ -68,10 +68,11 @@ def build_channel_deps(
     config: WorkspaceConfig, *, engine: AsyncEngine, http: httpx.AsyncClient, clock: Clock
 ) -> ChannelDeps:
     """What every adapter of this process shares: the recommender, links and storage."""
+    recommender = build_recommender(config.ranking, engine=engine, http=http, clock=clock)
     return ChannelDeps(
         links=config.links.unsubscribe_links(),
         box=PostgresMessageBox(engine),
-        recommender=build_recommender(config.ranking, engine=engine, http=http, clock=clock),
+        recommender=recommender,
         clock=clock,
     )
 

@@ -148,6 +148,42 @@ class RankingMonitoringConfig(_Config):
         ge=100,
         description="Both arms' users at the look that matters most (tunes the always-valid test)",
     )
+    by: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A trait to break results down by, e.g. country: cards' offline metrics "
+        "and the online click and purchase rates, with groups served clearly worse flagged",
+    )
+    bands: list[float] | None = Field(
+        default=None, min_length=1, description="Group a numeric `by` trait, e.g. [25, 35, 50]"
+    )
+
+
+class DiversityConfig(_Config):
+    """The diversity stage after the model, for one slot (orchestrator/ranking/diversity.py)."""
+
+    mmr_lambda: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Maximal marginal relevance: 1 keeps the model's order; lower values "
+        "trade relevance for items unlike (in category) those already in the list",
+    )
+    per_category: int | None = Field(
+        default=None, ge=1, le=100, description="At most this many items of one category"
+    )
+
+    @model_validator(mode="after")
+    def _does_something(self) -> DiversityConfig:
+        if self.mmr_lambda == 1 and self.per_category is None:
+            raise ValueError("give `mmr_lambda` under 1, `per_category`, or both")
+        return self
+
+
+class SlotConfig(_Config):
+    """Settings for one recommendation slot (`content.recommendations.slot`)."""
+
+    diversity: DiversityConfig | None = None
 
 
 class RankingConfig(_Config):
@@ -170,6 +206,10 @@ class RankingConfig(_Config):
         le=0.5,
         description="The chance, per position after the first of a model-filled message, "
         "of showing an item the model ranked lower; each shown item's chance is logged",
+    )
+    slots: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], SlotConfig] = Field(
+        default_factory=dict,
+        description="Per slot: a diversity stage applied to model-filled lists",
     )
     personalization_trait: str = Field(
         default="personalization", description="`false` in this trait opts a user out"

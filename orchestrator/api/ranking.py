@@ -130,6 +130,9 @@ async def monitor(
     services: ServicesDep,
     caller: Annotated[Caller, Depends(server_key_with("ranking"))],
     since: Annotated[str, Query(description="How far back, e.g. 1d or 7d")] = "1d",
+    by: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Also by this trait")
+    ] = None,
 ) -> dict[str, Any]:
     """Ranked content online: per version, slot and channel, clicks and conversions on
     recommended items per message with intervals, the baseline's fallbacks by why, the
@@ -140,5 +143,5 @@ async def monitor(
         raise HTTPException(400, {"error": str(exc), "field": "since"}) from None
     ranking = services.config.ranking
     async with services.engine.connect() as conn:
-        found = await report.report(conn, ranking, since=window, now=services.clock())
+        found = await report.report(conn, ranking, since=window, now=services.clock(), by=by)
     return dict(jsonable_encoder(found))

@@ -10,8 +10,8 @@ show N` prints it (`render`), `GET /v1/ranking/versions/{n}` returns it.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.ranking.evaluation import Metrics
+from orchestrator.ranking.fairness import by_group, from_dict, summary
 from orchestrator.tables import audit_log, ranking_models
 
 # What the built-in model reads (orchestrator/ranking/model.py says how).
@@ -29,27 +30,7 @@ FEATURES = (
     "the user's own purchases, weighted by how recent they are (at serving time)",
 )
 REPORTED = ("ndcg@10", "precision@10", "recall@10", "hit_rate@10", "coverage@10")
-MIN_GROUP_USERS = 30  # smaller groups are counted together as "other"
-
-
-def _by_group(held_out: Metrics, groups: Mapping[str, str]) -> dict[str, Any]:
-    members: dict[str, list[str]] = defaultdict(list)
-    for user in held_out.users:
-        members[groups.get(user, "unknown")].append(user)
-    folded: dict[str, list[str]] = defaultdict(list)
-    for group, users in members.items():
-        folded[group if len(users) >= MIN_GROUP_USERS else "other"] += users
-    return {
-        group: {
-            "users": len(users),
-            **{
-                key: sum(held_out.users[u][key] for u in users) / len(users)
-                for key in REPORTED
-                if not key.startswith("coverage")
-            },
-        }
-        for group, users in sorted(folded.items())
-    }
+BY_GROUP = ("ndcg@10", "precision@10", "recall@10", "hit_rate@10")
 
 
 def training_card(
@@ -59,7 +40,8 @@ def training_card(
     held_out: Metrics,
     cutoff: datetime,
     passed: bool,
-    groups: Mapping[str, str] | None = None,
+    groups: Mapping[str, object] | None = None,
+    bands: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """What a version stores about itself when trained (JSON-ready)."""
     return {
@@ -71,7 +53,9 @@ def training_card(
             "users": len(held_out.users),
             "metrics": {key: held_out.values[key] for key in REPORTED},
         },
-        "by_group": _by_group(held_out, groups) if groups else {},
+        "by_group": asdict(by_group(held_out.users, groups, metrics=BY_GROUP, bands=bands))
+        if groups
+        else {},
         "passed_gate": passed,
     }
 
@@ -160,9 +144,8 @@ def render(found: Mapping[str, Any]) -> str:
             f"  offline (held out from {offline['held_out_from'][:10]}, {offline['users']:,} "
             "users): " + ", ".join(f"{k} {v:.4f}" for k, v in offline["metrics"].items())
         )
-    for group, figures in found["by_group"].items():
-        values = ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if k != "users")
-        lines.append(f"    {group} ({figures['users']} users): {values}")
+    if found["by_group"]:
+        lines.append(summary(from_dict(found["by_group"]), title="  held out, by group"))
     gate = found["gate"]
     passed = {True: "passed", False: "failed", None: "not recorded"}[gate["passed"]]
     lines.append(f"  gate: {passed}: {gate['reason']}")

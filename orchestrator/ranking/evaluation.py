@@ -10,6 +10,13 @@ advises for this wholesale-heavy data).
     NDCG@k        discounted hits / the best possible
     hit rate@k    share of users with at least one hit
     coverage@k    share of the catalogue recommended to anyone
+    diversity@k   intra-list diversity: mean pairwise 1 - cosine of content vectors
+                  (when an `ItemSpace` is given)
+    novelty@k     mean -log2 of the items' share of training buyers
+    gini@k        concentration of how often each catalogue item is recommended
+
+(`beyond_accuracy` defines the last three.) Every measure but coverage and Gini is
+also kept per user (`Metrics.users`), for paired comparisons and `fairness.by_group`.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from orchestrator.ranking.beyond_accuracy import ItemSpace, gini, item_novelty
 from orchestrator.ranking.model import histories
 from orchestrator.ranking.retail import Purchase
 
 Recommend = Callable[[str, int], list[str]]
 KS = (5, 10, 20)
+MEASURES = ("precision", "recall", "ndcg", "hit_rate", "coverage", "diversity", "novelty", "gini")
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,19 @@ class Metrics:
     users: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
 
-def evaluate(name: str, recommend: Recommend, data: Split, catalogue_size: int) -> Metrics:
+def evaluate(
+    name: str,
+    recommend: Recommend,
+    data: Split,
+    catalogue_size: int,
+    *,
+    space: ItemSpace | None = None,
+) -> Metrics:
     started = time.perf_counter()
     top = max(KS)
     sums: dict[str, float] = defaultdict(float)
-    shown: dict[int, set[str]] = {k: set() for k in KS}
+    shown: dict[int, defaultdict[str, int]] = {k: defaultdict(int) for k in KS}
+    novelty, unseen = item_novelty(data.train)
     each: dict[str, dict[str, float]] = {}
     for user, relevant in data.relevant.items():
         ranked = recommend(user, top)
@@ -80,23 +97,37 @@ def evaluate(name: str, recommend: Recommend, data: Split, catalogue_size: int) 
             mine[f"recall@{k}"] = found / len(relevant)
             mine[f"ndcg@{k}"] = dcg / ideal
             mine[f"hit_rate@{k}"] = 1.0 if found else 0.0
-            shown[k].update(head)
+            mine[f"novelty@{k}"] = (
+                sum(novelty.get(item, unseen) for item in head) / len(head) if head else 0.0
+            )
+            if space is not None:
+                mine[f"diversity@{k}"] = space.diversity(head)
+            for item in head:
+                shown[k][item] += 1
         for key, value in mine.items():
             sums[key] += value
     users = max(1, len(data.relevant))
     values = {key: total / users for key, total in sums.items()}
     for k in KS:
         values[f"coverage@{k}"] = len(shown[k]) / max(1, catalogue_size)
+        # Items never recommended count as zeros, so the catalogue is the population.
+        counts = [*shown[k].values(), *[0] * max(0, catalogue_size - len(shown[k]))]
+        values[f"gini@{k}"] = gini(counts)
     return Metrics(name, values, time.perf_counter() - started, each)
 
 
 def table(results: Sequence[Metrics]) -> str:
-    """A Markdown table: one row per metric, one column per model."""
+    """A Markdown table: one row per metric, one column per model (a measure no model
+    has, such as diversity without an `ItemSpace`, is left out)."""
     names = [r.name for r in results]
     lines = ["| metric | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
-    for measure in ("precision", "recall", "ndcg", "hit_rate", "coverage"):
+    for measure in MEASURES:
         for k in KS:
             key = f"{measure}@{k}"
-            cells = " | ".join(f"{r.values[key]:.4f}" for r in results)
+            if not any(key in r.values for r in results):
+                continue
+            cells = " | ".join(
+                f"{r.values[key]:.4f}" if key in r.values else "n/a" for r in results
+            )
             lines.append(f"| {key} | {cells} |")
     return "\n".join(lines)

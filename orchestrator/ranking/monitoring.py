@@ -29,6 +29,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.catalog import PURCHASE_LINES
+from orchestrator.ranking.fairness import by_group
 from orchestrator.ranking.rollout import Canary, running_canary
 from orchestrator.reports.estimates import ArmTotals, Estimate
 from orchestrator.reports.statistics import SequentialTest, sequential_test, wilson_interval
@@ -221,14 +222,40 @@ def _arm(messages: Sequence[Shown]) -> Arm:
     )
 
 
+async def per_group(
+    conn: AsyncConnection, messages: Sequence[Shown], *, by: str, bands: Sequence[float] | None
+) -> dict[str, Any] | None:
+    """Whether each user clicked (bought) recommended items, by the trait `by` now,
+    with intervals and the groups served clearly worse flagged (`fairness.by_group`)."""
+    values: dict[str, dict[str, float]] = {}
+    for m in messages:
+        mine = values.setdefault(m.user_id, {"clicked": 0.0, "bought": 0.0})
+        mine["clicked"] = max(mine["clicked"], float(m.clicked))
+        mine["bought"] = max(mine["bought"], float(m.converted))
+    if not values:
+        return None
+    traits = await traits_of(conn, sorted(values))
+    groups = {user: traits.get(user, {}).get(by) for user in values}
+    return {
+        "by": by,
+        **asdict(by_group(values, groups, metrics=("clicked", "bought"), bands=bands)),
+    }
+
+
 async def report(
-    conn: AsyncConnection, ranking: RankingConfig, *, since: timedelta, now: datetime
+    conn: AsyncConnection,
+    ranking: RankingConfig,
+    *,
+    since: timedelta,
+    now: datetime,
+    by: str | None = None,
 ) -> dict[str, Any]:
     """What `ranking monitor` and `GET /v1/ranking/monitor` show (JSON-ready): the last
-    `since` online, the active version's offline figures beside its online ones, its
-    degraded state, and a running canary against the active version. Plain dicts,
-    lists, numbers, strings and datetimes."""
+    `since` online, by a trait too (`by`, else `monitoring.by`), the active version's
+    offline figures beside its online ones, its degraded state, and a running canary
+    against the active version. Plain dicts, lists, numbers, strings and datetimes."""
     config = ranking.monitoring
+    by = by or config.by
     events = ranking.popularity_events
     messages = await shown(conn, since=now - since, until=now, events=events,
                            attribution=config.attribution)  # fmt: skip
@@ -252,6 +279,9 @@ async def report(
         "fallbacks": figures.fallbacks,
         "active": None,
         "canary": None,
+        "by_group": None
+        if by is None
+        else await per_group(conn, messages, by=by, bands=config.bands),
     }
     if active is not None:
         offline = dict(active.card or {}).get("offline", {})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from orchestrator.ranking.fairness import from_dict, summary
+
 
 def _rate(estimate: Mapping[str, Any]) -> str:
     if estimate["value"] is None:
@@ -53,6 +55,11 @@ def render(found: Mapping[str, Any]) -> str:
         if active["degraded"]:
             lines.append(f"  DEGRADED since {active['degraded']['at']:%Y-%m-%d %H:%M}: "
                          f"{active['degraded']['reason']} (the baseline answers)")  # fmt: skip
+    if found["by_group"]:
+        grouped = found["by_group"]
+        lines.append(
+            summary(from_dict(grouped), title=f"users who clicked or bought, by {grouped['by']}")
+        )
     canary = found["canary"]
     if canary is not None:
         info = canary["canary"]

@@ -1,9 +1,11 @@
 """Purchases from a file shaped like the UCI Online Retail dataset (one row per invoice line).
 
 Columns: InvoiceNo, StockCode, Description, Quantity, InvoiceDate, UnitPrice,
-CustomerID, Country. Cleaning follows the dataset's README: only lines with a
-customer, not cancellations (`C...`) or adjustments (`A...`), positive quantity and
-price, and product codes (a StockCode starting with a digit).
+CustomerID, Country. Each customer's attributes (Country, when the file has it) are
+their most common value over their lines (`Dataset.customers`). Cleaning follows the
+dataset's README: only lines with a customer, not cancellations (`C...`) or
+adjustments (`A...`), positive quantity and price, and product codes (a StockCode
+starting with a digit).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import csv
 import gzip
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO
 
 REQUIRED = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
             "CustomerID")  # fmt: skip
+CUSTOMER_COLUMNS = ("Country",)  # read per customer when present
 
 
 class DatasetError(Exception):
@@ -45,6 +48,8 @@ class Dataset:
     items: dict[str, Item]
     rows: int
     kept: int
+    # customer -> attribute -> their most common value, e.g. {"Country": "France"}
+    customers: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _open(path: Path) -> IO[str]:
@@ -60,12 +65,14 @@ def read_retail(path: Path) -> Dataset:
     purchases: list[Purchase] = []
     names: dict[str, Counter[str]] = defaultdict(Counter)
     prices: dict[str, list[float]] = defaultdict(list)
+    attributes: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     rows = 0
     with _open(path) as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}")
+        described = [c for c in CUSTOMER_COLUMNS if c in (reader.fieldnames or [])]
         for line, row in enumerate(reader, start=2):
             rows += 1
             code = row["StockCode"].strip()
@@ -83,7 +90,11 @@ def read_retail(path: Path) -> Dataset:
                 names[code][row["Description"].strip()] += 1
             prices[code].append(price)
             if customer and not invoice.startswith(("C", "A")):
-                purchases.append(Purchase(customer.removesuffix(".0"), code, at))
+                user = customer.removesuffix(".0")
+                purchases.append(Purchase(user, code, at))
+                for column in described:
+                    if value := (row[column] or "").strip():
+                        attributes[user][column][value] += 1
     items = {
         code: Item(
             code,
@@ -92,4 +103,8 @@ def read_retail(path: Path) -> Dataset:
         )
         for code in prices
     }
-    return Dataset(purchases, items, rows, len(purchases))
+    customers = {
+        user: {column: counts.most_common(1)[0][0] for column, counts in found.items()}
+        for user, found in attributes.items()
+    }
+    return Dataset(purchases, items, rows, len(purchases), customers)

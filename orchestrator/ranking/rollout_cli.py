@@ -115,10 +115,14 @@ def monitor(
     check: Annotated[
         bool, typer.Option("--guard", help="Also run the guard now (roll back, degrade)")
     ] = False,
+    by: Annotated[
+        str | None, typer.Option(help="Also by this trait (default `ranking.monitoring.by`)")
+    ] = None,
 ) -> None:
     """Ranked content online: clicks and conversions on recommended items per message by
     version, slot and channel; fallbacks by why; the active version's offline figures
-    beside its online ones; a running canary against the active version."""
+    beside its online ones; by a trait, with groups served clearly worse flagged; a
+    running canary against the active version."""
     from fastapi.encoders import jsonable_encoder
 
     from orchestrator.journeys_cli import root_for
@@ -142,7 +146,7 @@ def monitor(
             done = await guard.check(engine, ranking.monitoring,
                                      events=ranking.popularity_events, now=now)  # fmt: skip
         async with engine.connect() as conn:
-            return done, await report(conn, ranking, since=window, now=now)
+            return done, await report(conn, ranking, since=window, now=now, by=by)
 
     done, found = _run(work)
     for act in done:

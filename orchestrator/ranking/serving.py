@@ -31,6 +31,7 @@ from channels.ranking import (
 )
 from orchestrator.catalog import CatalogCache, purchase_history
 from orchestrator.profiles import load_traits
+from orchestrator.ranking.diversity import rerankers_for
 from orchestrator.ranking.model import HybridModel
 from orchestrator.ranking.rollout import Canary
 from orchestrator.routing import Clock
@@ -144,4 +145,5 @@ def build_recommender(
         min_confidence=ranking.min_confidence,
         personalization_trait=ranking.personalization_trait,
         exploration=ranking.exploration,
+        rerankers=rerankers_for(ranking),
     )

@@ -82,17 +82,19 @@ async def train(
     *,
     source: str,
     actor: audit.Actor,
-    groups: Mapping[str, str] | None = None,
+    groups: Mapping[str, object] | None = None,
+    bands: Sequence[float] | None = None,
     now: datetime | None = None,
 ) -> Trained:
     """Train, compare, store with its card; activate when the candidate wins (`actor`
-    is who the audit log names for that). `groups` (user -> group, e.g. a country)
+    is who the audit log names for that). `groups` (user -> a trait's value, e.g. a
+    country; numbers grouped by `bands`)
     adds held-out metrics by group to the card. The number crunching runs in a thread,
     so a worker's other activities keep their event loop."""
     if len(purchases) < 10 or not items:
         raise VersionError("not enough purchases to train on")
     active = await _active(engine)
-    contest = await asyncio.to_thread(_contest, purchases, items, active, groups)
+    contest = await asyncio.to_thread(_contest, purchases, items, active, groups, bands)
     async with engine.begin() as conn:
         version = int(
             await conn.scalar(
@@ -124,7 +126,8 @@ def _contest(
     purchases: Sequence[Purchase],
     items: dict[str, Item],
     active: tuple[int, HybridModel] | None,
-    groups: Mapping[str, str] | None,
+    groups: Mapping[str, object] | None,
+    bands: Sequence[float] | None,
 ) -> _Contest:
     """Whether a candidate beats popularity and the active version on held-out
     purchases, why, the figures, the card, and the final model trained on everything."""
@@ -169,6 +172,7 @@ def _contest(
         cutoff=cutoff,
         passed=not losses,
         groups=groups,
+        bands=bands,
     )
     return _Contest(not losses, reason, metrics, card, final.dump())
 

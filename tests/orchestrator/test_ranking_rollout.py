@@ -247,8 +247,11 @@ async def test_cards_are_stored_and_shown(
     assert any("item text" in f for f in card["features"])
     offline = card["offline"]["metrics"]
     assert offline["ndcg@10"] == pytest.approx(trained.metrics["candidate"])
-    assert set(card["by_group"]) == {"even", "odd"}
-    assert sum(g["users"] for g in card["by_group"].values()) == card["offline"]["users"]
+    groups = card["by_group"]["groups"]
+    assert {g["name"] for g in groups} == {"even", "odd"}
+    assert sum(g["users"] for g in groups) == card["offline"]["users"]
+    assert groups[0]["metrics"]["ndcg@10"]["low"] <= groups[0]["metrics"]["ndcg@10"]["mean"]
+    assert card["by_group"]["flagged"] == []  # odd and even ids are served alike
     assert card["gate"]["passed"] is True
     assert card["gate"]["reason"] == trained.reason
     [activation] = card["history"]
@@ -271,7 +274,8 @@ async def test_cards_are_stored_and_shown(
     assert f"version {trained.version} (active)" in shown.output
     assert "gate: passed: ndcg@10" in shown.output
     assert f"ranking.activate by cli:{PERSON.name}" in shown.output
-    assert "even (" in shown.output
+    assert "| even |" in shown.output
+    assert "no group is served clearly worse than the rest" in shown.output
     as_json = await asyncio.to_thread(
         runner.invoke, app, ["ranking", "show", str(trained.version), "--json"], env=env
     )
@@ -307,6 +311,22 @@ async def test_ranked_content_is_judged_online_by_version_slot_and_channel(
     assert {(r["slot"], r["channel"]) for r in found["by_slot"]} == {("home", "email")}
     assert found["canary"]["clicks"]["difference"]["value"] < 0
     assert found["active"]["version"] == first
+    assert found["by_group"] is None  # no trait asked for
+
+    # the same figures by a trait: per group, whether users clicked or bought
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO profiles (user_id, traits) SELECT u, jsonb_build_object("
+                 "'country', CASE WHEN n <= 300 THEN 'UK' ELSE 'DE' END)"
+                 " FROM unnest(CAST(:users AS text[])) WITH ORDINALITY AS t(u, n)"),
+            {"users": USERS[:400]},
+        )  # fmt: skip
+        grouped = (await report(conn, RankingConfig(builtin=True), since=timedelta(days=1),
+                                now=now(), by="country"))["by_group"]  # fmt: skip
+    assert [(g["name"], g["users"]) for g in grouped["groups"]] == [("UK", 300), ("DE", 100)]
+    uk = grouped["groups"][0]["metrics"]["clicked"]
+    assert uk["low"] < uk["mean"] < uk["high"]
+    assert grouped["flagged"] == []  # both groups were served alike
 
     answer = await stack.call("GET", "/v1/ranking/monitor", params={"since": "2d"})
     assert answer.status_code == 200, answer.text
