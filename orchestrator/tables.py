@@ -295,6 +295,9 @@ ranking_models = Table(
     Column("reason", Text, nullable=False),
     Column("metrics", JSONB, nullable=False),
     Column("artifact", LargeBinary, nullable=False),
+    # What it was trained on, binned, for input drift (orchestrator.ranking.drift); NULL
+    # for versions trained before drift was measured.
+    Column("profile", JSONB),
     Index(
         "ranking_models_one_active",
         "status",

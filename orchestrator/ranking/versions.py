@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.catalog import PURCHASE_LINES
+from orchestrator.ranking.drift import training_profile
 from orchestrator.ranking.evaluation import Split, evaluate, split
 from orchestrator.ranking.model import HybridModel, Popularity, Settings
 from orchestrator.ranking.retail import Item, Purchase
@@ -62,14 +63,22 @@ def _score(model: HybridModel, held: Split, size: int, now: datetime) -> float:
 
 
 async def train(
-    engine: AsyncEngine, purchases: Sequence[Purchase], items: dict[str, Item], *, source: str
+    engine: AsyncEngine,
+    purchases: Sequence[Purchase],
+    items: dict[str, Item],
+    *,
+    source: str,
+    drift_window: timedelta = timedelta(days=7),
 ) -> Trained:
     """Train, compare, store; activate when the candidate wins. The number crunching
-    runs in a thread, so a worker's other activities keep their event loop."""
+    runs in a thread, so a worker's other activities keep their event loop. The version
+    keeps its training profile, which input drift is measured against (`drift_window`:
+    `ranking.drift.window`, see orchestrator.ranking.drift)."""
     if len(purchases) < 10 or not items:
         raise VersionError("not enough purchases to train on")
     active = await _active(engine)
     wins, reason, metrics, final = await asyncio.to_thread(_contest, purchases, items, active)
+    profile = await asyncio.to_thread(training_profile, purchases, window=drift_window)
     async with engine.begin() as conn:
         if wins:
             await conn.execute(
@@ -89,6 +98,7 @@ async def train(
                 reason=reason,
                 metrics=metrics,
                 artifact=final,
+                profile=profile,
             )
             .returning(ranking_models.c.version)
         )
