@@ -1,6 +1,7 @@
-"""`orchestrator ranking ...`: train, list and schedule versions; evaluate the built-in
-model offline against popularity and EASE, and a version on logged messages. Switching
-versions, cards and online monitoring: `orchestrator.ranking.rollout_cli`."""
+"""`orchestrator ranking ...`: train, list and schedule versions; measure the active
+version's input drift; evaluate the built-in model offline against popularity and EASE,
+and a version on logged messages. Switching versions, cards and online monitoring:
+`orchestrator.ranking.rollout_cli`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import typer
 
@@ -207,6 +208,7 @@ def train(
                 actor=command_line(),
                 groups=groups,
                 bands=edges,
+                drift_window=ranking.drift.window,
             )
         finally:
             await engine.dispose()
@@ -248,16 +250,31 @@ def list_versions() -> None:
 
 @app.command()
 def schedule(
+    when: Annotated[
+        str,
+        typer.Option(
+            help="interval: train every --every; drift: check every --check-every and train "
+            "when input drift passes a `ranking.drift` threshold; both: drift, and train "
+            "anyway once --every has passed since the last training"
+        ),
+    ] = "interval",
     every: Annotated[str, typer.Option(help="How often to retrain, e.g. 1d or 12h")] = "1d",
+    check_every: Annotated[
+        str, typer.Option(help="With drift or both: how often to measure drift")
+    ] = "1h",
 ) -> None:
     """Retrain from the stored events on a Temporal schedule (`ranking-retrain`); each
-    run's version goes live only if it wins. Running it again changes the interval."""
+    run's version goes live only if it wins. Running it again changes the schedule."""
     from orchestrator.ranking.schedule import schedule_retraining
     from orchestrator.temporal import connect
     from rules.durations import DurationError, parse_duration
+    from workflows.retraining import When
 
+    if when not in get_args(When):
+        typer.echo(f"--when: {when!r} is not one of interval, drift, both", err=True)
+        raise typer.Exit(1)
     try:
-        interval = parse_duration(every)
+        interval, check = parse_duration(every), parse_duration(check_every)
     except DurationError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -265,10 +282,57 @@ def schedule(
 
     async def work() -> None:
         client = await connect(settings.temporal_address, settings.temporal_namespace)
-        await schedule_retraining(client, every=interval, task_queue=settings.task_queue)
+        await schedule_retraining(
+            client, every=interval, task_queue=settings.task_queue,
+            when=cast(When, when), check_every=check,
+        )  # fmt: skip
 
     asyncio.run(work())
-    typer.echo(f"retraining every {every} on task queue '{settings.task_queue}'")
+    queue = f"on task queue '{settings.task_queue}'"
+    if when == "interval":
+        typer.echo(f"retraining every {every} {queue}")
+    elif when == "drift":
+        typer.echo(f"measuring drift every {check_every}, retraining when it passes a "
+                   f"threshold, {queue}")  # fmt: skip
+    else:
+        typer.echo(f"measuring drift every {check_every}, retraining when it passes a "
+                   f"threshold and at least every {every}, {queue}")  # fmt: skip
+
+
+@app.command()
+def drift(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """How far the live traffic of the last `ranking.drift.window` has moved from what
+    the active version was trained on: PSI of item popularity and of users' history
+    lengths, and the share of purchases of items it never saw bought."""
+    from orchestrator.cli_settings import read_database
+    from orchestrator.journeys_cli import root_for
+    from orchestrator.ranking.drift import describe, measure
+    from orchestrator.workspace import load_config
+
+    ranking = load_config(root_for([], None)).ranking
+    now = datetime.now(UTC)
+    found = read_database(
+        lambda conn: measure(conn, config=ranking.drift, events=ranking.popularity_events,
+                             now=now)
+    )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(found.as_json(), indent=2))
+        return
+    typer.echo(found.summary)
+    if found.since is None:
+        return
+    counts = found.counts
+    typer.echo(
+        f"window {found.since:%Y-%m-%d %H:%M} to {found.until:%Y-%m-%d %H:%M} UTC: "
+        f"{counts['live_purchases']:,} purchases by {counts['live_users']:,} users "
+        f"({counts['unseen_purchases']:,} of unseen items; {counts['outside_catalogue']:,} "
+        f"of items outside the catalogue left out); trained on "
+        f"{counts['training_purchases']:,} purchases"
+    )
+    for figure in found.figures:
+        typer.echo(f"  {'DRIFT' if figure.passed else 'ok':<6}{describe(figure)}")
 
 
 @app.command("evaluate-logs")

@@ -305,6 +305,9 @@ ranking_models = Table(
     # An active version whose online results fell under the floor: the baseline answers.
     Column("degraded_at", DateTime(timezone=True), nullable=True),
     Column("degraded_reason", Text, nullable=True),
+    # What it was trained on, binned, for input drift (orchestrator.ranking.drift); NULL
+    # for versions trained before drift was measured.
+    Column("profile", JSONB),
     Index(
         "ranking_models_one_active",
         "status",

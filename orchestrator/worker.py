@@ -162,7 +162,9 @@ async def running_worker(
             clients=clients,
             deps=deps,
         )
-        ranking = RankingActivities(engine, events=config.ranking.popularity_events)
+        ranking = RankingActivities(
+            engine, events=config.ranking.popularity_events, drift=config.ranking.drift
+        )
         identity = IdentityActivities(engine=engine, client=client, policy=workspace.policy)
         router = Router(
             engine=engine, client=client, registry=JourneyRegistry(engine), task_queue=task_queue,
@@ -182,7 +184,12 @@ async def running_worker(
             journey_worker(
                 client,
                 task_queue=task_queue,
-                activities=[*activities.all(), ranking.train_ranking_model, identity.adopt_user],
+                activities=[
+                    *activities.all(),
+                    ranking.train_ranking_model,
+                    ranking.ranking_drift,
+                    identity.adopt_user,
+                ],
                 **options,
             ) as worker,
             # Erasures share the queue of the workflows that are not journeys.

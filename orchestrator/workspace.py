@@ -186,6 +186,43 @@ class SlotConfig(_Config):
     diversity: DiversityConfig | None = None
 
 
+class DriftConfig(_Config):
+    """When the active version's input has drifted from its training (see
+    `orchestrator.ranking.drift`): an alert, and a retraining with `--when drift`."""
+
+    window: Duration = Field(
+        default=timedelta(days=7), description="Live traffic: the purchases of this long back"
+    )
+    item_psi: float = Field(
+        default=0.2,
+        gt=0,
+        description="PSI of purchases over items (binned by training popularity) above "
+        "this is drift (by convention 0.1 is a moderate shift, 0.25 a major one)",
+    )
+    history_psi: float = Field(
+        default=0.2, gt=0, description="PSI of active users' history lengths above this"
+    )
+    unseen_share: float = Field(
+        default=0.15,
+        gt=0,
+        le=1,
+        description="Share of live purchases of items the version never saw bought",
+    )
+    min_purchases: int = Field(
+        default=200,
+        ge=1,
+        description="Fewer live purchases than this is not enough traffic, never drift",
+    )
+    min_users: int = Field(
+        default=100, ge=1, description="Fewer active users than this: no history-length PSI"
+    )
+    cooldown: Duration = Field(
+        default=timedelta(days=1),
+        description="After a version is trained, drift does not retrain again for this long "
+        "(a rejected candidate would otherwise be retrained at every check)",
+    )
+
+
 class RankingConfig(_Config):
     """Where ranked content comes from. Without a `url`, the popularity baseline answers."""
 
@@ -221,6 +258,7 @@ class RankingConfig(_Config):
     )
     popularity_window: Duration = Field(default=timedelta(days=30))
     refresh_every: Duration = Field(default=timedelta(minutes=5))
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     monitoring: RankingMonitoringConfig = Field(
         default_factory=lambda: RankingMonitoringConfig(),

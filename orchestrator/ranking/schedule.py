@@ -1,10 +1,12 @@
-"""Retraining on a schedule: the activity the worker runs, and the Temporal schedule."""
+"""Retraining on a schedule: the activities the worker runs (measure drift, train), and
+the Temporal schedule that starts `RetrainRanking`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.client import (
@@ -22,42 +24,92 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.access.audit import Actor
+from orchestrator.ranking.drift import measure
 from orchestrator.ranking.versions import VersionError, stored_purchases, train
-from workflows.retraining import SCHEDULE_ID, RetrainRanking
+from orchestrator.tables import ranking_models
+from orchestrator.workspace import DriftConfig
+from workflows.retraining import SCHEDULE_ID, DriftCheck, RetrainInput, RetrainRanking, When
 
 SCHEDULED = Actor("system", "ranking schedule")
 
 
 class RankingActivities:
-    def __init__(self, engine: AsyncEngine, *, events: Sequence[str]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, events: Sequence[str], drift: DriftConfig | None = None
+    ) -> None:
         self.engine, self.events = engine, list(events)
+        self.drift = drift or DriftConfig()
 
     @activity.defn(name="train_ranking_model")
-    async def train_ranking_model(self) -> str:
+    async def train_ranking_model(self, source: str = "events (scheduled)") -> str:
         purchases, items = await stored_purchases(self.engine, self.events)
         try:
             trained = await train(
-                self.engine, purchases, items, source="events (scheduled)", actor=SCHEDULED
+                self.engine,
+                purchases,
+                items,
+                source=source,
+                actor=SCHEDULED,
+                drift_window=self.drift.window,
             )
         except VersionError as exc:
             raise ApplicationError(str(exc), type="NothingToTrain", non_retryable=True) from exc
         return f"version {trained.version}: {trained.status} ({trained.reason})"
 
+    @activity.defn(name="ranking_drift")
+    async def ranking_drift(self) -> DriftCheck:
+        now = datetime.now(UTC)
+        async with self.engine.connect() as conn:
+            drift = await measure(conn, config=self.drift, events=self.events, now=now)
+            last = await conn.scalar(select(func.max(ranking_models.c.created_at)))
+        return DriftCheck(
+            status=drift.status,
+            summary=drift.summary,
+            since_training=None if last is None else now - last,
+            cooldown=self.drift.cooldown,
+        )
 
-def retraining(every: timedelta, *, task_queue: str) -> Schedule:
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
+
+def retraining(
+    every: timedelta,
+    *,
+    task_queue: str,
+    when: When = "interval",
+    check_every: timedelta = timedelta(hours=1),
+) -> Schedule:
+    """`interval`: a run every `every` that trains. `drift` and `both`: a run every
+    `check_every` that measures drift first (`both` also trains once `every` passed)."""
+    if when == "interval":
+        # no input: the run trains, as runs scheduled before drift existed do
+        action = ScheduleActionStartWorkflow(
             RetrainRanking.run, id="ranking-retrain-run", task_queue=task_queue
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        )
+    else:
+        action = ScheduleActionStartWorkflow(
+            RetrainRanking.run,
+            RetrainInput(when=when, every=every if when == "both" else None),
+            id="ranking-retrain-run",
+            task_queue=task_queue,
+        )
+    interval = every if when == "interval" else check_every
+    return Schedule(
+        action=action,
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
         # A run still going when the next is due: skip the next, never pile up.
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
 
 
-async def schedule_retraining(client: Client, *, every: timedelta, task_queue: str) -> None:
-    """Create the schedule, or change its interval if it exists."""
-    schedule = retraining(every, task_queue=task_queue)
+async def schedule_retraining(
+    client: Client,
+    *,
+    every: timedelta,
+    task_queue: str,
+    when: When = "interval",
+    check_every: timedelta = timedelta(hours=1),
+) -> None:
+    """Create the schedule, or change it (interval, mode) if it exists."""
+    schedule = retraining(every, task_queue=task_queue, when=when, check_every=check_every)
     try:
         await client.create_schedule(SCHEDULE_ID, schedule)
     except ScheduleAlreadyRunningError:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from orchestrator.access import audit
 from orchestrator.catalog import PURCHASE_LINES
 from orchestrator.ranking.cards import training_card
+from orchestrator.ranking.drift import training_profile
 from orchestrator.ranking.evaluation import Metrics, Split, evaluate, split
 from orchestrator.ranking.model import HybridModel, Popularity, Settings
 from orchestrator.ranking.retail import Item, Purchase
@@ -84,17 +85,20 @@ async def train(
     actor: audit.Actor,
     groups: Mapping[str, object] | None = None,
     bands: Sequence[float] | None = None,
+    drift_window: timedelta = timedelta(days=7),
     now: datetime | None = None,
 ) -> Trained:
     """Train, compare, store with its card; activate when the candidate wins (`actor`
     is who the audit log names for that). `groups` (user -> a trait's value, e.g. a
-    country; numbers grouped by `bands`)
-    adds held-out metrics by group to the card. The number crunching runs in a thread,
-    so a worker's other activities keep their event loop."""
+    country; numbers grouped by `bands`) adds held-out metrics by group to the card.
+    The version keeps its training profile, which input drift is measured against
+    (`drift_window`: `ranking.drift.window`, see orchestrator.ranking.drift). The number
+    crunching runs in a thread, so a worker's other activities keep their event loop."""
     if len(purchases) < 10 or not items:
         raise VersionError("not enough purchases to train on")
     active = await _active(engine)
     contest = await asyncio.to_thread(_contest, purchases, items, active, groups, bands)
+    profile = await asyncio.to_thread(training_profile, purchases, window=drift_window)
     async with engine.begin() as conn:
         version = int(
             await conn.scalar(
@@ -110,6 +114,7 @@ async def train(
                     metrics=contest.metrics,
                     card=contest.card,
                     artifact=contest.artifact,
+                    profile=profile,
                 )
                 .returning(ranking_models.c.version)
             )

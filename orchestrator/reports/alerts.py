@@ -15,14 +15,20 @@
                         (its online click rate fell under the floor); clears when a
                         version is activated
     ranking_canary      the ranking guard rolled a canary back within the last day
+    ranking_drift       the live traffic of the last `ranking.drift.window` has moved
+                        from what the active version was trained on past a
+                        `ranking.drift` threshold (item popularity PSI, history length
+                        PSI, unseen share; see orchestrator.ranking.drift); checked with
+                        `ranking.builtin` only, and not on too little traffic
 
-Rates need at least `MIN_VOLUME` messages or entries. Each kind is checked on its own
-(a savepoint each): one that fails is logged and its open alerts stay as they are,
-while the others are raised and resolved as usual. A new alert becomes an `Alert
-Raised` event of `alerts.user_id` (a journey can react to it) and, with `alerts.url`,
-a Standard Webhooks-signed POST; when its condition clears, an `Alert Resolved` event.
-The API checks every `alerts.check_every`; with several API processes one checks at a
-time (a Postgres advisory lock).
+Rates need at least `MIN_VOLUME` messages or entries (drift: `ranking.drift.min_purchases`
+purchases; with fewer, or no active version with a training profile, an open drift alert
+stays). Each kind is checked on its own (a savepoint each): one that fails is logged and
+its open alerts stay as they are, while the others are raised and resolved as usual. A
+new alert becomes an `Alert Raised` event of `alerts.user_id` (a journey can react to
+it) and, with `alerts.url`, a Standard Webhooks-signed POST; when its condition clears,
+an `Alert Resolved` event. The API checks every `alerts.check_every`; with several API
+processes one checks at a time (a Postgres advisory lock).
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels.delivery import SignedPoster
+from orchestrator.ranking import drift
 from orchestrator.reports import design, service
 from orchestrator.tables import alerts, audit_log, ranking_models
 from orchestrator.tracking import Incoming
+from rules.durations import format_duration
 
 if TYPE_CHECKING:
     from orchestrator.services import Services
@@ -92,7 +100,8 @@ async def findings(
 ) -> tuple[list[Finding], set[str]]:
     """Every alert condition that holds now, and the kinds that could be checked."""
     config = services.config.alerts
-    checks: dict[str, Callable[[], Awaitable[list[Finding]]]] = {
+    # a check answers None when it cannot tell now (its open alerts stay as they are)
+    checks: dict[str, Callable[[], Awaitable[list[Finding] | None]]] = {
         "sample_ratio": lambda: _sample_ratios(conn, services.config.global_control, now=now),
         "conversion_drop": lambda: _conversion_drops(conn, config.conversion_drop, now=now),
         "delivery_failures": lambda: _delivery_failures(
@@ -101,17 +110,20 @@ async def findings(
         "ranking_fallback": lambda: _ranking_fallback(conn, config.fallback_share, now=now),
         "ranking_degraded": lambda: _ranking_degraded(conn),
         "ranking_canary": lambda: _ranking_canary(conn, now=now),
+        "ranking_drift": lambda: _ranking_drift(conn, services, now=now),
     }
     found: list[Finding] = []
     checked: set[str] = set()
     for kind, run in checks.items():
         try:
             async with conn.begin_nested():
-                found += await run()
+                holding = await run()
         except Exception:
             log.exception("the %s alert check failed; its open alerts stay as they are", kind)
             continue
-        checked.add(kind)
+        if holding is not None:
+            found += holding
+            checked.add(kind)
     return found, checked
 
 
@@ -187,6 +199,29 @@ async def _ranking_canary(conn: AsyncConnection, *, now: datetime) -> list[Findi
         f"ranking: the canary {row.subject} was rolled back: {row.reason}",
         {"reason": row.reason},
     ) for row in found]  # fmt: skip
+
+
+async def _ranking_drift(
+    conn: AsyncConnection, services: Services, *, now: datetime
+) -> list[Finding] | None:
+    """Too little traffic, or no version with a profile, tells nothing: None."""
+    ranking = services.config.ranking
+    if not ranking.builtin:
+        return []
+    found = await drift.measure(
+        conn, config=ranking.drift, events=ranking.popularity_events, now=now
+    )
+    if found.status not in ("drifted", "steady"):
+        return None
+    if not found.drifted:
+        return []
+    figures = {f.name: f.value for f in found.figures}
+    return [Finding(
+        "ranking_drift", "ranking",
+        f"ranking, last {format_duration(ranking.drift.window)}: {found.summary}",
+        {"version": found.version, **figures, **found.counts,
+         "passed": [f.name for f in found.figures if f.passed]},
+    )]  # fmt: skip
 
 
 async def _sample_ratios(

@@ -64,6 +64,7 @@ async def test_commands_use_the_database_of_the_dev_stack_running_here(
         ["ranking", "train"],
         ["ranking", "list"],
         ["ranking", "activate", "1"],
+        ["ranking", "drift"],
         ["catalog", "load", str(EXAMPLE / "catalog.csv")],
         ["migrate"],
         ["worker"],
