@@ -12,20 +12,11 @@ from orchestrator.ranking.retail import read_retail
 from orchestrator.ranking.versions import train
 from tests.conftest import StackFactory
 from tests.support.db import rows
-from tests.support.workspace import SERVER_KEY
+from tests.support.workspace import NOOP, SERVER_KEY
 
 BACKEND = {"authorization": f"Bearer {SERVER_KEY}"}
 
 SLICE = Path(__file__).resolve().parents[1] / "data" / "online_retail_slice.csv.gz"
-NOOP = """
-journey: noop
-name: Noop
-trigger: {event: Never Happens}
-start: done
-steps:
-  done:
-    exit: {}
-"""
 
 
 async def test_rank_answers_from_the_model_or_says_why_not(

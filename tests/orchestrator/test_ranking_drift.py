@@ -30,7 +30,7 @@ from orchestrator.sources import InvalidSource
 from orchestrator.workspace import DriftConfig, load_workspace
 from tests.conftest import StackFactory
 from tests.support.db import rows
-from tests.support.workspace import write_workspace
+from tests.support.workspace import NOOP, write_workspace
 
 ITEMS = [f"I{n:02d}" for n in range(100)]
 NEW_ITEMS = [f"N{n:02d}" for n in range(20)]
@@ -262,17 +262,6 @@ def test_drift_settings_default_and_load(tmp_path: Path) -> None:
     assert (config.window, config.item_psi, config.history_psi, config.unseen_share,
             config.min_purchases, config.cooldown) == (
         timedelta(days=3), 0.25, 0.2, 0.15, 200, timedelta(days=1))  # fmt: skip
-
-
-NOOP = """
-journey: noop
-name: Noop
-trigger: {event: Never Happens}
-start: done
-steps:
-  done:
-    exit: {}
-"""
 
 
 async def test_drift_is_an_alert_raised_once_and_resolved_when_it_clears(

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
@@ -26,7 +25,7 @@ from orchestrator.ranking.model import HybridModel, Settings
 from orchestrator.tables import ranking_models
 from tests.conftest import StackFactory
 from tests.orchestrator.test_receipts import post_receipt, receipt
-from tests.support.db import rows
+from tests.support.db import insert_messages, rows
 from tests.support.model import ModelServer, running_model
 from tests.support.receiver import Receiver
 
@@ -234,29 +233,7 @@ async def simulate(engine: AsyncEngine, impressions: int, seed: int) -> None:
             if rng.random() < ATTRACTION[s.item_id] * EXAMINATION[s.position]:
                 body = {"type": "clicked", "data": {"message_id": f"m{n}", "item_id": s.item_id}}
                 receipts.append((f"r{n}-{s.position}", f"m{n}", orjson.dumps(body).decode()))
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO messages (id, journey_key, version, user_id, step, channel,"
-                " template, status, content_source, created_at)"
-                " SELECT id, 'sim', 1, u, 'mail', 'email', 'picks', 'delivered',"
-                "  CAST(s AS jsonb), :at"
-                " FROM unnest(CAST(:ids AS text[]), CAST(:users AS text[]),"
-                "  CAST(:sources AS text[])) AS t(id, u, s)"
-            ),
-            {"ids": [m[0] for m in messages], "users": [m[1] for m in messages],
-             "sources": [m[2] for m in messages], "at": at},
-        )  # fmt: skip
-        await conn.execute(
-            text(
-                "INSERT INTO receipts (channel, webhook_id, message_id, kind, payload,"
-                " received_at) SELECT 'email', w, m, 'clicked', CAST(p AS jsonb), :at"
-                " FROM unnest(CAST(:w AS text[]), CAST(:m AS text[]), CAST(:p AS text[]))"
-                "  AS t(w, m, p)"
-            ),
-            {"w": [r[0] for r in receipts], "m": [r[1] for r in receipts],
-             "p": [r[2] for r in receipts], "at": at},
-        )  # fmt: skip
+    await insert_messages(engine, messages, receipts, at=at)
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ from orchestrator.worker import build_channel_deps
 from orchestrator.workspace import RankingConfig, RankingMonitoringConfig, WorkspaceConfig
 from tests.conftest import StackFactory
 from tests.orchestrator.test_ranking_logs import ITEMS, load_catalogue, store_version
-from tests.support.db import rows
+from tests.support.db import insert_messages, rows
 
 runner = CliRunner()
 PERSON = command_line()
@@ -386,29 +386,8 @@ async def traffic(
             receipts.append((f"r-{message}", message, orjson.dumps(body).decode()))
         if rng.random() < (bought or {}).get(arm, 0.0):
             purchases.append((f"o-{message}", user))
+    await insert_messages(engine, messages, receipts, at=at)
     async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO messages (id, journey_key, version, user_id, step, channel,"
-                " template, status, content_source, created_at)"
-                " SELECT id, 'shop', 1, u, 'mail', 'email', 'picks', 'delivered',"
-                "  CAST(s AS jsonb), :at"
-                " FROM unnest(CAST(:ids AS text[]), CAST(:users AS text[]),"
-                "  CAST(:sources AS text[])) AS t(id, u, s)"
-            ),
-            {"ids": [m[0] for m in messages], "users": [m[1] for m in messages],
-             "sources": [m[2] for m in messages], "at": at},
-        )  # fmt: skip
-        await conn.execute(
-            text(
-                "INSERT INTO receipts (channel, webhook_id, message_id, kind, payload,"
-                " received_at) SELECT 'email', w, m, 'clicked', CAST(p AS jsonb), :at"
-                " FROM unnest(CAST(:w AS text[]), CAST(:m AS text[]), CAST(:p AS text[]))"
-                "  AS t(w, m, p)"
-            ),
-            {"w": [r[0] for r in receipts], "m": [r[1] for r in receipts],
-             "p": [r[2] for r in receipts], "at": at},
-        )  # fmt: skip
         await conn.execute(
             text(
                 "INSERT INTO events (message_id, source, type, event, user_id, properties,"

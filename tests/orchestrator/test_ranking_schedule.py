@@ -28,17 +28,8 @@ from tests.orchestrator.test_ranking_drift import (
 )
 from tests.support.db import rows
 from tests.support.stack import eventually
+from tests.support.workspace import NOOP
 from workflows.retraining import SCHEDULE_ID, RetrainRanking, RetrainResult
-
-NOOP = """
-journey: noop
-name: Noop
-trigger: {event: Never Happens}
-start: done
-steps:
-  done:
-    exit: {}
-"""
 
 
 async def test_a_scheduled_run_trains_a_version_from_the_stored_events(

@@ -1,7 +1,8 @@
-"""Reading the database in assertions."""
+"""Reading the database in assertions, and writing what a test simulates."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -36,3 +37,37 @@ async def enable_outbox(engine: AsyncEngine) -> None:
                 "ON CONFLICT (singleton) DO UPDATE SET enabled = true"
             )
         )
+
+
+async def insert_messages(
+    engine: AsyncEngine,
+    messages: list[tuple[str, str, str]],
+    clicks: list[tuple[str, str, str]],
+    *,
+    at: datetime,
+) -> None:
+    """Delivered emails (id, user, content_source JSON) of journey step shop/mail sent
+    at `at`, and `clicked` receipts (webhook id, message id, payload JSON) for them."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO messages (id, journey_key, version, user_id, step, channel,"
+                " template, status, content_source, created_at)"
+                " SELECT id, 'shop', 1, u, 'mail', 'email', 'picks', 'delivered',"
+                "  CAST(s AS jsonb), :at"
+                " FROM unnest(CAST(:ids AS text[]), CAST(:users AS text[]),"
+                "  CAST(:sources AS text[])) AS t(id, u, s)"
+            ),
+            {"ids": [m[0] for m in messages], "users": [m[1] for m in messages],
+             "sources": [m[2] for m in messages], "at": at},
+        )  # fmt: skip
+        await conn.execute(
+            text(
+                "INSERT INTO receipts (channel, webhook_id, message_id, kind, payload,"
+                " received_at) SELECT 'email', w, m, 'clicked', CAST(p AS jsonb), :at"
+                " FROM unnest(CAST(:w AS text[]), CAST(:m AS text[]), CAST(:p AS text[]))"
+                "  AS t(w, m, p)"
+            ),
+            {"w": [r[0] for r in clicks], "m": [r[1] for r in clicks],
+             "p": [r[2] for r in clicks], "at": at},
+        )  # fmt: skip

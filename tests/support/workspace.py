@@ -115,3 +115,15 @@ def user_token(user_id: str, *, ttl: timedelta = timedelta(hours=1)) -> str:
     """A token for `user_id`, as the customer's backend would mint it."""
     config = UserTokens(secret=USER_TOKEN_SECRET)
     return tokens.mint(config, user_id, ttl=ttl, now=datetime.now(UTC))
+
+
+# A journey nothing enters: for stacks whose tests need no journey of their own.
+NOOP = """
+journey: noop
+name: Noop
+trigger: {event: Never Happens}
+start: done
+steps:
+  done:
+    exit: {}
+"""

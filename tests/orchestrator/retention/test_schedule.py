@@ -21,16 +21,8 @@ from tests.conftest import StackFactory
 from tests.orchestrator.retention.seed import seed
 from tests.support.db import rows
 from tests.support.stack import eventually
+from tests.support.workspace import NOOP
 
-NOOP = """
-journey: noop
-name: Noop
-trigger: {event: Never Happens}
-start: done
-steps:
-  done:
-    exit: {}
-"""
 runner = CliRunner()
 
 
