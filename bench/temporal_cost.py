@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -54,7 +55,7 @@ from orchestrator.worker import running_worker
 from orchestrator.workspace import load_workspace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "retail"
-BIN = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv")) / "bin"
+BIN = Path(sys.executable).parent
 WRITE_KEY = "wk_dev_backend_c04b6d"  # the example's server-side source
 MARKERS = EventType.EVENT_TYPE_MARKER_RECORDED
 Histories = dict[str, tuple[str, list[HistoryEvent]]]
@@ -116,19 +117,22 @@ async def histories(
     return found
 
 
-def messages(events: Iterable[HistoryEvent]) -> int:
-    return sum(
-        1
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and e.activity_task_scheduled_event_attributes.activity_type.name == "send_message"
-    )
+async def sent(engine: AsyncEngine) -> Counter[str]:
+    """Messages that went out, by journey (a deferral asked again is not a message)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT journey_key, count(*) FROM messages"
+                " WHERE status IN ('sent', 'delivered') GROUP BY journey_key"
+            )
+        )
+        return Counter({journey: n for journey, n in rows})
 
 
-def report(title: str, found: Histories) -> None:
-    per_journey: dict[str, list[tuple[int, Counter[str], int]]] = defaultdict(list)
+def report(title: str, found: Histories, messages: Counter[str]) -> None:
+    per_journey: dict[str, list[tuple[int, Counter[str]]]] = defaultdict(list)
     for journey, events in found.values():
-        per_journey[journey].append((len(events), actions(events), messages(events)))
+        per_journey[journey].append((len(events), actions(events)))
     print(f"\n{title}")
     print("| journey | users | history events per user | actions per user | messages per user "
           "| actions per message | actions by kind (per user) |")  # fmt: skip
@@ -140,11 +144,11 @@ def report(title: str, found: Histories) -> None:
         for r in runs:
             kinds.update(r[1])
         total = sum(kinds.values()) / users
-        sent = sum(r[2] for r in runs) / users
-        per_message = f"{total / sent:.1f}" if sent else "-"
+        per_user = messages[journey] / users
+        per_message = f"{total / per_user:.1f}" if per_user else "-"
         detail = ", ".join(f"{k} {v / users:g}" for k, v in sorted(kinds.items()))
-        print(f"| {journey} | {users} | {events:.1f} | {total:.1f} | {sent:.1f} | {per_message} "
-              f"| {detail} |")  # fmt: skip
+        print(f"| {journey} | {users} | {events:.1f} | {total:.1f} | {per_user:.1f} "
+              f"| {per_message} | {detail} |")  # fmt: skip
 
 
 async def at_rest(client: Client, engine: AsyncEngine, expected: int) -> dict[str, str]:
@@ -236,11 +240,11 @@ async def run(args: argparse.Namespace) -> None:
                 expected = await traffic(api_url, args.users)
                 ids = await at_rest(env.client, engine, expected)
                 report("At rest (each user at the first durable wait, or ended):",
-                       await histories(env.client, ids))  # fmt: skip
+                       await histories(env.client, ids), await sent(engine))  # fmt: skip
                 await env.sleep(timedelta(days=15))
                 ids = await at_rest(env.client, engine, expected)
                 report("After 15 days (journeys ended or waiting; the run as it stands):",
-                       await histories(env.client, ids))  # fmt: skip
+                       await histories(env.client, ids), await sent(engine))  # fmt: skip
             await engine.dispose()
         finally:
             await env.shutdown()

@@ -33,7 +33,7 @@ from orchestrator.registry import Snapshot
 from orchestrator.tables import enrollments, installation
 from workflows import search
 from workflows.assignment import in_holdout
-from workflows.messages import DeployedJourney, EnterSignal, EventSignal, JourneyInput
+from workflows.messages import GENERATION, DeployedJourney, EnterSignal, EventSignal, JourneyInput
 from workflows.spec import Journey, ReEntryAfter
 
 
@@ -217,6 +217,7 @@ async def start_journey(
             installation_id=installation_id,
             assignments=dict(assignments or {}),
             instance=entry.instance,
+            generation=GENERATION,
         ),
         id=search.workflow_id(deployed.key, event.user_id, entry.instance),
         task_queue=task_queue,

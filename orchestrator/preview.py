@@ -47,7 +47,14 @@ from orchestrator.workspace import Workspace
 from rules.decision import Contact, Decision, SendRequest, Suppressed
 from rules.store import contacts_between, suppressions_of
 from workflows.interpreter import JourneyInterpreter
-from workflows.messages import ENDED, DeployedJourney, EventSignal, JourneyInput, JourneyState
+from workflows.messages import (
+    ENDED,
+    GENERATION,
+    DeployedJourney,
+    EventSignal,
+    JourneyInput,
+    JourneyState,
+)
 
 STUCK = 10.0  # seconds of real time with no journey moving, before giving up
 
@@ -343,6 +350,7 @@ class _Replay:
             journey=self.deployed, user_id=user, enrollment_id=self.enrollments + 1,
             entered_at=self.clock.now, trigger=_signal(event),
             default_timezone=self.workspace.config.default_timezone, instance=instance,
+            generation=GENERATION,
         ))  # fmt: skip
         return True
 

@@ -153,8 +153,12 @@ class JourneyActivities:
 
     @activity.defn(name="arbitrate_message")
     async def arbitrate_message(self, arbitrate: ArbitrateInput) -> ArbitrationResult:
-        """Ask central arbitration whether, when and on which channel the message goes."""
-        message = arbitrate.message
+        """Ask central arbitration whether, when and on which channel the message goes
+        (generation 1 journeys; generation 2 asks inside `send_message`)."""
+        return await self.arbitrated(arbitrate.message, now=arbitrate.now)
+
+    async def arbitrated(self, message: SendInput, *, now: datetime) -> ArbitrationResult:
+        """Central arbitration's answer for a message, at the workflow's time `now`."""
         channels = [c for c in message.channels if c in self.channels]
         if not channels:
             return ArbitrationResult(
@@ -167,13 +171,13 @@ class JourneyActivities:
                 channels=tuple(channels),
                 category=message.category,
                 priority=message.priority,
-                requested_at=message.requested_at or arbitrate.now,
+                requested_at=message.requested_at or now,
                 value=message.value,
                 tags=tuple(message.tags),
                 journey=message.journey_key,
                 template=message.template_name,
             ),
-            now=arbitrate.now,
+            now=now,
         )
         return ArbitrationResult(
             action=decision.action,
@@ -190,9 +194,12 @@ class JourneyActivities:
     async def send_message(self, request: SendInput) -> SendResult:
         """Build and deliver one message, at most once per message id.
 
-        A retry (after a provider error, or after a worker died mid-delivery) sends the
+        With `arbitrate_at` (generation 2 journeys), central arbitration decides first:
+        a suppression or a deferral comes back as the outcome, and nothing is sent. A
+        retry (after a provider error, or after a worker died mid-delivery) sends the
         content recorded by the first attempt, on the same channel, under the same id,
-        so the provider can drop a duplicate.
+        so the provider can drop a duplicate; an attempt before any claim asks
+        arbitration again, which answers the same for the same message id.
         """
         prior, traits = await self.store.prepare_send(request.message_id, request.user_id)
         if prior is not None and prior.accepted:
@@ -208,6 +215,16 @@ class JourneyActivities:
                 type="PermanentDeliveryError",
                 non_retryable=True,
             )
+        if prior is None and request.arbitrate_at is not None:
+            decision = await self.arbitrated(request, now=request.arbitrate_at)
+            if decision.action != "send":
+                return SendResult(
+                    message_id=request.message_id,
+                    outcome="deferred" if decision.action == "defer" else "suppressed",
+                    reason=decision.reason,
+                    until=decision.until,
+                )
+            request = request.model_copy(update={"channel": decision.channel})
         profile = Profile(user_id=request.user_id, traits=traits)
         if prior is not None:
             channel_name = prior.channel

@@ -32,6 +32,7 @@ class Choices:
     enrollment_id: int
     assignments: dict[str, str]  # the journey state's, kept up to date
     rt: WorkflowApi = workflow
+    current: bool = False  # a generation 2 journey: started after every patch
 
     async def variant(self, experiment: Experiment) -> str:
         if (name := self.assignments.get(experiment.key)) is None:
@@ -46,7 +47,7 @@ class Choices:
             # split users identically (runs before this change keep the old hash).
             hashed = (
                 f"{self.journey_key}/{experiment.key}"
-                if self.rt.patched(EXPERIMENT_KEYS_PER_JOURNEY)
+                if self.current or self.rt.patched(EXPERIMENT_KEYS_PER_JOURNEY)
                 else experiment.key
             )
             name = drawn or names[pick_variant(hashed, self.user_id, weights)]

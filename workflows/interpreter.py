@@ -30,6 +30,7 @@ from workflows.choices import Choices
 from workflows.details import current_details
 from workflows.messages import (
     ENDED,
+    GENERATION,
     MERGED,
     VARIANT_OUTCOME,
     AdoptInput,
@@ -129,6 +130,9 @@ class JourneyInterpreter:
             self._state.last_event = input.trigger
         self._profile: Profile | None = None
         self._reentries: list[EnterSignal] = []
+        # Generation 2 (see workflows.messages.GENERATION): fewer billable actions.
+        self._lean = input.generation >= 2
+        self._unpublished: dict[str, SearchAttributePair[Any]] = {}
         self._listen()
 
     # ---- messages -------------------------------------------------------
@@ -201,6 +205,7 @@ class JourneyInterpreter:
                 else:
                     self._state.step = result.next
                     self._state.step_started = False
+        self._publish()
         await self._flush()
         await self._rt.wait_condition(self._rt.all_handlers_finished)
         if self._reentries:
@@ -226,7 +231,7 @@ class JourneyInterpreter:
                 if self._state.wake_at is None:
                     self._state.wake_at = self._rt.now() + wait_for.timeout
                     self._state.waiting_for = wait_for.event
-                    if self._rt.patched(HEARD_EVENTS_PATCH) and (
+                    if self._patched(HEARD_EVENTS_PATCH) and (
                         heard := await self._heard_match(wait_for)
                     ):
                         self._state.last_event = heard.event
@@ -290,7 +295,7 @@ class JourneyInterpreter:
     def _choices(self) -> Choices:
         return Choices(
             self._journey.key, self._user_id, self._input.enrollment_id,
-            self._state.assignments, self._rt,
+            self._state.assignments, self._rt, self._lean,
         )  # fmt: skip
 
     async def _send(self, step_id: str, step: SendStep) -> _Go | Interrupted:
@@ -315,6 +320,8 @@ class JourneyInterpreter:
             event=self._state.last_event,
             requested_at=self._state.recent_steps[-1].at,
         )
+        if self._lean:
+            return await self._arbitrated_send(step, request)
         # Journeys recorded before central arbitration went straight to delivery.
         if self._rt.patched(ARBITRATION_PATCH):
             while True:
@@ -351,19 +358,53 @@ class JourneyInterpreter:
                 if not isinstance(waited, str):
                     return waited
         try:
-            result: SendResult = await self._rt.execute_activity(
-                "send_message",
-                request,
-                result_type=SendResult,
-                start_to_close_timeout=timedelta(seconds=60),
-                schedule_to_close_timeout=timedelta(days=1),
-                # The activity heartbeats: a worker dying mid-delivery is noticed in 10 s.
-                heartbeat_timeout=timedelta(seconds=10),
-                retry_policy=SEND_RETRY,
-                summary=f"send {template} to {self._user_id}",
-            )
+            result = await self._deliver(request)
         except ActivityError as exc:
             return _Go(step.next, f"failed: {_cause(exc)}")
+        return self._sent(step, result)
+
+    async def _arbitrated_send(self, step: SendStep, request: SendInput) -> _Go | Interrupted:
+        """Generation 2: one activity asks arbitration and delivers; a deferral comes
+        back from it, and a durable timer (during which exits and goals still count)
+        waits until it is asked again."""
+        while True:
+            request = request.model_copy(
+                update={"user_id": self._user_id, "arbitrate_at": self._rt.now()}
+            )  # the user may have been merged into another while deferred
+            try:
+                result = await self._deliver(request)
+            except ActivityError as exc:
+                return _Go(step.next, f"failed: {_cause(exc)}")
+            if result.outcome != "deferred":
+                return self._sent(step, result)
+            assert result.until is not None
+            self._state.deferred = result.reason
+            waited = await self._wait(result.until, None)
+            self._state.deferred = None
+            if isinstance(waited, _Migrate):
+                # The new version decides anew: this request gives up its place.
+                await self._rt.execute_local_activity(
+                    "withdraw_message", request.message_id,
+                    start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=SIDE_EFFECT_RETRY,
+                )  # fmt: skip
+            if not isinstance(waited, str):
+                return waited
+
+    async def _deliver(self, request: SendInput) -> SendResult:
+        result: SendResult = await self._rt.execute_activity(
+            "send_message",
+            request,
+            result_type=SendResult,
+            start_to_close_timeout=timedelta(seconds=60),
+            schedule_to_close_timeout=timedelta(days=1),
+            # The activity heartbeats: a worker dying mid-delivery is noticed in 10 s.
+            heartbeat_timeout=timedelta(seconds=10),
+            retry_policy=SEND_RETRY,
+            summary=f"send {request.template_name} to {request.user_id}",
+        )
+        return result
+
+    def _sent(self, step: SendStep, result: SendResult) -> _Go:
         if result.outcome == "delivered":
             self._state.messages_sent += 1
             return _Go(step.next, f"delivered on {result.channel}")
@@ -375,6 +416,7 @@ class JourneyInterpreter:
         """Wait for the deadline or a matching event: 'matched', 'timeout', or interrupted
         (ended by an event, resume after continue-as-new, move to a newer version)."""
         self._set_status("waiting")
+        self._publish()
         self._describe()
         await self._flush()
         outcome = await self._wait_loop(deadline, wait_for)
@@ -497,7 +539,7 @@ class JourneyInterpreter:
             retry_policy=SIDE_EFFECT_RETRY,
         )
         self._state.user_id, self._profile = user, None
-        self._rt.upsert_search_attributes([search.USER_ID.value_set(user)])
+        self._set_attribute(search.USER_ID.value_set(user))
         if identified.ends:
             self._end("exited", MERGED)
         else:
@@ -533,7 +575,7 @@ class JourneyInterpreter:
         self._journey, self._spec = new, new.spec
         self._input = self._input.model_copy(update={"journey": new})
         self._listen()
-        self._rt.upsert_search_attributes([search.JOURNEY_VERSION.value_set(version)])
+        self._set_attribute(search.JOURNEY_VERSION.value_set(version))
         if target is None or target == EXIT:
             self._end("exited", f"{moved} from '{old_id}'")
             return
@@ -620,7 +662,7 @@ class JourneyInterpreter:
         self._state.recent_steps.append(record)
         del self._state.recent_steps[:-MAX_RECENT_STEPS]
         self._state.unrecorded.append(record)
-        self._rt.upsert_search_attributes([search.JOURNEY_STEP.value_set(step_id)])
+        self._set_attribute(search.JOURNEY_STEP.value_set(step_id))
         self._describe()
 
     def _finish_step(self, step_id: str, outcome: str) -> None:
@@ -642,7 +684,24 @@ class JourneyInterpreter:
     def _set_status(self, status: Status) -> None:
         if status != self._state.status:
             self._state.status = status
-            self._rt.upsert_search_attributes([search.JOURNEY_STATUS.value_set(status)])
+            self._set_attribute(search.JOURNEY_STATUS.value_set(status))
+
+    def _set_attribute(self, update: Any) -> None:
+        """Generation 1 upserts at once; 2 keeps it for `_publish`, where the user rests."""
+        if self._lean:
+            self._unpublished[update.key.name] = update
+        else:
+            self._rt.upsert_search_attributes([update])
+
+    def _publish(self) -> None:
+        """Upsert what changed since the user last rested, in one command (one action)."""
+        if self._unpublished:
+            self._rt.upsert_search_attributes(list(self._unpublished.values()))
+            self._unpublished.clear()
+
+    def _patched(self, patch: str) -> bool:
+        """Generation 2 journeys started after every patch: no version markers."""
+        return self._lean or self._rt.patched(patch)
 
     async def _flush(self) -> None:
         """Store step visits and the enrollment's status in Postgres (for re-entry and reports)."""
@@ -673,6 +732,7 @@ class JourneyInterpreter:
         )
 
     async def _continue_as_new(self) -> None:
+        self._publish()
         await self._flush()
         await self._rt.wait_condition(self._rt.all_handlers_finished)
         self._state.runs += 1
@@ -699,6 +759,7 @@ class JourneyInterpreter:
                 history_limit=self._input.history_limit,
                 installation_id=enter.installation_id or self._input.installation_id,
                 instance=self._input.instance,
+                generation=GENERATION,
             ),
             search_attributes=self._rt.info().typed_search_attributes.updated(
                 SearchAttributePair(search.JOURNEY_VERSION, journey.version),

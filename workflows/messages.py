@@ -129,6 +129,15 @@ class JourneyState(BaseModel):
     )
 
 
+# How a journey runs, recorded in its input so a replay takes the path its history did:
+#   1  arbitration in its own local activity before each send; search attributes
+#      upserted at every step and status change
+#   2  arbitration inside the send activity (a deferral comes back from it and the
+#      workflow sleeps on a durable timer); search attributes upserted together where
+#      the user comes to rest (a wait, a deferral, the end); no version markers
+GENERATION = 2
+
+
 class JourneyInput(Message):
     journey: DeployedJourney
     user_id: str
@@ -147,6 +156,8 @@ class JourneyInput(Message):
     # journey test forces an arm with them.
     assignments: dict[str, str] = Field(default_factory=dict)
     instance: str = Field(default="", description="A keyed journey's key ('' when unkeyed)")
+    # Inputs recorded before generations existed are generation 1.
+    generation: int = 1
 
 
 class JourneyResult(Message):
@@ -196,6 +207,9 @@ class SendInput(Message):
     requested_at: datetime | None = None
     channel: str | None = Field(default=None, description="Chosen by arbitration")
     recommendations: Recommendations | None = None
+    # Generation 2: the workflow's time at the send; the activity asks arbitration
+    # first (unless an earlier attempt claimed the message).
+    arbitrate_at: datetime | None = None
 
 
 class ArbitrateInput(Message):
@@ -225,10 +239,11 @@ class ChooseVariantInput(Message):
 
 class SendResult(Message):
     message_id: str
-    outcome: Literal["delivered", "suppressed"]
+    outcome: Literal["delivered", "suppressed", "deferred"]
     channel: str | None = None
     reason: str | None = None
     status_code: int | None = None
+    until: datetime | None = Field(default=None, description="Deferred: when to ask again")
 
 
 class AdoptInput(Message):

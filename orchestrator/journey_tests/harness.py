@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
-from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
@@ -217,10 +216,9 @@ class RecordingActivities(JourneyActivities):
 
     decisions: list[tuple[datetime, ArbitrateInput, ArbitrationResult]]
 
-    @activity.defn(name="arbitrate_message")
-    async def arbitrate_message(self, arbitrate: ArbitrateInput) -> ArbitrationResult:
-        result = await super().arbitrate_message(arbitrate)
-        self.decisions.append((arbitrate.now, arbitrate, result))
+    async def arbitrated(self, message: SendInput, *, now: datetime) -> ArbitrationResult:
+        result = await super().arbitrated(message, now=now)
+        self.decisions.append((now, ArbitrateInput(message=message, now=now), result))
         return result
 
 
