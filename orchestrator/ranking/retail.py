@@ -30,6 +30,7 @@ class Purchase:
     user: str
     item: str
     at: datetime
+    quantity: int = 1  # units on the line (stored events without one count as 1)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def read_retail(path: Path) -> Dataset:
                 names[code][row["Description"].strip()] += 1
             prices[code].append(price)
             if customer and not invoice.startswith(("C", "A")):
-                purchases.append(Purchase(customer.removesuffix(".0"), code, at))
+                purchases.append(Purchase(customer.removesuffix(".0"), code, at, quantity))
     items = {
         code: Item(
             code,
