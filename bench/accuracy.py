@@ -25,9 +25,9 @@ from orchestrator.ranking.tuning import (
     VALIDATION_DAYS,
     Contender,
     choose,
+    held_out_split,
     paired,
     score,
-    test_split,
     validation_split,
 )
 from orchestrator.ranking_cli import DEFAULT_DATA
@@ -43,7 +43,7 @@ def _changed(contender: Contender, chosen: dict[str, Any]) -> str:
 def run_cut(dataset: Dataset, cut: datetime, resamples: int) -> None:
     started = time.perf_counter()
     validation = validation_split(dataset.purchases, cut)
-    test = test_split(dataset.purchases, cut)
+    test = held_out_split(dataset.purchases, cut)
     start = cut - timedelta(days=VALIDATION_DAYS)
     print(f"\n## cut {cut:%Y-%m-%d}: validation trains before {start:%Y-%m-%d} "
           f"and scores {len(validation.relevant):,} users up to the cut; the test scores "
@@ -54,6 +54,11 @@ def run_cut(dataset: Dataset, cut: datetime, resamples: int) -> None:
         tried = len(choice.tried)
         print(f"- {contender.name}: {_changed(contender, choice.settings)} "
               f"(validation NDCG@10 {choice.score:.4f}, {tried} settings tried)")  # fmt: skip
+        if contender.name == "model":
+            for settings, value in choice.tried:
+                moved = {a: v for a, v in settings.items() if v != contender.start[a]}
+                label = ", ".join(f"{a}={v:g}" for a, v in moved.items()) or "defaults"
+                print(f"  - {label}: {value:.4f}")
         results[contender.name] = score(
             contender, test, dataset.items, now=cut, settings=choice.settings
         )

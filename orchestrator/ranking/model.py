@@ -13,7 +13,9 @@ both squared (sharpened, so strong neighbours dominate) and damped for items tha
 neighbour everything, plus
 - EASE's item weights (below) fitted on the time-decayed purchases instead of 0/1 ones,
   their positive part scaled to the same size as the rest and added (`ease_weight`;
-  skipped above `ease_max_items` bought items, where the dense inverse gets too big),
+  skipped above `ease_max_items` bought items, where the dense inverse gets too big;
+  items nobody bought have their similarities scaled up alike, so new items keep
+  their reach through content),
 
 plus a small share of time-decayed popularity. A user with no history gets
 popularity, with confidence 0, so the channels can tell. EASE (Steck, 2019) is the
@@ -42,9 +44,10 @@ _WORD = re.compile(r"[a-z]+")
 
 @dataclass(frozen=True)
 class Settings:
-    """The first eight were chosen on the 2011-09-01 test split itself (bench/README.md,
-    issue 5); `ease_weight` and `ease_regularisation` on validation splits that precede
-    the test cuts (`orchestrator.ranking.tuning`, bench/README.md issue 15). A version
+    """`content_weight`, `ease_weight` and `ease_regularisation` are what validation
+    chose for the latest cut (trained before 2011-10-02, scored to 2011-11-01:
+    `orchestrator.ranking.tuning`, bench/README.md issue 15), the rest were chosen on the
+    2011-09-01 test split itself (issue 5) and kept where validation agreed. A version
     stored before a field existed loads with its default: the fields after `neighbours`
     only change training."""
 
@@ -52,12 +55,12 @@ class Settings:
     history_half_life_days: float = 180.0  # a user's own purchases, when scoring
     shrink: float = 0.2  # damps co-occurrence resting on few buyers
     row_damping: float = 0.5  # rows divided by (row sum)^this: hub items speak softer
-    content_weight: float = 0.15
+    content_weight: float = 0.3
     popularity_weight: float = 0.01
     sharpen: float = 2.0
     neighbours: int = 400  # kept per item; the rest of each similarity row is dropped
-    ease_weight: float = 1.0  # EASE on decayed purchases, relative to the rest (0: off)
-    ease_regularisation: float = 250.0
+    ease_weight: float = 2.0  # EASE on decayed purchases, relative to the rest (0: off)
+    ease_regularisation: float = 100.0
     ease_max_items: int = 8000  # more bought items than this: no EASE part (memory)
 
 
@@ -209,6 +212,9 @@ class HybridModel:
                     float(ease.sum(axis=1).mean()), 1e-9
                 )
                 similarity += (settings.ease_weight * size) * ease
+                # Items nobody has bought get nothing from EASE: their content
+                # similarity is scaled up alike, so a new item stays as reachable.
+                similarity[:, ~history.any(axis=0)] *= 1 + settings.ease_weight
         m = min(settings.neighbours, len(catalogue) - 1) if len(catalogue) > 1 else 0
         if m > 0:
             neighbours = np.argpartition(-similarity, m - 1, axis=1)[:, :m].astype(np.int32)

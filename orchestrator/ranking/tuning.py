@@ -36,7 +36,7 @@ class TuningError(Exception):
     """A split with nothing to train on or nothing to score; the message says which."""
 
 
-def test_split(purchases: Sequence[Purchase], cut: datetime) -> Split:
+def held_out_split(purchases: Sequence[Purchase], cut: datetime) -> Split:
     """Train before `cut`, score after it."""
     held = split(purchases, cut)
     if not held.train:
@@ -105,7 +105,7 @@ MODEL = Contender(
     "model",
     asdict(Settings()),
     {
-        "ease_weight": (0.0, 0.5, 1.0, 2.0),
+        "ease_weight": (0.0, 0.5, 1.0, 2.0, 4.0),
         "ease_regularisation": (100.0, 250.0, 500.0),
         "content_weight": (0.05, 0.15, 0.3),
         "history_half_life_days": (90.0, 180.0, 365.0),
@@ -127,7 +127,7 @@ def choose(
     contender: Contender, data: Split, items: Mapping[str, Item], *, now: datetime
 ) -> Choice:
     """The settings that score best on `data`: one pass over the axes, each set to its
-    best value before the next is tried (ties keep the earlier value)."""
+    best value (the current one unless another beats it) before the next is tried."""
     tried: list[tuple[dict[str, Any], float]] = []
     known: dict[tuple[tuple[str, Any], ...], float] = {}
 
@@ -141,7 +141,8 @@ def choose(
 
     best = dict(contender.start)
     for axis, values in contender.grid.items():
-        scored = [(quality({**best, axis: value}), n, value) for n, value in enumerate(values)]
+        here = [best[axis], *(v for v in values if v != best[axis])]  # ties keep the current
+        scored = [(quality({**best, axis: value}), n, value) for n, value in enumerate(here)]
         top = max(score for score, _, _ in scored)
         best[axis] = next(value for score, _, value in scored if score == top)
     return Choice(best, quality(best), tried)
