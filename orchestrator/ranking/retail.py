@@ -33,6 +33,7 @@ class Purchase:
     user: str
     item: str
     at: datetime
+    quantity: int = 1  # units on the line (stored events without one count as 1)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def read_retail(path: Path) -> Dataset:
             prices[code].append(price)
             if customer and not invoice.startswith(("C", "A")):
                 user = customer.removesuffix(".0")
-                purchases.append(Purchase(user, code, at))
+                purchases.append(Purchase(user, code, at, quantity))
                 for column in described:
                     if value := (row[column] or "").strip():
                         attributes[user][column][value] += 1
