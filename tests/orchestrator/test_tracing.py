@@ -11,25 +11,20 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from orchestrator.settings import Settings
-from orchestrator.stack.servers import serving
 from orchestrator.temporal import SANDBOX
 from orchestrator.tracing.provider import build_provider, tracing_enabled
 from tests.conftest import StackFactory
+from tests.support.collector import Collector, running_collector
 from tests.support.receiver import Receiver
 from tests.support.spans import recording_exporter
 from tests.support.workspace import WRITE_KEY
@@ -175,25 +170,10 @@ async def test_tracing_off_sends_no_header_and_records_nothing(
     assert [(s.name, s.attributes) for s in spans.get_finished_spans()] == []
 
 
-class Collector:
-    """An OTLP/HTTP trace collector on loopback: it decodes what exporters send."""
-
-    def __init__(self) -> None:
-        self.requests: list[ExportTraceServiceRequest] = []
-
-    async def _traces(self, request: Request) -> Response:
-        self.requests.append(ExportTraceServiceRequest.FromString(await request.body()))
-        return Response(b"", media_type="application/x-protobuf")
-
-    def app(self) -> Starlette:
-        return Starlette(routes=[Route("/v1/traces", self._traces, methods=["POST"])])
-
-
 @pytest.fixture
-async def collector() -> AsyncIterator[tuple[Collector, str]]:
-    found = Collector()
-    async with serving(found.app()) as url:
-        yield found, url
+async def collector() -> AsyncIterator[Collector]:
+    async with running_collector() as found:
+        yield found
 
 
 @pytest.mark.parametrize(
@@ -201,26 +181,21 @@ async def collector() -> AsyncIterator[tuple[Collector, str]]:
     [({}, "orchestrator-worker"), ({"OTEL_SERVICE_NAME": "journeys-eu"}, "journeys-eu")],
 )
 async def test_spans_are_exported_to_the_otlp_endpoint(
-    collector: tuple[Collector, str],
+    collector: Collector,
     monkeypatch: pytest.MonkeyPatch,
     environ: dict[str, str],
     service: str,
 ) -> None:
-    found, url = collector
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    provider = build_provider(Settings(otlp_endpoint=url), service="orchestrator-worker")
+    settings = Settings(otlp_endpoint=collector.url)
+    provider = build_provider(settings, service="orchestrator-worker")
     with provider.get_tracer("test").start_as_current_span("RunActivity:send_message"):
         pass
     # The exporter posts from the calling thread: not the loop's, which serves the collector.
     assert await asyncio.to_thread(provider.force_flush)
     await asyncio.to_thread(provider.shutdown)
-    [request] = found.requests
-    [resource_spans] = request.resource_spans
-    resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-    assert resource["service.name"] == service
-    [scope] = resource_spans.scope_spans
-    assert [s.name for s in scope.spans] == ["RunActivity:send_message"]
+    assert [(s.service, s.name) for s in collector.spans] == [(service, "RunActivity:send_message")]
 
 
 @pytest.mark.parametrize(
