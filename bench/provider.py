@@ -6,6 +6,7 @@ POST /rank             a model answering at once with 10 items
 POST /rank/slow        answers after 1 s (the deadline path)
 POST /rank/error       answers 500
 POST /rank/unsure      answers with confidence 0.05
+POST /v1/traces        an OTLP/HTTP collector that takes the spans and drops them
 
 .venv/bin/python -m bench.provider --port 8799 --secret whsec_...
 """
@@ -58,11 +59,16 @@ def create(secret: str, items: list[str]) -> Starlette:
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def traces(request: Request) -> Response:
+        await request.body()
+        return Response(b"", media_type="application/x-protobuf")
+
     return Starlette(
         routes=[
             Route("/healthz", health),
             Route("/rank", rank, methods=["POST"]),
             Route("/rank/{mode}", rank, methods=["POST"]),
+            Route("/v1/traces", traces, methods=["POST"]),
             Route("/{channel}", deliver, methods=["POST"]),
         ]
     )

@@ -14,6 +14,7 @@ import orjson
 
 from channels.base import PermanentDeliveryError, RetryableDeliveryError
 from channels.signing import sign
+from channels.tracing import record_status, webhook_span
 
 Clock = Callable[[], datetime]
 
@@ -96,10 +97,12 @@ class SignedPoster:
         signed = {**(headers or {}), "content-type": "application/json"}
         signed.update(sign(self.secrets, msg_id=msg_id, body=body, now=self.clock()))
         try:
-            async with self._in_flight:
-                response = await self.client.request(
-                    method, self._url, content=body, headers=signed, timeout=self._timeout
-                )
+            with webhook_span(method, self._url, msg_id=msg_id, headers=signed) as span:
+                async with self._in_flight:
+                    response = await self.client.request(
+                        method, self._url, content=body, headers=signed, timeout=self._timeout
+                    )
+                record_status(span, response.status_code)
         except httpx.TimeoutException as exc:
             raise RetryableDeliveryError(f"timed out after {self.timeout}s: {exc!r}") from exc
         except httpx.TransportError as exc:

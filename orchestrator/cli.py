@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
@@ -99,9 +98,13 @@ LogLevel = Annotated[
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from orchestrator.logs.formats import configure, log_format
+
+    try:
+        configure(level, log_format())  # text, or JSON lines with ORCHESTRATOR_LOG_FORMAT=json
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -138,6 +141,7 @@ def dev(
 ) -> None:
     """Run everything locally: Postgres, Temporal + UI, API, worker and a webhook sink."""
     from orchestrator.stack.dev import DevOptions, run_dev
+    from orchestrator.tracing.provider import exporting
 
     _logging(log_level)
     options = DevOptions(
@@ -150,7 +154,8 @@ def dev(
         postgres_port=postgres_port,
         kafka_port=kafka_port,
     )
-    run_until_stopped(lambda stop: run_dev(options, stop))
+    with exporting(command_settings(), service="orchestrator-dev"):
+        run_until_stopped(lambda stop: run_dev(options, stop))
 
 
 @app.command()
@@ -206,6 +211,7 @@ def _serve_api(settings: Settings, sock: socket.socket) -> None:
     from orchestrator.api import create_app
     from orchestrator.services import open_services
     from orchestrator.stack.servers import serving
+    from orchestrator.tracing.provider import exporting
 
     async def work(stop: asyncio.Event) -> None:
         async with (
@@ -220,7 +226,8 @@ def _serve_api(settings: Settings, sock: socket.socket) -> None:
             typer.echo(f"API on {url} (docs at {url}/docs), pid {os.getpid()}")
             await stop.wait()
 
-    run_until_stopped(work)
+    with exporting(settings, service="orchestrator-api"):  # per process: after the fork
+        run_until_stopped(work)
 
 
 @app.command()
@@ -228,6 +235,7 @@ def worker(log_level: LogLevel = "info") -> None:
     """Run a journey worker (settings from ORCHESTRATOR_* environment variables)."""
     from orchestrator.database import create_engine
     from orchestrator.temporal import connect
+    from orchestrator.tracing.provider import exporting, tracing_enabled
     from orchestrator.worker import running_worker
     from orchestrator.workspace import load_workspace
 
@@ -237,7 +245,8 @@ def worker(log_level: LogLevel = "info") -> None:
     async def work(stop: asyncio.Event) -> None:
         engine = create_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
         try:
-            client = await connect(settings.temporal_address, settings.temporal_namespace)
+            client = await connect(settings.temporal_address, settings.temporal_namespace,
+                                   tracing=tracing_enabled(settings))  # fmt: skip
             async with running_worker(
                 client,
                 workspace=load_workspace(settings.workspace),
@@ -250,7 +259,8 @@ def worker(log_level: LogLevel = "info") -> None:
         finally:
             await engine.dispose()
 
-    run_until_stopped(work)
+    with exporting(settings, service="orchestrator-worker"):
+        run_until_stopped(work)
 
 
 @app.command()
@@ -265,6 +275,7 @@ def consume(
     stored. Settings from ORCHESTRATOR_* environment variables, like `api` and `worker`."""
     from orchestrator.kafka.consumer import EventConsumer, lag
     from orchestrator.services import open_services
+    from orchestrator.tracing.provider import exporting
     from orchestrator.workspace import load_workspace
 
     settings = serving_settings()
@@ -291,7 +302,8 @@ def consume(
                        f"'{consumes.group_id}', pid {os.getpid()}")  # fmt: skip
             await consumer.run(stop)
 
-    run_until_stopped(work)
+    with exporting(settings, service="orchestrator-consumer"):
+        run_until_stopped(work)
 
 
 @app.command()

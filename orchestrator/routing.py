@@ -38,9 +38,11 @@ from orchestrator.enrollment import (
 )
 from orchestrator.event_store import StoredEvent
 from orchestrator.experiments.assignments import GlobalControl
+from orchestrator.logs.ids import bind
 from orchestrator.profiles import load_traits
 from orchestrator.registry import JourneyRegistry, Snapshot
 from orchestrator.tables import enrollments, events
+from orchestrator.tracing.spans import annotate, child_span
 from orchestrator.users.following import tell_merges
 from rules.expressions import context, holds
 from workflows.messages import DeployedJourney, EventSignal
@@ -184,6 +186,7 @@ class Router:
                         plan.entries.setdefault(event.id, []).append(entry)
         return plan
 
+    @child_span("route events")  # the request's span, carried in memory into this task
     async def execute(self, plan: Plan, snapshot: Snapshot) -> list[int]:
         """Start, convert and signal (each user's events in order, users concurrently).
 
@@ -193,6 +196,7 @@ class Router:
         by_user: dict[str, list[StoredEvent]] = defaultdict(list)
         for event in plan.events:
             by_user[event.user_id].append(event)
+        annotate(events=len(plan.events), users=len(by_user))
         outcomes = await asyncio.gather(
             *(self._execute_user(plan, snapshot, items) for items in by_user.values()),
             return_exceptions=True,
@@ -272,6 +276,7 @@ class Router:
             log.warning("telling journeys of a merge failed (%s); the sweeper retries", exc)
 
     async def _execute_user(self, plan: Plan, snapshot: Snapshot, items: list[StoredEvent]) -> None:
+        bind(user_id=items[0].user_id)  # this user's task: its log lines name them
         for index, event in enumerate(items):
             for entry in plan.entries.get(event.id, []):
                 await start_journey(

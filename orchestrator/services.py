@@ -22,6 +22,7 @@ from orchestrator.routing import Clock, Router, utc_now
 from orchestrator.segments.keeper import follow_events
 from orchestrator.settings import Settings
 from orchestrator.temporal import connect
+from orchestrator.tracing.provider import tracing_enabled
 from orchestrator.tracking import Incoming
 from orchestrator.tracking_plan.enforcement import Violation
 from orchestrator.tracking_plan.store import record_violations
@@ -124,7 +125,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Connect to Postgres and Temporal as the settings say; close on exit."""
     engine = create_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
     try:
-        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        client = await connect(settings.temporal_address, settings.temporal_namespace,
+                               tracing=tracing_enabled(settings))  # fmt: skip
         yield build_services(
             settings, workspace=load_workspace(settings.workspace), engine=engine, client=client
         )

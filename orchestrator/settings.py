@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXAMPLE_WORKSPACE = Path(__file__).resolve().parent.parent / "examples" / "retail"
@@ -40,6 +41,18 @@ class Settings(BaseSettings):
     # answer goes out and routing goes on behind it (it is stored either way).
     route_within_seconds: float = Field(default=0.05, ge=0)
     db_pool_size: int = 10
+    # Traces go to this OTLP/HTTP collector (its base URL, e.g. http://127.0.0.1:4318);
+    # unset, with no OTEL_EXPORTER_OTLP_*ENDPOINT either, tracing is off.
+    otlp_endpoint: str | None = None
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"an http(s) URL such as http://127.0.0.1:4318, not {value!r}")
+        if value is not None and not urlsplit(value).hostname:
+            raise ValueError(f"an http(s) URL with a host, not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:

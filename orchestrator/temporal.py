@@ -13,6 +13,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from orchestrator.logs.activities import ActivityLogIds
+from orchestrator.tracing.temporal import client_interceptors
 from workflows import search
 from workflows.journey import JourneyWorkflow
 from workflows.retention import RetentionRun
@@ -21,7 +23,11 @@ from workflows.segments import AudienceRun, SegmentUpkeep
 
 # Jinja2 compiles conditions lazily (importing inside functions) and keeps a cache
 # behind a lock; it is deterministic, so it is shared with the sandbox, not reloaded.
-SANDBOX = SandboxRestrictions.default.with_passthrough_modules("jinja2", "markupsafe")
+# OpenTelemetry keeps its context and tracer outside the sandbox, as the SDK's tracing
+# interceptor requires (its workflow spans are made outside, replay-safe).
+SANDBOX = SandboxRestrictions.default.with_passthrough_modules(
+    "jinja2", "markupsafe", "opentelemetry"
+)
 
 
 def search_attribute_flags() -> list[str]:
@@ -33,11 +39,13 @@ def _kind(key: Any) -> str:
     return "Int" if key.indexed_value_type == IndexedValueType.INDEXED_VALUE_TYPE_INT else "Keyword"
 
 
-async def connect(address: str, namespace: str = "default") -> Client:
-    """A client that speaks pydantic models, as the journey workflow does."""
+async def connect(address: str, namespace: str = "default", *, tracing: bool = False) -> Client:
+    """A client that speaks pydantic models, as the journey workflow does; with `tracing`,
+    its calls and its workers' workflows and activities are traced."""
     return await Client.connect(
-        address, namespace=namespace, data_converter=pydantic_data_converter
-    )
+        address, namespace=namespace, data_converter=pydantic_data_converter,
+        interceptors=client_interceptors(tracing=tracing),
+    )  # fmt: skip
 
 
 async def register_search_attributes(client: Client, namespace: str) -> None:
@@ -76,6 +84,7 @@ def segments_worker(
         workflows=[SegmentUpkeep, AudienceRun, *workflows],
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
+        interceptors=[ActivityLogIds()],
     )
 
 
@@ -93,6 +102,7 @@ def retention_worker(client: Client, *, task_queue: str, activities: Sequence[An
         workflows=[RetentionRun],
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
+        interceptors=[ActivityLogIds()],
         max_concurrent_activities=2,
     )
 
@@ -107,5 +117,6 @@ def journey_worker(
         workflows=[JourneyWorkflow, RetrainRanking],
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX),
+        interceptors=[ActivityLogIds()],
         **options,
     )

@@ -43,6 +43,8 @@ from orchestrator.reports import api as reports_api
 from orchestrator.reports import pages as report_pages
 from orchestrator.segments import api as segments_api
 from orchestrator.services import Services
+from orchestrator.tracing.http import api_telemetry
+from orchestrator.tracing.provider import tracing_enabled
 from orchestrator.tracking_plan import api as tracking_plan_api
 from orchestrator.users import api as users_api
 
@@ -88,6 +90,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
         lifespan=lifespan,
         # No redirects to the other spelling: they are built from the Host header.
         redirect_slashes=False,
+        telemetry=api_telemetry(tracing=tracing_enabled(services.settings)),
     )
     app.state.services = services
     app.state.limits = Limits(services.config)

@@ -24,7 +24,8 @@ from orchestrator.tables import audit_log, ranking_models
 
 # What the built-in model reads (orchestrator/ranking/model.py says how).
 FEATURES = (
-    "purchases: which users bought which items, and when (time-decayed co-occurrence)",
+    "purchases: which users bought which items, and when (time-decayed co-occurrence, "
+    "and EASE item weights fitted on the time-decayed purchases)",
     "item text: the catalogue's name, category and description words, and a price band",
     "item popularity over the training window (time-decayed)",
     "the user's own purchases, weighted by how recent they are (at serving time)",

@@ -31,6 +31,7 @@ from orchestrator.stack.servers import serving
 from orchestrator.stack.sink import create_sink
 from orchestrator.stack.temporal import TemporalDevServer
 from orchestrator.temporal import connect
+from orchestrator.tracing.provider import tracing_enabled
 from orchestrator.worker import running_worker
 from orchestrator.workspace import KafkaConfig, load_workspace
 
@@ -105,7 +106,7 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                 workspace=options.workspace,
                 api_port=options.api_port,
             )
-            client = await connect(temporal.address)
+            client = await connect(temporal.address, tracing=tracing_enabled(settings))
             services = build_services(settings, workspace=workspace, engine=engine, client=client)
             consuming = await _start_kafka(broker, kafka, services, stop)
             async with (

@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from orchestrator.logs.formats import uvicorn_log_config
+
 
 class _Server(uvicorn.Server):
     """Leaves signals alone: the process that embeds the server decides how to stop."""
@@ -51,6 +53,7 @@ async def serving(
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False,
         proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips,
+        log_config=uvicorn_log_config(),
     )  # fmt: skip
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock] if sock else None))

@@ -26,6 +26,7 @@ from orchestrator.routing import Clock, utc_now
 from orchestrator.services import Services, build_services
 from orchestrator.settings import Settings
 from orchestrator.stack.servers import serving
+from orchestrator.tracing.temporal import traced
 from orchestrator.worker import running_worker
 from orchestrator.workspace import load_workspace
 from tests.support.workspace import SERVER_KEY, WRITE_KEY
@@ -141,10 +142,13 @@ async def running_stack(
     route_within: float = 60.0,
     sweep_after: float | None = None,
     upkeep: bool = False,
+    tracing: bool = False,
 ) -> AsyncIterator[Stack]:
     """Deploy the workspace, serve the API and run a worker on a fresh task queue; with
     `sweep_after`, the API's sweeper routes events left unrouted that long; `upkeep`
-    starts the workflow that keeps computed traits current as time passes."""
+    starts the workflow that keeps computed traits current as time passes; `tracing`
+    traces the API and Temporal as an OTLP endpoint would (spans go to whatever tracer
+    provider the test process set, not to that endpoint)."""
     ws = load_workspace(workspace)
     await deploy_workspace(engine, ws)
     settings = Settings(
@@ -154,7 +158,10 @@ async def running_stack(
         # Tests read what a request routed right after it answers (on a busy machine).
         route_within_seconds=route_within,
         reroute_after_seconds=sweep_after or 30.0,
+        otlp_endpoint="http://127.0.0.1:4318" if tracing else None,
     )
+    if tracing:
+        client = traced(client)
     services = build_services(settings, workspace=ws, engine=engine, client=client, clock=clock)
     if history_limit is not None:
         services.router.history_limit = history_limit
