@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     # answer goes out and routing goes on behind it (it is stored either way).
     route_within_seconds: float = Field(default=0.05, ge=0)
     db_pool_size: int = 10
+    # Prometheus metrics of `worker`, `consume` and `relay` (the API serves /metrics on
+    # its own port), and the Temporal SDK's own metrics of `worker`; 0 turns either off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    temporal_metrics_port: int = Field(default=9465, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:

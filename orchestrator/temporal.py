@@ -9,6 +9,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -33,10 +34,12 @@ def _kind(key: Any) -> str:
     return "Int" if key.indexed_value_type == IndexedValueType.INDEXED_VALUE_TYPE_INT else "Keyword"
 
 
-async def connect(address: str, namespace: str = "default") -> Client:
-    """A client that speaks pydantic models, as the journey workflow does."""
+async def connect(address: str, namespace: str = "default", *, runtime: Runtime | None = None
+                  ) -> Client:  # fmt: skip
+    """A client that speaks pydantic models, as the journey workflow does; `runtime`
+    (for its metrics) is the SDK's default one unless given."""
     return await Client.connect(
-        address, namespace=namespace, data_converter=pydantic_data_converter
+        address, namespace=namespace, data_converter=pydantic_data_converter, runtime=runtime
     )
 
 
