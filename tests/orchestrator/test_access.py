@@ -42,6 +42,7 @@ PUBLIC = {
     ("GET", "/redoc"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),  # for Prometheus: keep it off the internet at the load balancer
     ("GET", "/v1/unsubscribe/{token}"),
     ("POST", "/v1/unsubscribe/{token}"),
     ("POST", "/v1/webhooks/receipts/{channel}"),
