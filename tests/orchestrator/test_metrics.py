@@ -152,8 +152,8 @@ async def test_each_process_counts_what_happened(
         })  # fmt: skip
         assert decided.status_code == 200, decided.text
         assert decided.json()["action"] == "send"
-        ranked = await http.post(f"{api}/v1/rank", headers=headers, auth=None,
-                                 json={"user_id": USERS[2], "slot": "home_hero", "k": 2})  # fmt: skip
+        wanted = {"user_id": USERS[2], "slot": "home_hero", "k": 2}
+        ranked = await http.post(f"{api}/v1/rank", headers=headers, auth=None, json=wanted)
         assert ranked.status_code == 200, ranked.text
         # A purchase converts the welcome series (its goal ends it).
         bought = await send("/v1/track", {"userId": USERS[0], "event": "Order Completed",
