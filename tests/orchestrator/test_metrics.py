@@ -130,8 +130,9 @@ async def test_each_process_counts_what_happened(
                 return await once.post(f"{api}{path}", json=body)
 
         for user in USERS:
-            response = await send("/v1/identify", {"userId": user,
-                                                   "traits": {"email": f"{user}@example.com"}})
+            response = await send(
+                "/v1/identify", {"userId": user, "traits": {"email": f"{user}@example.com"}}
+            )
             assert response.status_code == 200, response.text
             response = await send("/v1/track", {"userId": user, "event": "Signed Up"})
             assert response.status_code == 200, response.text
