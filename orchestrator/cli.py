@@ -242,7 +242,7 @@ def _serve_api(settings: Settings, sock: socket.socket) -> None:
 def worker(log_level: LogLevel = "info") -> None:
     """Run a journey worker (settings from ORCHESTRATOR_* environment variables)."""
     from orchestrator.database import create_engine
-    from orchestrator.metrics.processes import exported
+    from orchestrator.metrics.processes import WORKER_PORT, exported
     from orchestrator.temporal import connect
     from orchestrator.worker import running_worker
     from orchestrator.workspace import load_workspace
@@ -268,7 +268,7 @@ def worker(log_level: LogLevel = "info") -> None:
         finally:
             await engine.dispose()
 
-    with exported(settings, sdk=True) as metrics:
+    with exported(settings, default_port=WORKER_PORT, sdk=True) as metrics:
         run_until_stopped(work)
 
 

@@ -41,9 +41,10 @@ class Settings(BaseSettings):
     route_within_seconds: float = Field(default=0.05, ge=0)
     db_pool_size: int = 10
     # Prometheus metrics of `worker`, `consume` and `relay` (the API serves /metrics on
-    # its own port), and the Temporal SDK's own metrics of `worker`; 0 turns either off.
+    # its own port): unset, the worker's are on 9464 and the others' off; 0 is off.
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # The Temporal SDK's own metrics, served by `worker` (0: off).
     temporal_metrics_port: int = Field(default=9465, ge=0, le=65535)
 
     @model_validator(mode="after")

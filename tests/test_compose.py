@@ -18,6 +18,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from orchestrator.cli import app
+from orchestrator.metrics.processes import WORKER_PORT
 from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,9 @@ def test_prometheus_scrapes_every_process_and_loads_the_rules(compose: dict[str,
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert "/etc/prometheus/alerts.yml" in mounts
     defaults = Settings.model_fields
-    ports = dict.fromkeys(("worker", "consumer", "relay"), defaults["metrics_port"].default)
+    ports = {"worker": WORKER_PORT}  # the others' metrics are off unless a port is set
+    for name in ("consumer", "relay"):
+        ports[name] = int(services[name]["environment"]["ORCHESTRATOR_METRICS_PORT"])
     targets: dict[str, set[tuple[str, int]]] = {}
     for job in config["scrape_configs"]:
         found = targets.setdefault(job["job_name"], set())

@@ -15,6 +15,9 @@ from orchestrator.metrics.exposition import MetricsUnavailable, serving_metrics
 from orchestrator.metrics.sdk import SdkMetricsUnavailable, runtime_with_metrics
 from orchestrator.settings import Settings
 
+# Where `orchestrator worker` serves its metrics unless ORCHESTRATOR_METRICS_PORT says.
+WORKER_PORT = 9464
+
 
 @dataclass(frozen=True)
 class Exported:
@@ -31,13 +34,16 @@ class Exported:
 
 
 @contextmanager
-def exported(settings: Settings, *, sdk: bool = False) -> Iterator[Exported]:
-    """Serve the metrics until the block exits; a port that cannot be served is one line
-    on stderr and exit 1, before anything else starts."""
+def exported(settings: Settings, *, default_port: int = 0, sdk: bool = False
+             ) -> Iterator[Exported]:  # fmt: skip
+    """Serve the metrics (on ORCHESTRATOR_METRICS_PORT, else `default_port`) until the
+    block exits; a port that cannot be served is one line on stderr and exit 1, before
+    anything else starts."""
     host = settings.metrics_host
+    port = settings.metrics_port if settings.metrics_port is not None else default_port
     try:
         runtime = runtime_with_metrics(host, settings.temporal_metrics_port) if sdk else None
-        with serving_metrics(host, settings.metrics_port) as url:
+        with serving_metrics(host, port) as url:
             sdk_url = f"http://{host}:{settings.temporal_metrics_port}/metrics" if runtime else None
             yield Exported(url, sdk_url, runtime)
     except (MetricsUnavailable, SdkMetricsUnavailable) as exc:

@@ -8,20 +8,30 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from orchestrator.metrics.journeys import reason_of
 from orchestrator.metrics.sdk import SDK_METRICS
 from orchestrator.stack.processes import free_port
+from orchestrator.tables import events
+from rules.decision import GLOBAL_CONTROL, Action, Check, Decision
+from tests.conftest import StackFactory
 from tests.support.receiver import Receiver, Script
 from tests.support.stack import terminate_unfinished
+from tests.workflows.test_steps import WELCOME
 
 BIN = Path(sys.executable).parent
 WRITE_KEY = "wk_dev_backend_c04b6d"  # the example's server-side source, `backend`
@@ -238,3 +248,89 @@ async def test_each_process_counts_what_happened(
             for _, label in labels:
                 assert "metrics-user" not in label, label
                 assert all(user not in label for user in USERS)
+
+
+async def test_the_sweeper_reports_the_unrouted_backlog(
+    make_stack: StackFactory, engine: AsyncEngine
+) -> None:
+    stack = await make_stack({"welcome": WELCOME})
+    await stack.track("backlog-user", "Signed Up")  # routed by its request
+    old = datetime.now(UTC) - timedelta(hours=1)
+    async with engine.begin() as conn:  # stored by a request that died before routing
+        await conn.execute(insert(events), [
+            {"message_id": f"stuck-{n}", "source": "test", "type": "track", "event": "Viewed",
+             "user_id": "backlog-user", "properties": {}, "traits": {}, "context": {},
+             "timestamp": old, "received_at": old} for n in range(3)
+        ])  # fmt: skip
+    router = stack.services.router
+    assert await router.sweep(timedelta(seconds=30)) == 3
+    gauge = "orchestrator_unrouted_events"
+    assert REGISTRY.get_sample_value(gauge, {"age": "overdue"}) == 3  # what it found
+    assert REGISTRY.get_sample_value(gauge, {"age": "recent"}) == 0
+    assert await router.sweep(timedelta(seconds=30)) == 0
+    assert REGISTRY.get_sample_value(gauge, {"age": "overdue"}) == 0
+
+
+@pytest.mark.parametrize(
+    ("checks", "action", "reason"),
+    [
+        ((Check("channel email", True, "allowed"),), "send", "none"),
+        ((Check(GLOBAL_CONTROL, False, "in the group"),), "suppress", "global_control"),
+        ((Check("rule vip", False, "suppresses the message"),), "suppress", "rule"),
+        ((Check("conflict window", True, "decided with others at 10:00:00"),), "defer",
+         "conflict_window"),
+        ((Check("channel email", False, "cap daily reached (1 per 1d)"),
+          Check("caps", False, "deferred until ...")), "defer", "caps"),
+        ((Check("channel email", True, "allowed"), Check("quiet hours", False, "deferred")),
+         "defer", "quiet_hours"),
+        ((Check("channel push", False, "not reachable: the profile has no device_tokens"),),
+         "suppress", "unreachable"),
+        ((Check("channel email", False, "suppressed: bounce"),), "suppress", "suppressed"),
+        ((Check("channel email", False, "no consent for promotional email"),), "suppress",
+         "consent"),
+        ((Check("channel web", False, "duplicate: sale went out on email"),), "suppress",
+         "duplicate"),
+        ((), "suppress", "no_channel"),
+    ],
+)  # fmt: skip
+def test_arbitration_reasons_are_a_fixed_vocabulary(
+    checks: tuple[Check, ...], action: Action, reason: str
+) -> None:
+    assert reason_of(Decision(action, checks=checks)) == reason
+
+
+async def test_http_labels_stay_bounded(make_stack: StackFactory) -> None:
+    stack = await make_stack({"welcome": WELCOME})
+    labels = {"route": "/v1/users/{user_id}/journeys", "method": "GET", "status": "401"}
+    before = REGISTRY.get_sample_value("orchestrator_http_requests_total", labels) or 0
+    await stack.http.get(f"{stack.api_url}/v1/users/someone-secret/journeys")
+    await stack.http.request("BREW", f"{stack.api_url}/no/such/path/someone-secret")
+    after = REGISTRY.get_sample_value("orchestrator_http_requests_total", labels)
+    assert after == before + 1  # by its template: the user id is no label
+    unmatched = {"route": "unmatched", "method": "other", "status": "404"}
+    assert REGISTRY.get_sample_value("orchestrator_http_requests_total", unmatched)
+    text = (await stack.http.get(f"{stack.api_url}/metrics")).text
+    assert "someone-secret" not in text
+    assert "BREW" not in text
+
+
+async def test_a_busy_metrics_port_is_one_line_and_exit_1(postgres_url: str, example: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for variable in ("ORCHESTRATOR_METRICS_PORT", "ORCHESTRATOR_TEMPORAL_METRICS_PORT"):
+            env = {**os.environ, "ORCHESTRATOR_DATABASE_URL": postgres_url,
+                   "ORCHESTRATOR_WORKSPACE": str(example), "ORCHESTRATOR_METRICS_PORT": "0",
+                   "ORCHESTRATOR_TEMPORAL_METRICS_PORT": "0", variable: str(port)}  # fmt: skip
+            worker = await asyncio.create_subprocess_exec(
+                str(BIN / "orchestrator"), "worker", env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            output, _ = await asyncio.wait_for(worker.communicate(), 60)
+            lines = output.decode().strip().splitlines()
+            assert worker.returncode == 1
+            assert len(lines) == 1, lines
+            assert f"127.0.0.1:{port}" in lines[0]
+            assert variable in lines[0]
+            assert "in use" in lines[0]
