@@ -13,6 +13,7 @@ import httpx
 import orjson
 
 from channels.base import PermanentDeliveryError, RetryableDeliveryError
+from channels.metrics import count_rate_limit_wait
 from channels.signing import sign
 from channels.tracing import record_status, webhook_span
 
@@ -31,21 +32,25 @@ class RateLimit:
     wait: it says how long the caller would have to (ingestion answers 429 with it).
     """
 
-    def __init__(self, per_second: float, burst: int = 1) -> None:
+    def __init__(self, per_second: float, burst: int = 1, *, name: str = "") -> None:
         if per_second <= 0 or burst < 1:
             raise ValueError("a rate limit needs per_second > 0 and burst >= 1")
-        self.per_second, self.burst = per_second, burst
+        self.per_second, self.burst, self.name = per_second, burst, name  # name: metrics'
         self._tokens = float(burst)
         self._updated = time.monotonic()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
+        started, queued = time.monotonic(), self._lock.locked()
         async with self._lock:
             while True:
                 wait = self.take()
                 if not wait:
-                    return
+                    break
+                queued = True
                 await asyncio.sleep(wait)
+        if queued:
+            count_rate_limit_wait(self.name, time.monotonic() - started)
 
     def take(self) -> float:
         """Take a token if one is there (0.0), else the seconds until there is one."""

@@ -28,6 +28,8 @@ from typing import Any, Literal, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from channels.metrics import counted_ranking
+
 
 class Recommendations(BaseModel):
     """What a send step asks for: `content: {recommendations: {slot, k, exclude_purchased}}`."""
@@ -250,6 +252,7 @@ class Recommender:
         self.exploration = exploration
         self._abandoned: set[asyncio.Future[Ranking]] = set()
 
+    @counted_ranking
     async def recommend(
         self,
         user_id: str,

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.experiments.assignments import GlobalControl
+from orchestrator.metrics.journeys import measured_arbitration
 from orchestrator.profiles import whole_profile
 from orchestrator.tables import identities
 from rules import store
@@ -32,6 +33,7 @@ class Arbitration:
         self.engine, self.policy, self.default_timezone = engine, policy, default_timezone
         self.global_control = global_control
 
+    @measured_arbitration
     async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
         """Decide for the user the request names, or for the one they were merged into
         (a journey step that began before an identify): caps count both ids' contacts."""

@@ -137,6 +137,9 @@ def dev(
             "(ORCHESTRATOR_KAFKA for the workspace)"
         ),
     ] = 9092,
+    temporal_metrics_port: Annotated[
+        int, typer.Option(help="Port of the Temporal SDK's Prometheus metrics (0: off)")
+    ] = 9465,
     log_level: LogLevel = "warning",
 ) -> None:
     """Run everything locally: Postgres, Temporal + UI, API, worker and a webhook sink."""
@@ -153,6 +156,7 @@ def dev(
         sink_port=sink_port,
         postgres_port=postgres_port,
         kafka_port=kafka_port,
+        temporal_metrics_port=temporal_metrics_port,
     )
     with exporting(command_settings(), service="orchestrator-dev"):
         run_until_stopped(lambda stop: run_dev(options, stop))
@@ -172,6 +176,15 @@ def api(log_level: LogLevel = "info") -> None:
     if settings.api_processes == 1:
         _serve_api(settings, sock)
         return
+    from orchestrator.metrics.exposition import shared_by_processes
+
+    with shared_by_processes() as ended:  # /metrics adds up every process's values
+        _serve_api_processes(settings, sock, ended)
+
+
+def _serve_api_processes(
+    settings: Settings, sock: socket.socket, ended: Callable[[int], None]
+) -> None:
     children = []
     for _ in range(settings.api_processes):
         pid = os.fork()
@@ -189,8 +202,8 @@ def api(log_level: LogLevel = "info") -> None:
             finally:
                 os._exit(code)  # never return into the parent's code
         children.append(pid)
-    typer.echo(f"API on http://{settings.api_host}:{settings.api_port} "
-               f"in {len(children)} processes")  # fmt: skip
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    typer.echo(f"API on {url} in {len(children)} processes; metrics of all at {url}/metrics")
 
     def forward(sig: int, _frame: object) -> None:
         for child in children:
@@ -200,6 +213,8 @@ def api(log_level: LogLevel = "info") -> None:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     codes = [os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) for child in children]
+    for child in children:
+        ended(child)
     raise typer.Exit(max(codes, key=abs))
 
 
@@ -234,6 +249,7 @@ def _serve_api(settings: Settings, sock: socket.socket) -> None:
 def worker(log_level: LogLevel = "info") -> None:
     """Run a journey worker (settings from ORCHESTRATOR_* environment variables)."""
     from orchestrator.database import create_engine
+    from orchestrator.metrics.processes import WORKER_PORT, exported
     from orchestrator.temporal import connect
     from orchestrator.tracing.provider import exporting, tracing_enabled
     from orchestrator.worker import running_worker
@@ -246,7 +262,8 @@ def worker(log_level: LogLevel = "info") -> None:
         engine = create_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
         try:
             client = await connect(settings.temporal_address, settings.temporal_namespace,
-                                   tracing=tracing_enabled(settings))  # fmt: skip
+                                   tracing=tracing_enabled(settings),
+                                   runtime=metrics.runtime)  # fmt: skip
             async with running_worker(
                 client,
                 workspace=load_workspace(settings.workspace),
@@ -254,12 +271,16 @@ def worker(log_level: LogLevel = "info") -> None:
                 task_queue=settings.task_queue,
                 upkeep=True,
             ):
-                typer.echo(f"worker polling task queue '{settings.task_queue}'")
+                typer.echo(f"worker polling task queue '{settings.task_queue}'; "
+                           f"{metrics.describe()}")  # fmt: skip
                 await stop.wait()
         finally:
             await engine.dispose()
 
-    with exporting(settings, service="orchestrator-worker"):
+    with (
+        exporting(settings, service="orchestrator-worker"),
+        exported(settings, default_port=WORKER_PORT, sdk=True) as metrics,
+    ):
         run_until_stopped(work)
 
 
@@ -274,6 +295,7 @@ def consume(
     record is ingested as /v1/batch ingests a message; offsets are committed once it is
     stored. Settings from ORCHESTRATOR_* environment variables, like `api` and `worker`."""
     from orchestrator.kafka.consumer import EventConsumer, lag
+    from orchestrator.metrics.processes import exported
     from orchestrator.services import open_services
     from orchestrator.tracing.provider import exporting
     from orchestrator.workspace import load_workspace
@@ -299,10 +321,11 @@ def consume(
         async with open_services(settings) as services:
             consumer = EventConsumer(services, cluster)
             typer.echo(f"consuming {', '.join(consumes.topics)} as group "
-                       f"'{consumes.group_id}', pid {os.getpid()}")  # fmt: skip
+                       f"'{consumes.group_id}', pid {os.getpid()}; "
+                       f"{metrics.describe()}")  # fmt: skip
             await consumer.run(stop)
 
-    with exporting(settings, service="orchestrator-consumer"):
+    with exporting(settings, service="orchestrator-consumer"), exported(settings) as metrics:
         run_until_stopped(work)
 
 
@@ -314,6 +337,7 @@ def relay(log_level: LogLevel = "info") -> None:
     Settings from ORCHESTRATOR_* environment variables."""
     from orchestrator.database import create_engine
     from orchestrator.kafka.relay import Relay, sink_for
+    from orchestrator.metrics.processes import exported
     from orchestrator.workspace import load_workspace
 
     settings = serving_settings()
@@ -328,12 +352,13 @@ def relay(log_level: LogLevel = "info") -> None:
     async def work(stop: asyncio.Event) -> None:
         engine = create_engine(settings.require_database_url(), pool_size=2)
         try:
-            typer.echo(f"publishing the outbox, pid {os.getpid()}")
+            typer.echo(f"publishing the outbox, pid {os.getpid()}; {metrics.describe()}")
             await Relay(engine, found).run(stop)
         finally:
             await engine.dispose()
 
-    run_until_stopped(work)
+    with exported(settings) as metrics:
+        run_until_stopped(work)
 
 
 @app.command()

@@ -29,6 +29,7 @@ from temporalio.common import (
 from orchestrator.event_store import StoredEvent
 from orchestrator.experiments import assignments
 from orchestrator.experiments.assignments import GlobalControl
+from orchestrator.metrics.journeys import count_entry
 from orchestrator.registry import Snapshot
 from orchestrator.tables import enrollments, installation
 from workflows import search
@@ -140,6 +141,7 @@ async def enroll(
     ).one_or_none()
     if row is None:
         return None
+    count_entry(deployed.key, holdout=held_out)
     if spec.holdout:
         await assignments.record(
             conn, journey_key=deployed.key, version=deployed.version, kind="holdout",

@@ -75,6 +75,7 @@ class StoredEvent:
     user_id: str
     properties: dict[str, Any]
     timestamp: datetime
+    received_at: datetime | None = None  # for the routing lag metric
 
 
 async def store_events(
@@ -162,6 +163,7 @@ async def store_events(
             user_id=user,
             properties=item.properties,
             timestamp=item.timestamp,
+            received_at=received_at,
         )
         for item, user, route in fresh
         if route

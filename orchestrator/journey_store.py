@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from channels.base import Receipt, Rendered
 from orchestrator.experiments import assignments
 from orchestrator.experiments.assignments import thompson_propensities
+from orchestrator.metrics.journeys import count_end
 from orchestrator.profiles import WHOLE_PROFILE_SQL, merge_traits
 from orchestrator.segments.keeper import touch
 from orchestrator.tables import enrollment_steps, enrollments, journey_versions, messages
@@ -142,11 +143,14 @@ class PostgresJourneyStore:
                 values["converted_at"] = func.coalesce(
                     enrollments.c.converted_at, progress.converted_at
                 )
-            await conn.execute(
+            ended = await conn.execute(
                 update(enrollments)
                 .where(enrollments.c.id == progress.enrollment_id)
                 .values(**values)
+                .returning(enrollments.c.journey_key, _STATUS_BEFORE)
             )
+            if progress.status is not None and (row := ended.first()) and row[1] == "active":
+                count_end(row.journey_key, progress.status)
 
     async def load_version(self, journey_key: str, version: int) -> DeployedJourney:
         async with self.engine.connect() as conn:
@@ -271,6 +275,12 @@ class PostgresJourneyStore:
             await conn.execute(update(messages).where(messages.c.id == message_id).values(values))
             if final:
                 await arbitration_store.release(conn, message_id)
+
+
+# A sub-select in RETURNING reads the statement's snapshot: the row before the update,
+# so a retried record_progress does not count the same end twice.
+_BEFORE = enrollments.alias("before")
+_STATUS_BEFORE = select(_BEFORE.c.status).where(_BEFORE.c.id == enrollments.c.id).scalar_subquery()
 
 
 def _json(value: Any) -> Any:

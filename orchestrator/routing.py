@@ -39,6 +39,8 @@ from orchestrator.enrollment import (
 from orchestrator.event_store import StoredEvent
 from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.logs.ids import bind
+from orchestrator.metrics.ingestion import measure_backlog, observe_routing
+from orchestrator.metrics.journeys import count_conversion
 from orchestrator.profiles import load_traits
 from orchestrator.registry import JourneyRegistry, Snapshot
 from orchestrator.tables import enrollments, events
@@ -223,6 +225,7 @@ class Router:
 
     async def sweep(self, older_than: timedelta, limit: int = 200) -> int:
         """Route events a crashed or failed request left unrouted; return how many."""
+        await measure_backlog(self.engine, now=self.clock(), older_than=older_than)
         if self._temporal_away() and not await self._temporal_answers():
             return 0
         snapshot = await self.registry.snapshot()
@@ -235,6 +238,7 @@ class Router:
                     events.c.user_id,
                     events.c.properties,
                     events.c.timestamp,
+                    events.c.received_at,
                 )
                 .where(
                     events.c.routed_at.is_(None),
@@ -244,9 +248,10 @@ class Router:
                 .limit(limit)
             )
             stored = [
-                StoredEvent(r.id, r.message_id, r.event or "", r.user_id, r.properties, r.timestamp)
+                StoredEvent(r.id, r.message_id, r.event or "", r.user_id, r.properties,
+                            r.timestamp, received_at=r.received_at)
                 for r in rows
-            ]
+            ]  # fmt: skip
             plan = await self.plan(conn, stored, snapshot, fresh=False)
         return len(await self.execute(plan, snapshot))
 
@@ -278,7 +283,7 @@ class Router:
     async def _execute_user(self, plan: Plan, snapshot: Snapshot, items: list[StoredEvent]) -> None:
         bind(user_id=items[0].user_id)  # this user's task: its log lines name them
         for index, event in enumerate(items):
-            for entry in plan.entries.get(event.id, []):
+            for entry in (started := plan.entries.get(event.id, [])):
                 await start_journey(
                     self.client,
                     entry,
@@ -294,6 +299,8 @@ class Router:
                 # user in `lapsed` does not also convert the win-back it starts).
                 later = {e.message_id for e in items[index + 1 :]}
                 await self._notify(snapshot, event, keys, entered_later_by=later)
+            if started or keys:
+                observe_routing(event.received_at, self.clock(), entry=bool(started))
 
     async def _notify(
         self,
@@ -368,7 +375,7 @@ class Router:
                     mine = not row.instance or goal.any_instance
                     if not mine and deployed.spec.instance_of(context) != row.instance:
                         continue
-                await conn.execute(
+                converted = await conn.execute(
                     update(enrollments)
                     .where(enrollments.c.id == row.id, enrollments.c.converted_at.is_(None))
                     .values(
@@ -377,6 +384,8 @@ class Router:
                         conversion_event_id=event.id,
                     )
                 )
+                if converted.rowcount:
+                    count_conversion(row.journey_key)
         signal = as_signal(event)
         for row in rows:
             if row.status == "active":

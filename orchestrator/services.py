@@ -16,6 +16,7 @@ from channels.unsubscribe import UnsubscribeLinks
 from orchestrator.arbitration import Arbitration
 from orchestrator.database import create_engine
 from orchestrator.event_store import store_events
+from orchestrator.metrics.ingestion import count_accepted
 from orchestrator.ranking.serving import build_recommender
 from orchestrator.registry import JourneyRegistry
 from orchestrator.routing import Clock, Router, utc_now
@@ -83,6 +84,7 @@ class Services:
                 new = {item.message_id.removeprefix(f"{source}/") for item, _ in stored.fresh}
                 await record_violations(conn, violations, stored=new, now=now,
                                         plan_version=snapshot.tracking_plan.version)  # fmt: skip
+        count_accepted(source, len(batch))
         # Stored is accepted: a routing failure is retried by the sweeper, not the client.
         if stored.merges:
             await self.router.tell_merges(stored.merges)

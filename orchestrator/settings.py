@@ -54,6 +54,13 @@ class Settings(BaseSettings):
             raise ValueError(f"an http(s) URL with a host, not {value!r}")
         return value
 
+    # Prometheus metrics of `worker`, `consume` and `relay` (the API serves /metrics on
+    # its own port): unset, the worker's are on 9464 and the others' off; 0 is off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # The Temporal SDK's own metrics, served by `worker` (0: off).
+    temporal_metrics_port: int = Field(default=9465, ge=0, le=65535)
+
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:
         if self.environment == "production":

@@ -9,6 +9,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -39,12 +40,19 @@ def _kind(key: Any) -> str:
     return "Int" if key.indexed_value_type == IndexedValueType.INDEXED_VALUE_TYPE_INT else "Keyword"
 
 
-async def connect(address: str, namespace: str = "default", *, tracing: bool = False) -> Client:
+async def connect(
+    address: str,
+    namespace: str = "default",
+    *,
+    tracing: bool = False,
+    runtime: Runtime | None = None,
+) -> Client:
     """A client that speaks pydantic models, as the journey workflow does; with `tracing`,
-    its calls and its workers' workflows and activities are traced."""
+    its calls and its workers' workflows and activities are traced; `runtime` (for its
+    metrics) is the SDK's default one unless given."""
     return await Client.connect(
         address, namespace=namespace, data_converter=pydantic_data_converter,
-        interceptors=client_interceptors(tracing=tracing),
+        interceptors=client_interceptors(tracing=tracing), runtime=runtime,
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 
 from channels.adapters import ChannelDeps, build_channels
 from channels.delivery import Clock, RateLimit, SignedPoster, utc_now
+from channels.metrics import measured_transport
 from orchestrator.arbitration import Arbitration
 from orchestrator.inbox import PostgresMessageBox
 from orchestrator.journey_store import PostgresJourneyStore
@@ -86,7 +87,10 @@ async def channel_clients(config: WorkspaceConfig) -> AsyncIterator[dict[str, ht
         for name, endpoint in config.channels.items():
             size = endpoint.max_in_flight
             limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-            clients[name.value] = await stack.enter_async_context(httpx.AsyncClient(limits=limits))
+            transport = measured_transport(name.value, limits=limits)
+            clients[name.value] = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport)
+            )
         yield clients
 
 
@@ -108,7 +112,7 @@ def build_activities(
             client=clients[name.value],
             timeout=ep.timeout,
             clock=deps.clock,
-            rate_limit=RateLimit(ep.rate_limit.per_second, ep.rate_limit.burst)
+            rate_limit=RateLimit(ep.rate_limit.per_second, ep.rate_limit.burst, name=name.value)
             if ep.rate_limit
             else None,
             max_in_flight=ep.max_in_flight,

@@ -18,6 +18,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from orchestrator.cli import app
+from orchestrator.metrics.processes import WORKER_PORT
 from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +94,100 @@ def test_the_image_installs_the_packages() -> None:
     for package in ("orchestrator", "workflows", "channels"):
         assert f"COPY {package} ./{package}" in dockerfile
     assert "pip install --no-cache-dir ." in dockerfile
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> file or folder of this repository, for `./...` bind mounts."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            found[target] = ROOT / source
+    return found
+
+
+def test_temporal_runs_the_server_image_with_a_one_shot_schema_setup(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert all("auto-setup" not in s.get("image", "") for s in services.values())
+    assert services["temporal"]["image"].startswith("temporalio/server:")
+    schema = services["temporal-schema"]
+    assert schema["image"].startswith("temporalio/admin-tools:")
+    assert schema["image"].split(":")[1] == services["temporal"]["image"].split(":")[1]
+    script = schema["command"][0]
+    for step in ("create", "setup-schema -v 0.0", "update-schema -d"):
+        assert f"--db $$db {step}" in script
+    assert "for db in temporal temporal_visibility" in script
+    assert schema["restart"] == "no"
+    waits = services["temporal"]["depends_on"]["temporal-schema"]
+    assert waits["condition"] == "service_completed_successfully"
+    namespace = services["temporal-namespace"]
+    assert "temporal operator namespace create -n default" in namespace["command"][0]
+    assert services["setup"]["depends_on"]["temporal-namespace"] == {
+        "condition": "service_completed_successfully"
+    }
+
+
+def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "build" in service:
+            continue  # ours, built from this repository
+        image = service["image"]
+        assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+)*", image), (name, image)
+
+
+def test_prometheus_scrapes_every_process_and_loads_the_rules(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    mounts = _mounts(services["prometheus"])
+    assert all(path.is_file() for path in mounts.values()), mounts
+    config = YAML(typ="safe").load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert "/etc/prometheus/alerts.yml" in mounts
+    defaults = Settings.model_fields
+    ports = {"worker": WORKER_PORT}  # the others' metrics are off unless a port is set
+    for name in ("consumer", "relay"):
+        ports[name] = int(services[name]["environment"]["ORCHESTRATOR_METRICS_PORT"])
+    targets: dict[str, set[tuple[str, int]]] = {}
+    for job in config["scrape_configs"]:
+        found = targets.setdefault(job["job_name"], set())
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.split(":")
+                found.add((host, int(port)))
+        for dns in job.get("dns_sd_configs", []):
+            found |= {(name, dns["port"]) for name in dns["names"]}
+    for job, hosts in targets.items():
+        for host, _ in hosts:
+            assert host in services, (job, host)
+    api_port = int(services["api"]["environment"]["ORCHESTRATOR_API_PORT"])
+    assert targets["orchestrator-api"] == {("api", api_port)}
+    assert targets["orchestrator-worker"] == {("worker", ports["worker"])}
+    assert targets["temporal-sdk"] == {("worker", defaults["temporal_metrics_port"].default)}
+    assert targets["orchestrator-consumer"] == {("consumer", ports["consumer"])}
+    assert targets["orchestrator-relay"] == {("relay", ports["relay"])}
+    assert targets["temporal-server"] == {
+        ("temporal", int(services["temporal"]["environment"]["PROMETHEUS_ENDPOINT"].split(":")[1]))
+    }
+    # Scraped from other containers: they listen on every interface, not loopback.
+    for name in ("worker", "consumer", "relay"):
+        assert services[name]["environment"]["ORCHESTRATOR_METRICS_HOST"] == "0.0.0.0"
+
+
+def test_grafana_is_provisioned_with_the_data_source_and_dashboard(
+    compose: dict[str, Any],
+) -> None:
+    mounts = _mounts(compose["services"]["grafana"])
+    assert all(path.is_dir() for path in mounts.values()), mounts
+    provisioning = "/etc/grafana/provisioning"
+    yaml = YAML(typ="safe")
+    sources = yaml.load((mounts[f"{provisioning}/datasources"] / "prometheus.yml").read_text())
+    assert sources["datasources"][0]["url"] == "http://prometheus:9090"
+    providers = yaml.load((mounts[f"{provisioning}/dashboards"] / "orchestrator.yml").read_text())
+    folder = providers["providers"][0]["options"]["path"]
+    dashboards = mounts[folder]
+    home = compose["services"]["grafana"]["environment"][
+        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"
+    ]
+    assert (dashboards / Path(home).relative_to(folder)).is_file()
+    assert json.loads((dashboards / "orchestrator.json").read_text())["panels"]

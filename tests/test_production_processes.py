@@ -71,6 +71,8 @@ async def test_api_and_worker_processes_deliver_a_journey(
         "ORCHESTRATOR_API_PORT": str(api_port),
         "ORCHESTRATOR_API_PROCESSES": "2",
         "ORCHESTRATOR_TASK_QUEUE": "production-test",
+        "ORCHESTRATOR_TEMPORAL_METRICS_PORT": "0",  # not a fixed port on a shared machine
+        "ORCHESTRATOR_METRICS_PORT": "0",
     }
     # A copy of the example, published secrets and all, does not serve in production.
     for command in ("api", "worker"):

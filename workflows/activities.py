@@ -28,6 +28,7 @@ from channels.base import (
     recipient,
 )
 from channels.delivery import Clock, SignedPoster, utc_now
+from channels.metrics import count_message, count_retry
 from channels.templates import RenderError, render
 from rules.decision import Decision, SendRequest
 from rules.expressions import context
@@ -267,6 +268,7 @@ class JourneyActivities:
                 await self.store.mark_failed(
                     request.message_id, error=str(exc), status_code=None, final=True
                 )
+                count_message(channel_name, "failed")
                 raise _failure(exc) from exc
         await self.store.claim_message(request, rendered)
         try:
@@ -277,8 +279,10 @@ class JourneyActivities:
             await self.store.mark_failed(
                 request.message_id, error=str(exc), status_code=exc.status_code, final=final
             )
+            count_message(channel_name, "failed") if final else count_retry(channel_name)
             raise _failure(exc) from exc
         await self.store.mark_sent(request.message_id, receipt)
+        count_message(channel_name, "sent")
         return SendResult(
             message_id=request.message_id,
             outcome="delivered",

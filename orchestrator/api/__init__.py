@@ -37,6 +37,8 @@ from orchestrator.api import (
 )
 from orchestrator.api.cors import Cors
 from orchestrator.api.limits import Limits
+from orchestrator.metrics import api as metrics_api
+from orchestrator.metrics.http import RequestMetrics
 from orchestrator.ranking import guard
 from orchestrator.reports import alerts
 from orchestrator.reports import api as reports_api
@@ -96,7 +98,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.state.limits = Limits(services.config)
     for module in (tracking, arbitration, journeys, receipts, inbox, ranking, catalog, audit,
                    health, reports_api, report_pages, segments_api,
-                   tracking_plan_api, users_api):  # fmt: skip
+                   tracking_plan_api, users_api, metrics_api):  # fmt: skip
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _refused)
@@ -106,6 +108,7 @@ def create_app(services: Services, *, sweep: bool = True) -> FastAPI:
     app.add_exception_handler(ClientDisconnect, _gone)
     app.add_exception_handler(Exception, _failed)
     app.add_middleware(Cors, config=services.config)
+    app.add_middleware(RequestMetrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

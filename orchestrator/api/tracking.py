@@ -20,6 +20,7 @@ from orchestrator.api.auth import WRITE_KEY, BadCredentials, identify
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute, read_body
 from orchestrator.api.limits import Limits
+from orchestrator.metrics.ingestion import count_refusal
 from orchestrator.profiles import ProfileTooLarge
 from orchestrator.receipts import EVENTS
 from orchestrator.services import Services
@@ -88,6 +89,7 @@ class Refused(Exception):
 
 
 def _error(exc: Refused) -> JSONResponse:
+    count_refusal(exc.status)
     body: dict[str, Any] = {"success": False, "error": exc.message}
     if exc.field:
         body["field"] = exc.field

@@ -22,6 +22,7 @@ from orchestrator.database import create_engine, migrate
 from orchestrator.deploy import deploy_workspace
 from orchestrator.kafka.consumer import EventConsumer
 from orchestrator.kafka.relay import KafkaSink, Relay
+from orchestrator.metrics.sdk import runtime_with_metrics
 from orchestrator.services import Services, build_services
 from orchestrator.settings import Settings
 from orchestrator.sources import InvalidSource
@@ -46,6 +47,7 @@ class DevOptions:
     sink_port: int
     postgres_port: int = 0
     kafka_port: int = 9092
+    temporal_metrics_port: int = 9465  # the Temporal SDK's metrics (0: off)
 
 
 CATALOG_FILE = "catalog.csv"
@@ -106,7 +108,10 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                 workspace=options.workspace,
                 api_port=options.api_port,
             )
-            client = await connect(temporal.address, tracing=tracing_enabled(settings))
+            runtime = runtime_with_metrics("127.0.0.1", options.temporal_metrics_port)
+            client = await connect(
+                temporal.address, tracing=tracing_enabled(settings), runtime=runtime
+            )
             services = build_services(settings, workspace=workspace, engine=engine, client=client)
             consuming = await _start_kafka(broker, kafka, services, stop)
             async with (
@@ -124,7 +129,8 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
                     (k for k in keys if k.allows("reports:read")), None
                 )
                 _banner(api_url, temporal, sink_url, database_url, key,
-                        reader.secret if reader else None)  # fmt: skip
+                        reader.secret if reader else None,
+                        options.temporal_metrics_port)  # fmt: skip
                 for item in deployed:
                     say(f"  journey {item.key:<24} v{item.version:<3} {item.change}")
                 if consuming is not None:
@@ -205,7 +211,8 @@ def _ports_in_use(options: DevOptions) -> list[tuple[str, int]]:
     wanted = [("--api-port", options.api_port), ("--temporal-port", options.temporal_port),
               ("--ui-port", options.ui_port), ("--sink-port", options.sink_port),
               ("--postgres-port", options.postgres_port),
-              ("--kafka-port", options.kafka_port)]  # fmt: skip
+              ("--kafka-port", options.kafka_port),
+              ("--temporal-metrics-port", options.temporal_metrics_port)]  # fmt: skip
     busy = []
     for flag, port in wanted:
         if not port:
@@ -226,14 +233,18 @@ def _banner(
     database_url: str,
     write_key: str,
     report_key: str | None,
+    sdk_metrics_port: int = 0,
 ) -> None:
     namespace_ui = f"{temporal.ui_url}/namespaces/default/workflows"
     reports = f"  (password {report_key}, any user name)" if report_key else ""
+    sdk = f"http://127.0.0.1:{sdk_metrics_port}/metrics" if sdk_metrics_port else "off"
     say(
         "\n"
         f"  API            {api_url}\n"
         f"  OpenAPI docs   {api_url}/docs\n"
         f"  Reports        {api_url}/reports/{reports}\n"
+        f"  Metrics        {api_url}/metrics  (API and worker: one process here)\n"
+        f"  SDK metrics    {sdk}  (the Temporal SDK's own)\n"
         f"  Temporal UI    {namespace_ui}\n"
         f"  Temporal gRPC  {temporal.address}\n"
         f"  Webhook sink   {sink_url}  (messages are printed below)\n"

@@ -42,6 +42,7 @@ PUBLIC = {
     ("GET", "/redoc"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),  # for Prometheus: keep it off the internet at the load balancer
     ("GET", "/v1/unsubscribe/{token}"),
     ("POST", "/v1/unsubscribe/{token}"),
     ("POST", "/v1/webhooks/receipts/{channel}"),
@@ -50,7 +51,7 @@ INGESTION = re.compile(r"^/v1/(batch|track|identify|page|screen|alias|group)$")
 # Routes a user token opens, for the user it names.
 OWN_USER = re.compile(r"^/v1/users/\{user_id\}/(inbox|placements)")
 PARAMS = {"user_id": "ada", "message_id": "m-1", "placement": "home", "key": "welcome",
-          "channel": "email", "token": "t", "experiment": "holdout"}  # fmt: skip
+          "channel": "email", "token": "t", "experiment": "holdout", "version": "1"}  # fmt: skip
 MADE_UP_KEY = "sk_made_up_but_long_enough_0123"
 
 

@@ -39,7 +39,7 @@ def processes_using(path: Path) -> list[int]:
 class Dev:
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.ports = {name: free_port() for name in ("api", "temporal", "ui")}
+        self.ports = {name: free_port() for name in ("api", "temporal", "ui", "sdk")}
         self.lines: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
 
@@ -51,6 +51,7 @@ class Dev:
             "--temporal-port", str(self.ports["temporal"]),
             "--ui-port", str(self.ports["ui"]),
             "--sink-port", str(sink_port),
+            "--temporal-metrics-port", str(self.ports["sdk"]),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group, as a terminal gives it
@@ -115,6 +116,9 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
             f"Temporal UI    http://127.0.0.1:{dev.ports['ui']}" in line for line in dev.lines
         )
         assert any("journey welcome_series" in line and "new" in line for line in dev.lines)
+        assert any(f"Metrics        {api}/metrics" in line for line in dev.lines)
+        sdk = f"http://127.0.0.1:{dev.ports['sdk']}/metrics"
+        assert any(f"SDK metrics    {sdk}" in line for line in dev.lines)
         async with httpx.AsyncClient(timeout=30) as http:
             traits = {"first_name": "Ada", "email": "ada@example.com"}
             response = await http.post(
@@ -123,6 +127,10 @@ async def test_dev_runs_the_product_and_stops_cleanly(tmp_path: Path) -> None:
                 json={"userId": "ada", "traits": traits},
             )
             assert response.status_code == 200
+            # One process here: the API's /metrics has the worker's too; the SDK's apart.
+            scraped = (await http.get(f"{api}/metrics")).text
+            assert 'orchestrator_events_accepted_total{source="backend"} 1.0' in scraped
+            assert "temporal_" in (await http.get(sdk)).text
             response = await http.post(
                 f"{api}/v1/track",
                 auth=(WRITE_KEY, ""),

@@ -236,5 +236,8 @@ async def worker_processes(
         "ORCHESTRATOR_TEMPORAL_ADDRESS": client.service_client.config.target_host,
         "ORCHESTRATOR_WORKSPACE": str(root),
         "ORCHESTRATOR_TASK_QUEUE": queue,
+        # Several workers on one machine: none serves metrics (tests/orchestrator/test_metrics).
+        "ORCHESTRATOR_METRICS_PORT": "0",
+        "ORCHESTRATOR_TEMPORAL_METRICS_PORT": "0",
     }
     return WorkerProcesses(services, env)
