@@ -45,11 +45,15 @@ class _At:
         return name
 
 
-def problem(value: Any, where: str = "") -> tuple[str, str] | None:
+def problem(value: Any, where: str = "", *, nul_free: bool = False) -> tuple[str, str] | None:
     """A field of parsed JSON we refuse (the shallowest first), as (field, message).
 
     Linear in the size of the document, and cheap per value: scalars are checked where
-    they stand, and only containers (to be walked later) carry their place."""
+    they stand, and only containers (to be walked later) carry their place.
+    `nul_free`: the caller knows no string holds a NUL (the JSON text it was parsed
+    from has no `\\u0000`, see `nul_free`), so only the nesting is checked."""
+    if nul_free:
+        return _too_deep(value, where)
     stack: list[tuple[Any, _At | None, int]] = [(value, None, 1)]
     while stack:
         item, at, depth = stack.pop()
@@ -77,6 +81,28 @@ def problem(value: Any, where: str = "") -> tuple[str, str] | None:
 
 
 NUL = "must not contain a NUL character (\\u0000)"
+
+
+def nul_free(text: bytes) -> bool:
+    """Whether JSON text can hold no NUL character once parsed: JSON spells one only
+    as the escape `\\u0000` (a raw control character is invalid JSON)."""
+    return b"\\u0000" not in text and b"\x00" not in text
+
+
+def _too_deep(value: Any, where: str) -> tuple[str, str] | None:
+    """`problem` for nesting alone: only containers are visited."""
+    if not isinstance(value, dict | list):
+        return None
+    stack: list[tuple[Any, _At | None, int]] = [(value, None, 1)]
+    while stack:
+        item, at, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return _field(at, where), f"is nested more than {MAX_DEPTH} levels deep"
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        nested = [(child, _At(at, part), depth + 1) for part, child in pairs
+                  if isinstance(child, dict | list)]  # fmt: skip
+        stack.extend(reversed(nested))  # the first problem in document order is reported
+    return None
 
 
 def _field(at: _At | None, where: str) -> str:
