@@ -327,5 +327,11 @@ def test_text_without_a_nul_escape_is_checked_for_nesting_alone() -> None:
     assert problem(document, nul_free=True) == problem(document)
     assert problem(document, nul_free=True) is not None
     assert problem({"a": [{"b": 1}]}, nul_free=True) is None
+    for levels in (31, 32, 33):  # the limit is 32 levels, the document itself the first
+        nested: object = {}
+        for _ in range(levels - 1):
+            nested = [nested]
+        assert problem(nested, nul_free=True) == problem(nested)
+        assert (problem(nested) is None) == (levels <= 32)
     assert not nul_free(orjson.dumps({"a": "x\u0000"}))  # the escape JSON spells it with
     assert not nul_free(b'{"a": "x\x00"}')
