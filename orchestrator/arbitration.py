@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.experiments.assignments import GlobalControl
 from orchestrator.metrics.journeys import measured_arbitration
-from orchestrator.profiles import whole_profile
-from orchestrator.tables import identities
 from rules import store
 from rules.decision import Decision, SendRequest
 from rules.policy import Policy
@@ -36,26 +32,19 @@ class Arbitration:
     @measured_arbitration
     async def arbitrate(self, request: SendRequest, *, now: datetime) -> Decision:
         """Decide for the user the request names, or for the one they were merged into
-        (a journey step that began before an identify): caps count both ids' contacts."""
-        merged_into = (
-            select(identities.c.user_id)
-            .where(identities.c.anonymous_id == request.user_id)
-            .scalar_subquery()
-        )
-        user = func.coalesce(merged_into, request.user_id)
-        async with self.engine.begin() as conn:
-            await store.lock_user(conn, request.user_id)
-            # Read after the lock: a merge of this user holds it, so one that was under
-            # way has committed by now, and whom the user belongs to is current.
-            user_id, traits = (await conn.execute(select(user, whole_profile(user)))).one()
-            if user_id != request.user_id:
-                await store.lock_user(conn, user_id)
-                request = replace(request, user_id=user_id)
-            controlled = self.global_control is not None and self.global_control.holds(user_id)
-            return await store.arbitrate(
-                conn, request, traits=traits or {}, policy=self.policy, now=now,
-                default_timezone=self.default_timezone, in_global_control=controlled,
-            )  # fmt: skip
+        (a journey step that began before an identify): caps count both ids' contacts.
+
+        Four round trips: begin; lock the user(s) and load their state in one call
+        (`arbitration_state`, migration 0023); record the decision; commit. This runs
+        for every message, so it goes straight to the driver."""
+        held_out = self.global_control.holds if self.global_control is not None else None
+        async with self.engine.connect() as conn:
+            driver = await store.driver_connection(conn)
+            async with driver.transaction():
+                return await store.lock_and_arbitrate(
+                    driver, request, policy=self.policy, now=now,
+                    default_timezone=self.default_timezone, held_out=held_out,
+                )  # fmt: skip
 
     async def withdraw(self, key: str) -> None:
         async with self.engine.begin() as conn:

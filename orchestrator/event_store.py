@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orchestrator.profiles import add_device_tokens, merge_traits
 from orchestrator.registry import Snapshot
 from orchestrator.tracking import ANONYMOUS, Incoming
+from orchestrator.users.erased import keyed_hash, only_user
 from orchestrator.users.identity import (
     anonymous_profile,
     link,
@@ -30,25 +32,37 @@ from workflows.spec import Category, ChannelName
 # document that Postgres unpacks, so the statement is prepared once and no per-row
 # parameter conversion happens in Python (a multi-row VALUES is compiled per batch).
 # Each row names its own profile; it is stored under the user that was merged into, if
-# one was (`identities`), and RETURNING says whom.
+# one was (`identities`), and RETURNING says whom. A row whose `erased` hash is on
+# erasure's suppression list is not stored: it comes back with no id.
 _INSERT = text(
     """
-    INSERT INTO events (message_id, source, type, event, user_id, anonymous_id,
-                        properties, traits, context, timestamp, received_at, routed_at)
-    SELECT r.message_id, :source, r.type, r.event,
-           coalesce((SELECT i.user_id FROM identities AS i WHERE i.anonymous_id = r.user_id),
-                    r.user_id),
-           r.anonymous_id,
-           r.properties, r.traits, r.context, r.timestamp, :received_at,
-           CASE WHEN r.routable THEN NULL ELSE CAST(:received_at AS timestamptz) END
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+    WITH r AS MATERIALIZED (
+      SELECT r.*, (r.erased IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM erased_ids AS e WHERE e.hash = r.erased)) AS listed
+      FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
         message_id text, type text, event text, user_id text, anonymous_id text,
-        properties jsonb, traits jsonb, context jsonb, timestamp timestamptz, routable boolean)
-    ON CONFLICT (message_id) DO NOTHING
-    RETURNING id, message_id, user_id
+        properties jsonb, traits jsonb, context jsonb, timestamp timestamptz, routable boolean,
+        erased text)),
+    inserted AS (
+      INSERT INTO events (message_id, source, type, event, user_id, anonymous_id,
+                          properties, traits, context, timestamp, received_at, routed_at)
+      SELECT r.message_id, :source, r.type, r.event,
+             coalesce((SELECT i.user_id FROM identities AS i WHERE i.anonymous_id = r.user_id),
+                      r.user_id),
+             r.anonymous_id,
+             r.properties, r.traits, r.context, r.timestamp, :received_at,
+             CASE WHEN r.routable THEN NULL ELSE CAST(:received_at AS timestamptz) END
+      FROM r WHERE NOT r.listed
+      ON CONFLICT (message_id) DO NOTHING
+      RETURNING id, message_id, user_id)
+    SELECT id, message_id, user_id FROM inserted
+    UNION ALL
+    SELECT NULL, message_id, NULL FROM r WHERE r.listed
     """
 ).bindparams(bindparam("received_at", type_=DateTime(timezone=True)))
 
+
+log = logging.getLogger(__name__)
 
 CHANNELS = frozenset(channel.value for channel in ChannelName)
 CATEGORIES = frozenset(category.value for category in Category)
@@ -87,6 +101,7 @@ async def store_events(
     snapshot: Snapshot,
     policy: Policy,
     trusted: bool = True,
+    erased_key: bytes | None = None,
 ) -> Stored:
     """Insert new events (a retried message id changes nothing) and apply their traits,
     the identities they join and the suppressions they announce (unsubscribes, hard
@@ -95,6 +110,10 @@ async def store_events(
 
     Returns the new messages, and those that need routing in request order; the
     others are stored as already routed so the sweeper never looks at them.
+
+    `erased_key`: messages that name only a user (`ErasedIds.drop_erased` left them for
+    this, `insert_checks_users`) are checked against erasure's suppression list by the
+    insert itself, under this installation's key.
     """
     # Message ids are the source's own: the same id from another source is another
     # message (a public key must not void a server's event by sending its id first).
@@ -125,6 +144,9 @@ async def store_events(
             "context": item.context,
             "timestamp": item.timestamp,
             "routable": route,
+            "erased": keyed_hash(erased_key, item.user_id)  # type: ignore[arg-type]
+            if erased_key is not None and only_user(item)
+            else None,
         }
         for item, route in zip(batch, routes, strict=True)
     ]
@@ -135,7 +157,15 @@ async def store_events(
         _INSERT,
         {"source": source, "received_at": received_at, "rows": orjson.dumps(rows).decode()},
     )
-    new = {message_id: (event_id, user) for event_id, message_id, user in inserted.all()}
+    new: dict[str, tuple[int, str]] = {}
+    erased = 0
+    for event_id, message_id, user in inserted.all():
+        if event_id is None:
+            erased += 1
+        else:
+            new[message_id] = (event_id, user)
+    if erased:
+        log.info("dropped %d event(s) of erased users", erased)
     new_ids = {message_id: event_id for message_id, (event_id, _) in new.items()}
     fresh = [
         (item, new[item.message_id][1], route)

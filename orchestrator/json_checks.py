@@ -15,6 +15,9 @@ from pydantic import AfterValidator
 
 # Deeper JSON than this is refused: real events nest a few levels.
 MAX_DEPTH = 32
+# A tuple, not `dict | list`: isinstance with a union type is three times slower, and
+# this runs for every value of every message.
+_CONTAINERS = (dict, list)
 
 
 # A field is named with at most this much of each key (a key can be 100 KB long).
@@ -45,11 +48,17 @@ class _At:
         return name
 
 
-def problem(value: Any, where: str = "") -> tuple[str, str] | None:
+def problem(value: Any, where: str = "", *, nul_free: bool = False) -> tuple[str, str] | None:
     """A field of parsed JSON we refuse (the shallowest first), as (field, message).
 
     Linear in the size of the document, and cheap per value: scalars are checked where
-    they stand, and only containers (to be walked later) carry their place."""
+    they stand, and only containers (to be walked later) carry their place.
+    `nul_free`: the caller knows no string holds a NUL (the JSON text it was parsed
+    from has no `\\u0000`, see `nul_free`), so only the nesting is checked."""
+    # With `nul_free`, containers only are walked, with no place kept; the full walk
+    # names the field of the rare document it refuses.
+    if nul_free and (not isinstance(value, _CONTAINERS) or not _deeper_than(value, MAX_DEPTH - 1)):
+        return None
     stack: list[tuple[Any, _At | None, int]] = [(value, None, 1)]
     while stack:
         item, at, depth = stack.pop()
@@ -57,7 +66,7 @@ def problem(value: Any, where: str = "") -> tuple[str, str] | None:
             if "\x00" in item:
                 return _field(at, where), NUL
             continue
-        if not isinstance(item, dict | list):
+        if not isinstance(item, _CONTAINERS):
             continue
         if depth > MAX_DEPTH:
             return _field(at, where), f"is nested more than {MAX_DEPTH} levels deep"
@@ -70,13 +79,27 @@ def problem(value: Any, where: str = "") -> tuple[str, str] | None:
             if isinstance(child, str):
                 if "\x00" in child:
                     return _field(_At(at, part), where), NUL
-            elif isinstance(child, dict | list):
+            elif isinstance(child, _CONTAINERS):
                 nested.append((child, _At(at, part), depth + 1))
         stack.extend(reversed(nested))  # the first problem in document order is reported
     return None
 
 
 NUL = "must not contain a NUL character (\\u0000)"
+
+
+def nul_free(text: bytes) -> bool:
+    """Whether JSON text can hold no NUL character once parsed: JSON spells one only
+    as the escape `\\u0000` (a raw control character is invalid JSON)."""
+    return b"\\u0000" not in text and b"\x00" not in text
+
+
+def _deeper_than(item: Any, levels: int) -> bool:
+    """Whether a container holds containers more than `levels` deep below it."""
+    for child in item.values() if isinstance(item, dict) else item:
+        if isinstance(child, _CONTAINERS) and (levels == 0 or _deeper_than(child, levels - 1)):
+            return True
+    return False
 
 
 def _field(at: _At | None, where: str) -> str:

@@ -69,11 +69,12 @@ class Services:
         async with self.engine.begin() as conn:
             if first is not None:
                 batch = [*batch, *await first(conn)]
-            # Erased users' events are dropped, unnamed (orchestrator.users.erased).
-            batch = await self.erased.drop_erased(conn, batch)
+            # Erased users' events are dropped, unnamed (orchestrator.users.erased): those
+            # naming only a user by the insert itself, the others by one query first.
+            batch = await self.erased.drop_erased(conn, batch, insert_checks_users=True)
             stored = await store_events(
                 conn, batch, source=source, received_at=now, snapshot=snapshot,
-                policy=self.policy, trusted=trusted,
+                policy=self.policy, trusted=trusted, erased_key=await self.erased.key(),
             )  # fmt: skip
             # Computed traits and segments follow the events in the same transaction.
             routable = await follow_events(

@@ -83,12 +83,19 @@ class Incoming:
 
 
 def parse_message(
-    raw: Any, *, where: str, implied_type: str | None, max_bytes: int, now: datetime
+    raw: Any,
+    *,
+    where: str,
+    implied_type: str | None,
+    max_bytes: int,
+    now: datetime,
+    nul_free: bool = False,
 ) -> Incoming:
-    """Validate one message; raise BadInput naming the field."""
+    """Validate one message; raise BadInput naming the field. `nul_free`: the text it
+    was parsed from cannot hold a NUL (`orchestrator.json_checks.nul_free`)."""
     if not isinstance(raw, dict):
         raise BadInput(where, "each message must be a JSON object")
-    if found := problem(raw):
+    if found := problem(raw, nul_free=nul_free):
         field, message = found
         raise BadInput(_at(where, field), message)
     size = len(orjson.dumps(raw, default=str))
@@ -147,7 +154,12 @@ def parse_message(
 
 
 def parse_request(
-    body: Any, *, implied_type: str | None, max_event_bytes: int, now: datetime
+    body: Any,
+    *,
+    implied_type: str | None,
+    max_event_bytes: int,
+    now: datetime,
+    nul_free: bool = False,
 ) -> list[Incoming]:
     """A `/v1/batch` body (`{"batch": [...]}`) or a single-message body."""
     if not isinstance(body, dict):
@@ -158,12 +170,12 @@ def parse_request(
             raise BadInput("batch", "must be a list of messages")
         return [
             parse_message(m, where=f"batch[{i}]", implied_type=None,
-                          max_bytes=max_event_bytes, now=now)
+                          max_bytes=max_event_bytes, now=now, nul_free=nul_free)
             for i, m in enumerate(batch)
         ]  # fmt: skip
     return [
         parse_message(body, where="", implied_type=implied_type,
-                      max_bytes=max_event_bytes, now=now)
+                      max_bytes=max_event_bytes, now=now, nul_free=nul_free)
     ]  # fmt: skip
 
 

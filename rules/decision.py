@@ -31,20 +31,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any, Literal
 
+from rules.checks import NOT_APPLIED, RULE, Check
+
+__all__ = [
+    "EVERYTHING", "GLOBAL_CONTROL", "NOT_APPLIED", "RULE", "Action", "Check", "Contact",
+    "Decision", "Peer", "SendRequest", "Suppressed", "UserState", "decide",
+]  # fmt: skip
+from rules.compiled_policy import compiled
 from rules.durations import format_duration
-from rules.expressions import holds, user_context
+from rules.expressions import user_context
 from rules.local_time import next_local_time, zone
-from rules.policy import Cap, Policy, RequireChannel, Reroute, SetPriority
+from rules.policy import CHANNELS, Policy
 
 Action = Literal["send", "defer", "suppress"]
 EVERYTHING = "*"
 GLOBAL_CONTROL = "global control"
-# How the checks of CRM and loyalty rules are named, and what one that did not apply says:
-# `Decision.reason` reads them back from stored decisions, which keep only the checks.
-RULE = "rule "
-NOT_APPLIED = "does not apply"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +140,6 @@ class UserState:
     in_global_control: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
-    rule: str
-    passed: bool
-    detail: str
-
-
 @dataclass(frozen=True)
 class Decision:
     action: Action
@@ -165,6 +162,19 @@ class Decision:
         return "; ".join(f"{c.rule}: {c.detail}" for c in shown)
 
 
+_sent_at = attrgetter("sent_at")
+_NO_TIME = timedelta(0)
+_UNKNOWN: Any = object()
+# Checks every decision may add, made once.
+_HIGHEST_IN_WINDOW = Check("conflict window", True, "highest score in its window")
+_OUTSIDE_QUIET_HOURS = Check("quiet hours", True, "outside quiet hours")
+_ALLOWED: dict[str, Check] = {c: Check(f"channel {c}", True, "allowed") for c in CHANNELS}
+
+
+def _allowed(channel: str) -> Check:
+    return _ALLOWED.get(channel) or Check(f"channel {channel}", True, "allowed")
+
+
 @dataclass
 class _Draft:
     """The request as the rules have reshaped it."""
@@ -178,7 +188,7 @@ class _Draft:
 
     def newest_first(self, contacts: Sequence[Contact]) -> list[Contact]:
         if self._newest_first is None:
-            self._newest_first = sorted(contacts, key=lambda c: c.sent_at, reverse=True)
+            self._newest_first = sorted(contacts, key=_sent_at, reverse=True)
         return self._newest_first
 
 
@@ -194,9 +204,9 @@ def decide(request: SendRequest, state: UserState, policy: Policy, now: datetime
         return Decision("suppress", score=score, checks=tuple(checks))
 
     transactional = request.category == "transactional"
-    window = timedelta(0) if transactional else policy.window_for(request.category)
+    window = _NO_TIME if transactional else policy.conflicts.windows.get(request.category, _NO_TIME)
     window_end = state.window_end
-    if window > timedelta(0):
+    if window > _NO_TIME:
         if window_end is None:
             open_windows = [p.window_end for p in state.peers if p.window_end > now]
             window_end = min(open_windows) if open_windows else now + window
@@ -220,7 +230,7 @@ def decide(request: SendRequest, state: UserState, policy: Policy, now: datetime
                                 checks=tuple(checks))  # fmt: skip
             # Tried again later, it competes in a new window: no window_end is kept.
             return Decision("defer", until=until, score=score, checks=tuple(checks))
-        checks.append(Check("conflict window", True, "highest score in its window"))
+        checks.append(_HIGHEST_IN_WINDOW)
 
     chosen, cap_free_at = _choose_channel(request, draft, state, policy, now, transactional)
     if chosen is None:
@@ -240,7 +250,7 @@ def decide(request: SendRequest, state: UserState, policy: Policy, now: datetime
                                 f"{quiet_until.isoformat()} (user's local time)"))  # fmt: skip
             return Decision("defer", until=quiet_until, window_end=window_end, score=score,
                             checks=tuple(checks))  # fmt: skip
-        checks.append(Check("quiet hours", True, "outside quiet hours"))
+        checks.append(_OUTSIDE_QUIET_HOURS)
     return Decision("send", channel=chosen, window_end=window_end, score=score,
                     checks=tuple(checks))  # fmt: skip
 
@@ -249,45 +259,50 @@ def _apply_rules(request: SendRequest, state: UserState, policy: Policy) -> _Dra
     draft = _Draft(channels=list(request.channels), priority=request.priority)
     if not policy.rules:
         return draft
-    context = {"user": user_context(request.user_id, state.traits), "message": request.describe()}
-    for rule in policy.rules:
-        name = f"{RULE}{rule.name}"
-        if not holds(rule.when, context):
-            draft.checks.append(Check(name, True, NOT_APPLIED))
+    rules = compiled(policy)
+    results = rules.tests(user_context(request.user_id, state.traits), request.describe())
+    if not any(results):
+        draft.checks = list(rules.none_applied)
+        return draft
+    checks = draft.checks
+    for rule, held in zip(rules.rules, results, strict=False):  # stops at a suppression
+        if not held:
+            checks.append(rule.skipped)
             continue
-        match rule.then:
-            case "suppress":
-                draft.checks.append(Check(name, False, "suppresses the message"))
+        kind = rule.kind
+        if kind == "suppress":
+            checks.append(rule.acted)  # type: ignore[arg-type]
+            draft.channels = []
+            return draft
+        if kind == "exempt_from_caps":
+            draft.exempt_from_caps = True
+            checks.append(rule.acted)  # type: ignore[arg-type]
+        elif kind == "reroute":
+            offered = ", ".join(draft.channels) or "no channel"
+            draft.channels = [rule.channel]  # type: ignore[list-item]
+            checks.append(Check(rule.name, True, f"rerouted {offered} -> {rule.channel}"))
+        elif kind == "require_channel":
+            if rule.channel not in draft.channels:
+                checks.append(Check(rule.name, False, f"requires {rule.channel}, not offered"))
                 draft.channels = []
                 return draft
-            case "exempt_from_caps":
-                draft.exempt_from_caps = True
-                draft.checks.append(Check(name, True, "exempts the message from caps"))
-            case Reroute(reroute=channel):
-                offered = ", ".join(draft.channels) or "no channel"
-                draft.channels = [channel]
-                draft.checks.append(Check(name, True, f"rerouted {offered} -> {channel}"))
-            case RequireChannel(require_channel=channel):
-                if channel not in draft.channels:
-                    draft.checks.append(Check(name, False, f"requires {channel}, not offered"))
-                    draft.channels = []
-                    return draft
-                draft.channels = [channel]
-                draft.checks.append(Check(name, True, f"requires {channel}"))
-            case SetPriority(priority=priority):
-                draft.priority = priority
-                draft.checks.append(Check(name, True, f"sets priority {priority}"))
+            draft.channels = [rule.channel]
+            checks.append(rule.acted)  # type: ignore[arg-type]
+        else:
+            draft.priority = rule.priority
+            checks.append(rule.acted)  # type: ignore[arg-type]
     return draft
 
 
 def _effective_priority(request: SendRequest, state: UserState, policy: Policy) -> int:
     priority = request.priority
-    if any(isinstance(rule.then, SetPriority) for rule in policy.rules):
-        context = {"user": user_context(request.user_id, state.traits),
-                   "message": request.describe()}  # fmt: skip
-        for rule in policy.rules:
-            if isinstance(rule.then, SetPriority) and holds(rule.when, context):
-                priority = rule.then.priority
+    rules = compiled(policy)
+    if rules.sets_priority:
+        results = rules.all_tests(user_context(request.user_id, state.traits),
+                                  request.describe())  # fmt: skip
+        for rule, held in zip(rules.rules, results, strict=True):
+            if held and rule.kind == "priority":
+                priority = rule.priority
     return priority
 
 
@@ -355,7 +370,7 @@ def _choose_channel(
     for channel in draft.channels:
         failures = _channel_failures(request, channel, draft, state, policy, now, transactional)
         if not failures:
-            draft.checks.append(Check(f"channel {channel}", True, "allowed"))
+            draft.checks.append(_allowed(channel))
             return channel, None
         draft.checks.extend(check for check, _ in failures)
         frees = [free_at for _, free_at in failures]
@@ -399,17 +414,18 @@ def _channel_failures(
                     detail = f"duplicate: {dedupe_key} went out on {contact.channel}"
                     failures.append((Check(name, False, detail), None))
                     break
-        if not draft.exempt_from_caps:
-            for cap in policy.caps:
-                if not _cap_applies(cap, channel, request):
-                    continue
-                if cap.name not in draft.cap_full_until:  # the same for every channel
-                    draft.cap_full_until[cap.name] = _cap_full_until(
-                        cap, draft.newest_first(state.contacts), now
-                    )
-                if free_at := draft.cap_full_until[cap.name]:
-                    detail = f"cap {cap.name} reached ({cap.max} per {format_duration(cap.window)})"
-                    failures.append((Check(name, False, detail), free_at))
+        if not draft.exempt_from_caps and policy.caps:
+            caps = compiled(policy).caps_for(channel, request.category, request.journey,
+                                             request.tags)  # fmt: skip
+            if caps:
+                newest = draft.newest_first(state.contacts)
+                full_until = draft.cap_full_until
+                for cap in caps:
+                    free_at = full_until.get(cap.name, _UNKNOWN)
+                    if free_at is _UNKNOWN:  # the same for every channel
+                        free_at = full_until[cap.name] = cap.full_until(newest, now)
+                    if free_at:
+                        failures.append((Check(name, False, cap.detail), free_at))
     return failures
 
 
@@ -428,6 +444,8 @@ def _hard_suppressions(
             EVERYTHING,
         ):
             reasons.append(stop.reason)
+    if not reasons:
+        return reasons
     return [r for r in dict.fromkeys(reasons) if obeyed is None or r in obeyed]
 
 
@@ -442,7 +460,7 @@ def _consent_problem(
         ):
             return f"unsubscribed from {stop.category} {stop.channel} messages".replace("*", "all")
     given = state.traits.get(policy.consent.trait)
-    answer = given.get(channel) if isinstance(given, Mapping) else None
+    answer = given.get(channel) if given is not None and isinstance(given, Mapping) else None
     if isinstance(answer, Mapping):
         answer = answer.get(request.category)
     mode = policy.consent.channels.get(channel, "opt_out")
@@ -453,43 +471,12 @@ def _consent_problem(
     return None
 
 
-def _cap_applies(cap: Cap, channel: str, request: SendRequest) -> bool:
-    return (
-        (cap.channel is None or cap.channel == channel)
-        and (cap.category is None or cap.category == request.category)
-        and (cap.journey is None or cap.journey == request.journey)
-        and (cap.tag is None or cap.tag in request.tags)
-    )
-
-
-def _cap_full_until(cap: Cap, newest_first: Sequence[Contact], now: datetime) -> datetime | None:
-    """None when the cap has room; else when its oldest counted contact leaves the window
-    (the `max`-th newest counted contact, so the scan stops there)."""
-    if cap.max == 0:
-        return now + cap.window  # nothing may go out within any window
-    since = now - cap.window
-    seen = 0
-    for c in newest_first:
-        if c.sent_at <= since:
-            break
-        if (
-            (cap.counts_transactional or c.category != "transactional")
-            and (cap.channel is None or cap.channel == c.channel)
-            and (cap.category is None or cap.category == c.category)
-            and (cap.journey is None or cap.journey == c.journey)
-            and (cap.tag is None or cap.tag in c.tags)
-        ):
-            seen += 1
-            if seen == cap.max:
-                return c.sent_at + cap.window
-    return None
-
-
 def _quiet_until(channel: str, state: UserState, policy: Policy, now: datetime) -> datetime | None:
     if not policy.quiet_hours:
         return None
     tz = zone(state.traits.get(policy.timezone_trait), state.default_timezone)
-    local = now.astimezone(tz).strftime("%H:%M")
+    clock = now.astimezone(tz)
+    local = f"{clock.hour:02d}:{clock.minute:02d}"
     for quiet in policy.quiet_hours:
         if channel not in quiet.channels:
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,6 +30,17 @@ TimeOfDay = Annotated[
 def zone(name: object, default: str) -> ZoneInfo:
     """The named zone, else the default. A profile's `timezone` trait is whatever some
     system sent: a name that is unknown, or not text at all, falls back too."""
+    if type(name) is str:  # every decision with quiet hours asks: remembered by name
+        return _zone(name, default)
+    return _find_zone(name, default)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str, default: str) -> ZoneInfo:
+    return _find_zone(name, default)
+
+
+def _find_zone(name: object, default: str) -> ZoneInfo:
     for candidate in (name, default, "UTC"):
         if isinstance(candidate, str) and candidate:
             try:

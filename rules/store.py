@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -142,6 +143,9 @@ async def lock_user(
     return row[1] if also is not None else None
 
 
+_STATE = "SELECT * FROM arbitration_state($1, $2, $3, $4)"
+
+
 async def arbitrate(
     conn: AsyncConnection,
     request: SendRequest,
@@ -153,18 +157,59 @@ async def arbitrate(
     in_global_control: bool = False,
 ) -> Decision:
     """Decide and record, inside the caller's transaction, after `lock_user`."""
-    fingerprint = _fingerprint(request)
-    longest_window = max(policy.conflicts.windows.values(), default=timedelta(0))
     # Straight to the driver: this runs for every message, and SQLAlchemy's statement
     # handling cost more than Postgres's work here.
     driver = await driver_connection(conn)
-    row = await driver.fetchrow(
-        _LOAD,
-        request.key,
-        request.user_id,
-        now - policy.longest_window,
-        now - longest_window - policy.max_defer,
-    )
+    row = await driver.fetchrow(_LOAD, request.key, request.user_id, *_since(policy, now))
+    return await _decide_and_record(
+        driver, request, row, traits=traits, policy=policy, now=now,
+        default_timezone=default_timezone, in_global_control=in_global_control,
+    )  # fmt: skip
+
+
+async def lock_and_arbitrate(
+    driver: Any,
+    request: SendRequest,
+    *,
+    policy: Policy,
+    now: datetime,
+    default_timezone: str = "UTC",
+    held_out: Callable[[str], bool] | None = None,
+) -> Decision:
+    """Lock the user, decide and record in two round trips, inside a transaction the
+    caller began on `driver` (an asyncpg connection). The request's user may have been
+    merged into another (a journey step that began before an identify): the decision is
+    for that one, under both locks, and caps count both ids' contacts. `held_out` says
+    whether a user is in the global control group."""
+    row = await driver.fetchrow(_STATE, request.key, request.user_id, *_since(policy, now))
+    user_id = row["user_id"]
+    if user_id != request.user_id:
+        request = replace(request, user_id=user_id)
+    return await _decide_and_record(
+        driver, request, row, traits=_json(row["traits"]) or {}, policy=policy, now=now,
+        default_timezone=default_timezone,
+        in_global_control=held_out is not None and held_out(user_id),
+    )  # fmt: skip
+
+
+def _since(policy: Policy, now: datetime) -> tuple[datetime, datetime]:
+    """Since when contacts count, and since when other requests' windows matter."""
+    longest_window = max(policy.conflicts.windows.values(), default=timedelta(0))
+    return now - policy.longest_window, now - longest_window - policy.max_defer
+
+
+async def _decide_and_record(
+    driver: Any,
+    request: SendRequest,
+    row: Mapping[str, Any],
+    *,
+    traits: Mapping[str, Any],
+    policy: Policy,
+    now: datetime,
+    default_timezone: str,
+    in_global_control: bool,
+) -> Decision:
+    fingerprint = _fingerprint(request)
     prior, last = _json(row["prior"]), _json(row["last"])
     contacts, stops, peers = _json(row["contacts"]), _json(row["suppressions"]), _json(row["peers"])
     window_end = None
@@ -189,7 +234,7 @@ async def arbitrate(
         in_global_control=in_global_control,
     )
     decision = decide(request, state, policy, now)
-    await _record(conn, request, fingerprint, decision, now)
+    await _record(driver, request, fingerprint, decision, now)
     return decision
 
 
@@ -342,11 +387,10 @@ def _decision_from_row(row: Mapping[str, Any]) -> Decision:
 
 
 async def _record(
-    conn: AsyncConnection, request: SendRequest, fingerprint: str, decision: Decision, now: datetime
+    driver: Any, request: SendRequest, fingerprint: str, decision: Decision, now: datetime
 ) -> None:
     state = {"send": "sent", "suppress": "suppressed", "defer": "pending"}[decision.action]
     checks = [{"rule": c.rule, "passed": c.passed, "detail": c.detail} for c in decision.checks]
-    driver = await driver_connection(conn)
     await driver.execute(
         """
             WITH saved AS (
@@ -366,7 +410,7 @@ async def _record(
             """,
         request.key,
         request.user_id,
-        json.dumps(_request_json(request)),
+        orjson.dumps(_request_json(request)).decode(),
         fingerprint,
         request.requested_at,
         decision.window_end,
@@ -378,7 +422,7 @@ async def _record(
         decision.action,
         decision.score,
         decision.reason,
-        json.dumps(checks),
+        orjson.dumps(checks).decode(),
     )
 
 

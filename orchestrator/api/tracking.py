@@ -20,6 +20,7 @@ from orchestrator.api.auth import WRITE_KEY, BadCredentials, identify
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute, read_body
 from orchestrator.api.limits import Limits
+from orchestrator.json_checks import nul_free
 from orchestrator.metrics.ingestion import count_refusal
 from orchestrator.profiles import ProfileTooLarge
 from orchestrator.receipts import EVENTS
@@ -178,8 +179,9 @@ async def _ingest(request: Request, services: Services, implied_type: str | None
             _admit(limits, source, request)
         now = services.clock()
         batch = parse_request(
-            body, implied_type=implied_type, max_event_bytes=settings.max_event_bytes, now=now
-        )
+            body, implied_type=implied_type, max_event_bytes=settings.max_event_bytes, now=now,
+            nul_free=nul_free(raw),
+        )  # fmt: skip
         if not source.server_side:
             _public_may_send(batch, services, batched=implied_type is None)
         plan = (await services.registry.snapshot()).tracking_plan.plan

@@ -311,3 +311,27 @@ async def test_a_receipts_time_is_checked_like_an_events(stack: Stack, occurred:
             "data": {"message_id": "m1", "occurred_at": occurred}}  # fmt: skip
     response = await post_receipt(stack, "email", body)
     assert (response.status_code, response.json()["field"]) == (400, "data.occurred_at")
+
+
+def test_text_without_a_nul_escape_is_checked_for_nesting_alone() -> None:
+    import orjson
+
+    from orchestrator.json_checks import nul_free, problem
+
+    deep: object = "end"
+    for i in range(40):
+        deep = {"k": [deep]} if i % 2 else [1, {"x": deep}]
+    document = {"batch": [{"fine": {"a": [1, 2]}}, {"props": deep}]}
+    text = orjson.dumps(document)
+    assert nul_free(text)
+    assert problem(document, nul_free=True) == problem(document)
+    assert problem(document, nul_free=True) is not None
+    assert problem({"a": [{"b": 1}]}, nul_free=True) is None
+    for levels in (31, 32, 33):  # the limit is 32 levels, the document itself the first
+        nested: object = {}
+        for _ in range(levels - 1):
+            nested = [nested]
+        assert problem(nested, nul_free=True) == problem(nested)
+        assert (problem(nested) is None) == (levels <= 32)
+    assert not nul_free(orjson.dumps({"a": "x\u0000"}))  # the escape JSON spells it with
+    assert not nul_free(b'{"a": "x\x00"}')

@@ -249,3 +249,31 @@ async def test_a_restore_after_new_consent_lets_events_in_again(
     assert entry["details"] == {"consent": "signed up again, ticket 4411"}
     assert (await stack.call("POST", restore, key=ADMIN_KEY,
                              json={"consent": "again"})).status_code == 409  # fmt: skip
+
+
+async def test_one_batch_mixing_erased_and_other_users_stores_only_the_others(
+    stack: Stack, engine: AsyncEngine
+) -> None:
+    # Messages naming only a user are checked by the insert itself; those with other ids
+    # by the query before it: one batch goes through both, in one transaction.
+    await stack.track(ADA, "Order Completed", message_id="before")
+    response = await stack.call("DELETE", f"/v1/users/{ADA}", key=ADMIN_KEY)
+    handle = stack.client.get_workflow_handle(response.json()["workflow_id"])
+    await asyncio.wait_for(handle.result(), 120)
+    batch = [
+        {"type": "track", "userId": ADA, "event": "Viewed", "messageId": "m1"},
+        {"type": "track", "userId": BOB, "event": "Viewed", "messageId": "m2"},
+        {"type": "track", "userId": ADA, "event": "Viewed", "messageId": "m3"},
+        {"type": "identify", "userId": ADA, "traits": {"plan": "pro"}, "messageId": "m4"},
+        {"type": "track", "userId": "carol-1", "anonymousId": "anon-c", "event": "Viewed",
+         "messageId": "m5"},
+        {"type": "track", "userId": BOB, "event": "Viewed", "messageId": "before"},
+    ]  # fmt: skip
+    assert (await stack.send("/v1/batch", {"batch": batch})).status_code == 200
+    stored = await rows(engine, "SELECT message_id, user_id FROM events ORDER BY message_id")
+    assert stored == [
+        {"message_id": "tests/before", "user_id": BOB},  # an erased event's id is free
+        {"message_id": "tests/m2", "user_id": BOB},
+        {"message_id": "tests/m5", "user_id": "carol-1"},
+    ]
+    assert await rows(engine, "SELECT user_id FROM profiles WHERE user_id = :u", u=ADA) == []
