@@ -540,6 +540,7 @@ class JourneyInterpreter:
         )
         self._state.user_id, self._profile = user, None
         self._set_attribute(search.USER_ID.value_set(user))
+        self._publish()  # ops search by user: the Temporal UI names the known user at once
         if identified.ends:
             self._end("exited", MERGED)
         else:
