@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from alembic import command
 from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -362,6 +363,29 @@ async def test_kafka_that_does_not_answer(
     findings = by_check(await diagnose(settings.model_copy(update={"workspace": root}), timeout=1))
     assert findings["kafka"].status == "fail"
     assert findings["kafka"].message.startswith(f"cannot reach 127.0.0.1:{port}: ")
+
+
+async def test_kafka_that_answers_names_the_topics_it_lacks(
+    settings: Settings, tmp_path: Path, receiver: Receiver, kafka_broker: str
+) -> None:
+    topic = f"doctor-facts-{uuid.uuid4().hex[:8]}"
+    kafka = f"kafka:\n  bootstrap_servers: {kafka_broker}\n  publish: {{topic: {topic}}}\n"
+    root = write_workspace(tmp_path / "kafka", receiver_url=receiver.url,
+                           journeys={"once": ONE_SEND}, config=kafka)  # fmt: skip
+    moved = settings.model_copy(update={"workspace": root})
+    findings = by_check(await diagnose(moved))
+    assert findings["kafka"].status == "warn"
+    assert findings["kafka"].message == f"{kafka_broker} answers but has no topic {topic}"
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    findings = by_check(await diagnose(moved))
+    assert findings["kafka"].status == "ok"
+    assert findings["kafka"].message == f"{kafka_broker} answers; topics {topic} present"
 
 
 async def test_no_worker_polling_is_a_warning(settings: Settings) -> None:
