@@ -16,7 +16,7 @@ import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -48,6 +48,8 @@ class BenchStack:
     worker: subprocess.Popen[bytes]
     api: subprocess.Popen[bytes]
     temporal: TemporalDevServer
+    # The processes' ORCHESTRATOR_* environment, for benchmarks that start more of them.
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def write_workspace(
@@ -135,7 +137,7 @@ async def bench_stack(
             await _wait_http(f"{api_url}/healthz")
             client = await connect(temporal.address)
             yield BenchStack(
-                api_url, database_url, engine, client, "bench", workspace, work, api, temporal
+                api_url, database_url, engine, client, "bench", workspace, work, api, temporal, env
             )
             await engine.dispose()
         finally:

@@ -23,6 +23,7 @@ from orchestrator.cli_settings import (
     serving_settings,
     settings_with_database,
 )
+from orchestrator.doctor.cli import doctor
 from orchestrator.experiments.cli import app as experiments_app
 from orchestrator.journeys_cli import app as journeys_app
 from orchestrator.ranking_cli import app as ranking_app
@@ -52,6 +53,7 @@ app.add_typer(tracking_plan_app, name="tracking-plan")
 app.add_typer(retention_app, name="retention")
 app.add_typer(users_app, name="users")
 app.command("audit")(audit_log)
+app.command("doctor")(doctor)
 events_app = typer.Typer(help="The facts the product publishes.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 

@@ -26,11 +26,19 @@ def command_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        for error in exc.errors():
-            name = "ORCHESTRATOR_" + "_".join(str(part) for part in error["loc"]).upper()
-            message = error["msg"].removeprefix("Value error, ")
-            typer.echo(message if not error["loc"] else f"{name}: {message}", err=True)
+        for line in settings_problems(exc):
+            typer.echo(line, err=True)
         raise typer.Exit(1) from None
+
+
+def settings_problems(exc: ValidationError) -> list[str]:
+    """Each problem with the settings, named by its variable (`ORCHESTRATOR_API_PORT: ...`)."""
+    lines = []
+    for error in exc.errors():
+        name = "ORCHESTRATOR_" + "_".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(message if not error["loc"] else f"{name}: {message}")
+    return lines
 
 
 def settings_with_database() -> Settings:
@@ -40,17 +48,25 @@ def settings_with_database() -> Settings:
     settings = command_settings()
     if settings.database_url:
         return settings
-    here = Path.cwd()
-    for directory in (here, *here.parents):
-        url = running_url(directory / DEV_STATE_DIR / "postgres")
-        if url is not None:
-            return settings.model_copy(update={"database_url": url})
+    url = dev_database_url()
+    if url is not None:
+        return settings.model_copy(update={"database_url": url})
     typer.echo(
         "no database: set ORCHESTRATOR_DATABASE_URL, or start `orchestrator dev` in this "
         f"directory (its Postgres keeps its data in {DEV_STATE_DIR}/)",
         err=True,
     )
     raise typer.Exit(1)
+
+
+def dev_database_url() -> str | None:
+    """The database of the `orchestrator dev` running from this directory or one above."""
+    here = Path.cwd()
+    for directory in (here, *here.parents):
+        url = running_url(directory / DEV_STATE_DIR / "postgres")
+        if url is not None:
+            return url
+    return None
 
 
 def database_url() -> str:

@@ -59,6 +59,10 @@ class Receiver:
         self.on_request: Callable[[Received], None] | None = None
         # Set when a request arrives, before its script's delay: a send is under way.
         self.arriving = asyncio.Event()
+        # While `hold` is set and not yet released, requests wait here unanswered
+        # (`held` counts them): the senders have them in flight.
+        self.hold: asyncio.Event | None = None
+        self.held = 0
 
     def script(self, path: str, *scripts: Script) -> None:
         """Answer the next requests to `path` like this (then 200 again)."""
@@ -90,6 +94,12 @@ class Receiver:
                 verified = False
         script = self._scripts[path].popleft() if self._scripts[path] else Script(200)
         self.arriving.set()
+        if self.hold is not None and not self.hold.is_set():
+            self.held += 1
+            try:
+                await self.hold.wait()
+            finally:
+                self.held -= 1
         if script.delay:
             await asyncio.sleep(script.delay)
         received = Received(path, dict(request.headers), body, verified)

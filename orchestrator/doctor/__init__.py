@@ -1,0 +1,1 @@
+"""`orchestrator doctor`: a deployment's configuration and connectivity, checked in plain words."""
