@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from orchestrator.ranking.evaluate_cli import DEFAULT_DATA
 from orchestrator.ranking.evaluation import Metrics
 from orchestrator.ranking.retail import Dataset, read_retail
 from orchestrator.ranking.tuning import (
@@ -30,7 +31,6 @@ from orchestrator.ranking.tuning import (
     score,
     validation_split,
 )
-from orchestrator.ranking_cli import DEFAULT_DATA
 
 SHOWN = ("ndcg@10", "precision@10", "recall@10", "hit_rate@10")
 

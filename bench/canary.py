@@ -26,6 +26,7 @@ from bench.ranking import _events
 from channels.ranking import RankRequest
 from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
+from orchestrator.ranking.evaluate_cli import DEFAULT_DATA
 from orchestrator.ranking.model import HybridModel, histories
 from orchestrator.ranking.monitoring import compare_canary, shown
 from orchestrator.ranking.retail import read_retail
@@ -37,7 +38,6 @@ from orchestrator.ranking.rollout import (
     start_canary,
 )
 from orchestrator.ranking.serving import BuiltInRanker
-from orchestrator.ranking_cli import DEFAULT_DATA
 from orchestrator.tables import ranking_models
 
 SEGMENT = 'user.country == "United Kingdom"'

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from orchestrator.ranking.beyond_accuracy import ItemSpace
 from orchestrator.ranking.diversity import derived_categories, diversified
+from orchestrator.ranking.evaluate_cli import DEFAULT_DATA, GROUP_METRICS
 from orchestrator.ranking.evaluation import Metrics, evaluate, split
 from orchestrator.ranking.fairness import by_group, summary
 from orchestrator.ranking.model import HybridModel, Popularity
 from orchestrator.ranking.retail import read_retail
-from orchestrator.ranking_cli import DEFAULT_DATA, GROUP_METRICS
 
 CUTOFF = datetime(2011, 9, 1)  # noqa: DTZ001 (the dataset's times are naive)
 LAMBDAS = (0.9, 0.7, 0.5, 0.3)

@@ -29,11 +29,11 @@ from bench.harness import SERVER_KEY, bench_stack, percentile
 from channels.ranking import RankRequest
 from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
+from orchestrator.ranking.evaluate_cli import DEFAULT_DATA
 from orchestrator.ranking.model import HybridModel, histories
 from orchestrator.ranking.retail import Purchase, read_retail
 from orchestrator.ranking.serving import BuiltInRanker
 from orchestrator.ranking.versions import train
-from orchestrator.ranking_cli import DEFAULT_DATA
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -268,7 +268,7 @@ audit_log = Table(
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
-    # server_key | user_token | write_key | cli
+    # server_key | user_token | write_key | cli | system
     Column("actor_kind", Text, nullable=False),
     Column("actor", Text, nullable=False),
     Column("action", Text, nullable=False),

@@ -167,8 +167,9 @@ async def running_worker(
             deps=deps,
         )
         ranking = RankingActivities(
-            engine, events=config.ranking.popularity_events, drift=config.ranking.drift
-        )
+            engine, events=config.ranking.popularity_events, drift=config.ranking.drift,
+            monitoring=config.ranking.monitoring,
+        )  # fmt: skip
         identity = IdentityActivities(engine=engine, client=client, policy=workspace.policy)
         router = Router(
             engine=engine, client=client, registry=JourneyRegistry(engine), task_queue=task_queue,

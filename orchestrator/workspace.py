@@ -14,6 +14,7 @@ secrets need not live in git; `${NAME:-default}` uses the default when NAME is u
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -157,6 +158,13 @@ class RankingMonitoringConfig(_Config):
     bands: list[float] | None = Field(
         default=None, min_length=1, description="Group a numeric `by` trait, e.g. [25, 35, 50]"
     )
+
+    @field_validator("bands")
+    @classmethod
+    def _increasing(cls, bands: list[float] | None) -> list[float] | None:
+        if bands is not None and any(b <= a for a, b in itertools.pairwise(bands)):
+            raise ValueError("bands must be increasing numbers, e.g. [25, 35, 50, 65]")
+        return bands
 
 
 class DiversityConfig(_Config):

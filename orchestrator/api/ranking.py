@@ -15,8 +15,8 @@ from orchestrator.api.auth import Caller, record_use, server_key_with
 from orchestrator.api.deps import ServicesDep
 from orchestrator.api.inputs import GuardedRoute
 from orchestrator.profiles import load_traits
-from orchestrator.ranking import cards
-from orchestrator.ranking import monitoring as report
+from orchestrator.ranking import cards, monitoring
+from orchestrator.ranking.fairness import GroupingError
 from orchestrator.ranking.versions import versions
 from rules.durations import DurationError, parse_duration
 
@@ -141,7 +141,14 @@ async def monitor(
         window = parse_duration(since)
     except DurationError as exc:
         raise HTTPException(400, {"error": str(exc), "field": "since"}) from None
+    if window > monitoring.LONGEST:
+        raise HTTPException(400, {"error": f"at most {monitoring.LONGEST.days}d", "field": "since"})
     ranking = services.config.ranking
-    async with services.engine.connect() as conn:
-        found = await report.report(conn, ranking, since=window, now=services.clock(), by=by)
+    try:
+        async with services.engine.connect() as conn:
+            found = await monitoring.report(
+                conn, ranking, since=window, now=services.clock(), by=by
+            )
+    except GroupingError as exc:
+        raise HTTPException(400, {"error": f"by {by}: {exc}", "field": "by"}) from None
     return dict(jsonable_encoder(found))

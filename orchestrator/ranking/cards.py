@@ -19,7 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.ranking.evaluation import Metrics
-from orchestrator.ranking.fairness import by_group, from_dict, summary
+from orchestrator.ranking.fairness import (
+    MAX_GROUPS,
+    GroupingError,
+    by_group,
+    from_dict,
+    summary,
+)
 from orchestrator.tables import audit_log, ranking_models
 
 # What the built-in model reads (orchestrator/ranking/model.py says how).
@@ -32,6 +38,19 @@ FEATURES = (
 )
 REPORTED = ("ndcg@10", "precision@10", "recall@10", "hit_rate@10", "coverage@10")
 BY_GROUP = ("ndcg@10", "precision@10", "recall@10", "hit_rate@10")
+
+
+def _by_group(
+    held_out: Metrics, groups: Mapping[str, object], bands: Sequence[float] | None
+) -> dict[str, Any]:
+    """The held-out metrics by group; small groups are counted, never named (the card
+    is kept for good, and a value few users share may say who they are)."""
+    try:
+        grouped = by_group(held_out.users, groups, metrics=BY_GROUP, bands=bands,
+                           max_groups=MAX_GROUPS, name_folded=False)  # fmt: skip
+    except GroupingError as exc:
+        return {"skipped": str(exc)}
+    return asdict(grouped)
 
 
 def training_card(
@@ -54,9 +73,7 @@ def training_card(
             "users": len(held_out.users),
             "metrics": {key: held_out.values[key] for key in REPORTED},
         },
-        "by_group": asdict(by_group(held_out.users, groups, metrics=BY_GROUP, bands=bands))
-        if groups
-        else {},
+        "by_group": _by_group(held_out, groups, bands) if groups else {},
         "passed_gate": passed,
     }
 
@@ -112,10 +129,10 @@ async def card(conn: AsyncConnection, version: int) -> dict[str, Any] | None:
         else {"at": row.degraded_at.isoformat(), "reason": row.degraded_reason},
         "history": [
             {
+                **dict(h.details or {}),
                 "at": h.at.isoformat(),
                 "actor": f"{h.actor_kind}:{h.actor}",
                 "action": h.action,
-                **dict(h.details or {}),
             }
             for h in history
         ],
@@ -145,7 +162,9 @@ def render(found: Mapping[str, Any]) -> str:
             f"  offline (held out from {offline['held_out_from'][:10]}, {offline['users']:,} "
             "users): " + ", ".join(f"{k} {v:.4f}" for k, v in offline["metrics"].items())
         )
-    if found["by_group"]:
+    if "skipped" in found["by_group"]:
+        lines.append(f"  held out, by group: not kept ({found['by_group']['skipped']})")
+    elif found["by_group"]:
         lines.append(summary(from_dict(found["by_group"]), title="  held out, by group"))
     gate = found["gate"]
     passed = {True: "passed", False: "failed", None: "not recorded"}[gate["passed"]]

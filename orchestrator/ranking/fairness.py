@@ -30,6 +30,14 @@ from scipy import stats  # type: ignore[import-untyped]
 OTHER = "other"
 
 
+# The most groups a stored or served breakdown (a card, the monitor) compares.
+MAX_GROUPS = 50
+
+
+class GroupingError(ValueError):
+    """The trait cannot be grouped (too many distinct values)."""
+
+
 @dataclass(frozen=True)
 class GroupMetric:
     mean: float
@@ -46,8 +54,9 @@ class Group:
     name: str
     users: int
     metrics: dict[str, GroupMetric]
-    folded: tuple[str, ...] = ()  # for "other": the small groups it holds
+    folded: tuple[str, ...] = ()  # for "other": the small groups it holds, when named
     tested: bool = True  # False: too few users to compare
+    folded_groups: int = 0  # for "other": how many small groups it holds
 
     @property
     def worse(self) -> list[str]:
@@ -166,10 +175,15 @@ def by_group(
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
+    max_groups: int | None = None,
+    name_folded: bool = True,
 ) -> GroupReport:
     """Each group's mean of each metric with an interval, and the groups served
     clearly worse than the rest. `values` holds each user's metrics; `groups` each
-    user's trait value (a number when `bands` are given)."""
+    user's trait value (a number when `bands` are given). With `max_groups`, a trait
+    of more distinct values is refused (GroupingError: an email address is no group);
+    without `name_folded`, "other" counts the small groups it holds without naming
+    them (a value shared by few users may say who they are)."""
     if min_users < 2:
         raise ValueError("min_users must be at least 2")
     if not 0 < gap < 1:
@@ -185,6 +199,10 @@ def by_group(
         else:
             members[label].append(user)
     sizes = Counter({label: len(users) for label, users in members.items()})
+    if max_groups is not None and len(sizes) > max_groups:
+        raise GroupingError(
+            f"{len(sizes):,} distinct values: at most {max_groups} groups can be compared"
+        )
     small = sorted(label for label, size in sizes.items() if size < min_users and label != OTHER)
     for label in small:
         members[OTHER].extend(members.pop(label))
@@ -226,7 +244,8 @@ def by_group(
                 name=label,
                 users=len(members[label]),
                 metrics=found[label],
-                folded=tuple(small) if label == OTHER else (),
+                folded=tuple(small) if label == OTHER and name_folded else (),
+                folded_groups=len(small) if label == OTHER else 0,
                 tested=label in tested,
             )
             for label in order
@@ -273,6 +292,8 @@ def summary(report: GroupReport, *, title: str) -> str:
     for group in report.groups:
         if group.folded:
             lines.append(f"{group.name}: {', '.join(group.folded)}")
+        elif group.folded_groups:
+            lines.append(f"{group.name}: {group.folded_groups} smaller groups")
     if report.ungrouped:
         lines.append(f"{report.ungrouped:,} users have no value for the trait and are left out")
     for name, metric in report.flagged:
@@ -297,6 +318,7 @@ def from_dict(stored: Mapping[str, Any]) -> GroupReport:
             users=g["users"],
             metrics={m: GroupMetric(**v) for m, v in g["metrics"].items()},
             folded=tuple(g["folded"]),
+            folded_groups=g.get("folded_groups", len(g["folded"])),
             tested=g["tested"],
         )
         for g in stored["groups"]

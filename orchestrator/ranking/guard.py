@@ -26,8 +26,16 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orchestrator.ranking.monitoring import CanaryComparison, cell, compare_canary, shown
-from orchestrator.ranking.rollout import GUARD, active_version, degrade, end_canary, running_canary
+from orchestrator.ranking.monitoring import CanaryComparison, canary_comparison, cell, shown
+from orchestrator.ranking.rollout import (
+    GUARD,
+    activated_at,
+    active_version,
+    degrade,
+    end_canary,
+    running_canary,
+    serialised,
+)
 from orchestrator.tables import ranking_models
 from orchestrator.workspace import RankingMonitoringConfig
 
@@ -68,16 +76,13 @@ async def check(
             text("SELECT pg_try_advisory_xact_lock(hashtext('ranking-guard'))")
         ):
             return []
+        await serialised(conn)  # no switch can happen between what is read and what is done
         canary = await running_canary(conn)
         if canary is not None:
-            messages = await shown(conn, since=canary.since, until=now, events=events,
-                                   attribution=config.attribution)  # fmt: skip
-            found = await compare_canary(
-                conn, canary, messages, planning_users=config.canary_planning_users
-            )
+            found = await canary_comparison(conn, canary, config, events=events, now=now)
             why = canary_verdict(found, config)
-            if why is not None:
-                await end_canary(conn, canary, actor=GUARD, now=now, reason=why)
+            if why is not None and await end_canary(conn, canary, actor=GUARD, now=now,
+                                                    reason=why):  # fmt: skip
                 done.append(f"the canary version {canary.version} is rolled back: {why}")
         done += await _floor(conn, config, events=events, now=now)
     return done
@@ -96,7 +101,10 @@ async def _floor(
     )
     if degraded is not None:
         return []
-    messages = await shown(conn, since=now - config.window, until=now, events=events,
+    # Only what the version did since it last went live: a person who puts it back
+    # after a degradation gives it a fresh start.
+    since = max(now - config.window, await activated_at(conn, version) or now - config.window)
+    messages = await shown(conn, since=since, until=now, events=events,
                            attribution=config.attribution)  # fmt: skip
     figures = cell(m for m in messages if m.model == f"hybrid-v{version}")
     high = figures.click_rate.high
@@ -107,5 +115,6 @@ async def _floor(
         f"{config.window}: {figures.click_rate.value:.2%} (95% interval up to {high:.2%}), "
         f"under the floor of {config.min_click_rate:.2%}"
     )
-    await degrade(conn, version, reason=why, now=now)
+    if not await degrade(conn, version, reason=why, now=now):
+        return []
     return [f"version {version} is degraded, the baseline answers: {why}"]

@@ -19,22 +19,27 @@ inflate false alarms. Users are counted in their arm whatever filled their messa
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.catalog import PURCHASE_LINES
-from orchestrator.ranking.fairness import by_group
+from orchestrator.ranking.fairness import MAX_GROUPS, by_group
 from orchestrator.ranking.rollout import Canary, running_canary
-from orchestrator.reports.estimates import ArmTotals, Estimate
+from orchestrator.reports.estimates import CONFIDENCE, ArmTotals, Estimate
 from orchestrator.reports.statistics import SequentialTest, sequential_test, wilson_interval
 from orchestrator.tables import ranking_models
-from orchestrator.workspace import RankingConfig
+from orchestrator.workspace import RankingConfig, RankingMonitoringConfig
+
+# The most `ranking monitor` looks back: each message is read with its receipts and the
+# user's purchases after it.
+LONGEST = timedelta(days=90)
 
 _SHOWN = text(
     f"""
@@ -176,6 +181,13 @@ async def traits_of(conn: AsyncConnection, users: Sequence[str]) -> dict[str, di
     return {r.id: dict(r.traits) for r in rows}
 
 
+async def trait_of(engine: AsyncEngine, users: Iterable[str], trait: str) -> dict[str, object]:
+    """Each user's value of one trait now (None where they have none)."""
+    async with engine.connect() as conn:
+        found = await traits_of(conn, sorted(set(users)))
+    return {user: traits.get(trait) for user, traits in found.items()}
+
+
 async def compare_canary(
     conn: AsyncConnection,
     canary: Canary,
@@ -183,9 +195,21 @@ async def compare_canary(
     *,
     planning_users: int,
 ) -> CanaryComparison:
-    """The canary's arm against the active's, over `messages` (those since it started)."""
+    """The canary's arm against the active's, over `messages` (those since it started).
+    Two outcomes are tested, each at 97.5%, so that a canary as good as the active
+    version is rolled back by chance at most 5% of the time (Bonferroni)."""
     users = sorted({m.user_id for m in messages})
     traits = await traits_of(conn, users) if canary.segment is not None else {}
+    return await asyncio.to_thread(_compared, canary, messages, traits, planning_users)
+
+
+def _compared(
+    canary: Canary,
+    messages: Sequence[Shown],
+    traits: Mapping[str, Mapping[str, Any]],
+    planning_users: int,
+) -> CanaryComparison:
+    users = sorted({m.user_id for m in messages})
     arm_of = {
         user: ("canary" if canary.drawn(user) else "active")
         for user in users
@@ -206,8 +230,9 @@ async def compare_canary(
             for name, arm in arms.items()
         }
         tests[outcome] = sequential_test(
-            totals["canary"], totals["active"], metric="conversion", planning_users=planning_users
-        )
+            totals["canary"], totals["active"], metric="conversion",
+            planning_users=planning_users, confidence=1 - (1 - CONFIDENCE) / 2,
+        )  # fmt: skip
     return CanaryComparison(canary, arms, tests["clicked"], tests["converted"], left_out)
 
 
@@ -236,10 +261,25 @@ async def per_group(
         return None
     traits = await traits_of(conn, sorted(values))
     groups = {user: traits.get(user, {}).get(by) for user in values}
-    return {
-        "by": by,
-        **asdict(by_group(values, groups, metrics=("clicked", "bought"), bands=bands)),
-    }
+    grouped = await asyncio.to_thread(
+        by_group, values, groups, metrics=("clicked", "bought"), bands=bands,
+        max_groups=MAX_GROUPS, name_folded=False,
+    )  # fmt: skip
+    return {"by": by, **asdict(grouped)}
+
+
+async def canary_comparison(
+    conn: AsyncConnection,
+    canary: Canary,
+    config: RankingMonitoringConfig,
+    *,
+    events: Sequence[str],
+    now: datetime,
+) -> CanaryComparison:
+    """The running canary against the active version, over the messages since it began."""
+    messages = await shown(conn, since=canary.since, until=now, events=events,
+                           attribution=config.attribution)  # fmt: skip
+    return await compare_canary(conn, canary, messages, planning_users=config.canary_planning_users)
 
 
 async def report(
@@ -295,10 +335,6 @@ async def report(
         }
     canary = await running_canary(conn)
     if canary is not None:
-        since_start = await shown(conn, since=canary.since, until=now, events=events,
-                                  attribution=config.attribution)  # fmt: skip
-        compared = await compare_canary(
-            conn, canary, since_start, planning_users=config.canary_planning_users
-        )
+        compared = await canary_comparison(conn, canary, config, events=events, now=now)
         found["canary"] = asdict(compared)
     return found

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.access import audit
@@ -71,6 +71,12 @@ def subject(version: int) -> str:
     return f"ranking:v{version}"
 
 
+async def serialised(conn: AsyncConnection) -> None:
+    """In the caller's transaction: wait for any other switch (a person's command, a
+    training run, the guard) to commit, so that what is read next stays true."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('ranking-versions'))"))
+
+
 async def running_canary(conn: AsyncConnection) -> Canary | None:
     row = (
         await conn.execute(
@@ -92,6 +98,17 @@ async def active_version(conn: AsyncConnection) -> int | None:
     return None if found is None else int(found)
 
 
+async def activated_at(conn: AsyncConnection, version: int) -> datetime | None:
+    """When `version` last went live (activated, promoted or trained to it), if recorded."""
+    found: datetime | None = await conn.scalar(
+        select(func.max(audit_log.c.at)).where(
+            audit_log.c.subject == subject(version),
+            audit_log.c.action.in_(("ranking.activate", "ranking.promote")),
+        )
+    )
+    return found
+
+
 async def _status(conn: AsyncConnection, version: int) -> str:
     status = await conn.scalar(
         select(ranking_models.c.status).where(ranking_models.c.version == version).with_for_update()
@@ -106,8 +123,15 @@ async def make_active(
 ) -> int | None:
     """In the caller's transaction: `version` becomes the active one (clearing any
     degraded mark and, if it was the canary, its canary state); the version it
-    replaced, if any, becomes inactive and is returned."""
+    replaced, if any, becomes inactive and is returned. A canary still running is
+    compared afresh from now: its "active" arm is another version from here on."""
+    await serialised(conn)
     previous = await active_version(conn)
+    await conn.execute(
+        update(ranking_models)
+        .where(ranking_models.c.status == "canary", ranking_models.c.version != version)
+        .values(canary_since=now)
+    )
     await conn.execute(
         update(ranking_models)
         .where(ranking_models.c.status == "active", ranking_models.c.version != version)
@@ -132,6 +156,7 @@ async def activate(
 ) -> int | None:
     """Make `version` the live one; returns the version it replaced."""
     async with engine.begin() as conn:
+        await serialised(conn)
         await _status(conn, version)
         return await make_active(conn, version, actor=actor, now=now, how="activated")
 
@@ -146,7 +171,8 @@ async def start_canary(
     now: datetime,
 ) -> Canary:
     """Serve `version` to `share` (0..MAX_SHARE) of the users beside the active version;
-    the same version again changes its share or segment (the users already drawn stay)."""
+    the same version again changes its share or segment (the users already drawn stay
+    drawn; the comparison starts afresh, since the arms are no longer what they were)."""
     if not 0 < share <= MAX_SHARE:
         raise VersionError(f"the share is a percentage above 0 and at most {MAX_SHARE:.0%}")
     if segment is not None:
@@ -154,6 +180,7 @@ async def start_canary(
         if problem:
             raise VersionError(f"--segment: {problem}")
     async with engine.begin() as conn:
+        await serialised(conn)
         status = await _status(conn, version)
         if status == "active":
             raise VersionError(f"version {version} is the active version already")
@@ -168,7 +195,8 @@ async def start_canary(
                 f"version {running.version} is the canary already: `orchestrator ranking "
                 "promote` or `rollback` it first"
             )
-        since = running.since if running is not None else now
+        unchanged = running is not None and (running.share, running.segment) == (share, segment)
+        since = running.since if running is not None and unchanged else now
         await conn.execute(
             update(ranking_models)
             .where(ranking_models.c.version == version)
@@ -183,6 +211,7 @@ async def start_canary(
 async def promote(engine: AsyncEngine, *, actor: audit.Actor, now: datetime) -> int:
     """The canary becomes the active version; returns its number."""
     async with engine.begin() as conn:
+        await serialised(conn)
         running = await running_canary(conn)
         if running is None:
             raise VersionError("no canary is running (`orchestrator ranking canary N` starts one)")
@@ -193,17 +222,22 @@ async def promote(engine: AsyncEngine, *, actor: audit.Actor, now: datetime) -> 
 
 async def end_canary(
     conn: AsyncConnection, canary: Canary, *, actor: audit.Actor, now: datetime, reason: str
-) -> None:
-    """In the caller's transaction: the canary stops serving (its version is inactive)."""
-    await conn.execute(
+) -> bool:
+    """In the caller's transaction: the canary stops serving (its version is inactive).
+    False, and nothing recorded, when it is not the canary any more."""
+    await serialised(conn)
+    ended = await conn.execute(
         update(ranking_models)
         .where(ranking_models.c.version == canary.version, ranking_models.c.status == "canary")
         .values(status="inactive", canary_share=None, canary_segment=None, canary_since=None)
     )
+    if not ended.rowcount:
+        return False
     details = {"canary": True, "reason": reason, "share": canary.share,
                "since": canary.since.isoformat()}  # fmt: skip
     await audit.record(conn, actor, "ranking.rollback", subject=subject(canary.version),
                        now=now, details=details)  # fmt: skip
+    return True
 
 
 async def rollback(
@@ -212,6 +246,7 @@ async def rollback(
     """End the canary; with none running, switch back to the version that was active
     before the current one. Says what it did."""
     async with engine.begin() as conn:
+        await serialised(conn)
         running = await running_canary(conn)
         if running is not None:
             await _status(conn, running.version)
@@ -237,13 +272,18 @@ async def rollback(
         return f"version {previous} is active again (instead of {current})"
 
 
-async def degrade(conn: AsyncConnection, version: int, *, reason: str, now: datetime) -> None:
-    """In the caller's transaction: mark the active version degraded (the baseline answers)."""
-    await conn.execute(
+async def degrade(conn: AsyncConnection, version: int, *, reason: str, now: datetime) -> bool:
+    """In the caller's transaction: mark the active version degraded (the baseline
+    answers); False, and nothing recorded, when it is not the active one any more."""
+    await serialised(conn)
+    marked = await conn.execute(
         update(ranking_models)
         .where(ranking_models.c.version == version, ranking_models.c.status == "active",
                ranking_models.c.degraded_at.is_(None))
         .values(degraded_at=now, degraded_reason=reason)
     )  # fmt: skip
+    if not marked.rowcount:
+        return False
     await audit.record(conn, GUARD, "ranking.degrade", subject=subject(version), now=now,
                        details={"reason": reason})  # fmt: skip
+    return True

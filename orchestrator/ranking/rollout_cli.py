@@ -127,7 +127,8 @@ def monitor(
 
     from orchestrator.journeys_cli import root_for
     from orchestrator.ranking import guard
-    from orchestrator.ranking.monitoring import report
+    from orchestrator.ranking.fairness import GroupingError
+    from orchestrator.ranking.monitoring import LONGEST, report
     from orchestrator.ranking.report_text import render
     from orchestrator.workspace import load_config
     from rules.durations import DurationError, parse_duration
@@ -137,6 +138,9 @@ def monitor(
     except DurationError as exc:
         typer.echo(f"--since: {exc}", err=True)
         raise typer.Exit(1) from None
+    if window > LONGEST:
+        typer.echo(f"--since: at most {LONGEST.days}d", err=True)
+        raise typer.Exit(1)
     ranking = load_config(root_for([], None)).ranking
 
     async def work(engine: AsyncEngine) -> tuple[list[str], dict[str, Any]]:
@@ -148,7 +152,11 @@ def monitor(
         async with engine.connect() as conn:
             return done, await report(conn, ranking, since=window, now=now, by=by)
 
-    done, found = _run(work)
+    try:
+        done, found = _run(work)
+    except GroupingError as exc:
+        typer.echo(f"--by {by or ranking.monitoring.by}: {exc}", err=True)
+        raise typer.Exit(1) from None
     for act in done:
         typer.echo(f"guard: {act}")
     if as_json:

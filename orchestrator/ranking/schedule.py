@@ -25,9 +25,10 @@ from temporalio.exceptions import ApplicationError
 
 from orchestrator.access.audit import Actor
 from orchestrator.ranking.drift import measure
+from orchestrator.ranking.monitoring import trait_of
 from orchestrator.ranking.versions import VersionError, stored_purchases, train
 from orchestrator.tables import ranking_models
-from orchestrator.workspace import DriftConfig
+from orchestrator.workspace import DriftConfig, RankingMonitoringConfig
 from workflows.retraining import SCHEDULE_ID, DriftCheck, RetrainInput, RetrainRanking, When
 
 SCHEDULED = Actor("system", "ranking schedule")
@@ -35,14 +36,22 @@ SCHEDULED = Actor("system", "ranking schedule")
 
 class RankingActivities:
     def __init__(
-        self, engine: AsyncEngine, *, events: Sequence[str], drift: DriftConfig | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        events: Sequence[str],
+        drift: DriftConfig | None = None,
+        monitoring: RankingMonitoringConfig | None = None,
     ) -> None:
         self.engine, self.events = engine, list(events)
         self.drift = drift or DriftConfig()
+        self.monitoring = monitoring or RankingMonitoringConfig()
 
     @activity.defn(name="train_ranking_model")
     async def train_ranking_model(self, source: str = "events (scheduled)") -> str:
         purchases, items = await stored_purchases(self.engine, self.events)
+        by = self.monitoring.by  # the card's metrics by group, as `ranking train` does
+        groups = await trait_of(self.engine, (p.user for p in purchases), by) if by else None
         try:
             trained = await train(
                 self.engine,
@@ -50,6 +59,8 @@ class RankingActivities:
                 items,
                 source=source,
                 actor=SCHEDULED,
+                groups=groups,
+                bands=self.monitoring.bands,
                 drift_window=self.drift.window,
             )
         except VersionError as exc:

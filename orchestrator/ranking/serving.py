@@ -1,12 +1,13 @@
 """The active model version (and a canary beside it), served in process behind the
 channels' `Ranker` seam.
 
-Each worker checks which versions serve at most every `check_every` seconds and loads
-a new one in the background of that check, so `orchestrator ranking activate`,
-`canary`, `promote` and `rollback` (or a training run that wins) reach running workers
-without a restart. A user drawn into the canary (`rollout.Canary`) gets its answer; an
-active version the guard marked degraded answers nobody (the baseline does, and says
-why), while the canary goes on serving its share.
+Each worker checks which versions serve at most every `check_every` seconds, so
+`orchestrator ranking activate`, `canary`, `promote` and `rollback` (or a training run
+that wins) reach running workers without a restart; while one request loads a new
+version, the others answer from the versions loaded before. A user drawn into the
+canary (`rollout.Canary`) gets its answer; an active version the guard marked degraded
+answers nobody (the baseline does, and says why), while the canary goes on serving its
+share.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class BuiltInRanker:
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._checked >= self.check_every:
+            if self._lock.locked() and self._checked > float("-inf"):
+                return  # another request is loading: answer from what is loaded meanwhile
             async with self._lock:
                 if time.monotonic() - self._checked >= self.check_every:
                     await self._reload()

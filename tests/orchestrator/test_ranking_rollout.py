@@ -53,10 +53,10 @@ def now() -> datetime:
 
 
 async def two_versions(engine: AsyncEngine) -> tuple[int, int]:
-    """An active version and another one (tiny models over ITEMS)."""
+    """An active version (since 3 hours ago) and another one (tiny models over ITEMS)."""
     first = await store_version(engine, ITEMS[:3])
     second = await store_version(engine, ITEMS[3:6])
-    await activate(engine, first, actor=PERSON, now=now())
+    await activate(engine, first, actor=PERSON, now=now() - timedelta(hours=3))
     return first, second
 
 
@@ -81,8 +81,10 @@ async def test_a_canary_serves_its_share_and_is_promoted(engine: AsyncEngine) ->
     deps_ranking = await ranker.rank(_request(sorted(in_canary)[0]))
     assert deps_ranking.model == f"hybrid-v{second}"
 
-    # a larger share keeps everyone already in
-    await start_canary(engine, second, share=0.3, segment=None, actor=PERSON, now=now())
+    # a larger share keeps everyone already in, and the comparison starts afresh
+    widened = await start_canary(engine, second, share=0.3, segment=None, actor=PERSON,
+                                 now=now())  # fmt: skip
+    assert widened.since > started.since
     wider = {u for u, v in (await served(ranker, USERS)).items() if v == second}
     assert in_canary < wider
     assert 500 < len(wider) < 700
@@ -173,6 +175,17 @@ async def test_the_guard_rolls_back_a_canary_worse_online(engine: AsyncEngine) -
     assert set((await served(ranker, USERS[:300])).values()) == {first}
 
 
+async def test_the_guard_leaves_alone_a_canary_a_person_promoted(engine: AsyncEngine) -> None:
+    first, second = await two_versions(engine)
+    canary = await start_canary(engine, second, share=0.5, segment=None, actor=PERSON,
+                                now=now() - timedelta(hours=2))  # fmt: skip
+    await traffic(engine, canary, first, USERS[:800], clicks={"canary": 0.05, "active": 0.3})
+    await promote(engine, actor=PERSON, now=now())
+    assert await guard.check(engine, CONFIG, events=EVENTS, now=now()) == []
+    assert await _statuses(engine) == {first: "inactive", second: "active"}
+    assert not await rows(engine, "SELECT 1 FROM audit_log WHERE actor_kind = 'system'")
+
+
 async def test_the_guard_rolls_back_a_canary_that_falls_back_too_often(
     engine: AsyncEngine,
 ) -> None:
@@ -222,6 +235,8 @@ async def test_a_degraded_active_version_falls_back_to_the_baseline(
         deps.recommender.model.check_every = 0  # type: ignore[union-attr]
         again = await deps.recommender.recommend("user-1", {}, Recommendations(slot="home"))
         assert (again.source, again.model) == ("model", f"hybrid-v{first}")
+    # judged afresh from its activation: the day before does not degrade it again
+    assert await guard.check(engine, floor, events=EVENTS, now=now()) == []
 
 
 RANKING = "ranking: {builtin: true}\n"
@@ -331,8 +346,24 @@ async def test_ranked_content_is_judged_online_by_version_slot_and_channel(
     answer = await stack.call("GET", "/v1/ranking/monitor", params={"since": "2d"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["messages"] == 400
-    bad = await stack.call("GET", "/v1/ranking/monitor", params={"since": "soon"})
-    assert (bad.status_code, bad.json()["field"]) == (400, "since")
+    for since in ("soon", "365d"):
+        bad = await stack.call("GET", "/v1/ranking/monitor", params={"since": since})
+        assert (bad.status_code, bad.json()["field"]) == (400, "since")
+    # a trait nearly every user has their own value of is no group, and small groups
+    # are counted, never named
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE profiles SET traits = traits || jsonb_build_object('email',"
+                 " user_id || '@example.com', 'city', CASE WHEN user_id = 'user-0' THEN"
+                 " 'Tiny Town' ELSE 'London' END)")
+        )  # fmt: skip
+    by_email = await stack.call("GET", "/v1/ranking/monitor", params={"by": "email"})
+    assert (by_email.status_code, by_email.json()["field"]) == (400, "by")
+    assert "at most 50 groups" in by_email.json()["error"]
+    by_city = (await stack.call("GET", "/v1/ranking/monitor", params={"by": "city"})).json()
+    other = next(g for g in by_city["by_group"]["groups"] if g["name"] == "other")
+    assert (other["folded"], other["folded_groups"], other["users"]) == ([], 1, 1)
+    assert "Tiny Town" not in json.dumps(by_city)
     env = {
         "ORCHESTRATOR_DATABASE_URL": postgres_url,
         "ORCHESTRATOR_WORKSPACE": str(stack.workspace),
@@ -398,3 +429,15 @@ async def traffic(
             {"ids": [p[0] for p in purchases], "users": [p[1] for p in purchases],
              "props": '{"products": [{"product_id": "i2"}]}', "bought": at + timedelta(minutes=5)},
         )  # fmt: skip
+
+
+def test_monitoring_bands_that_do_not_increase_are_refused() -> None:
+    base = {"workspace": "t", "sources": [{"name": "s", "write_key": "wk_test_0123456789"}]}
+    with pytest.raises(ValueError, match="bands must be increasing numbers"):
+        WorkspaceConfig.model_validate(
+            {**base, "ranking": {"monitoring": {"by": "age", "bands": [50, 25]}}}
+        )
+    config = WorkspaceConfig.model_validate(
+        {**base, "ranking": {"monitoring": {"by": "age", "bands": [25, 50]}}}
+    )
+    assert config.ranking.monitoring.bands == [25, 50]

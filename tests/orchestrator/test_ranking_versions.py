@@ -19,8 +19,10 @@ from channels.ranking import RankingError, RankRequest, Recommendations
 from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.cli import app
+from orchestrator.ranking.cards import card
 from orchestrator.ranking.retail import Dataset, read_retail
 from orchestrator.ranking.rollout import activate
+from orchestrator.ranking.schedule import RankingActivities
 from orchestrator.ranking.serving import BuiltInRanker
 from orchestrator.ranking.versions import (
     VersionError,
@@ -29,7 +31,7 @@ from orchestrator.ranking.versions import (
     versions,
 )
 from orchestrator.worker import build_channel_deps
-from orchestrator.workspace import WorkspaceConfig
+from orchestrator.workspace import RankingMonitoringConfig, WorkspaceConfig
 from tests.support.db import rows
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
@@ -149,6 +151,24 @@ async def test_training_from_stored_events_uses_the_catalogue(engine: AsyncEngin
     assert trained.status in ("active", "rejected")
     with pytest.raises(VersionError, match="not enough purchases"):
         await train(engine, purchases[:3], items, source="events", actor=command_line())
+
+    # a scheduled run's card has the metrics by `ranking.monitoring.by`, as `train --by`
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO profiles (user_id, traits) SELECT 'user-' || n,"
+                 " jsonb_build_object('tier', CASE WHEN n % 2 = 0 THEN 'gold' ELSE 'silver' END)"
+                 " FROM generate_series(0, 59) AS n")
+        )  # fmt: skip
+    scheduled = RankingActivities(
+        engine, events=["Order Completed"], monitoring=RankingMonitoringConfig(by="tier")
+    )
+    said = await scheduled.train_ranking_model()
+    async with engine.connect() as conn:
+        found = await card(conn, int(said.split()[1].rstrip(":")))
+    assert found is not None
+    assert {g["name"] for g in found["by_group"]["groups"]} <= {"gold", "silver", "other"}
+    assert sum(g["users"] for g in found["by_group"]["groups"]) == found["offline"]["users"]
+    assert found["history"] == [] or found["history"][0]["actor"] == "system:ranking schedule"
 
 
 async def test_an_empty_list_says_how_to_make_a_version(
