@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from alembic import command
+from alembic.script import ScriptDirectory
 from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import IndexedValueType
@@ -40,6 +41,9 @@ from tests.workflows.test_delivery import ONE_SEND
 from workflows import search
 
 runner = CliRunner()
+SCRIPT = ScriptDirectory.from_config(alembic_config("postgresql://unused"))
+HEAD = SCRIPT.get_current_head()
+BEFORE_HEAD = SCRIPT.get_revision(HEAD).down_revision
 
 
 def by_check(findings: list[Finding]) -> dict[str, Finding]:
@@ -121,7 +125,7 @@ async def test_a_healthy_deployment_is_all_green(
         "channel push": "ok", "channel in_app": "ok", "kafka": "ok", "ranking": "ok",
     }  # fmt: skip
     found = {c["check"]: c["message"] for c in report["checks"]}
-    assert found["migrations"].startswith("schema at head (0022")
+    assert found["migrations"].startswith(f"schema at head ({HEAD}:")
     assert found["search attributes"] == "all 6 registered in 'default'"
     assert "1 journey(s) and 1 template(s) valid" in found["workspace"]
     # The terminal form: a line per check and a verdict; the password never shows.
@@ -156,7 +160,7 @@ async def test_a_database_behind_its_migrations(settings: Settings, postgres_url
         findings = by_check(await diagnose(settings.model_copy(update={"database_url": url})))
     migrations = findings["migrations"]
     assert migrations.status == "fail"
-    assert migrations.message == "schema at 0021, 1 migration(s) behind head 0022"
+    assert migrations.message == f"schema at {BEFORE_HEAD}, 1 migration(s) behind head {HEAD}"
     assert migrations.fix.startswith("run `orchestrator migrate`")
     assert findings["database"].status == "ok"
 
