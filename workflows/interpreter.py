@@ -344,19 +344,9 @@ class JourneyInterpreter:
                     break
                 if decision.action == "suppress":
                     return _Go(step.next, f"suppressed: {decision.reason}")
-                # Deferred: a durable timer, during which exits and goals still count.
                 assert decision.until is not None
-                self._state.deferred = decision.reason
-                waited = await self._wait(decision.until, None)
-                self._state.deferred = None
-                if isinstance(waited, _Migrate):
-                    # The new version decides anew: this request gives up its place.
-                    await self._rt.execute_local_activity(
-                        "withdraw_message", request.message_id,
-                        start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=SIDE_EFFECT_RETRY,
-                    )  # fmt: skip
-                if not isinstance(waited, str):
-                    return waited
+                if interrupted := await self._deferred(request, decision.until, decision.reason):
+                    return interrupted
         try:
             result = await self._deliver(request)
         except ActivityError as exc:
@@ -378,17 +368,25 @@ class JourneyInterpreter:
             if result.outcome != "deferred":
                 return self._sent(step, result)
             assert result.until is not None
-            self._state.deferred = result.reason
-            waited = await self._wait(result.until, None)
-            self._state.deferred = None
-            if isinstance(waited, _Migrate):
-                # The new version decides anew: this request gives up its place.
-                await self._rt.execute_local_activity(
-                    "withdraw_message", request.message_id,
-                    start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=SIDE_EFFECT_RETRY,
-                )  # fmt: skip
-            if not isinstance(waited, str):
-                return waited
+            assert result.reason is not None
+            if interrupted := await self._deferred(request, result.until, result.reason):
+                return interrupted
+
+    async def _deferred(
+        self, request: SendInput, until: datetime, reason: str
+    ) -> Interrupted | None:
+        """A deferred send's durable timer, during which exits and goals still count;
+        None when it is time to ask again."""
+        self._state.deferred = reason
+        waited = await self._wait(until, None)
+        self._state.deferred = None
+        if isinstance(waited, _Migrate):
+            # The new version decides anew: this request gives up its place.
+            await self._rt.execute_local_activity(
+                "withdraw_message", request.message_id,
+                start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=SIDE_EFFECT_RETRY,
+            )  # fmt: skip
+        return None if isinstance(waited, str) else waited
 
     async def _deliver(self, request: SendInput) -> SendResult:
         result: SendResult = await self._rt.execute_activity(
