@@ -96,7 +96,10 @@ async def test_example_journeys_end_to_end(
         await asyncio.to_thread(segment.track, "ada", "Order Completed", {"total": 80})
         result = await stack.result("welcome_series", "ada")
         assert (result.status, result.end_reason) == ("converted", "goal Order Completed")
-        converted = "JourneyKey = 'welcome_series' AND JourneyStatus = 'converted'"
+        # (other tests on the session's dev server convert users of their own)
+        converted = (
+            "JourneyKey = 'welcome_series' AND UserId = 'ada' AND JourneyStatus = 'converted'"
+        )
         await eventually(lambda: _found(client, converted, ["journey:welcome_series:ada"]))
         statuses = {
             e["journey_key"]: e["status"] for e in await enrollments(engine, "welcome_series")
