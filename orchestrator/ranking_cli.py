@@ -59,7 +59,7 @@ def train(
             groups: dict[str, object] | None = None
             if data is not None:
                 dataset = read_retail(data)
-                purchases, items, source = dataset.purchases, dataset.items, str(data)
+                purchases, items, source = dataset.purchases, dataset.items, str(data.resolve())
                 if trait:
                     groups = {u: c.get(trait) for u, c in dataset.customers.items()}
             else:

@@ -42,6 +42,7 @@ class Loaded:
 def check_settings() -> tuple[Finding, Settings | None]:
     """ORCHESTRATOR_* parse into settings (pydantic-settings reads the environment)."""
     from orchestrator.cli_settings import settings_problems
+    from orchestrator.logs.formats import log_format
 
     try:
         settings = Settings()
@@ -54,6 +55,10 @@ def check_settings() -> tuple[Finding, Settings | None]:
             "correct the variables named (see README, Production)",
             tuple(problems[1:]),
         ), None
+    try:
+        log_format()  # read by the processes themselves, not by Settings
+    except ValueError as exc:
+        return fail("settings", str(exc), "set it to text or json (see README, Production)"), None
     return ok(
         "settings",
         f"ORCHESTRATOR_* parse: {settings.environment}, task queue '{settings.task_queue}', "

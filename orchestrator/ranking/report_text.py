@@ -26,7 +26,7 @@ def _cell(c: Mapping[str, Any]) -> str:
 def render(found: Mapping[str, Any]) -> str:
     lines = [
         f"ranked content in messages sent {found['since']:%Y-%m-%d %H:%M} to "
-        f"{found['until']:%Y-%m-%d %H:%M} UTC: {found['messages']:,} messages "
+        f"{found['until']:%Y-%m-%d %H:%M} UTC: {found['messages']:,} message(s) "
         "(clicks and purchases of the recommended items, per message, 95% intervals)"
     ]
     for model, c in found["by_model"].items():
@@ -55,7 +55,9 @@ def render(found: Mapping[str, Any]) -> str:
         if active["degraded"]:
             lines.append(f"  DEGRADED since {active['degraded']['at']:%Y-%m-%d %H:%M}: "
                          f"{active['degraded']['reason']} (the baseline answers)")  # fmt: skip
-    if found["by_group"]:
+    if found["by_group"] is not None and not found["by_group"]["groups"]:
+        lines.append(f"by {found['by_group']['by']}: no user has a value for it")
+    elif found["by_group"]:
         grouped = found["by_group"]
         lines.append(
             summary(from_dict(grouped), title=f"users who clicked or bought, by {grouped['by']}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.access import audit
@@ -33,6 +33,14 @@ from rules.expressions import holds, syntax_error, user_context
 
 MAX_SHARE = 0.5  # a canary larger than the active arm is a rollout, not a canary
 GUARD = audit.Actor("system", "ranking guard")
+
+
+# What a version that stops serving becomes: rejected again if it failed the gate (a
+# person may canary or activate any version), else inactive.
+_RESTING = case(
+    (ranking_models.c.card["passed_gate"].as_boolean().is_(False), "rejected"),
+    else_="inactive",
+)
 
 
 class VersionError(Exception):
@@ -135,7 +143,7 @@ async def make_active(
     await conn.execute(
         update(ranking_models)
         .where(ranking_models.c.status == "active", ranking_models.c.version != version)
-        .values(status="inactive")
+        .values(status=_RESTING)
     )
     await conn.execute(
         update(ranking_models)
@@ -171,11 +179,12 @@ async def start_canary(
     now: datetime,
 ) -> Canary:
     """Serve `version` to `share` (0..MAX_SHARE) of the users beside the active version;
-    the same version again changes its share or segment (the users already drawn stay
-    drawn; the comparison starts afresh, since the arms are no longer what they were)."""
+    the same version again changes its share or segment (None keeps the segment, ""
+    drops it; the users already drawn stay drawn; the comparison starts afresh, since
+    the arms are no longer what they were)."""
     if not 0 < share <= MAX_SHARE:
         raise VersionError(f"the share is a percentage above 0 and at most {MAX_SHARE:.0%}")
-    if segment is not None:
+    if segment:
         problem = syntax_error(segment, ("user",))
         if problem:
             raise VersionError(f"--segment: {problem}")
@@ -195,6 +204,9 @@ async def start_canary(
                 f"version {running.version} is the canary already: `orchestrator ranking "
                 "promote` or `rollback` it first"
             )
+        if segment is None and running is not None:
+            segment = running.segment  # a new share alone keeps the segment
+        segment = segment or None  # "" drops it: everyone
         unchanged = running is not None and (running.share, running.segment) == (share, segment)
         since = running.since if running is not None and unchanged else now
         await conn.execute(
@@ -229,7 +241,7 @@ async def end_canary(
     ended = await conn.execute(
         update(ranking_models)
         .where(ranking_models.c.version == canary.version, ranking_models.c.status == "canary")
-        .values(status="inactive", canary_share=None, canary_segment=None, canary_since=None)
+        .values(status=_RESTING, canary_share=None, canary_segment=None, canary_since=None)
     )
     if not ended.rowcount:
         return False
@@ -255,10 +267,13 @@ async def rollback(
         current = await active_version(conn)
         if current is None:
             raise VersionError("no version is active and no canary runs: nothing to roll back")
+        # How `current` went live last, a rollback to it aside (so that a second
+        # rollback goes further back rather than undoing the first).
         previous = await conn.scalar(
             select(audit_log.c.details["previous"].as_integer())
             .where(audit_log.c.subject == subject(current),
-                   audit_log.c.action.in_(("ranking.activate", "ranking.promote")))
+                   audit_log.c.action.in_(("ranking.activate", "ranking.promote")),
+                   audit_log.c.details["how"].as_string() != "rolled back")
             .order_by(audit_log.c.id.desc())
             .limit(1)
         )  # fmt: skip

@@ -47,7 +47,10 @@ def canary(
     share: Annotated[float, typer.Option(help="Percent of the users it serves (up to 50)")] = 10,
     segment: Annotated[
         str | None,
-        typer.Option(help="Only users this condition holds for, e.g. \"user.country == 'UK'\""),
+        typer.Option(
+            help="Only users this condition holds for, e.g. \"user.country == 'UK'\"; "
+            'for a running canary kept unless given ("" for everyone)'
+        ),
     ] = None,
 ) -> None:
     """Serve VERSION to a stable share of users beside the active version; its online
@@ -60,7 +63,7 @@ def canary(
     started = _run(lambda engine: start_canary(
         engine, version, share=share / 100, segment=segment, actor=command_line(),
         now=datetime.now(UTC)))  # fmt: skip
-    where = f" where {segment}" if segment else ""
+    where = f" where {started.segment}" if started.segment else ""
     typer.echo(f"version {version} serves {started.share:.0%} of the users{where}; {SWITCHED}")
 
 
@@ -159,6 +162,8 @@ def monitor(
         raise typer.Exit(1) from None
     for act in done:
         typer.echo(f"guard: {act}")
+    if check and not done:
+        typer.echo("guard: nothing to do (no canary to roll back, no version under its floor)")
     if as_json:
         typer.echo(json.dumps(jsonable_encoder(found), indent=2))
     else:

@@ -348,6 +348,14 @@ def test_bad_settings_are_named_and_nothing_else_is_tried(tmp_path: Path) -> Non
     assert [line.split()[0] for line in lines[2:-1]] == ["skip"] * 4
     assert lines[-1] == "1 problem(s), 0 warning(s): fix the FAIL lines first"
 
+    # read by the processes, not by the settings: the doctor checks it as they would
+    xml = runner.invoke(app, ["doctor"], env={"ORCHESTRATOR_LOG_FORMAT": "xml"})
+    assert xml.exit_code == 1
+    assert xml.stdout.splitlines()[0] == (
+        "FAIL  settings   ORCHESTRATOR_LOG_FORMAT must be text or json, not 'xml': set it to "
+        "text or json (see README, Production)"
+    )
+
     as_json = runner.invoke(app, ["doctor", "--json"], env={"ORCHESTRATOR_DB_POOL_SIZE": "x"})
     assert as_json.exit_code == 1
     report = json.loads(as_json.stdout)

@@ -89,6 +89,14 @@ async def test_a_canary_serves_its_share_and_is_promoted(engine: AsyncEngine) ->
     assert in_canary < wider
     assert 500 < len(wider) < 700
 
+    # a new share keeps the segment unless told otherwise ("" for everyone)
+    kept = await start_canary(engine, second, share=0.3, segment='user.country == "UK"',
+                              actor=PERSON, now=now())  # fmt: skip
+    kept = await start_canary(engine, second, share=0.3, segment=None, actor=PERSON, now=now())
+    assert kept.segment == 'user.country == "UK"'
+    everyone = await start_canary(engine, second, share=0.3, segment="", actor=PERSON, now=now())
+    assert everyone.segment is None
+
     promoted = await promote(engine, actor=PERSON, now=now())
     assert promoted == second
     assert set((await served(ranker, USERS[:200])).values()) == {second}
@@ -96,8 +104,7 @@ async def test_a_canary_serves_its_share_and_is_promoted(engine: AsyncEngine) ->
     actions = await rows(engine, "SELECT action, actor, details ->> 'previous' AS previous"
                                  " FROM audit_log WHERE subject = :s ORDER BY id",
                          s=f"ranking:v{second}")  # fmt: skip
-    assert [a["action"] for a in actions] == ["ranking.canary", "ranking.canary",
-                                              "ranking.promote"]  # fmt: skip
+    assert [a["action"] for a in actions] == ["ranking.canary"] * 5 + ["ranking.promote"]
     assert actions[-1]["previous"] == str(first)
     assert {a["actor"] for a in actions} == {PERSON.name}
 
@@ -105,6 +112,9 @@ async def test_a_canary_serves_its_share_and_is_promoted(engine: AsyncEngine) ->
     said = await rollback(engine, actor=PERSON, now=now())
     assert said == f"version {first} is active again (instead of {second})"
     assert await _statuses(engine) == {first: "active", second: "inactive"}
+    # a second rollback goes further back, not forth again: nothing is before the first
+    with pytest.raises(VersionError, match=f"no version before {first} is recorded"):
+        await rollback(engine, actor=PERSON, now=now())
 
 
 async def test_a_canary_within_a_segment_serves_only_its_members(engine: AsyncEngine) -> None:
