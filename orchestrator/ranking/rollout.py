@@ -18,7 +18,6 @@ subject `ranking:vN`), which is also where a version's card reads who did what w
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from orchestrator.access import audit
 from orchestrator.tables import audit_log, ranking_models
 from rules.expressions import holds, syntax_error, user_context
+from workflows.assignment import BUCKETS, bucket
 
 MAX_SHARE = 0.5  # a canary larger than the active arm is a rollout, not a canary
 GUARD = audit.Actor("system", "ranking guard")
@@ -56,7 +56,8 @@ class Canary:
 
     def drawn(self, user_id: str) -> bool:
         """Whether the user's hash falls in the share (the segment aside)."""
-        return bucket(self.version, user_id) < self.share
+        # the experiments' consistent hashing, keyed by the version: a new canary draws anew
+        return bucket("canary", str(self.version), user_id) < self.share * BUCKETS
 
     def serves(self, user_id: str, traits: Mapping[str, Any] | None) -> bool:
         """Whether the canary serves this user (`traits` are only read with a segment)."""
@@ -67,12 +68,6 @@ class Canary:
         if self.segment is None:
             return True
         return holds(self.segment, {"user": user_context(user_id, traits or {})})
-
-
-def bucket(version: int, user_id: str) -> float:
-    """A user's place in [0, 1) for a canary of `version`: stable, uniform."""
-    digest = hashlib.blake2b(f"{version}:{user_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest) / 2**64
 
 
 def subject(version: int) -> str:
