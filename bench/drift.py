@@ -27,11 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.database import create_engine, migrate
+from orchestrator.ranking.config import DriftConfig
 from orchestrator.ranking.drift import measure, training_profile
 from orchestrator.ranking.rollout import activate
 from orchestrator.ranking.versions import stored_purchases, train
 from orchestrator.stack.postgres import EmbeddedPostgres
-from orchestrator.workspace import DriftConfig
 
 EVENTS = ["Order Completed"]
 FILL = text(

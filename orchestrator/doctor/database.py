@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from orchestrator.database import alembic_config, async_url
 from orchestrator.doctor.report import Finding, fail, ok, plain_reason, skip, warn
+from orchestrator.ranking.config import RankingConfig
 from orchestrator.settings import Settings
 from orchestrator.tables import ranking_models
-from orchestrator.workspace import RankingConfig
 
 
 def shown(url: str) -> str:

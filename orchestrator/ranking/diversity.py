@@ -34,7 +34,7 @@ from orchestrator.ranking.model import HybridModel, Matrix, content_vectors
 from orchestrator.ranking.retail import Item
 
 if TYPE_CHECKING:
-    from orchestrator.workspace import DiversityConfig, RankingConfig
+    from orchestrator.ranking.config import DiversityConfig, RankingConfig
 
 _WORD = re.compile(r"[a-z]+")
 Similarity = Callable[[Sequence[str]], Matrix]  # items -> their pairwise similarity

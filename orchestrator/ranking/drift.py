@@ -42,7 +42,7 @@ from orchestrator.ranking.retail import Purchase
 from orchestrator.tables import ranking_models
 
 if TYPE_CHECKING:
-    from orchestrator.workspace import DriftConfig
+    from orchestrator.ranking.config import DriftConfig
 
 ITEM_BINS = 10
 # Lower bounds of the history-length bins: 1, 2, 3-4, 5-8, ..., 129 and more.

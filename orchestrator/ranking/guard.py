@@ -26,6 +26,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orchestrator.ranking.config import RankingMonitoringConfig
 from orchestrator.ranking.monitoring import CanaryComparison, canary_comparison, cell, shown
 from orchestrator.ranking.rollout import (
     GUARD,
@@ -37,7 +38,6 @@ from orchestrator.ranking.rollout import (
     serialised,
 )
 from orchestrator.tables import ranking_models
-from orchestrator.workspace import RankingMonitoringConfig
 
 
 def canary_verdict(found: CanaryComparison, config: RankingMonitoringConfig) -> str | None:

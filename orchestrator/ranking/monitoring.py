@@ -30,12 +30,12 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orchestrator.catalog import PURCHASE_LINES
+from orchestrator.ranking.config import RankingConfig, RankingMonitoringConfig
 from orchestrator.ranking.fairness import MAX_GROUPS, by_group
 from orchestrator.ranking.rollout import Canary, running_canary
 from orchestrator.reports.estimates import CONFIDENCE, ArmTotals, Estimate
 from orchestrator.reports.statistics import SequentialTest, sequential_test, wilson_interval
 from orchestrator.tables import ranking_models
-from orchestrator.workspace import RankingConfig, RankingMonitoringConfig
 
 # The most `ranking monitor` looks back: each message is read with its receipts and the
 # user's purchases after it.

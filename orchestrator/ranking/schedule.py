@@ -24,11 +24,11 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.access.audit import Actor
+from orchestrator.ranking.config import DriftConfig, RankingMonitoringConfig
 from orchestrator.ranking.drift import measure
 from orchestrator.ranking.monitoring import trait_of
 from orchestrator.ranking.versions import VersionError, stored_purchases, train
 from orchestrator.tables import ranking_models
-from orchestrator.workspace import DriftConfig, RankingMonitoringConfig
 from workflows.retraining import SCHEDULE_ID, DriftCheck, RetrainInput, RetrainRanking, When
 
 SCHEDULED = Actor("system", "ranking schedule")

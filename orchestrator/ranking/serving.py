@@ -32,12 +32,12 @@ from channels.ranking import (
 )
 from orchestrator.catalog import CatalogCache, purchase_history
 from orchestrator.profiles import load_traits
+from orchestrator.ranking.config import RankingConfig
 from orchestrator.ranking.diversity import rerankers_for
 from orchestrator.ranking.model import HybridModel
 from orchestrator.ranking.rollout import Canary
 from orchestrator.routing import Clock
 from orchestrator.tables import ranking_models
-from orchestrator.workspace import RankingConfig
 
 
 class BuiltInRanker:

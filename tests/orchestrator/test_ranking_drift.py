@@ -22,12 +22,13 @@ from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.cli import app
 from orchestrator.ranking import drift
+from orchestrator.ranking.config import DriftConfig
 from orchestrator.ranking.retail import Purchase
 from orchestrator.ranking.rollout import activate
 from orchestrator.ranking.versions import stored_purchases, train
 from orchestrator.reports import alerts
 from orchestrator.sources import InvalidSource
-from orchestrator.workspace import DriftConfig, load_workspace
+from orchestrator.workspace import load_workspace
 from tests.conftest import StackFactory
 from tests.support.db import rows
 from tests.support.workspace import NOOP, write_workspace

@@ -22,6 +22,7 @@ from channels.ranking import Recommendations
 from orchestrator.access.audit import command_line
 from orchestrator.cli import app
 from orchestrator.ranking import guard
+from orchestrator.ranking.config import RankingConfig, RankingMonitoringConfig
 from orchestrator.ranking.monitoring import report
 from orchestrator.ranking.retail import read_retail
 from orchestrator.ranking.rollout import (
@@ -36,7 +37,7 @@ from orchestrator.ranking.serving import BuiltInRanker
 from orchestrator.ranking.versions import train
 from orchestrator.reports import alerts
 from orchestrator.worker import build_channel_deps
-from orchestrator.workspace import RankingConfig, RankingMonitoringConfig, WorkspaceConfig
+from orchestrator.workspace import WorkspaceConfig
 from tests.conftest import StackFactory
 from tests.orchestrator.test_ranking_logs import ITEMS, load_catalogue, store_version
 from tests.support.db import insert_messages, rows

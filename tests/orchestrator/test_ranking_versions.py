@@ -20,6 +20,7 @@ from orchestrator.access.audit import command_line
 from orchestrator.catalog import CatalogItem, load_items
 from orchestrator.cli import app
 from orchestrator.ranking.cards import card
+from orchestrator.ranking.config import RankingMonitoringConfig
 from orchestrator.ranking.retail import Dataset, read_retail
 from orchestrator.ranking.rollout import activate
 from orchestrator.ranking.schedule import RankingActivities
@@ -31,7 +32,7 @@ from orchestrator.ranking.versions import (
     versions,
 )
 from orchestrator.worker import build_channel_deps
-from orchestrator.workspace import RankingMonitoringConfig, WorkspaceConfig
+from orchestrator.workspace import WorkspaceConfig
 from tests.support.db import rows
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
